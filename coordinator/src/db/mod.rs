@@ -1,0 +1,41 @@
+//! Everything that speaks SQL. Each file owns the queries of one table group; the rest of
+//! the coordinator sees domain types only. State changes of a job and the event that
+//! records them are always written in one transaction, followed by a NOTIFY that wakes
+//! dispatchers and watchers on every coordinator replica.
+
+mod datasets;
+mod jobs;
+mod models;
+mod workers;
+
+pub use jobs::{Claimed, NewModel};
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+/// Channel notified when a job may be claimable (submitted, requeued, a worker freed).
+pub const JOBS_CHANNEL: &str = "heirloom_jobs";
+/// Channel notified with a job id whenever that job has a new event.
+pub const EVENTS_CHANNEL: &str = "heirloom_job_events";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: PgPool,
+}
+
+impl Db {
+    pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
+        let pool = PgPoolOptions::new().max_connections(16).connect(url).await?;
+        Ok(Self { pool })
+    }
+
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATOR.run(&self.pool).await
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}

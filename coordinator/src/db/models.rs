@@ -1,0 +1,223 @@
+use super::Db;
+use crate::domain::{LineageEntry, Metrics, Model, ParentEdge, Relation};
+use crate::error::{Error, Result, is_unique_violation};
+use chrono::{DateTime, Utc};
+use heirloom_spec::Architecture;
+use sqlx::types::Json;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+#[derive(sqlx::FromRow)]
+struct ModelRow {
+    id: Uuid,
+    name: String,
+    architecture: Json<Architecture>,
+    weights_sha256: String,
+    weights_bytes: i64,
+    weights_path: String,
+    source: String,
+    job_id: Option<Uuid>,
+    metrics: Option<Json<Metrics>>,
+    created_at: DateTime<Utc>,
+    dataset_id: Option<Uuid>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ParentRow {
+    child_id: Uuid,
+    parent_id: Uuid,
+    parent_name: String,
+    relation: String,
+    details: Json<serde_json::Value>,
+}
+
+/// Models with their training dataset; a macro so that queries stay `concat!` literals.
+macro_rules! select_models {
+    () => {
+        "SELECT m.*,
+            (SELECT dataset_id FROM model_datasets d WHERE d.model_id = m.id LIMIT 1)
+                AS dataset_id
+         FROM models m"
+    };
+}
+
+/// A recursive lineage walk from `$1` to depth `$2` (0 = no limit), given the first step
+/// and the join condition that takes one more step from `walk`.
+macro_rules! walk {
+    ($first:literal, $next:literal) => {
+        // UNION (not UNION ALL) drops (model, depth) pairs seen before; the graph is
+        // acyclic, so depth is bounded by the longest path.
+        concat!(
+            "WITH RECURSIVE walk(id, depth) AS (",
+            $first,
+            " UNION ",
+            $next,
+            " WHERE $2 = 0 OR w.depth < $2)
+             SELECT id, min(depth)::int4 AS depth FROM walk GROUP BY id"
+        )
+    };
+}
+
+impl Db {
+    pub async fn insert_imported_model(&self, model: &Model) -> Result<Model> {
+        sqlx::query(
+            "INSERT INTO models (id, name, architecture, weights_sha256, weights_bytes,
+                                 weights_path, source)
+             VALUES ($1, $2, $3, $4, $5, $6, 'import')",
+        )
+        .bind(model.id)
+        .bind(&model.name)
+        .bind(Json(&model.architecture))
+        .bind(&model.weights_sha256)
+        .bind(model.weights_bytes as i64)
+        .bind(&model.weights_path)
+        .execute(&self.pool)
+        .await
+        .map_err(|err| name_taken(err, &model.name))?;
+        self.model(model.id).await
+    }
+
+    pub async fn model(&self, id: Uuid) -> Result<Model> {
+        self.models_matching(Some(id), None)
+            .await?
+            .pop()
+            .ok_or_else(|| Error::NotFound(format!("model {id} does not exist")))
+    }
+
+    /// A model by id or, failing that, by name.
+    pub async fn find_model(&self, id_or_name: &str) -> Result<Model> {
+        if let Ok(id) = Uuid::parse_str(id_or_name) {
+            return self.model(id).await;
+        }
+        self.models_matching(None, Some(id_or_name))
+            .await?
+            .pop()
+            .ok_or_else(|| Error::NotFound(format!("no model is named {id_or_name:?}")))
+    }
+
+    pub async fn all_models(&self) -> Result<Vec<Model>> {
+        self.models_matching(None, None).await
+    }
+
+    async fn models_matching(&self, id: Option<Uuid>, name: Option<&str>) -> Result<Vec<Model>> {
+        let rows: Vec<ModelRow> = sqlx::query_as(concat!(
+            select_models!(),
+            " WHERE ($1::uuid IS NULL OR m.id = $1) AND ($2::text IS NULL OR m.name = $2)
+              ORDER BY m.created_at, m.id"
+        ))
+            .bind(id)
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await?;
+        self.with_parents(rows).await
+    }
+
+    /// Every ancestor of a model with its shortest distance, nearest first.
+    pub async fn ancestors(&self, id: Uuid, max_depth: u32) -> Result<Vec<LineageEntry>> {
+        let query = walk!(
+            "SELECT parent_id, 1 FROM model_parents WHERE child_id = $1",
+            "SELECT e.parent_id, w.depth + 1 FROM model_parents e JOIN walk w ON e.child_id = w.id"
+        );
+        self.walk(query, id, max_depth).await
+    }
+
+    /// Every descendant of a model with its shortest distance, nearest first.
+    pub async fn descendants(&self, id: Uuid, max_depth: u32) -> Result<Vec<LineageEntry>> {
+        let query = walk!(
+            "SELECT child_id, 1 FROM model_parents WHERE parent_id = $1",
+            "SELECT e.child_id, w.depth + 1 FROM model_parents e JOIN walk w ON e.parent_id = w.id"
+        );
+        self.walk(query, id, max_depth).await
+    }
+
+    async fn walk(
+        &self,
+        query: &'static str,
+        id: Uuid,
+        max_depth: u32,
+    ) -> Result<Vec<LineageEntry>> {
+        let reached: Vec<(Uuid, i32)> = sqlx::query_as(query)
+            .bind(id)
+            .bind(max_depth as i32)
+            .fetch_all(&self.pool)
+            .await?;
+        let ids: Vec<Uuid> = reached.iter().map(|(id, _)| *id).collect();
+        let rows: Vec<ModelRow> = sqlx::query_as(concat!(select_models!(), " WHERE m.id = ANY($1)"))
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut models: HashMap<Uuid, Model> = self
+            .with_parents(rows)
+            .await?
+            .into_iter()
+            .map(|model| (model.id, model))
+            .collect();
+        let mut entries: Vec<LineageEntry> = reached
+            .into_iter()
+            .filter_map(|(id, depth)| {
+                Some(LineageEntry {
+                    model: models.remove(&id)?,
+                    depth: depth as u32,
+                })
+            })
+            .collect();
+        entries.sort_by(|a, b| {
+            (a.depth, a.model.created_at, a.model.id).cmp(&(b.depth, b.model.created_at, b.model.id))
+        });
+        Ok(entries)
+    }
+
+    async fn with_parents(&self, rows: Vec<ModelRow>) -> Result<Vec<Model>> {
+        let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
+        let edges: Vec<ParentRow> = sqlx::query_as(
+            "SELECT e.child_id, e.parent_id, p.name AS parent_name, e.relation, e.details
+               FROM model_parents e JOIN models p ON p.id = e.parent_id
+              WHERE e.child_id = ANY($1)
+              ORDER BY p.created_at, p.id",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut parents: HashMap<Uuid, Vec<ParentEdge>> = HashMap::new();
+        for edge in edges {
+            let relation = Relation::parse(&edge.relation).ok_or_else(|| {
+                Error::Internal(format!("unknown relation {:?} in the database", edge.relation))
+            })?;
+            parents.entry(edge.child_id).or_default().push(ParentEdge {
+                parent_id: edge.parent_id,
+                parent_name: edge.parent_name,
+                relation,
+                details: edge.details.0,
+            });
+        }
+        Ok(rows
+            .into_iter()
+            .map(|row| Model {
+                parents: parents.remove(&row.id).unwrap_or_default(),
+                id: row.id,
+                name: row.name,
+                architecture: row.architecture.0,
+                weights_sha256: row.weights_sha256,
+                weights_bytes: row.weights_bytes as u64,
+                weights_path: row.weights_path,
+                source: row.source,
+                job_id: row.job_id,
+                dataset_id: row.dataset_id,
+                metrics: row.metrics.map(|metrics| metrics.0),
+                created_at: row.created_at,
+            })
+            .collect())
+    }
+}
+
+pub(super) fn name_taken(err: sqlx::Error, name: &str) -> Error {
+    if is_unique_violation(&err, "models_name_unique")
+        || is_unique_violation(&err, "jobs_model_name_active")
+    {
+        Error::AlreadyExists(format!(
+            "model name {name:?} is taken by a model or a job in progress; choose another name"
+        ))
+    } else {
+        err.into()
+    }
+}

@@ -1,0 +1,236 @@
+//! The coordinator's own types: what a job, a model and a dataset are, independent of
+//! both the database rows and the protobuf messages.
+
+use chrono::{DateTime, Utc};
+use heirloom_spec::{Architecture, Hyperparameters};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Train,
+    Finetune,
+    Transfer,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Train => "train",
+            JobKind::Finetune => "finetune",
+            JobKind::Transfer => "transfer",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<JobKind> {
+        [JobKind::Train, JobKind::Finetune, JobKind::Transfer]
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+    }
+
+    /// The relation of the parent edge a job of this kind writes.
+    pub fn relation(self) -> Option<Relation> {
+        match self {
+            JobKind::Train => None,
+            JobKind::Finetune => Some(Relation::Finetune),
+            JobKind::Transfer => Some(Relation::Transfer),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Queued,
+    Leased,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 6] = [
+        JobState::Queued,
+        JobState::Leased,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Leased => "leased",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|state| state.as_str() == text)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relation {
+    Finetune,
+    Transfer,
+    Direct,
+    Module,
+}
+
+impl Relation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Relation::Finetune => "finetune",
+            Relation::Transfer => "transfer",
+            Relation::Direct => "direct",
+            Relation::Module => "module",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Relation> {
+        [Relation::Finetune, Relation::Transfer, Relation::Direct, Relation::Module]
+            .into_iter()
+            .find(|relation| relation.as_str() == text)
+    }
+}
+
+/// A job's spec after validation, with every default filled in: stored as the job's
+/// `spec` and copied into the parent edge, so lineage records what really ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub kind: JobKind,
+    pub model_name: String,
+    pub dataset_id: Uuid,
+    pub parent_id: Option<Uuid>,
+    /// The architecture of the model the job produces.
+    pub architecture: Architecture,
+    pub hyperparameters: Hyperparameters,
+    /// Finetune: the trainable patterns (empty = all). Transfer: empty (only the head).
+    pub trainable: Vec<String>,
+    /// Transfer: the new head's output size.
+    pub num_classes: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: Uuid,
+    pub spec: JobSpec,
+    pub state: JobState,
+    pub priority: i32,
+    pub request_id: Option<String>,
+    pub worker_id: Option<Uuid>,
+    pub attempt: i32,
+    pub error: Option<String>,
+    pub model_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Metrics {
+    pub holdout_accuracy: f64,
+    pub final_loss: f64,
+    pub train_accuracy: f64,
+    pub steps: u64,
+    pub steps_per_second: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Progress {
+    pub epoch: u32,
+    pub epochs: u32,
+    pub step: u64,
+    pub total_steps: u64,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub steps_per_second: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ParentEdge {
+    pub parent_id: Uuid,
+    pub parent_name: String,
+    pub relation: Relation,
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub id: Uuid,
+    pub name: String,
+    pub architecture: Architecture,
+    pub weights_sha256: String,
+    pub weights_bytes: u64,
+    pub weights_path: String,
+    /// `import` or the kind of the job that made it.
+    pub source: String,
+    pub job_id: Option<Uuid>,
+    pub dataset_id: Option<Uuid>,
+    pub metrics: Option<Metrics>,
+    pub parents: Vec<ParentEdge>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub id: Uuid,
+    pub name: String,
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub num_examples: u64,
+    pub num_features: u32,
+    pub num_classes: u32,
+    pub path: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub enum JobEventKind {
+    State(JobState),
+    Progress(Progress),
+}
+
+#[derive(Debug, Clone)]
+pub struct JobEvent {
+    pub sequence: i64,
+    pub job_id: Uuid,
+    pub at: DateTime<Utc>,
+    pub kind: JobEventKind,
+    pub message: String,
+}
+
+/// A model reached by a lineage walk.
+#[derive(Debug, Clone)]
+pub struct LineageEntry {
+    pub model: Model,
+    pub depth: u32,
+}
+
+/// A device a worker offers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Device {
+    pub name: String,
+    pub memory_bytes: u64,
+}
+
+/// Names of models and datasets: what a person types, so nothing that needs quoting.
+pub fn check_name(field: &str, name: &str) -> Result<(), heirloom_spec::Invalid> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if name.is_empty() || name.len() > 128 || !name.chars().all(allowed) {
+        return Err(heirloom_spec::Invalid::new(
+            field,
+            format!("{name:?} must be 1-128 characters of letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    Ok(())
+}

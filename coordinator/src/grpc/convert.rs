@@ -1,0 +1,343 @@
+//! The only place in the coordinator that touches prost types: protobuf messages to
+//! domain types (checking every field on the way in) and back.
+
+use crate::domain::{
+    Dataset, Device, Job, JobEvent, JobEventKind, JobKind, JobState, LineageEntry, Metrics, Model,
+    Progress, Relation,
+};
+use crate::error::{Error, Result};
+use crate::dispatch::Assignment;
+use crate::planning::JobDraft;
+use chrono::{DateTime, SecondsFormat, Utc};
+use heirloom_proto::v1 as pb;
+use heirloom_spec::{Architecture, Hyperparameters, Invalid, Mlp, Optimizer, SmallCnn};
+use uuid::Uuid;
+
+pub fn parse_id(field: &str, text: &str) -> Result<Uuid> {
+    if text.is_empty() {
+        return Err(Invalid::new(field, "is required").into());
+    }
+    Uuid::parse_str(text)
+        .map_err(|_| Invalid::new(field, format!("{text:?} is not an id (a UUID)")).into())
+}
+
+fn optional_id(field: &str, text: &str) -> Result<Option<Uuid>> {
+    if text.is_empty() {
+        Ok(None)
+    } else {
+        parse_id(field, text).map(Some)
+    }
+}
+
+fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub fn architecture_from_proto(field: &str, proto: Option<pb::Architecture>) -> Result<Option<Architecture>> {
+    let Some(proto) = proto else {
+        return Ok(None);
+    };
+    let architecture = match proto.kind {
+        None => {
+            return Err(Invalid::new(field, "names no architecture: set `mlp` or `small_cnn`").into());
+        }
+        Some(pb::architecture::Kind::Mlp(mlp)) => Architecture::Mlp(Mlp {
+            input_features: mlp.input_features,
+            hidden: mlp.hidden,
+            num_classes: mlp.num_classes,
+        }),
+        Some(pb::architecture::Kind::SmallCnn(cnn)) => Architecture::SmallCnn(SmallCnn {
+            in_channels: cnn.in_channels,
+            height: cnn.height,
+            width: cnn.width,
+            channels: cnn.channels,
+            num_classes: cnn.num_classes,
+        }),
+    };
+    architecture.validate(field)?;
+    Ok(Some(architecture))
+}
+
+pub fn architecture_to_proto(architecture: &Architecture) -> pb::Architecture {
+    let kind = match architecture {
+        Architecture::Mlp(mlp) => pb::architecture::Kind::Mlp(pb::Mlp {
+            input_features: mlp.input_features,
+            hidden: mlp.hidden.clone(),
+            num_classes: mlp.num_classes,
+        }),
+        Architecture::SmallCnn(cnn) => pb::architecture::Kind::SmallCnn(pb::SmallCnn {
+            in_channels: cnn.in_channels,
+            height: cnn.height,
+            width: cnn.width,
+            channels: cnn.channels.clone(),
+            num_classes: cnn.num_classes,
+        }),
+    };
+    pb::Architecture { kind: Some(kind) }
+}
+
+fn hyperparameters_from_proto(field: &str, proto: Option<pb::Hyperparameters>) -> Result<Hyperparameters> {
+    let proto = proto.unwrap_or_default();
+    let optimizer = match pb::Optimizer::try_from(proto.optimizer) {
+        Ok(pb::Optimizer::Unspecified) => None,
+        Ok(pb::Optimizer::Sgd) => Some(Optimizer::Sgd),
+        Ok(pb::Optimizer::Adam) => Some(Optimizer::Adam),
+        Err(_) => {
+            return Err(Invalid::new(
+                format!("{field}.optimizer"),
+                format!("{} is not an optimizer", proto.optimizer),
+            )
+            .into());
+        }
+    };
+    Ok(Hyperparameters::resolve(
+        field,
+        proto.epochs,
+        proto.batch_size,
+        proto.learning_rate,
+        optimizer,
+        proto.seed,
+        proto.holdout_fraction,
+    )?)
+}
+
+fn hyperparameters_to_proto(hyperparameters: &Hyperparameters) -> pb::Hyperparameters {
+    pb::Hyperparameters {
+        epochs: hyperparameters.epochs,
+        batch_size: hyperparameters.batch_size,
+        learning_rate: hyperparameters.learning_rate,
+        optimizer: match hyperparameters.optimizer {
+            Optimizer::Sgd => pb::Optimizer::Sgd,
+            Optimizer::Adam => pb::Optimizer::Adam,
+        } as i32,
+        seed: hyperparameters.seed,
+        holdout_fraction: hyperparameters.holdout_fraction,
+    }
+}
+
+pub fn job_draft_from_proto(spec: Option<pb::JobSpec>) -> Result<JobDraft> {
+    let spec = spec.ok_or_else(|| Error::from(Invalid::new("spec", "is required")))?;
+    let kind = match pb::JobKind::try_from(spec.kind) {
+        Ok(pb::JobKind::Train) => JobKind::Train,
+        Ok(pb::JobKind::Finetune) => JobKind::Finetune,
+        Ok(pb::JobKind::Transfer) => JobKind::Transfer,
+        _ => {
+            return Err(Invalid::new("spec.kind", "must be train, finetune or transfer").into());
+        }
+    };
+    Ok(JobDraft {
+        kind,
+        model_name: spec.model_name,
+        dataset_id: parse_id("spec.dataset_id", &spec.dataset_id)?,
+        parent_id: optional_id("spec.parent_id", &spec.parent_id)?,
+        architecture: architecture_from_proto("spec.architecture", spec.architecture)?,
+        hyperparameters: hyperparameters_from_proto("spec.hyperparameters", spec.hyperparameters)?,
+        trainable: spec.trainable,
+        num_classes: spec.num_classes,
+    })
+}
+
+pub fn job_kind_to_proto(kind: JobKind) -> pb::JobKind {
+    match kind {
+        JobKind::Train => pb::JobKind::Train,
+        JobKind::Finetune => pb::JobKind::Finetune,
+        JobKind::Transfer => pb::JobKind::Transfer,
+    }
+}
+
+pub fn job_state_from_proto(field: &str, state: i32) -> Result<Option<JobState>> {
+    Ok(match pb::JobState::try_from(state) {
+        Ok(pb::JobState::Unspecified) => None,
+        Ok(pb::JobState::Queued) => Some(JobState::Queued),
+        Ok(pb::JobState::Leased) => Some(JobState::Leased),
+        Ok(pb::JobState::Running) => Some(JobState::Running),
+        Ok(pb::JobState::Succeeded) => Some(JobState::Succeeded),
+        Ok(pb::JobState::Failed) => Some(JobState::Failed),
+        Ok(pb::JobState::Cancelled) => Some(JobState::Cancelled),
+        Err(_) => return Err(Invalid::new(field, format!("{state} is not a job state")).into()),
+    })
+}
+
+pub fn job_state_to_proto(state: JobState) -> pb::JobState {
+    match state {
+        JobState::Queued => pb::JobState::Queued,
+        JobState::Leased => pb::JobState::Leased,
+        JobState::Running => pb::JobState::Running,
+        JobState::Succeeded => pb::JobState::Succeeded,
+        JobState::Failed => pb::JobState::Failed,
+        JobState::Cancelled => pb::JobState::Cancelled,
+    }
+}
+
+pub fn job_spec_to_proto(spec: &crate::domain::JobSpec) -> pb::JobSpec {
+    pb::JobSpec {
+        kind: job_kind_to_proto(spec.kind) as i32,
+        model_name: spec.model_name.clone(),
+        dataset_id: spec.dataset_id.to_string(),
+        parent_id: spec.parent_id.map(|id| id.to_string()).unwrap_or_default(),
+        architecture: Some(architecture_to_proto(&spec.architecture)),
+        hyperparameters: Some(hyperparameters_to_proto(&spec.hyperparameters)),
+        trainable: spec.trainable.clone(),
+        num_classes: spec.num_classes.unwrap_or_default(),
+    }
+}
+
+pub fn job_to_proto(job: &Job) -> pb::Job {
+    pb::Job {
+        id: job.id.to_string(),
+        spec: Some(job_spec_to_proto(&job.spec)),
+        state: job_state_to_proto(job.state) as i32,
+        priority: job.priority,
+        worker_id: job.worker_id.map(|id| id.to_string()).unwrap_or_default(),
+        attempt: job.attempt as u32,
+        error: job.error.clone().unwrap_or_default(),
+        model_id: job.model_id.map(|id| id.to_string()).unwrap_or_default(),
+        created_at: timestamp(job.created_at),
+        updated_at: timestamp(job.updated_at),
+        request_id: job.request_id.clone().unwrap_or_default(),
+    }
+}
+
+pub fn progress_from_proto(proto: Option<pb::Progress>) -> Result<Progress> {
+    let proto = proto.ok_or_else(|| Error::from(Invalid::new("progress", "is required")))?;
+    Ok(Progress {
+        epoch: proto.epoch,
+        epochs: proto.epochs,
+        step: proto.step,
+        total_steps: proto.total_steps,
+        loss: proto.loss,
+        accuracy: proto.accuracy,
+        steps_per_second: proto.steps_per_second,
+    })
+}
+
+fn progress_to_proto(progress: &Progress) -> pb::Progress {
+    pb::Progress {
+        epoch: progress.epoch,
+        epochs: progress.epochs,
+        step: progress.step,
+        total_steps: progress.total_steps,
+        loss: progress.loss,
+        accuracy: progress.accuracy,
+        steps_per_second: progress.steps_per_second,
+    }
+}
+
+pub fn event_to_proto(event: &JobEvent) -> pb::JobEvent {
+    pb::JobEvent {
+        sequence: event.sequence,
+        job_id: event.job_id.to_string(),
+        at: timestamp(event.at),
+        event: Some(match &event.kind {
+            JobEventKind::State(state) => pb::job_event::Event::State(job_state_to_proto(*state) as i32),
+            JobEventKind::Progress(progress) => {
+                pb::job_event::Event::Progress(progress_to_proto(progress))
+            }
+        }),
+        message: event.message.clone(),
+    }
+}
+
+pub fn metrics_from_proto(proto: Option<pb::Metrics>) -> Result<Metrics> {
+    let proto = proto.ok_or_else(|| Error::from(Invalid::new("output.metrics", "is required")))?;
+    let accuracy_ok = |value: f64| (0.0..=1.0).contains(&value);
+    if !accuracy_ok(proto.holdout_accuracy) || !accuracy_ok(proto.train_accuracy) {
+        return Err(Invalid::new("output.metrics", "accuracies must lie in [0, 1]").into());
+    }
+    Ok(Metrics {
+        holdout_accuracy: proto.holdout_accuracy,
+        final_loss: proto.final_loss,
+        train_accuracy: proto.train_accuracy,
+        steps: proto.steps,
+        steps_per_second: proto.steps_per_second,
+    })
+}
+
+fn metrics_to_proto(metrics: &Metrics) -> pb::Metrics {
+    pb::Metrics {
+        holdout_accuracy: metrics.holdout_accuracy,
+        final_loss: metrics.final_loss,
+        train_accuracy: metrics.train_accuracy,
+        steps: metrics.steps,
+        steps_per_second: metrics.steps_per_second,
+    }
+}
+
+fn relation_to_proto(relation: Relation) -> pb::Relation {
+    match relation {
+        Relation::Finetune => pb::Relation::Finetune,
+        Relation::Transfer => pb::Relation::Transfer,
+        Relation::Direct => pb::Relation::Direct,
+        Relation::Module => pb::Relation::Module,
+    }
+}
+
+pub fn model_to_proto(model: &Model) -> pb::Model {
+    pb::Model {
+        id: model.id.to_string(),
+        name: model.name.clone(),
+        architecture: Some(architecture_to_proto(&model.architecture)),
+        weights_sha256: model.weights_sha256.clone(),
+        weights_bytes: model.weights_bytes,
+        parents: model
+            .parents
+            .iter()
+            .map(|edge| pb::ParentEdge {
+                parent_id: edge.parent_id.to_string(),
+                parent_name: edge.parent_name.clone(),
+                relation: relation_to_proto(edge.relation) as i32,
+                details_json: edge.details.to_string(),
+            })
+            .collect(),
+        dataset_id: model.dataset_id.map(|id| id.to_string()).unwrap_or_default(),
+        job_id: model.job_id.map(|id| id.to_string()).unwrap_or_default(),
+        metrics: model.metrics.as_ref().map(metrics_to_proto),
+        source: model.source.clone(),
+        created_at: timestamp(model.created_at),
+    }
+}
+
+pub fn lineage_to_proto(entries: &[LineageEntry]) -> Vec<pb::LineageEntry> {
+    entries
+        .iter()
+        .map(|entry| pb::LineageEntry {
+            model: Some(model_to_proto(&entry.model)),
+            depth: entry.depth,
+        })
+        .collect()
+}
+
+pub fn dataset_to_proto(dataset: &Dataset) -> pb::Dataset {
+    pb::Dataset {
+        id: dataset.id.to_string(),
+        name: dataset.name.clone(),
+        sha256: dataset.sha256.clone(),
+        size_bytes: dataset.size_bytes,
+        num_examples: dataset.num_examples,
+        num_features: dataset.num_features,
+        num_classes: dataset.num_classes,
+        created_at: timestamp(dataset.created_at),
+    }
+}
+
+pub fn devices_from_proto(devices: Vec<pb::Device>) -> Vec<Device> {
+    devices
+        .into_iter()
+        .map(|device| Device {
+            name: device.name,
+            memory_bytes: device.memory_bytes,
+        })
+        .collect()
+}
+
+pub fn assignment_to_proto(assignment: &Assignment) -> pb::Assignment {
+    let job = &assignment.job;
+    pb::Assignment {
+        job_id: job.id.to_string(),
+        attempt: job.attempt as u32,
+        spec: Some(job_spec_to_proto(&job.spec)),
+        architecture: Some(architecture_to_proto(&job.spec.architecture)),
+        dataset_path: assignment.dataset_path.clone(),
+        parent_weights_path: assignment.parent_weights_path.clone().unwrap_or_default(),
+    }
+}

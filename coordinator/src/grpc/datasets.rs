@@ -1,0 +1,60 @@
+use super::convert;
+use crate::Services;
+use crate::domain::{Dataset, check_name};
+use crate::error::Error;
+use heirloom_proto::v1 as pb;
+use heirloom_spec::{Invalid, read_dataset_info, sha256_hex};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+pub struct DatasetApi(pub Services);
+
+#[tonic::async_trait]
+impl pb::dataset_service_server::DatasetService for DatasetApi {
+    async fn register_dataset(
+        &self,
+        request: Request<pb::RegisterDatasetRequest>,
+    ) -> Result<Response<pb::RegisterDatasetResponse>, Status> {
+        let request = request.into_inner();
+        check_name("name", &request.name).map_err(Error::from)?;
+        let sha256 = sha256_hex(&request.content);
+        if request.sha256 != sha256 {
+            return Err(Error::from(Invalid::new(
+                "sha256",
+                format!(
+                    "the content hashes to {sha256}, not {:?}: the file changed or was cut short",
+                    request.sha256
+                ),
+            ))
+            .into());
+        }
+        let info = read_dataset_info("content", &request.content).map_err(Error::from)?;
+        let path = self.0.artifacts.put_dataset(&sha256, &request.content).await?;
+        let dataset = Dataset {
+            id: Uuid::new_v4(),
+            name: request.name,
+            sha256,
+            size_bytes: request.content.len() as u64,
+            num_examples: info.num_examples,
+            num_features: info.num_features,
+            num_classes: info.num_classes,
+            path,
+            created_at: chrono::Utc::now(),
+        };
+        let dataset = self.0.db.insert_dataset(&dataset).await?;
+        tracing::info!(dataset_id = %dataset.id, name = %dataset.name, "dataset registered");
+        Ok(Response::new(pb::RegisterDatasetResponse {
+            dataset: Some(convert::dataset_to_proto(&dataset)),
+        }))
+    }
+
+    async fn list_datasets(
+        &self,
+        _request: Request<pb::ListDatasetsRequest>,
+    ) -> Result<Response<pb::ListDatasetsResponse>, Status> {
+        let datasets = self.0.db.datasets().await?;
+        Ok(Response::new(pb::ListDatasetsResponse {
+            datasets: datasets.iter().map(convert::dataset_to_proto).collect(),
+        }))
+    }
+}

@@ -1,0 +1,139 @@
+use super::convert;
+use crate::Services;
+use crate::domain::JobEventKind;
+use crate::error::Error;
+use crate::notifier::Notification;
+use crate::planning::plan_job;
+use heirloom_proto::v1 as pb;
+use heirloom_spec::Invalid;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// How often a watcher looks for events on its own, in case a notification was lost.
+const WATCH_POLL: Duration = Duration::from_secs(1);
+
+pub struct JobApi(pub Services);
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchJobResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::job_service_server::JobService for JobApi {
+    async fn submit_job(
+        &self,
+        request: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let request = request.into_inner();
+        if request.request_id.len() > 128 {
+            return Err(Error::from(Invalid::new("request_id", "must be at most 128 bytes")).into());
+        }
+        let request_id = Some(request.request_id.as_str()).filter(|id| !id.is_empty());
+        let draft = convert::job_draft_from_proto(request.spec)?;
+        let spec = plan_job(&self.0.db, draft).await?;
+        let job = self.0.db.insert_job(&spec, request.priority, request_id).await?;
+        self.0.notifier.wake(Notification::Jobs);
+        tracing::info!(job_id = %job.id, kind = job.spec.kind.as_str(), "job submitted");
+        Ok(Response::new(pb::SubmitJobResponse {
+            job: Some(convert::job_to_proto(&job)),
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
+        let id = convert::parse_id("job_id", &request.into_inner().job_id)?;
+        let job = self.0.db.job(id).await?;
+        Ok(Response::new(pb::GetJobResponse {
+            job: Some(convert::job_to_proto(&job)),
+        }))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let state = convert::job_state_from_proto("state", request.into_inner().state)?;
+        let jobs = self.0.db.jobs(state).await?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs: jobs.iter().map(convert::job_to_proto).collect(),
+        }))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let id = convert::parse_id("job_id", &request.into_inner().job_id)?;
+        let job = self.0.db.cancel_job(id).await?;
+        tracing::info!(job_id = %job.id, "job cancelled");
+        Ok(Response::new(pb::CancelJobResponse {
+            job: Some(convert::job_to_proto(&job)),
+        }))
+    }
+
+    type WatchJobStream = WatchStream;
+
+    async fn watch_job(
+        &self,
+        request: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let request = request.into_inner();
+        let job_id = convert::parse_id("job_id", &request.job_id)?;
+        self.0.db.job(job_id).await?;
+        // Subscribe before the first read, so no event falls between read and wait.
+        let mut wake = self.0.notifier.subscribe();
+        let db = self.0.db.clone();
+        let (sender, receiver) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut after = request.after_sequence;
+            loop {
+                let events = match db.events_after(job_id, after).await {
+                    Ok(events) => events,
+                    Err(err) => {
+                        let _ = sender.send(Err(err.into())).await;
+                        return;
+                    }
+                };
+                let nothing_new = events.is_empty();
+                for event in events {
+                    after = event.sequence;
+                    let is_final = matches!(event.kind, JobEventKind::State(state) if state.is_final());
+                    let response = pb::WatchJobResponse {
+                        event: Some(convert::event_to_proto(&event)),
+                    };
+                    if sender.send(Ok(response)).await.is_err() || is_final {
+                        return;
+                    }
+                }
+                // A watcher that starts after the final event has nothing left to wait for.
+                if nothing_new && matches!(db.job(job_id).await, Ok(job) if job.state.is_final()) {
+                    return;
+                }
+                tokio::select! {
+                    _ = sender.closed() => return,
+                    _ = wait_for_event(&mut wake, job_id) => {}
+                    _ = tokio::time::sleep(WATCH_POLL) => {}
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+async fn wait_for_event(
+    wake: &mut tokio::sync::broadcast::Receiver<Notification>,
+    job_id: uuid::Uuid,
+) {
+    loop {
+        match wake.recv().await {
+            Ok(Notification::JobEvent(id)) if id == job_id => return,
+            Ok(_) => {}
+            // Lagged: something may have been missed, so look.
+            Err(_) => return,
+        }
+    }
+}

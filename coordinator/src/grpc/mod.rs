@@ -1,0 +1,63 @@
+//! The gRPC surface: one file per service, each a thin layer that converts the request
+//! (`convert.rs`), calls the domain and the database, and converts the answer back.
+
+mod convert;
+mod datasets;
+mod jobs;
+mod models;
+mod workers;
+
+use crate::Services;
+use heirloom_proto::v1 as pb;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+/// Imported weights and registered datasets travel inside one message for now.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+pub async fn serve(
+    services: Services,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    for name in [
+        "heirloom.v1.ModelService",
+        "heirloom.v1.DatasetService",
+        "heirloom.v1.JobService",
+        "heirloom.v1.WorkerService",
+    ] {
+        health_reporter
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the compiled descriptor set is valid");
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            pb::model_service_server::ModelServiceServer::new(models::ModelApi(services.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::dataset_service_server::DatasetServiceServer::new(datasets::DatasetApi(
+                services.clone(),
+            ))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(pb::job_service_server::JobServiceServer::new(jobs::JobApi(
+            services.clone(),
+        )))
+        .add_service(pb::worker_service_server::WorkerServiceServer::new(
+            workers::WorkerApi(services),
+        ))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await
+}

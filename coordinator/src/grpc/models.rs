@@ -1,0 +1,92 @@
+use super::convert;
+use crate::Services;
+use crate::domain::{Model, check_name};
+use crate::error::Error;
+use heirloom_proto::v1 as pb;
+use heirloom_spec::{Invalid, check_weights, sha256_hex};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+pub struct ModelApi(pub Services);
+
+#[tonic::async_trait]
+impl pb::model_service_server::ModelService for ModelApi {
+    async fn import_model(
+        &self,
+        request: Request<pb::ImportModelRequest>,
+    ) -> Result<Response<pb::ImportModelResponse>, Status> {
+        let request = request.into_inner();
+        check_name("name", &request.name).map_err(Error::from)?;
+        let architecture = convert::architecture_from_proto("architecture", request.architecture)?
+            .ok_or_else(|| Error::from(Invalid::new("architecture", "is required")))?;
+        if request.weights.is_empty() {
+            return Err(Error::from(Invalid::new("weights", "is empty: send a safetensors file")).into());
+        }
+        check_weights("weights", &request.weights, &architecture).map_err(Error::from)?;
+        let weights_sha256 = sha256_hex(&request.weights);
+        let weights_path = self.0.artifacts.put_weights(&weights_sha256, &request.weights).await?;
+        let model = Model {
+            id: Uuid::new_v4(),
+            name: request.name,
+            architecture,
+            weights_sha256,
+            weights_bytes: request.weights.len() as u64,
+            weights_path,
+            source: "import".into(),
+            job_id: None,
+            dataset_id: None,
+            metrics: None,
+            parents: Vec::new(),
+            created_at: chrono::Utc::now(),
+        };
+        let model = self.0.db.insert_imported_model(&model).await?;
+        tracing::info!(model_id = %model.id, name = %model.name, "model imported");
+        Ok(Response::new(pb::ImportModelResponse {
+            model: Some(convert::model_to_proto(&model)),
+        }))
+    }
+
+    async fn get_model(
+        &self,
+        request: Request<pb::GetModelRequest>,
+    ) -> Result<Response<pb::GetModelResponse>, Status> {
+        let model = self.0.db.find_model(&request.into_inner().model).await?;
+        Ok(Response::new(pb::GetModelResponse {
+            model: Some(convert::model_to_proto(&model)),
+        }))
+    }
+
+    async fn list_models(
+        &self,
+        _request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let models = self.0.db.all_models().await?;
+        Ok(Response::new(pb::ListModelsResponse {
+            models: models.iter().map(convert::model_to_proto).collect(),
+        }))
+    }
+
+    async fn list_ancestors(
+        &self,
+        request: Request<pb::ListAncestorsRequest>,
+    ) -> Result<Response<pb::ListAncestorsResponse>, Status> {
+        let request = request.into_inner();
+        let model = self.0.db.find_model(&request.model).await?;
+        let entries = self.0.db.ancestors(model.id, request.max_depth).await?;
+        Ok(Response::new(pb::ListAncestorsResponse {
+            entries: convert::lineage_to_proto(&entries),
+        }))
+    }
+
+    async fn list_descendants(
+        &self,
+        request: Request<pb::ListDescendantsRequest>,
+    ) -> Result<Response<pb::ListDescendantsResponse>, Status> {
+        let request = request.into_inner();
+        let model = self.0.db.find_model(&request.model).await?;
+        let entries = self.0.db.descendants(model.id, request.max_depth).await?;
+        Ok(Response::new(pb::ListDescendantsResponse {
+            entries: convert::lineage_to_proto(&entries),
+        }))
+    }
+}

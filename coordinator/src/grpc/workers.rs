@@ -1,0 +1,109 @@
+use super::convert;
+use crate::Services;
+use crate::dispatch;
+use crate::domain::check_name;
+use crate::error::{Error, Result};
+use heirloom_proto::v1 as pb;
+use heirloom_spec::Invalid;
+use std::pin::Pin;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+pub struct WorkerApi(pub Services);
+
+type AssignmentStream = Pin<Box<dyn Stream<Item = Result<pb::Assignment, Status>> + Send>>;
+
+impl WorkerApi {
+    async fn known_worker(&self, field: &str, id: &str) -> Result<Uuid> {
+        let id = convert::parse_id(field, id)?;
+        if !self.0.db.worker_exists(id).await? {
+            return Err(Error::NotFound(format!(
+                "worker {id} is not registered; call RegisterWorker first"
+            )));
+        }
+        Ok(id)
+    }
+}
+
+fn attempt(value: u32) -> Result<i32> {
+    i32::try_from(value).map_err(|_| Invalid::new("attempt", "is out of range").into())
+}
+
+#[tonic::async_trait]
+impl pb::worker_service_server::WorkerService for WorkerApi {
+    async fn register_worker(
+        &self,
+        request: Request<pb::RegisterWorkerRequest>,
+    ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let request = request.into_inner();
+        check_name("name", &request.name).map_err(Error::from)?;
+        let devices = convert::devices_from_proto(request.devices);
+        let id = self.0.db.insert_worker(&request.name, &devices, &request.labels).await?;
+        tracing::info!(worker_id = %id, name = %request.name, "worker registered");
+        Ok(Response::new(pb::RegisterWorkerResponse {
+            worker_id: id.to_string(),
+        }))
+    }
+
+    type StreamAssignmentsStream = AssignmentStream;
+
+    async fn stream_assignments(
+        &self,
+        request: Request<pb::StreamAssignmentsRequest>,
+    ) -> Result<Response<AssignmentStream>, Status> {
+        let worker_id = self.known_worker("worker_id", &request.into_inner().worker_id).await?;
+        let stream = dispatch::assignments(self.0.clone(), worker_id).map(|assignment| {
+            assignment
+                .map(|assignment| convert::assignment_to_proto(&assignment))
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn report_progress(
+        &self,
+        request: Request<pb::ReportProgressRequest>,
+    ) -> Result<Response<pb::ReportProgressResponse>, Status> {
+        let request = request.into_inner();
+        let worker_id = self.known_worker("worker_id", &request.worker_id).await?;
+        let job_id = convert::parse_id("job_id", &request.job_id)?;
+        let progress = convert::progress_from_proto(request.progress)?;
+        let cancelled = self
+            .0
+            .db
+            .report_progress(worker_id, job_id, attempt(request.attempt)?, &progress)
+            .await?;
+        Ok(Response::new(pb::ReportProgressResponse { cancelled }))
+    }
+
+    async fn complete_job(
+        &self,
+        request: Request<pb::CompleteJobRequest>,
+    ) -> Result<Response<pb::CompleteJobResponse>, Status> {
+        let request = request.into_inner();
+        let worker_id = self.known_worker("worker_id", &request.worker_id).await?;
+        let job_id = convert::parse_id("job_id", &request.job_id)?;
+        let attempt = attempt(request.attempt)?;
+        let job = match request.result {
+            Some(pb::complete_job_request::Result::Output(output)) => {
+                let output = dispatch::Output {
+                    weights_path: output.weights_path,
+                    weights_sha256: output.weights_sha256,
+                    metrics: convert::metrics_from_proto(output.metrics)?,
+                };
+                dispatch::record_output(&self.0, worker_id, job_id, attempt, output).await?
+            }
+            Some(pb::complete_job_request::Result::Error(error)) => {
+                tracing::warn!(job_id = %job_id, error = %error, "job failed on the worker");
+                self.0.db.fail_job(worker_id, job_id, attempt, &error).await?
+            }
+            None => {
+                return Err(Error::from(Invalid::new("result", "set `output` or `error`")).into());
+            }
+        };
+        Ok(Response::new(pb::CompleteJobResponse {
+            job: Some(convert::job_to_proto(&job)),
+        }))
+    }
+}

@@ -1,0 +1,76 @@
+//! Turns Postgres NOTIFY messages into an in-process broadcast, so dispatchers and
+//! watchers on every replica wake when something changes, whichever replica changed it.
+//! Listeners also poll, so a lost notification only delays them.
+
+use crate::db::{EVENTS_CHANNEL, JOBS_CHANNEL};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notification {
+    /// A job may have become claimable, or a worker free.
+    Jobs,
+    /// This job has a new event.
+    JobEvent(Uuid),
+}
+
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    sender: broadcast::Sender<Notification>,
+}
+
+impl Notifier {
+    /// Starts listening; the task ends when `shutdown` resolves.
+    pub fn start(pool: PgPool, shutdown: CancellationToken) -> Notifier {
+        let (sender, _) = broadcast::channel(1024);
+        let notifier = Notifier {
+            sender: sender.clone(),
+        };
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    result = listen(&pool, &sender) => {
+                        if let Err(err) = result {
+                            tracing::warn!(error = %err, "notification listener failed; reconnecting");
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        });
+        notifier
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Notification> {
+        self.sender.subscribe()
+    }
+
+    /// Wakes local listeners without a round trip through Postgres.
+    pub fn wake(&self, notification: Notification) {
+        let _ = self.sender.send(notification);
+    }
+}
+
+async fn listen(pool: &PgPool, sender: &broadcast::Sender<Notification>) -> Result<(), sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen_all([JOBS_CHANNEL, EVENTS_CHANNEL]).await?;
+    // Anything may have happened while not listening.
+    let _ = sender.send(Notification::Jobs);
+    loop {
+        let message = listener.recv().await?;
+        let notification = if message.channel() == JOBS_CHANNEL {
+            Notification::Jobs
+        } else {
+            match Uuid::parse_str(message.payload()) {
+                Ok(id) => Notification::JobEvent(id),
+                Err(_) => continue,
+            }
+        };
+        let _ = sender.send(notification);
+    }
+}

@@ -1,0 +1,24 @@
+//! Compiles `heirloom/v1/*.proto` with protox (no system `protoc`) and keeps the encoded
+//! descriptor set for gRPC server reflection.
+
+use prost::Message;
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "heirloom/v1/common.proto",
+        "heirloom/v1/models.proto",
+        "heirloom/v1/datasets.proto",
+        "heirloom/v1/jobs.proto",
+        "heirloom/v1/workers.proto",
+    ];
+    let descriptors = protox::compile(files, ["."])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("heirloom_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    println!("cargo:rerun-if-changed=heirloom");
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! The two file formats that cross the coordinator/worker boundary, both safetensors:
+//! datasets (`x`: float32 [N, F], `y`: int64 [N] with labels 0..C-1) and weights
+//! (one tensor per parameter, PyTorch state-dict names).
+
+use crate::{Architecture, Invalid};
+use safetensors::{Dtype, SafeTensors};
+use sha2::{Digest, Sha256};
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+}
+
+pub fn read_tensor_infos(field: &str, bytes: &[u8]) -> Result<Vec<TensorInfo>, Invalid> {
+    let tensors = SafeTensors::deserialize(bytes)
+        .map_err(|err| Invalid::new(field, format!("not a safetensors file: {err}")))?;
+    let mut infos: Vec<TensorInfo> = tensors
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| TensorInfo {
+            name,
+            dtype: format!("{:?}", view.dtype()).to_lowercase(),
+            shape: view.shape().to_vec(),
+        })
+        .collect();
+    infos.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(infos)
+}
+
+/// Checks that `bytes` hold exactly the float32 parameters of `architecture`.
+pub fn check_weights(field: &str, bytes: &[u8], architecture: &Architecture) -> Result<(), Invalid> {
+    let infos = read_tensor_infos(field, bytes)?;
+    let expected = architecture.parameters();
+    for (name, shape) in &expected {
+        let Some(info) = infos.iter().find(|info| &info.name == name) else {
+            return Err(Invalid::new(
+                field,
+                format!("tensor {name} is missing; the architecture needs {}", names(&expected)),
+            ));
+        };
+        if &info.shape != shape || info.dtype != "f32" {
+            return Err(Invalid::new(
+                field,
+                format!(
+                    "tensor {name} is {} {:?}; the architecture needs f32 {shape:?}",
+                    info.dtype, info.shape
+                ),
+            ));
+        }
+    }
+    if let Some(extra) = infos
+        .iter()
+        .find(|info| !expected.iter().any(|(name, _)| name == &info.name))
+    {
+        return Err(Invalid::new(
+            field,
+            format!("tensor {} is not a parameter of the architecture", extra.name),
+        ));
+    }
+    Ok(())
+}
+
+fn names(parameters: &[(String, Vec<usize>)]) -> String {
+    parameters
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatasetInfo {
+    pub num_examples: u64,
+    pub num_features: u32,
+    pub num_classes: u32,
+}
+
+pub fn read_dataset_info(field: &str, bytes: &[u8]) -> Result<DatasetInfo, Invalid> {
+    let tensors = SafeTensors::deserialize(bytes)
+        .map_err(|err| Invalid::new(field, format!("not a safetensors file: {err}")))?;
+    let x = tensors
+        .tensor("x")
+        .map_err(|_| Invalid::new(field, "has no tensor `x` (float32 [N, F])"))?;
+    let y = tensors
+        .tensor("y")
+        .map_err(|_| Invalid::new(field, "has no tensor `y` (int64 [N])"))?;
+    let &[rows, features] = x.shape() else {
+        return Err(Invalid::new(field, format!("`x` must be 2-D [N, F], is {:?}", x.shape())));
+    };
+    if x.dtype() != Dtype::F32 {
+        return Err(Invalid::new(field, format!("`x` must be float32, is {:?}", x.dtype())));
+    }
+    if y.dtype() != Dtype::I64 || y.shape() != [rows] {
+        return Err(Invalid::new(
+            field,
+            format!("`y` must be int64 [{rows}], is {:?} {:?}", y.dtype(), y.shape()),
+        ));
+    }
+    if rows < 2 || features == 0 {
+        return Err(Invalid::new(field, "needs at least 2 examples and 1 feature"));
+    }
+    let mut max_label = 0i64;
+    for chunk in y.data().chunks_exact(8) {
+        let label = i64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
+        if label < 0 {
+            return Err(Invalid::new(field, format!("`y` holds a negative label {label}")));
+        }
+        max_label = max_label.max(label);
+    }
+    if max_label >= 1 << 16 {
+        return Err(Invalid::new(field, format!("`y` holds label {max_label}; at most 65535")));
+    }
+    Ok(DatasetInfo {
+        num_examples: rows as u64,
+        num_features: u32::try_from(features)
+            .map_err(|_| Invalid::new(field, "too many features"))?,
+        num_classes: max_label as u32 + 1,
+    })
+}
+
+/// Checks that every tensor `frozen` selects is byte-identical in `child` and `parent`.
+pub fn unchanged_tensors(
+    field: &str,
+    parent: &[u8],
+    child: &[u8],
+    frozen: impl Fn(&str) -> bool,
+) -> Result<(), Invalid> {
+    let parent = SafeTensors::deserialize(parent)
+        .map_err(|err| Invalid::new(field, format!("the parent's weights are unreadable: {err}")))?;
+    let child = SafeTensors::deserialize(child)
+        .map_err(|err| Invalid::new(field, format!("not a safetensors file: {err}")))?;
+    for name in parent.names() {
+        if !frozen(name) {
+            continue;
+        }
+        let before = parent.tensor(name).expect("listed name");
+        let after = child
+            .tensor(name)
+            .map_err(|_| Invalid::new(field, format!("frozen tensor {name} is missing")))?;
+        if before.data() != after.data() {
+            return Err(Invalid::new(
+                field,
+                format!("tensor {name} was frozen but differs from the parent's"),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,36 @@
+//! What the coordinator and the worker must agree on, with no libtorch and no gRPC:
+//! architecture specs and their parameter names, hyperparameters and their defaults,
+//! trainable-tensor patterns, and the dataset and weights file formats.
+//!
+//! Every check here names the field at fault, so the coordinator can turn it into an
+//! `INVALID_ARGUMENT` that says what to fix.
+
+mod architecture;
+mod files;
+mod hyperparameters;
+mod patterns;
+
+pub use architecture::{Architecture, HEAD, Mlp, SmallCnn};
+pub use files::{
+    DatasetInfo, TensorInfo, check_weights, read_dataset_info, read_tensor_infos, sha256_hex,
+    unchanged_tensors,
+};
+pub use hyperparameters::{Hyperparameters, Optimizer};
+pub use patterns::{TrainablePatterns, pattern_matches};
+
+/// A spec that cannot be used, with the field to fix.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct Invalid {
+    pub field: String,
+    pub reason: String,
+}
+
+impl Invalid {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
