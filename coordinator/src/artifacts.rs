@@ -53,7 +53,9 @@ impl Artifacts {
             )));
         }
         tokio::fs::read(self.root.join(path)).await.map_err(|err| {
-            Error::InvalidArgument(format!("output.weights_path: cannot read {relative:?}: {err}"))
+            Error::InvalidArgument(format!(
+                "output.weights_path: cannot read {relative:?}: {err}"
+            ))
         })
     }
 

@@ -4,7 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "heirloom-coordinator", version, about = "The Heirloom coordinator")]
+#[command(
+    name = "heirloom-coordinator",
+    version,
+    about = "The Heirloom coordinator"
+)]
 pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "HEIRLOOM_LISTEN", default_value = "127.0.0.1:7070")]

@@ -59,7 +59,9 @@ pub fn assignments(services: Services, worker_id: Uuid) -> impl Stream<Item = Re
             }
         }
         match services.db.requeue_worker_jobs(worker_id).await {
-            Ok(ids) => tracing::info!(worker_id = %worker_id, requeued = ids.len(), "worker disconnected"),
+            Ok(ids) => {
+                tracing::info!(worker_id = %worker_id, requeued = ids.len(), "worker disconnected")
+            }
             Err(err) => tracing::error!(worker_id = %worker_id, error = %err, "requeue failed"),
         }
     });
@@ -108,12 +110,18 @@ pub async fn record_output(
         Err(Error::InvalidArgument(reason)) => {
             let reason = format!("weights rejected: {reason}");
             tracing::warn!(job_id = %job_id, reason = %reason, "job output refused");
-            services.db.fail_job(worker_id, job_id, attempt, &reason).await
+            services
+                .db
+                .fail_job(worker_id, job_id, attempt, &reason)
+                .await
         }
         Err(err) => Err(err),
         Ok(()) => {
             let weights_sha256 = output.weights_sha256;
-            let weights_path = services.artifacts.put_weights(&weights_sha256, &bytes).await?;
+            let weights_path = services
+                .artifacts
+                .put_weights(&weights_sha256, &bytes)
+                .await?;
             let model = NewModel {
                 id: Uuid::new_v4(),
                 weights_bytes: bytes.len() as u64,
@@ -121,7 +129,10 @@ pub async fn record_output(
                 weights_path,
                 metrics: output.metrics,
             };
-            let job = services.db.succeed_job(worker_id, job_id, attempt, &model).await?;
+            let job = services
+                .db
+                .succeed_job(worker_id, job_id, attempt, &model)
+                .await?;
             tracing::info!(job_id = %job_id, model_id = %model.id, "job succeeded");
             Ok(job)
         }
@@ -130,7 +141,12 @@ pub async fn record_output(
     recorded
 }
 
-async fn verify_weights(services: &Services, job: &Job, bytes: &[u8], claimed_sha256: &str) -> Result<()> {
+async fn verify_weights(
+    services: &Services,
+    job: &Job,
+    bytes: &[u8],
+    claimed_sha256: &str,
+) -> Result<()> {
     let sha256 = sha256_hex(bytes);
     if sha256 != claimed_sha256 {
         return Err(Error::InvalidArgument(format!(
@@ -142,7 +158,8 @@ async fn verify_weights(services: &Services, job: &Job, bytes: &[u8], claimed_sh
         return Ok(());
     };
     let parent = services.db.model(parent_id).await?;
-    let parent_bytes = tokio::fs::read(services.artifacts.root().join(&parent.weights_path)).await?;
+    let parent_bytes =
+        tokio::fs::read(services.artifacts.root().join(&parent.weights_path)).await?;
     let patterns = TrainablePatterns::from_checked(job.spec.trainable.clone());
     let frozen = |name: &str| match job.spec.kind {
         JobKind::Finetune => !patterns.is_trainable(name),

@@ -71,11 +71,16 @@ impl JobState {
     }
 
     pub fn parse(text: &str) -> Option<JobState> {
-        JobState::ALL.into_iter().find(|state| state.as_str() == text)
+        JobState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
     }
 
     pub fn is_final(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
     }
 }
 
@@ -98,9 +103,14 @@ impl Relation {
     }
 
     pub fn parse(text: &str) -> Option<Relation> {
-        [Relation::Finetune, Relation::Transfer, Relation::Direct, Relation::Module]
-            .into_iter()
-            .find(|relation| relation.as_str() == text)
+        [
+            Relation::Finetune,
+            Relation::Transfer,
+            Relation::Direct,
+            Relation::Module,
+        ]
+        .into_iter()
+        .find(|relation| relation.as_str() == text)
     }
 }
 

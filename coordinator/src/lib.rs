@@ -56,7 +56,11 @@ impl Coordinator {
     }
 
     /// Serves on `listener` until `shutdown` is cancelled.
-    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
         let address = listener.local_addr()?;
         tracing::info!(%address, "coordinator listening");
         let result = grpc::serve(self.services, listener, shutdown).await;

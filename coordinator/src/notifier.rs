@@ -56,7 +56,10 @@ impl Notifier {
     }
 }
 
-async fn listen(pool: &PgPool, sender: &broadcast::Sender<Notification>) -> Result<(), sqlx::Error> {
+async fn listen(
+    pool: &PgPool,
+    sender: &broadcast::Sender<Notification>,
+) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen_all([JOBS_CHANNEL, EVENTS_CHANNEL]).await?;
     // Anything may have happened while not listening.

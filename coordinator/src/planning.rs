@@ -27,7 +27,10 @@ pub async fn plan_job(db: &Db, draft: JobDraft) -> Result<JobSpec> {
     let parent = match (draft.kind, draft.parent_id) {
         (JobKind::Train, None) => None,
         (JobKind::Train, Some(_)) => {
-            return Err(invalid("spec.parent_id", "a train job makes a root model; leave it empty"));
+            return Err(invalid(
+                "spec.parent_id",
+                "a train job makes a root model; leave it empty",
+            ));
         }
         (_, None) => {
             return Err(invalid(
@@ -39,16 +42,20 @@ pub async fn plan_job(db: &Db, draft: JobDraft) -> Result<JobSpec> {
     };
     let (architecture, trainable, num_classes) = match (draft.kind, &parent) {
         (JobKind::Train, _) => {
-            let architecture = draft.architecture.ok_or_else(|| {
-                invalid("spec.architecture", "a train job needs an architecture")
-            })?;
+            let architecture = draft
+                .architecture
+                .ok_or_else(|| invalid("spec.architecture", "a train job needs an architecture"))?;
             architecture.validate("spec.architecture")?;
             refuse_set("spec.trainable", !draft.trainable.is_empty(), "train")?;
             refuse_set("spec.num_classes", draft.num_classes != 0, "train")?;
             (architecture, Vec::new(), None)
         }
         (JobKind::Finetune, Some(parent)) => {
-            refuse_set("spec.architecture", draft.architecture.is_some(), "finetune")?;
+            refuse_set(
+                "spec.architecture",
+                draft.architecture.is_some(),
+                "finetune",
+            )?;
             refuse_set("spec.num_classes", draft.num_classes != 0, "finetune")?;
             let names: Vec<String> = parent
                 .architecture
@@ -57,10 +64,18 @@ pub async fn plan_job(db: &Db, draft: JobDraft) -> Result<JobSpec> {
                 .map(|(name, _)| name)
                 .collect();
             let patterns = TrainablePatterns::parse("spec.trainable", &draft.trainable, &names)?;
-            (parent.architecture.clone(), patterns.as_slice().to_vec(), None)
+            (
+                parent.architecture.clone(),
+                patterns.as_slice().to_vec(),
+                None,
+            )
         }
         (JobKind::Transfer, Some(parent)) => {
-            refuse_set("spec.architecture", draft.architecture.is_some(), "transfer")?;
+            refuse_set(
+                "spec.architecture",
+                draft.architecture.is_some(),
+                "transfer",
+            )?;
             refuse_set("spec.trainable", !draft.trainable.is_empty(), "transfer")?;
             if draft.num_classes == 0 {
                 return Err(invalid(
@@ -108,7 +123,10 @@ fn invalid(field: &str, reason: impl Into<String>) -> Error {
 
 fn refuse_set(field: &str, is_set: bool, kind: &str) -> Result<()> {
     if is_set {
-        return Err(invalid(field, format!("does not apply to a {kind} job; leave it empty")));
+        return Err(invalid(
+            field,
+            format!("does not apply to a {kind} job; leave it empty"),
+        ));
     }
     Ok(())
 }

@@ -1,10 +1,11 @@
 //! The `heirloom.v1` gRPC contract: generated messages, clients and servers.
 //!
-//! Nothing here has behaviour; the coordinator, worker and CLI convert these types into
-//! their own at their edges.
+//! Beyond the generated code, only conversions to and from the shared spec types
+//! (`convert.rs`); the coordinator, worker and CLI convert the rest at their edges.
 
-#![allow(clippy::all)]
+mod convert;
 
+#[allow(clippy::all)]
 pub mod v1 {
     tonic::include_proto!("heirloom.v1");
 

@@ -96,7 +96,10 @@ impl Architecture {
     pub fn parameters(&self) -> Vec<(String, Vec<usize>)> {
         let mut parameters = Vec::new();
         let mut linear = |name: String, inputs: u32, outputs: u32| {
-            parameters.push((format!("{name}.weight"), vec![outputs as usize, inputs as usize]));
+            parameters.push((
+                format!("{name}.weight"),
+                vec![outputs as usize, inputs as usize],
+            ));
             parameters.push((format!("{name}.bias"), vec![outputs as usize]));
         };
         match self {
@@ -203,9 +206,10 @@ mod tests {
 
     #[test]
     fn json_form_is_externally_tagged() {
-        let arch: Architecture =
-            serde_json::from_str(r#"{"mlp": {"input_features": 4, "hidden": [3], "num_classes": 2}}"#)
-                .unwrap();
+        let arch: Architecture = serde_json::from_str(
+            r#"{"mlp": {"input_features": 4, "hidden": [3], "num_classes": 2}}"#,
+        )
+        .unwrap();
         assert_eq!(arch, mlp(4, vec![3], 2));
     }
 }

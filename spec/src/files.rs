@@ -34,14 +34,21 @@ pub fn read_tensor_infos(field: &str, bytes: &[u8]) -> Result<Vec<TensorInfo>, I
 }
 
 /// Checks that `bytes` hold exactly the float32 parameters of `architecture`.
-pub fn check_weights(field: &str, bytes: &[u8], architecture: &Architecture) -> Result<(), Invalid> {
+pub fn check_weights(
+    field: &str,
+    bytes: &[u8],
+    architecture: &Architecture,
+) -> Result<(), Invalid> {
     let infos = read_tensor_infos(field, bytes)?;
     let expected = architecture.parameters();
     for (name, shape) in &expected {
         let Some(info) = infos.iter().find(|info| &info.name == name) else {
             return Err(Invalid::new(
                 field,
-                format!("tensor {name} is missing; the architecture needs {}", names(&expected)),
+                format!(
+                    "tensor {name} is missing; the architecture needs {}",
+                    names(&expected)
+                ),
             ));
         };
         if &info.shape != shape || info.dtype != "f32" {
@@ -60,7 +67,10 @@ pub fn check_weights(field: &str, bytes: &[u8], architecture: &Architecture) -> 
     {
         return Err(Invalid::new(
             field,
-            format!("tensor {} is not a parameter of the architecture", extra.name),
+            format!(
+                "tensor {} is not a parameter of the architecture",
+                extra.name
+            ),
         ));
     }
     Ok(())
@@ -91,30 +101,49 @@ pub fn read_dataset_info(field: &str, bytes: &[u8]) -> Result<DatasetInfo, Inval
         .tensor("y")
         .map_err(|_| Invalid::new(field, "has no tensor `y` (int64 [N])"))?;
     let &[rows, features] = x.shape() else {
-        return Err(Invalid::new(field, format!("`x` must be 2-D [N, F], is {:?}", x.shape())));
+        return Err(Invalid::new(
+            field,
+            format!("`x` must be 2-D [N, F], is {:?}", x.shape()),
+        ));
     };
     if x.dtype() != Dtype::F32 {
-        return Err(Invalid::new(field, format!("`x` must be float32, is {:?}", x.dtype())));
+        return Err(Invalid::new(
+            field,
+            format!("`x` must be float32, is {:?}", x.dtype()),
+        ));
     }
     if y.dtype() != Dtype::I64 || y.shape() != [rows] {
         return Err(Invalid::new(
             field,
-            format!("`y` must be int64 [{rows}], is {:?} {:?}", y.dtype(), y.shape()),
+            format!(
+                "`y` must be int64 [{rows}], is {:?} {:?}",
+                y.dtype(),
+                y.shape()
+            ),
         ));
     }
     if rows < 2 || features == 0 {
-        return Err(Invalid::new(field, "needs at least 2 examples and 1 feature"));
+        return Err(Invalid::new(
+            field,
+            "needs at least 2 examples and 1 feature",
+        ));
     }
     let mut max_label = 0i64;
     for chunk in y.data().chunks_exact(8) {
         let label = i64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
         if label < 0 {
-            return Err(Invalid::new(field, format!("`y` holds a negative label {label}")));
+            return Err(Invalid::new(
+                field,
+                format!("`y` holds a negative label {label}"),
+            ));
         }
         max_label = max_label.max(label);
     }
     if max_label >= 1 << 16 {
-        return Err(Invalid::new(field, format!("`y` holds label {max_label}; at most 65535")));
+        return Err(Invalid::new(
+            field,
+            format!("`y` holds label {max_label}; at most 65535"),
+        ));
     }
     Ok(DatasetInfo {
         num_examples: rows as u64,
@@ -131,8 +160,9 @@ pub fn unchanged_tensors(
     child: &[u8],
     frozen: impl Fn(&str) -> bool,
 ) -> Result<(), Invalid> {
-    let parent = SafeTensors::deserialize(parent)
-        .map_err(|err| Invalid::new(field, format!("the parent's weights are unreadable: {err}")))?;
+    let parent = SafeTensors::deserialize(parent).map_err(|err| {
+        Invalid::new(field, format!("the parent's weights are unreadable: {err}"))
+    })?;
     let child = SafeTensors::deserialize(child)
         .map_err(|err| Invalid::new(field, format!("not a safetensors file: {err}")))?;
     for name in parent.names() {

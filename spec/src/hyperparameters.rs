@@ -73,7 +73,9 @@ impl Hyperparameters {
                 format!("must be between 1 and {MAX_BATCH_SIZE}"),
             ));
         }
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0 && self.learning_rate <= 10.0)
+        if !(self.learning_rate.is_finite()
+            && self.learning_rate > 0.0
+            && self.learning_rate <= 10.0)
         {
             return Err(Invalid::new(
                 format!("{field}.learning_rate"),

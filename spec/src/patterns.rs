@@ -13,7 +13,10 @@ impl TrainablePatterns {
         for (i, pattern) in patterns.iter().enumerate() {
             let field = format!("{field}[{i}]");
             if pattern.is_empty() || pattern.chars().any(char::is_whitespace) {
-                return Err(Invalid::new(field, "must be a non-empty pattern without spaces"));
+                return Err(Invalid::new(
+                    field,
+                    "must be a non-empty pattern without spaces",
+                ));
             }
             if !names.iter().any(|name| pattern_matches(pattern, name)) {
                 return Err(Invalid::new(
@@ -69,7 +72,11 @@ mod tests {
     #[test]
     fn globs() {
         let check = |pattern: &str, name: &str, expected: bool| {
-            assert_eq!(pattern_matches(pattern, name), expected, "{pattern} ~ {name}");
+            assert_eq!(
+                pattern_matches(pattern, name),
+                expected,
+                "{pattern} ~ {name}"
+            );
         };
         check("fc.*", "fc.weight", true);
         check("fc.*", "fc", false);

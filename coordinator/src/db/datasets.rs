@@ -74,9 +74,10 @@ impl Db {
     }
 
     pub async fn datasets(&self) -> Result<Vec<Dataset>> {
-        let rows: Vec<DatasetRow> = sqlx::query_as("SELECT * FROM datasets ORDER BY created_at, id")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<DatasetRow> =
+            sqlx::query_as("SELECT * FROM datasets ORDER BY created_at, id")
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows.into_iter().map(Dataset::from).collect())
     }
 }

@@ -1,8 +1,6 @@
 use super::models::name_taken;
 use super::{Db, EVENTS_CHANNEL, JOBS_CHANNEL};
-use crate::domain::{
-    Job, JobEvent, JobEventKind, JobSpec, JobState, Metrics, Progress,
-};
+use crate::domain::{Job, JobEvent, JobEventKind, JobSpec, JobState, Metrics, Progress};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -121,20 +119,18 @@ impl Db {
     }
 
     async fn job_by_request_id(&self, request_id: &str) -> Result<Option<Job>> {
-        let row: Option<JobRow> =
-            sqlx::query_as("SELECT * FROM jobs WHERE request_id = $1")
-                .bind(request_id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<JobRow> = sqlx::query_as("SELECT * FROM jobs WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(Job::try_from).transpose()
     }
 
     pub async fn job(&self, id: Uuid) -> Result<Job> {
-        let row: Option<JobRow> =
-            sqlx::query_as("SELECT * FROM jobs WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<JobRow> = sqlx::query_as("SELECT * FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(Job::try_from)
             .transpose()?
             .ok_or_else(|| Error::NotFound(format!("job {id} does not exist")))
@@ -327,8 +323,13 @@ impl Db {
             )));
         }
         set_state(&mut tx, job_id, JobState::Cancelled, None).await?;
-        insert_state_event(&mut tx, job_id, JobState::Cancelled.as_str(), "cancelled by request")
-            .await?;
+        insert_state_event(
+            &mut tx,
+            job_id,
+            JobState::Cancelled.as_str(),
+            "cancelled by request",
+        )
+        .await?;
         notify_jobs(&mut tx).await?;
         tx.commit().await?;
         self.job(job_id).await
@@ -346,9 +347,11 @@ impl Db {
         rows.into_iter()
             .map(|row| {
                 let kind = match (row.state, row.progress) {
-                    (Some(state), _) => JobEventKind::State(JobState::parse(&state).ok_or_else(
-                        || Error::Internal(format!("unknown job state {state:?}")),
-                    )?),
+                    (Some(state), _) => {
+                        JobEventKind::State(JobState::parse(&state).ok_or_else(|| {
+                            Error::Internal(format!("unknown job state {state:?}"))
+                        })?)
+                    }
                     (None, Some(progress)) => JobEventKind::Progress(progress.0),
                     (None, None) => return Err(Error::Internal("empty job event".into())),
                 };
@@ -371,11 +374,10 @@ async fn lock_leased_job(
     job_id: Uuid,
     attempt: i32,
 ) -> Result<Job> {
-    let row: Option<JobRow> =
-        sqlx::query_as("SELECT * FROM jobs WHERE id = $1 FOR UPDATE")
-            .bind(job_id)
-            .fetch_optional(&mut **tx)
-            .await?;
+    let row: Option<JobRow> = sqlx::query_as("SELECT * FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(job_id)
+        .fetch_optional(&mut **tx)
+        .await?;
     let job = row
         .map(Job::try_from)
         .transpose()?

@@ -105,10 +105,10 @@ impl Db {
             " WHERE ($1::uuid IS NULL OR m.id = $1) AND ($2::text IS NULL OR m.name = $2)
               ORDER BY m.created_at, m.id"
         ))
-            .bind(id)
-            .bind(name)
-            .fetch_all(&self.pool)
-            .await?;
+        .bind(id)
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
         self.with_parents(rows).await
     }
 
@@ -142,10 +142,11 @@ impl Db {
             .fetch_all(&self.pool)
             .await?;
         let ids: Vec<Uuid> = reached.iter().map(|(id, _)| *id).collect();
-        let rows: Vec<ModelRow> = sqlx::query_as(concat!(select_models!(), " WHERE m.id = ANY($1)"))
-            .bind(&ids)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<ModelRow> =
+            sqlx::query_as(concat!(select_models!(), " WHERE m.id = ANY($1)"))
+                .bind(&ids)
+                .fetch_all(&self.pool)
+                .await?;
         let mut models: HashMap<Uuid, Model> = self
             .with_parents(rows)
             .await?
@@ -162,7 +163,11 @@ impl Db {
             })
             .collect();
         entries.sort_by(|a, b| {
-            (a.depth, a.model.created_at, a.model.id).cmp(&(b.depth, b.model.created_at, b.model.id))
+            (a.depth, a.model.created_at, a.model.id).cmp(&(
+                b.depth,
+                b.model.created_at,
+                b.model.id,
+            ))
         });
         Ok(entries)
     }
@@ -181,7 +186,10 @@ impl Db {
         let mut parents: HashMap<Uuid, Vec<ParentEdge>> = HashMap::new();
         for edge in edges {
             let relation = Relation::parse(&edge.relation).ok_or_else(|| {
-                Error::Internal(format!("unknown relation {:?} in the database", edge.relation))
+                Error::Internal(format!(
+                    "unknown relation {:?} in the database",
+                    edge.relation
+                ))
             })?;
             parents.entry(edge.child_id).or_default().push(ParentEdge {
                 parent_id: edge.parent_id,

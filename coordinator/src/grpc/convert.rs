@@ -1,16 +1,16 @@
 //! The only place in the coordinator that touches prost types: protobuf messages to
 //! domain types (checking every field on the way in) and back.
 
+use crate::dispatch::Assignment;
 use crate::domain::{
     Dataset, Device, Job, JobEvent, JobEventKind, JobKind, JobState, LineageEntry, Metrics, Model,
     Progress, Relation,
 };
 use crate::error::{Error, Result};
-use crate::dispatch::Assignment;
 use crate::planning::JobDraft;
 use chrono::{DateTime, SecondsFormat, Utc};
 use heirloom_proto::v1 as pb;
-use heirloom_spec::{Architecture, Hyperparameters, Invalid, Mlp, Optimizer, SmallCnn};
+use heirloom_spec::{Architecture, Invalid};
 use uuid::Uuid;
 
 pub fn parse_id(field: &str, text: &str) -> Result<Uuid> {
@@ -33,86 +33,11 @@ fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-pub fn architecture_from_proto(field: &str, proto: Option<pb::Architecture>) -> Result<Option<Architecture>> {
-    let Some(proto) = proto else {
-        return Ok(None);
-    };
-    let architecture = match proto.kind {
-        None => {
-            return Err(Invalid::new(field, "names no architecture: set `mlp` or `small_cnn`").into());
-        }
-        Some(pb::architecture::Kind::Mlp(mlp)) => Architecture::Mlp(Mlp {
-            input_features: mlp.input_features,
-            hidden: mlp.hidden,
-            num_classes: mlp.num_classes,
-        }),
-        Some(pb::architecture::Kind::SmallCnn(cnn)) => Architecture::SmallCnn(SmallCnn {
-            in_channels: cnn.in_channels,
-            height: cnn.height,
-            width: cnn.width,
-            channels: cnn.channels,
-            num_classes: cnn.num_classes,
-        }),
-    };
-    architecture.validate(field)?;
-    Ok(Some(architecture))
-}
-
-pub fn architecture_to_proto(architecture: &Architecture) -> pb::Architecture {
-    let kind = match architecture {
-        Architecture::Mlp(mlp) => pb::architecture::Kind::Mlp(pb::Mlp {
-            input_features: mlp.input_features,
-            hidden: mlp.hidden.clone(),
-            num_classes: mlp.num_classes,
-        }),
-        Architecture::SmallCnn(cnn) => pb::architecture::Kind::SmallCnn(pb::SmallCnn {
-            in_channels: cnn.in_channels,
-            height: cnn.height,
-            width: cnn.width,
-            channels: cnn.channels.clone(),
-            num_classes: cnn.num_classes,
-        }),
-    };
-    pb::Architecture { kind: Some(kind) }
-}
-
-fn hyperparameters_from_proto(field: &str, proto: Option<pb::Hyperparameters>) -> Result<Hyperparameters> {
-    let proto = proto.unwrap_or_default();
-    let optimizer = match pb::Optimizer::try_from(proto.optimizer) {
-        Ok(pb::Optimizer::Unspecified) => None,
-        Ok(pb::Optimizer::Sgd) => Some(Optimizer::Sgd),
-        Ok(pb::Optimizer::Adam) => Some(Optimizer::Adam),
-        Err(_) => {
-            return Err(Invalid::new(
-                format!("{field}.optimizer"),
-                format!("{} is not an optimizer", proto.optimizer),
-            )
-            .into());
-        }
-    };
-    Ok(Hyperparameters::resolve(
-        field,
-        proto.epochs,
-        proto.batch_size,
-        proto.learning_rate,
-        optimizer,
-        proto.seed,
-        proto.holdout_fraction,
-    )?)
-}
-
-fn hyperparameters_to_proto(hyperparameters: &Hyperparameters) -> pb::Hyperparameters {
-    pb::Hyperparameters {
-        epochs: hyperparameters.epochs,
-        batch_size: hyperparameters.batch_size,
-        learning_rate: hyperparameters.learning_rate,
-        optimizer: match hyperparameters.optimizer {
-            Optimizer::Sgd => pb::Optimizer::Sgd,
-            Optimizer::Adam => pb::Optimizer::Adam,
-        } as i32,
-        seed: hyperparameters.seed,
-        holdout_fraction: hyperparameters.holdout_fraction,
-    }
+pub fn architecture_from_proto(
+    field: &str,
+    proto: Option<pb::Architecture>,
+) -> Result<Option<Architecture>> {
+    Ok(proto.map(|proto| proto.to_spec(field)).transpose()?)
 }
 
 pub fn job_draft_from_proto(spec: Option<pb::JobSpec>) -> Result<JobDraft> {
@@ -131,7 +56,10 @@ pub fn job_draft_from_proto(spec: Option<pb::JobSpec>) -> Result<JobDraft> {
         dataset_id: parse_id("spec.dataset_id", &spec.dataset_id)?,
         parent_id: optional_id("spec.parent_id", &spec.parent_id)?,
         architecture: architecture_from_proto("spec.architecture", spec.architecture)?,
-        hyperparameters: hyperparameters_from_proto("spec.hyperparameters", spec.hyperparameters)?,
+        hyperparameters: spec
+            .hyperparameters
+            .unwrap_or_default()
+            .resolve("spec.hyperparameters")?,
         trainable: spec.trainable,
         num_classes: spec.num_classes,
     })
@@ -175,8 +103,8 @@ pub fn job_spec_to_proto(spec: &crate::domain::JobSpec) -> pb::JobSpec {
         model_name: spec.model_name.clone(),
         dataset_id: spec.dataset_id.to_string(),
         parent_id: spec.parent_id.map(|id| id.to_string()).unwrap_or_default(),
-        architecture: Some(architecture_to_proto(&spec.architecture)),
-        hyperparameters: Some(hyperparameters_to_proto(&spec.hyperparameters)),
+        architecture: Some((&spec.architecture).into()),
+        hyperparameters: Some((&spec.hyperparameters).into()),
         trainable: spec.trainable.clone(),
         num_classes: spec.num_classes.unwrap_or_default(),
     }
@@ -229,7 +157,9 @@ pub fn event_to_proto(event: &JobEvent) -> pb::JobEvent {
         job_id: event.job_id.to_string(),
         at: timestamp(event.at),
         event: Some(match &event.kind {
-            JobEventKind::State(state) => pb::job_event::Event::State(job_state_to_proto(*state) as i32),
+            JobEventKind::State(state) => {
+                pb::job_event::Event::State(job_state_to_proto(*state) as i32)
+            }
             JobEventKind::Progress(progress) => {
                 pb::job_event::Event::Progress(progress_to_proto(progress))
             }
@@ -276,7 +206,7 @@ pub fn model_to_proto(model: &Model) -> pb::Model {
     pb::Model {
         id: model.id.to_string(),
         name: model.name.clone(),
-        architecture: Some(architecture_to_proto(&model.architecture)),
+        architecture: Some((&model.architecture).into()),
         weights_sha256: model.weights_sha256.clone(),
         weights_bytes: model.weights_bytes,
         parents: model
@@ -289,7 +219,10 @@ pub fn model_to_proto(model: &Model) -> pb::Model {
                 details_json: edge.details.to_string(),
             })
             .collect(),
-        dataset_id: model.dataset_id.map(|id| id.to_string()).unwrap_or_default(),
+        dataset_id: model
+            .dataset_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
         job_id: model.job_id.map(|id| id.to_string()).unwrap_or_default(),
         metrics: model.metrics.as_ref().map(metrics_to_proto),
         source: model.source.clone(),
@@ -336,7 +269,7 @@ pub fn assignment_to_proto(assignment: &Assignment) -> pb::Assignment {
         job_id: job.id.to_string(),
         attempt: job.attempt as u32,
         spec: Some(job_spec_to_proto(&job.spec)),
-        architecture: Some(architecture_to_proto(&job.spec.architecture)),
+        architecture: Some((&job.spec.architecture).into()),
         dataset_path: assignment.dataset_path.clone(),
         parent_weights_path: assignment.parent_weights_path.clone().unwrap_or_default(),
     }

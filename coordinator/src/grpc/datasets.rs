@@ -29,7 +29,11 @@ impl pb::dataset_service_server::DatasetService for DatasetApi {
             .into());
         }
         let info = read_dataset_info("content", &request.content).map_err(Error::from)?;
-        let path = self.0.artifacts.put_dataset(&sha256, &request.content).await?;
+        let path = self
+            .0
+            .artifacts
+            .put_dataset(&sha256, &request.content)
+            .await?;
         let dataset = Dataset {
             id: Uuid::new_v4(),
             name: request.name,

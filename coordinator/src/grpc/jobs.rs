@@ -28,12 +28,18 @@ impl pb::job_service_server::JobService for JobApi {
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
         let request = request.into_inner();
         if request.request_id.len() > 128 {
-            return Err(Error::from(Invalid::new("request_id", "must be at most 128 bytes")).into());
+            return Err(
+                Error::from(Invalid::new("request_id", "must be at most 128 bytes")).into(),
+            );
         }
         let request_id = Some(request.request_id.as_str()).filter(|id| !id.is_empty());
         let draft = convert::job_draft_from_proto(request.spec)?;
         let spec = plan_job(&self.0.db, draft).await?;
-        let job = self.0.db.insert_job(&spec, request.priority, request_id).await?;
+        let job = self
+            .0
+            .db
+            .insert_job(&spec, request.priority, request_id)
+            .await?;
         self.0.notifier.wake(Notification::Jobs);
         tracing::info!(job_id = %job.id, kind = job.spec.kind.as_str(), "job submitted");
         Ok(Response::new(pb::SubmitJobResponse {
@@ -101,7 +107,8 @@ impl pb::job_service_server::JobService for JobApi {
                 let nothing_new = events.is_empty();
                 for event in events {
                     after = event.sequence;
-                    let is_final = matches!(event.kind, JobEventKind::State(state) if state.is_final());
+                    let is_final =
+                        matches!(event.kind, JobEventKind::State(state) if state.is_final());
                     let response = pb::WatchJobResponse {
                         event: Some(convert::event_to_proto(&event)),
                     };

@@ -20,11 +20,17 @@ impl pb::model_service_server::ModelService for ModelApi {
         let architecture = convert::architecture_from_proto("architecture", request.architecture)?
             .ok_or_else(|| Error::from(Invalid::new("architecture", "is required")))?;
         if request.weights.is_empty() {
-            return Err(Error::from(Invalid::new("weights", "is empty: send a safetensors file")).into());
+            return Err(
+                Error::from(Invalid::new("weights", "is empty: send a safetensors file")).into(),
+            );
         }
         check_weights("weights", &request.weights, &architecture).map_err(Error::from)?;
         let weights_sha256 = sha256_hex(&request.weights);
-        let weights_path = self.0.artifacts.put_weights(&weights_sha256, &request.weights).await?;
+        let weights_path = self
+            .0
+            .artifacts
+            .put_weights(&weights_sha256, &request.weights)
+            .await?;
         let model = Model {
             id: Uuid::new_v4(),
             name: request.name,

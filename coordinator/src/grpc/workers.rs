@@ -39,7 +39,11 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let request = request.into_inner();
         check_name("name", &request.name).map_err(Error::from)?;
         let devices = convert::devices_from_proto(request.devices);
-        let id = self.0.db.insert_worker(&request.name, &devices, &request.labels).await?;
+        let id = self
+            .0
+            .db
+            .insert_worker(&request.name, &devices, &request.labels)
+            .await?;
         tracing::info!(worker_id = %id, name = %request.name, "worker registered");
         Ok(Response::new(pb::RegisterWorkerResponse {
             worker_id: id.to_string(),
@@ -52,7 +56,9 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         &self,
         request: Request<pb::StreamAssignmentsRequest>,
     ) -> Result<Response<AssignmentStream>, Status> {
-        let worker_id = self.known_worker("worker_id", &request.into_inner().worker_id).await?;
+        let worker_id = self
+            .known_worker("worker_id", &request.into_inner().worker_id)
+            .await?;
         let stream = dispatch::assignments(self.0.clone(), worker_id).map(|assignment| {
             assignment
                 .map(|assignment| convert::assignment_to_proto(&assignment))
@@ -96,7 +102,10 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
             }
             Some(pb::complete_job_request::Result::Error(error)) => {
                 tracing::warn!(job_id = %job_id, error = %error, "job failed on the worker");
-                self.0.db.fail_job(worker_id, job_id, attempt, &error).await?
+                self.0
+                    .db
+                    .fail_job(worker_id, job_id, attempt, &error)
+                    .await?
             }
             None => {
                 return Err(Error::from(Invalid::new("result", "set `output` or `error`")).into());

@@ -1,0 +1,76 @@
+use anyhow::Context;
+use clap::Subcommand;
+use heirloom_proto::v1 as pb;
+use heirloom_proto::v1::dataset_service_client::DatasetServiceClient;
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
+use tonic::transport::Channel;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Register a dataset file: safetensors with `x` float32 [N, F] and `y` int64 [N].
+    Register { name: String, file: PathBuf },
+    /// List datasets.
+    List,
+}
+
+pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
+    let mut client =
+        DatasetServiceClient::new(channel).max_encoding_message_size(crate::MAX_MESSAGE_BYTES);
+    match command {
+        Command::Register { name, file } => {
+            let content =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let sha256 = hex::encode(Sha256::digest(&content));
+            let dataset = client
+                .register_dataset(pb::RegisterDatasetRequest {
+                    name,
+                    content,
+                    sha256,
+                })
+                .await?
+                .into_inner()
+                .dataset
+                .unwrap_or_default();
+            println!("registered dataset {} ({})", dataset.name, dataset.id);
+            print_dataset(&dataset);
+        }
+        Command::List => {
+            for dataset in client
+                .list_datasets(pb::ListDatasetsRequest {})
+                .await?
+                .into_inner()
+                .datasets
+            {
+                print_dataset(&dataset);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_dataset(dataset: &pb::Dataset) {
+    println!(
+        "{:<24} {}  {} examples x {} features, {} classes, sha256 {}",
+        dataset.name,
+        dataset.id,
+        dataset.num_examples,
+        dataset.num_features,
+        dataset.num_classes,
+        &dataset.sha256[..12.min(dataset.sha256.len())]
+    );
+}
+
+/// A dataset id from an id or a name.
+pub async fn resolve(channel: Channel, dataset: &str) -> anyhow::Result<String> {
+    let datasets = DatasetServiceClient::new(channel)
+        .list_datasets(pb::ListDatasetsRequest {})
+        .await?
+        .into_inner()
+        .datasets;
+    datasets
+        .into_iter()
+        .find(|d| d.id == dataset || d.name == dataset)
+        .map(|d| d.id)
+        .ok_or_else(|| anyhow::anyhow!("no dataset has the id or name {dataset:?}"))
+}

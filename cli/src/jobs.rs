@@ -1,0 +1,304 @@
+use crate::{datasets, models};
+use clap::{Args, Subcommand};
+use heirloom_proto::v1 as pb;
+use heirloom_proto::v1::job_service_client::JobServiceClient;
+use heirloom_proto::v1::model_service_client::ModelServiceClient;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use tonic::transport::Channel;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Train a new root model from scratch.
+    Train {
+        #[command(flatten)]
+        common: Common,
+        /// The architecture as JSON, or a JSON file.
+        #[arg(long)]
+        arch: String,
+    },
+    /// Fine-tune a parent: train only the tensors matching --trainable (default all).
+    Finetune {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        parent: String,
+        /// A tensor-name pattern such as `fc.*`; repeat for more.
+        #[arg(long)]
+        trainable: Vec<String>,
+    },
+    /// Transfer a parent to a new task: frozen backbone, new head with --num-classes outputs.
+    Transfer {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        parent: String,
+        #[arg(long)]
+        num_classes: u32,
+    },
+    /// Show one job.
+    Get { job_id: String },
+    /// List jobs, optionally in one state (queued, leased, running, succeeded, failed, cancelled).
+    List {
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Cancel a queued or running job.
+    Cancel { job_id: String },
+    /// Follow a job's progress until it ends.
+    Watch { job_id: String },
+}
+
+#[derive(Args)]
+pub struct Common {
+    /// The new model's name.
+    name: String,
+    /// The dataset's name or id.
+    #[arg(long)]
+    dataset: String,
+    #[arg(long, default_value_t = 0)]
+    epochs: u32,
+    #[arg(long, default_value_t = 0)]
+    batch_size: u32,
+    #[arg(long, default_value_t = 0.0)]
+    learning_rate: f64,
+    /// `adam` (default) or `sgd`.
+    #[arg(long)]
+    optimizer: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 0.0)]
+    holdout_fraction: f64,
+    #[arg(long, default_value_t = 0)]
+    priority: i32,
+    /// Makes the submission idempotent: the same id returns the same job.
+    #[arg(long, default_value = "")]
+    request_id: String,
+    /// Follow the job until it ends.
+    #[arg(long)]
+    watch: bool,
+}
+
+pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
+    let mut client = JobServiceClient::new(channel.clone());
+    let (common, spec) = match command {
+        Command::Train { common, arch } => {
+            let architecture = models::parse_architecture(&arch)?;
+            let spec = pb::JobSpec {
+                kind: pb::JobKind::Train as i32,
+                architecture: Some((&architecture).into()),
+                ..Default::default()
+            };
+            (common, spec)
+        }
+        Command::Finetune {
+            common,
+            parent,
+            trainable,
+        } => {
+            let spec = pb::JobSpec {
+                kind: pb::JobKind::Finetune as i32,
+                parent_id: model_id(&channel, &parent).await?,
+                trainable,
+                ..Default::default()
+            };
+            (common, spec)
+        }
+        Command::Transfer {
+            common,
+            parent,
+            num_classes,
+        } => {
+            let spec = pb::JobSpec {
+                kind: pb::JobKind::Transfer as i32,
+                parent_id: model_id(&channel, &parent).await?,
+                num_classes,
+                ..Default::default()
+            };
+            (common, spec)
+        }
+        Command::Get { job_id } => {
+            let job = client
+                .get_job(pb::GetJobRequest { job_id })
+                .await?
+                .into_inner()
+                .job;
+            print_job(&job.unwrap_or_default());
+            return Ok(());
+        }
+        Command::List { state } => {
+            let state = match state.as_deref() {
+                None => pb::JobState::Unspecified,
+                Some(name) => pb::JobState::from_str_name(&format!("JOB_STATE_{}", name.to_uppercase()))
+                    .ok_or_else(|| anyhow::anyhow!("--state {name:?}: use queued, leased, running, succeeded, failed or cancelled"))?,
+            };
+            let jobs = client
+                .list_jobs(pb::ListJobsRequest {
+                    state: state as i32,
+                })
+                .await?
+                .into_inner()
+                .jobs;
+            for job in &jobs {
+                print_job(job);
+            }
+            return Ok(());
+        }
+        Command::Cancel { job_id } => {
+            let job = client
+                .cancel_job(pb::CancelJobRequest { job_id })
+                .await?
+                .into_inner()
+                .job;
+            print_job(&job.unwrap_or_default());
+            return Ok(());
+        }
+        Command::Watch { job_id } => return watch(&mut client, &job_id).await,
+    };
+    let optimizer = match common.optimizer.as_deref() {
+        None => pb::Optimizer::Unspecified,
+        Some("adam") => pb::Optimizer::Adam,
+        Some("sgd") => pb::Optimizer::Sgd,
+        Some(other) => anyhow::bail!("--optimizer {other:?}: use adam or sgd"),
+    };
+    let spec = pb::JobSpec {
+        model_name: common.name.clone(),
+        dataset_id: datasets::resolve(channel, &common.dataset).await?,
+        hyperparameters: Some(pb::Hyperparameters {
+            epochs: common.epochs,
+            batch_size: common.batch_size,
+            learning_rate: common.learning_rate,
+            optimizer: optimizer as i32,
+            seed: common.seed,
+            holdout_fraction: common.holdout_fraction,
+        }),
+        ..spec
+    };
+    let job = client
+        .submit_job(pb::SubmitJobRequest {
+            spec: Some(spec),
+            priority: common.priority,
+            request_id: common.request_id,
+        })
+        .await?
+        .into_inner()
+        .job
+        .unwrap_or_default();
+    println!("submitted job {} for model {}", job.id, common.name);
+    if common.watch {
+        watch(&mut client, &job.id).await?;
+    }
+    Ok(())
+}
+
+async fn model_id(channel: &Channel, model: &str) -> anyhow::Result<String> {
+    let mut client = ModelServiceClient::new(channel.clone());
+    Ok(models::get(&mut client, model).await?.id)
+}
+
+fn state_name(state: pb::JobState) -> String {
+    state
+        .as_str_name()
+        .trim_start_matches("JOB_STATE_")
+        .to_lowercase()
+}
+
+fn print_job(job: &pb::Job) {
+    let spec = job.spec.clone().unwrap_or_default();
+    let kind = spec
+        .kind()
+        .as_str_name()
+        .trim_start_matches("JOB_KIND_")
+        .to_lowercase();
+    print!(
+        "{}  {:<9} {:<10} model {}",
+        job.id,
+        kind,
+        state_name(job.state()),
+        spec.model_name
+    );
+    if !job.model_id.is_empty() {
+        print!(" ({})", job.model_id);
+    }
+    if !job.error.is_empty() {
+        print!("  error: {}", job.error);
+    }
+    println!();
+}
+
+/// Prints state changes and shows training progress until the job ends; fails when the
+/// job does not succeed.
+async fn watch(client: &mut JobServiceClient<Channel>, job_id: &str) -> anyhow::Result<()> {
+    let mut events = client
+        .watch_job(pb::WatchJobRequest {
+            job_id: job_id.to_string(),
+            after_sequence: 0,
+        })
+        .await?
+        .into_inner();
+    let interactive = std::io::stderr().is_terminal();
+    let bar = ProgressBar::hidden();
+    let mut final_state = pb::JobState::Unspecified;
+    while let Some(response) = events.message().await? {
+        let Some(event) = response.event else {
+            continue;
+        };
+        match event.event {
+            Some(pb::job_event::Event::State(state)) => {
+                let state = pb::JobState::try_from(state).unwrap_or_default();
+                let line = match event.message.as_str() {
+                    "" => format!("  {}", state_name(state)),
+                    message => format!("  {}: {message}", state_name(state)),
+                };
+                bar.println(&line);
+                if !interactive {
+                    println!("{line}");
+                }
+                final_state = state;
+            }
+            Some(pb::job_event::Event::Progress(progress)) => {
+                if interactive && bar.is_hidden() && progress.total_steps > 0 {
+                    bar.set_length(progress.total_steps);
+                    bar.set_style(
+                        ProgressStyle::with_template("  {bar:30} {pos}/{len} steps  {msg}")
+                            .expect("valid template"),
+                    );
+                    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                }
+                let message = format!(
+                    "epoch {}/{}  loss {:.4}  accuracy {:.3}  {:.0} steps/s",
+                    progress.epoch,
+                    progress.epochs,
+                    progress.loss,
+                    progress.accuracy,
+                    progress.steps_per_second
+                );
+                if interactive {
+                    bar.set_position(progress.step);
+                    bar.set_message(message);
+                } else if progress.epoch > 0
+                    && (progress.epoch % (progress.epochs / 5).max(1) == 0
+                        || progress.epoch == progress.epochs)
+                {
+                    println!("  {message}");
+                }
+            }
+            None => {}
+        }
+    }
+    bar.finish_and_clear();
+    match final_state {
+        pb::JobState::Succeeded => Ok(()),
+        other => {
+            let job = client
+                .get_job(pb::GetJobRequest {
+                    job_id: job_id.to_string(),
+                })
+                .await?
+                .into_inner()
+                .job
+                .unwrap_or_default();
+            anyhow::bail!("job {job_id} ended {}: {}", state_name(other), job.error)
+        }
+    }
+}

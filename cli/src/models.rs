@@ -1,0 +1,152 @@
+use crate::tree;
+use anyhow::Context;
+use clap::Subcommand;
+use heirloom_proto::v1 as pb;
+use heirloom_proto::v1::model_service_client::ModelServiceClient;
+use std::path::PathBuf;
+use tonic::transport::Channel;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Import existing weights (safetensors) with their architecture as a root model.
+    Import {
+        name: String,
+        /// The architecture as JSON, or a JSON file: {"mlp": {"input_features": 64, "hidden": [64], "num_classes": 10}}
+        #[arg(long)]
+        arch: String,
+        #[arg(long)]
+        weights: PathBuf,
+    },
+    /// Show one model: weights, metrics and parents.
+    Show { model: String },
+    /// List every model.
+    List,
+    /// Print a model's ancestors and its descendants as a tree, with accuracies.
+    Tree {
+        model: String,
+        /// How many generations to walk each way (0 = all).
+        #[arg(long, default_value_t = 0)]
+        depth: u32,
+    },
+}
+
+pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
+    let mut client =
+        ModelServiceClient::new(channel).max_encoding_message_size(crate::MAX_MESSAGE_BYTES);
+    match command {
+        Command::Import {
+            name,
+            arch,
+            weights,
+        } => {
+            let architecture = parse_architecture(&arch)?;
+            let weights = std::fs::read(&weights)
+                .with_context(|| format!("reading {}", weights.display()))?;
+            let model = client
+                .import_model(pb::ImportModelRequest {
+                    name,
+                    architecture: Some((&architecture).into()),
+                    weights,
+                })
+                .await?
+                .into_inner()
+                .model
+                .unwrap_or_default();
+            println!("imported model {} ({})", model.name, model.id);
+        }
+        Command::Show { model } => {
+            let model = get(&mut client, &model).await?;
+            print_model(&model);
+        }
+        Command::List => {
+            let models = client
+                .list_models(pb::ListModelsRequest {})
+                .await?
+                .into_inner()
+                .models;
+            for model in &models {
+                println!("{}", tree::summary(model));
+            }
+        }
+        Command::Tree { model, depth } => {
+            let root = get(&mut client, &model).await?;
+            let ancestors = client
+                .list_ancestors(pb::ListAncestorsRequest {
+                    model: root.id.clone(),
+                    max_depth: depth,
+                })
+                .await?
+                .into_inner()
+                .entries;
+            let descendants = client
+                .list_descendants(pb::ListDescendantsRequest {
+                    model: root.id.clone(),
+                    max_depth: depth,
+                })
+                .await?
+                .into_inner()
+                .entries;
+            print!("{}", tree::render(&root, &ancestors, &descendants));
+        }
+    }
+    Ok(())
+}
+
+pub async fn get(
+    client: &mut ModelServiceClient<Channel>,
+    model: &str,
+) -> anyhow::Result<pb::Model> {
+    Ok(client
+        .get_model(pb::GetModelRequest {
+            model: model.to_string(),
+        })
+        .await?
+        .into_inner()
+        .model
+        .unwrap_or_default())
+}
+
+/// An architecture from inline JSON or a JSON file.
+pub fn parse_architecture(text: &str) -> anyhow::Result<heirloom_spec::Architecture> {
+    let json = if text.trim_start().starts_with('{') {
+        text.to_string()
+    } else {
+        std::fs::read_to_string(text).with_context(|| format!("reading {text}"))?
+    };
+    serde_json::from_str(&json).with_context(|| {
+        "--arch: expected JSON such as {\"mlp\": {\"input_features\": 64, \"hidden\": [64], \"num_classes\": 10}}"
+    })
+}
+
+fn print_model(model: &pb::Model) {
+    println!("{}", tree::summary(model));
+    println!("  id              {}", model.id);
+    println!("  source          {}", model.source);
+    println!(
+        "  weights sha256  {} ({} bytes)",
+        model.weights_sha256, model.weights_bytes
+    );
+    if let Some(architecture) = &model.architecture
+        && let Ok(architecture) = architecture.to_spec("architecture")
+    {
+        println!(
+            "  architecture    {}",
+            serde_json::to_string(&architecture).unwrap_or_default()
+        );
+    }
+    if !model.dataset_id.is_empty() {
+        println!("  dataset         {}", model.dataset_id);
+    }
+    if !model.job_id.is_empty() {
+        println!("  job             {}", model.job_id);
+    }
+    for parent in &model.parents {
+        println!(
+            "  parent          {} ({}) via {}: {}",
+            parent.parent_name,
+            parent.parent_id,
+            tree::relation(parent.relation()),
+            parent.details_json
+        );
+    }
+}

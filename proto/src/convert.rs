@@ -1,0 +1,95 @@
+//! Conversions between the shared spec types and their messages, used by the
+//! coordinator, the worker and the CLI alike.
+
+use crate::v1 as pb;
+use heirloom_spec::{Architecture, Hyperparameters, Invalid, Mlp, Optimizer, SmallCnn};
+
+impl From<&Architecture> for pb::Architecture {
+    fn from(architecture: &Architecture) -> Self {
+        let kind = match architecture {
+            Architecture::Mlp(mlp) => pb::architecture::Kind::Mlp(pb::Mlp {
+                input_features: mlp.input_features,
+                hidden: mlp.hidden.clone(),
+                num_classes: mlp.num_classes,
+            }),
+            Architecture::SmallCnn(cnn) => pb::architecture::Kind::SmallCnn(pb::SmallCnn {
+                in_channels: cnn.in_channels,
+                height: cnn.height,
+                width: cnn.width,
+                channels: cnn.channels.clone(),
+                num_classes: cnn.num_classes,
+            }),
+        };
+        pb::Architecture { kind: Some(kind) }
+    }
+}
+
+impl pb::Architecture {
+    /// The spec this message names, checked; `field` is its path in the request.
+    pub fn to_spec(&self, field: &str) -> Result<Architecture, Invalid> {
+        let architecture = match &self.kind {
+            None => {
+                return Err(Invalid::new(
+                    field,
+                    "names no architecture: set `mlp` or `small_cnn`",
+                ));
+            }
+            Some(pb::architecture::Kind::Mlp(mlp)) => Architecture::Mlp(Mlp {
+                input_features: mlp.input_features,
+                hidden: mlp.hidden.clone(),
+                num_classes: mlp.num_classes,
+            }),
+            Some(pb::architecture::Kind::SmallCnn(cnn)) => Architecture::SmallCnn(SmallCnn {
+                in_channels: cnn.in_channels,
+                height: cnn.height,
+                width: cnn.width,
+                channels: cnn.channels.clone(),
+                num_classes: cnn.num_classes,
+            }),
+        };
+        architecture.validate(field)?;
+        Ok(architecture)
+    }
+}
+
+impl From<&Hyperparameters> for pb::Hyperparameters {
+    fn from(hyperparameters: &Hyperparameters) -> Self {
+        pb::Hyperparameters {
+            epochs: hyperparameters.epochs,
+            batch_size: hyperparameters.batch_size,
+            learning_rate: hyperparameters.learning_rate,
+            optimizer: match hyperparameters.optimizer {
+                Optimizer::Sgd => pb::Optimizer::Sgd,
+                Optimizer::Adam => pb::Optimizer::Adam,
+            } as i32,
+            seed: hyperparameters.seed,
+            holdout_fraction: hyperparameters.holdout_fraction,
+        }
+    }
+}
+
+impl pb::Hyperparameters {
+    /// The settings with defaults filled in, checked; `field` is their path in the request.
+    pub fn resolve(&self, field: &str) -> Result<Hyperparameters, Invalid> {
+        let optimizer = match pb::Optimizer::try_from(self.optimizer) {
+            Ok(pb::Optimizer::Unspecified) => None,
+            Ok(pb::Optimizer::Sgd) => Some(Optimizer::Sgd),
+            Ok(pb::Optimizer::Adam) => Some(Optimizer::Adam),
+            Err(_) => {
+                return Err(Invalid::new(
+                    format!("{field}.optimizer"),
+                    format!("{} is not an optimizer", self.optimizer),
+                ));
+            }
+        };
+        Hyperparameters::resolve(
+            field,
+            self.epochs,
+            self.batch_size,
+            self.learning_rate,
+            optimizer,
+            self.seed,
+            self.holdout_fraction,
+        )
+    }
+}

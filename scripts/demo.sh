@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The demo: a private PostgreSQL, a coordinator and a worker on this machine; a base
+# model trained on digits 0-4, transferred to digits 5-9, the transfer fine-tuned; then
+# the lineage tree with each model's held-out accuracy. Everything stops at the end.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/setup.sh
+source scripts/lib.sh
+
+echo "== building"
+cargo build --workspace --bins --quiet
+bin=target/debug
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/heirloom-demo.XXXXXX")
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  pg_stop "$work/pg"
+  if [ "${KEEP_DEMO:-0}" = 1 ]; then echo "demo files kept in $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+echo "== starting PostgreSQL, a coordinator and a worker (files in $work)"
+pg_port=$(free_port)
+pg_start "$work/pg" "$pg_port"
+export HEIRLOOM_COORDINATOR="http://127.0.0.1:$(free_port)"
+export HEIRLOOM_ARTIFACTS="$work/artifacts"
+mkdir -p "$HEIRLOOM_ARTIFACTS"
+"$bin/heirloom-coordinator" --listen "${HEIRLOOM_COORDINATOR#http://}" \
+  --database-url "postgres://postgres@127.0.0.1:$pg_port/postgres" >"$work/coordinator.log" 2>&1 &
+pids+=($!)
+until "$bin/heirloom" model list >/dev/null 2>&1; do
+  kill -0 "${pids[0]}" 2>/dev/null || { cat "$work/coordinator.log"; exit 1; }
+  sleep 0.2
+done
+"$bin/heirloom-worker" --name demo-worker --threads "${HEIRLOOM_THREADS:-2}" >"$work/worker.log" 2>&1 &
+pids+=($!)
+
+echo "== datasets from scikit-learn's 8x8 digits"
+python3 scripts/make_digits.py "$work/data"
+heirloom() { "$bin/heirloom" "$@"; }
+heirloom dataset register digits-0-4 "$work/data/digits-0-4.safetensors"
+heirloom dataset register digits-5-9 "$work/data/digits-5-9.safetensors"
+
+echo "== train a base model on digits 0-4"
+heirloom job train digits-base --dataset digits-0-4 --epochs 30 --seed 1 --watch \
+  --arch '{"mlp": {"input_features": 64, "hidden": [128, 64], "num_classes": 5}}'
+
+echo "== transfer it to digits 5-9: frozen backbone, new 5-way head"
+heirloom job transfer digits-5-9-transfer --parent digits-base --num-classes 5 \
+  --dataset digits-5-9 --epochs 30 --seed 2 --learning-rate 0.01 --watch
+
+echo "== fine-tune the transfer: unfreeze the last hidden layer and the head"
+heirloom job finetune digits-5-9-finetune --parent digits-5-9-transfer \
+  --trainable 'hidden.1.*' --trainable 'fc.*' --dataset digits-5-9 --epochs 20 --seed 3 --watch
+
+echo "== lineage"
+heirloom model tree digits-base
+echo
+heirloom model show digits-5-9-finetune

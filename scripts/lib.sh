@@ -1,0 +1,37 @@
+# Sourced by demo.sh and test.sh: a private PostgreSQL cluster in a directory of its own.
+
+pg_bin() {
+  ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1
+}
+
+# A TCP port nobody listens on right now.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Runs a PostgreSQL server command; the server refuses root, so root runs it as postgres.
+as_pg_owner() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# pg_start DIR PORT: a new cluster in DIR, serving 127.0.0.1:PORT, trust auth.
+pg_start() {
+  local dir=$1 port=$2 bin
+  bin=$(pg_bin)
+  mkdir -p "$dir"
+  if [ "$(id -u)" -eq 0 ]; then
+    chown postgres:postgres "$dir"
+    chmod a+x "$(dirname "$dir")" # mktemp makes it 0700; postgres must reach $dir
+  fi
+  as_pg_owner "$bin/initdb" -D "$dir" -U postgres --auth=trust >"$dir.initdb.log" 2>&1
+  # fsync off: these clusters are throwaway and speed matters more than crash safety.
+  as_pg_owner "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" \
+    start >/dev/null
+}
+
+pg_stop() {
+  local dir=$1
+  [ -f "$dir/postmaster.pid" ] && as_pg_owner "$(pg_bin)/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1
+  return 0
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what Heirloom needs and is missing: the pinned PyTorch wheel (libtorch for the
+# worker, plus numpy/scikit-learn/safetensors for the demo's data) into a cached
+# virtualenv, and the PostgreSQL server from the distribution's packages.
+# Safe to run again: it only installs what is not there.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/env.sh"
+
+TORCH_VERSION=2.11.0
+
+if ! "$HEIRLOOM_VENV/bin/python" -c "import torch, sklearn, safetensors, numpy; assert torch.__version__.startswith('$TORCH_VERSION')" 2>/dev/null; then
+  echo "setup: installing torch==$TORCH_VERSION into $HEIRLOOM_VENV (a few GB, once)" >&2
+  mkdir -p "$HEIRLOOM_CACHE"
+  python3 -m venv "$HEIRLOOM_VENV"
+  "$HEIRLOOM_VENV/bin/pip" install --quiet --disable-pip-version-check \
+    "torch==$TORCH_VERSION" numpy scikit-learn safetensors
+fi
+
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "setup: installing the PostgreSQL server packages" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q postgresql
+fi

@@ -1,0 +1,30 @@
+//! The worker's settings, from flags or `HEIRLOOM_*` environment variables.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "heirloom-worker", version, about = "The Heirloom worker")]
+pub struct Config {
+    /// The coordinator's gRPC address.
+    #[arg(
+        long,
+        env = "HEIRLOOM_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub coordinator: String,
+    /// The artifact directory shared with the coordinator.
+    #[arg(long, env = "HEIRLOOM_ARTIFACTS")]
+    pub artifacts: PathBuf,
+    /// This worker's name, as operators see it.
+    #[arg(long, env = "HEIRLOOM_WORKER_NAME", default_value = "worker")]
+    pub name: String,
+    /// libtorch intra-op threads (set explicitly: the default oversubscribes small machines).
+    #[arg(long, env = "HEIRLOOM_THREADS", default_value_t = 1)]
+    pub threads: i32,
+    /// `auto` (CUDA when present), `cpu`, or `cuda`.
+    #[arg(long, env = "HEIRLOOM_DEVICE", default_value = "auto")]
+    pub device: String,
+    /// Log format: `human` or `json`.
+    #[arg(long, env = "HEIRLOOM_LOG_FORMAT", default_value = "human")]
+    pub log_format: String,
+}

@@ -1,0 +1,21 @@
+//! The worker's one error type.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The job cannot succeed as specified (bad data, shapes that disagree); retrying
+    /// will not help.
+    #[error("{0}")]
+    InvalidJob(String),
+    #[error("job cancelled")]
+    Cancelled,
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("artifact directory: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("coordinator: {0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("cannot reach the coordinator: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
