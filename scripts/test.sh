@@ -13,4 +13,4 @@ port=$(free_port)
 pg_start "$work/pg" "$port"
 export HEIRLOOM_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
 
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"

@@ -160,7 +160,7 @@ mod tests {
         );
         let lines: Vec<&str> = text
             .lines()
-            .map(|l| l.split("  ").next().unwrap())
+            .map(|l| l.split("  [").next().unwrap())
             .collect();
         assert_eq!(lines, ["base", "├── a", "│   └── c", "└── b"]);
     }

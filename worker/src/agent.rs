@@ -230,7 +230,6 @@ fn training_job(artifacts: &std::path::Path, assignment: &pb::Assignment) -> Res
         .map_err(|err| invalid(&err.to_string()))?;
     let hyperparameters = spec
         .hyperparameters
-        .clone()
         .unwrap_or_default()
         .resolve("hyperparameters")
         .map_err(|err| invalid(&err.to_string()))?;

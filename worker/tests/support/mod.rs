@@ -1,0 +1,335 @@
+//! The integration-test harness: a fresh database in the PostgreSQL server that
+//! `scripts/test.sh` starts, a real coordinator on 127.0.0.1:0 (the same library code as
+//! the binary), and a real worker process that trains with libtorch.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use heirloom_coordinator::{Config, Coordinator};
+use heirloom_proto::v1 as pb;
+use heirloom_proto::v1::dataset_service_client::DatasetServiceClient;
+use heirloom_proto::v1::job_service_client::JobServiceClient;
+use heirloom_proto::v1::model_service_client::ModelServiceClient;
+use heirloom_spec::sha256_hex;
+use sqlx::{Connection, PgConnection, PgPool};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub struct Cluster {
+    pub address: String,
+    pub artifacts: tempfile::TempDir,
+    pub pool: PgPool,
+    pub channel: Channel,
+    worker: Option<Child>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn admin_url() -> String {
+    std::env::var("HEIRLOOM_TEST_DATABASE_URL").expect(
+        "HEIRLOOM_TEST_DATABASE_URL is not set: run the tests with ./scripts/test.sh, which \
+         starts a private PostgreSQL, or point it at a server you may create databases in",
+    )
+}
+
+/// A new, empty database; returns its URL.
+async fn fresh_database() -> String {
+    let admin = admin_url();
+    let name = format!("heirloom_test_{}", uuid::Uuid::new_v4().simple());
+    let mut connection = PgConnection::connect(&admin)
+        .await
+        .expect("connect to the test server");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut connection)
+        .await
+        .expect("create a test database");
+    let (server, _) = admin
+        .rsplit_once('/')
+        .expect("a database URL ends in /name");
+    format!("{server}/{name}")
+}
+
+impl Cluster {
+    /// A coordinator with one worker connected.
+    pub async fn start() -> Cluster {
+        let mut cluster = Cluster::coordinator_only().await;
+        cluster.start_worker();
+        cluster
+    }
+
+    pub async fn coordinator_only() -> Cluster {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
+        }
+        let database_url = fresh_database().await;
+        let artifacts = tempfile::tempdir().expect("temp dir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = format!("http://{}", listener.local_addr().expect("address"));
+        let config = Config {
+            listen: listener.local_addr().expect("address"),
+            database_url: database_url.clone(),
+            artifacts: artifacts.path().to_path_buf(),
+            log_format: "human".into(),
+        };
+        let coordinator = Coordinator::build(&config)
+            .await
+            .expect("coordinator starts");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(coordinator.run(listener, shutdown.clone()));
+        let channel = Channel::from_shared(address.clone())
+            .expect("valid address")
+            .connect()
+            .await
+            .expect("connect to the coordinator");
+        let pool = PgPool::connect(&database_url)
+            .await
+            .expect("connect to the test database");
+        Cluster {
+            address,
+            artifacts,
+            pool,
+            channel,
+            worker: None,
+            shutdown,
+        }
+    }
+
+    pub fn start_worker(&mut self) {
+        let log = std::env::var_os("TEST_LOG").is_some();
+        let child = Command::new(env!("CARGO_BIN_EXE_heirloom-worker"))
+            .args([
+                "--coordinator",
+                &self.address,
+                "--threads",
+                "1",
+                "--device",
+                "cpu",
+            ])
+            .arg("--artifacts")
+            .arg(self.artifacts.path())
+            .env("RUST_LOG", if log { "info" } else { "warn" })
+            .stdout(if log { Stdio::inherit() } else { Stdio::null() })
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the worker binary");
+        self.worker = Some(child);
+    }
+
+    pub fn models(&self) -> ModelServiceClient<Channel> {
+        ModelServiceClient::new(self.channel.clone())
+    }
+
+    pub fn jobs(&self) -> JobServiceClient<Channel> {
+        JobServiceClient::new(self.channel.clone())
+    }
+
+    pub fn datasets(&self) -> DatasetServiceClient<Channel> {
+        DatasetServiceClient::new(self.channel.clone())
+    }
+
+    pub fn artifact(&self, relative: &str) -> PathBuf {
+        self.artifacts.path().join(relative)
+    }
+
+    pub async fn register_dataset(&self, name: &str, content: Vec<u8>) -> pb::Dataset {
+        let sha256 = sha256_hex(&content);
+        self.datasets()
+            .register_dataset(pb::RegisterDatasetRequest {
+                name: name.into(),
+                content,
+                sha256,
+            })
+            .await
+            .expect("register the dataset")
+            .into_inner()
+            .dataset
+            .expect("a dataset")
+    }
+
+    pub async fn submit(&self, spec: pb::JobSpec) -> pb::Job {
+        self.jobs()
+            .submit_job(pb::SubmitJobRequest {
+                spec: Some(spec),
+                ..Default::default()
+            })
+            .await
+            .expect("submit")
+            .into_inner()
+            .job
+            .expect("a job")
+    }
+
+    /// Follows the job's events to its end; returns them and the final job.
+    pub async fn wait(&self, job_id: &str) -> (Vec<pb::JobEvent>, pb::Job) {
+        let follow = async {
+            let mut stream = self
+                .jobs()
+                .watch_job(pb::WatchJobRequest {
+                    job_id: job_id.into(),
+                    after_sequence: 0,
+                })
+                .await
+                .expect("watch")
+                .into_inner();
+            let mut events = Vec::new();
+            while let Some(response) = stream.message().await.expect("watch stream") {
+                events.push(response.event.expect("an event"));
+            }
+            events
+        };
+        let events = tokio::time::timeout(Duration::from_secs(300), follow)
+            .await
+            .expect("the job ends within 5 minutes");
+        let job = self.job(job_id).await;
+        (events, job)
+    }
+
+    pub async fn job(&self, job_id: &str) -> pb::Job {
+        self.jobs()
+            .get_job(pb::GetJobRequest {
+                job_id: job_id.into(),
+            })
+            .await
+            .expect("get job")
+            .into_inner()
+            .job
+            .expect("a job")
+    }
+
+    pub async fn model(&self, model: &str) -> pb::Model {
+        self.models()
+            .get_model(pb::GetModelRequest {
+                model: model.into(),
+            })
+            .await
+            .expect("get model")
+            .into_inner()
+            .model
+            .expect("a model")
+    }
+
+    /// Row counts of every table, to show that a refused request wrote nothing.
+    pub async fn row_counts(&self) -> Vec<(String, i64)> {
+        let mut counts = Vec::new();
+        for table in [
+            "datasets",
+            "models",
+            "model_parents",
+            "model_datasets",
+            "jobs",
+            "job_events",
+        ] {
+            let (count,): (i64,) =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                    .fetch_one(&self.pool)
+                    .await
+                    .expect("count rows");
+            counts.push((table.to_string(), count));
+        }
+        counts
+    }
+}
+
+/// Deterministic pseudo-random numbers, so test data is the same on every run.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    pub fn normal(&mut self) -> f32 {
+        let (u, v) = (self.uniform().max(1e-7), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+    }
+}
+
+pub const FEATURES: usize = 64;
+
+/// Gaussian blobs: one centre per class in 0..10, `per_class` examples of each of
+/// `classes`, labelled from 0 in the order given. The same centres on every call.
+pub fn blobs(classes: std::ops::Range<usize>, per_class: usize, seed: u64) -> Vec<u8> {
+    let mut centres = Rng::new(7);
+    let centres: Vec<Vec<f32>> = (0..10)
+        .map(|_| (0..FEATURES).map(|_| centres.normal()).collect())
+        .collect();
+    let mut rng = Rng::new(seed);
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for _ in 0..per_class {
+        for (label, class) in classes.clone().enumerate() {
+            x.extend(centres[class].iter().map(|c| c + 1.2 * rng.normal()));
+            y.push(label as i64);
+        }
+    }
+    let rows = y.len();
+    let x_bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let y_bytes: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
+    safetensors_file(&[
+        ("x", safetensors::Dtype::F32, vec![rows, FEATURES], x_bytes),
+        ("y", safetensors::Dtype::I64, vec![rows], y_bytes),
+    ])
+}
+
+pub fn safetensors_file(tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
+    let views: Vec<(&str, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            (
+                *name,
+                safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).expect("view"),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, None).expect("serialize")
+}
+
+pub fn mlp(input_features: u32, hidden: Vec<u32>, num_classes: u32) -> pb::Architecture {
+    pb::Architecture {
+        kind: Some(pb::architecture::Kind::Mlp(pb::Mlp {
+            input_features,
+            hidden,
+            num_classes,
+        })),
+    }
+}
+
+pub fn hyperparameters(epochs: u32, learning_rate: f64) -> Option<pb::Hyperparameters> {
+    Some(pb::Hyperparameters {
+        epochs,
+        learning_rate,
+        seed: 1,
+        ..Default::default()
+    })
+}
+
+/// Reads a weights file into (name, bytes) pairs.
+pub fn tensors(path: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let bytes = std::fs::read(path).expect("read weights");
+    let file = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.data().to_vec()))
+        .collect()
+}
