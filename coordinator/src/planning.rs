@@ -23,6 +23,13 @@ pub struct JobDraft {
 
 pub async fn plan_job(db: &Db, draft: JobDraft) -> Result<JobSpec> {
     check_name("spec.model_name", &draft.model_name)?;
+    // Jobs in progress hold their names through a unique index; models through this check.
+    if db.model_name_exists(&draft.model_name).await? {
+        return Err(Error::AlreadyExists(format!(
+            "spec.model_name: a model named {:?} exists already; choose another name",
+            draft.model_name
+        )));
+    }
     let dataset = db.dataset(draft.dataset_id).await?;
     let parent = match (draft.kind, draft.parent_id) {
         (JobKind::Train, None) => None,

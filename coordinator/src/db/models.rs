@@ -95,6 +95,14 @@ impl Db {
             .ok_or_else(|| Error::NotFound(format!("no model is named {id_or_name:?}")))
     }
 
+    pub async fn model_name_exists(&self, name: &str) -> Result<bool> {
+        let found: Option<(Uuid,)> = sqlx::query_as("SELECT id FROM models WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
     pub async fn all_models(&self) -> Result<Vec<Model>> {
         self.models_matching(None, None).await
     }

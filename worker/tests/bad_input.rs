@@ -1,0 +1,402 @@
+//! Every refused request gets a precise status naming what to fix, and writes nothing.
+
+mod support;
+
+use heirloom_proto::v1 as pb;
+use support::{Cluster, blobs, hyperparameters, mlp};
+use tonic::Code;
+
+/// Asserts the status code, that the message names `fragment`, and that no row changed.
+async fn check<T: std::fmt::Debug>(
+    cluster: &Cluster,
+    result: Result<T, tonic::Status>,
+    code: Code,
+    fragment: &str,
+) {
+    let before = cluster.row_counts().await;
+    let status = result.expect_err("the request is refused");
+    assert_eq!(status.code(), code, "{fragment}: {}", status.message());
+    assert!(
+        status.message().contains(fragment),
+        "message {:?} should name {fragment:?}",
+        status.message()
+    );
+    assert_eq!(
+        cluster.row_counts().await,
+        before,
+        "nothing is written for {fragment}"
+    );
+}
+
+fn train(dataset_id: &str) -> pb::JobSpec {
+    pb::JobSpec {
+        kind: pb::JobKind::Train as i32,
+        model_name: "child".into(),
+        dataset_id: dataset_id.into(),
+        architecture: Some(mlp(64, vec![16], 5)),
+        hyperparameters: hyperparameters(1, 0.0),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_submissions_are_refused_with_the_field_named() {
+    let cluster = Cluster::coordinator_only().await;
+    let dataset = cluster.register_dataset("blobs", blobs(0..5, 10, 1)).await;
+    let weights = support::safetensors_file(&[
+        (
+            "hidden.0.weight",
+            safetensors::Dtype::F32,
+            vec![16, 64],
+            vec![0; 16 * 64 * 4],
+        ),
+        (
+            "hidden.0.bias",
+            safetensors::Dtype::F32,
+            vec![16],
+            vec![0; 16 * 4],
+        ),
+        (
+            "fc.weight",
+            safetensors::Dtype::F32,
+            vec![5, 16],
+            vec![0; 5 * 16 * 4],
+        ),
+        ("fc.bias", safetensors::Dtype::F32, vec![5], vec![0; 5 * 4]),
+    ]);
+    let root = cluster
+        .models()
+        .import_model(pb::ImportModelRequest {
+            name: "root".into(),
+            architecture: Some(mlp(64, vec![16], 5)),
+            weights: weights.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    let submit = |spec: pb::JobSpec| {
+        let mut jobs = cluster.jobs();
+        async move {
+            jobs.submit_job(pb::SubmitJobRequest {
+                spec: Some(spec),
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    let finetune = |parent_id: &str| pb::JobSpec {
+        kind: pb::JobKind::Finetune as i32,
+        parent_id: parent_id.into(),
+        ..train(&dataset.id)
+    };
+    let no_architecture = pb::JobSpec {
+        architecture: None,
+        ..finetune(&root.id)
+    };
+
+    let unknown = uuid::Uuid::new_v4().to_string();
+    check(
+        &cluster,
+        submit(pb::JobSpec {
+            architecture: None,
+            ..finetune(&unknown)
+        })
+        .await,
+        Code::NotFound,
+        &unknown,
+    )
+    .await;
+    check(
+        &cluster,
+        submit(train(&unknown)).await,
+        Code::NotFound,
+        &unknown,
+    )
+    .await;
+    check(
+        &cluster,
+        submit(train("not-an-id")).await,
+        Code::InvalidArgument,
+        "spec.dataset_id",
+    )
+    .await;
+    check(
+        &cluster,
+        submit(pb::JobSpec {
+            architecture: Some(mlp(64, vec![16, 0], 5)),
+            ..train(&dataset.id)
+        })
+        .await,
+        Code::InvalidArgument,
+        "spec.architecture.mlp.hidden[1]",
+    )
+    .await;
+    check(
+        &cluster,
+        submit(pb::JobSpec {
+            architecture: Some(pb::Architecture { kind: None }),
+            ..train(&dataset.id)
+        })
+        .await,
+        Code::InvalidArgument,
+        "spec.architecture",
+    )
+    .await;
+    check(
+        &cluster,
+        submit(pb::JobSpec {
+            architecture: None,
+            ..train(&dataset.id)
+        })
+        .await,
+        Code::InvalidArgument,
+        "spec.architecture",
+    )
+    .await;
+    check(
+        &cluster,
+        submit(pb::JobSpec {
+            hyperparameters: hyperparameters(1, -0.5),
+            ..train(&dataset.id)
+        })
+        .await,
+        Code::InvalidArgument,
+        "spec.hyperparameters.learning_rate",
+    )
+    .await;
+    check(
+        &cluster,
+        submit(pb::JobSpec {
+            hyperparameters: Some(pb::Hyperparameters {
+                holdout_fraction: 0.9,
+                ..Default::default()
+            }),
+            ..train(&dataset.id)
+        })
+        .await,
+        Code::InvalidArgument,
+        "spec.hyperparameters.holdout_fraction",
+    )
+    .await;
+    check(
+        &cluster,
+        submit(pb::JobSpec {
+            kind: 0,
+            ..train(&dataset.id)
+        })
+        .await,
+        Code::InvalidArgument,
+        "spec.kind",
+    )
+    .await;
+    check(
+        &cluster,
+        submit(pb::JobSpec {
+            model_name: "has space".into(),
+            ..train(&dataset.id)
+        })
+        .await,
+        Code::InvalidArgument,
+        "spec.model_name",
+    )
+    .await;
+    check(
+        &cluster,
+        submit(pb::JobSpec {
+            model_name: "root".into(),
+            ..train(&dataset.id)
+        })
+        .await,
+        Code::AlreadyExists,
+        "root",
+    )
+    .await;
+    check(
+        &cluster,
+        submit(pb::JobSpec {
+            parent_id: root.id.clone(),
+            ..train(&dataset.id)
+        })
+        .await,
+        Code::InvalidArgument,
+        "spec.parent_id",
+    )
+    .await;
+    check(
+        &cluster,
+        submit(pb::JobSpec {
+            architecture: Some(mlp(32, vec![16], 5)),
+            ..train(&dataset.id)
+        })
+        .await,
+        Code::FailedPrecondition,
+        "64 features",
+    )
+    .await;
+    check(
+        &cluster,
+        submit(pb::JobSpec {
+            trainable: vec!["layer4.*".into()],
+            ..no_architecture.clone()
+        })
+        .await,
+        Code::InvalidArgument,
+        "spec.trainable[0]",
+    )
+    .await;
+    check(
+        &cluster,
+        submit(pb::JobSpec {
+            kind: pb::JobKind::Transfer as i32,
+            ..no_architecture.clone()
+        })
+        .await,
+        Code::InvalidArgument,
+        "spec.num_classes",
+    )
+    .await;
+    check(
+        &cluster,
+        submit(pb::JobSpec {
+            kind: pb::JobKind::Transfer as i32,
+            num_classes: 2,
+            ..no_architecture.clone()
+        })
+        .await,
+        Code::FailedPrecondition,
+        "2 classes",
+    )
+    .await;
+    let mut jobs = cluster.jobs();
+    check(
+        &cluster,
+        jobs.get_job(pb::GetJobRequest {
+            job_id: unknown.clone(),
+        })
+        .await,
+        Code::NotFound,
+        &unknown,
+    )
+    .await;
+    check(
+        &cluster,
+        jobs.cancel_job(pb::CancelJobRequest { job_id: "x".into() })
+            .await,
+        Code::InvalidArgument,
+        "job_id",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_imports_and_datasets_are_refused() {
+    let cluster = Cluster::coordinator_only().await;
+    let mut models = cluster.models();
+    let import =
+        |architecture: pb::Architecture, weights: Vec<u8>, name: &str| pb::ImportModelRequest {
+            name: name.into(),
+            architecture: Some(architecture),
+            weights,
+        };
+    let wrong_shape = support::safetensors_file(&[
+        (
+            "hidden.0.weight",
+            safetensors::Dtype::F32,
+            vec![16, 32],
+            vec![0; 16 * 32 * 4],
+        ),
+        (
+            "hidden.0.bias",
+            safetensors::Dtype::F32,
+            vec![16],
+            vec![0; 16 * 4],
+        ),
+        (
+            "fc.weight",
+            safetensors::Dtype::F32,
+            vec![5, 16],
+            vec![0; 5 * 16 * 4],
+        ),
+        ("fc.bias", safetensors::Dtype::F32, vec![5], vec![0; 5 * 4]),
+    ]);
+    check(
+        &cluster,
+        models
+            .import_model(import(mlp(64, vec![16], 5), wrong_shape, "m"))
+            .await,
+        Code::InvalidArgument,
+        "hidden.0.weight",
+    )
+    .await;
+    check(
+        &cluster,
+        models
+            .import_model(import(
+                mlp(64, vec![16], 5),
+                b"not safetensors".to_vec(),
+                "m",
+            ))
+            .await,
+        Code::InvalidArgument,
+        "weights: not a safetensors file",
+    )
+    .await;
+    check(
+        &cluster,
+        models
+            .get_model(pb::GetModelRequest {
+                model: "nobody".into(),
+            })
+            .await,
+        Code::NotFound,
+        "nobody",
+    )
+    .await;
+
+    let mut datasets = cluster.datasets();
+    let content = blobs(0..2, 5, 1);
+    check(
+        &cluster,
+        datasets
+            .register_dataset(pb::RegisterDatasetRequest {
+                name: "d".into(),
+                content: content.clone(),
+                sha256: "0".repeat(64),
+            })
+            .await,
+        Code::InvalidArgument,
+        "sha256",
+    )
+    .await;
+    let no_labels =
+        support::safetensors_file(&[("x", safetensors::Dtype::F32, vec![2, 2], vec![0; 16])]);
+    check(
+        &cluster,
+        datasets
+            .register_dataset(pb::RegisterDatasetRequest {
+                name: "d".into(),
+                sha256: heirloom_spec::sha256_hex(&no_labels),
+                content: no_labels,
+            })
+            .await,
+        Code::InvalidArgument,
+        "content: has no tensor `y`",
+    )
+    .await;
+    cluster.register_dataset("d", content.clone()).await;
+    check(
+        &cluster,
+        datasets
+            .register_dataset(pb::RegisterDatasetRequest {
+                name: "d".into(),
+                sha256: heirloom_spec::sha256_hex(&content),
+                content,
+            })
+            .await,
+        Code::AlreadyExists,
+        "\"d\"",
+    )
+    .await;
+}

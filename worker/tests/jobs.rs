@@ -1,0 +1,134 @@
+//! Job life cycle through a real worker: cancellation, idempotent submission, priorities.
+
+mod support;
+
+use heirloom_proto::v1 as pb;
+use std::time::Duration;
+use support::{Cluster, blobs, hyperparameters, mlp};
+
+fn train(name: &str, dataset_id: &str, epochs: u32) -> pb::JobSpec {
+    pb::JobSpec {
+        kind: pb::JobKind::Train as i32,
+        model_name: name.into(),
+        dataset_id: dataset_id.into(),
+        architecture: Some(mlp(64, vec![16], 5)),
+        hyperparameters: hyperparameters(epochs, 0.0),
+        ..Default::default()
+    }
+}
+
+async fn wait_until_running(cluster: &Cluster, job_id: &str) {
+    for _ in 0..600 {
+        if cluster.job(job_id).await.state() == pb::JobState::Running {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("job {job_id} never started running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_job_and_frees_the_worker() {
+    let cluster = Cluster::start().await;
+    let dataset = cluster.register_dataset("blobs", blobs(0..5, 100, 1)).await;
+    let long = cluster.submit(train("endless", &dataset.id, 100_000)).await;
+    wait_until_running(&cluster, &long.id).await;
+
+    let cancelled = cluster
+        .jobs()
+        .cancel_job(pb::CancelJobRequest {
+            job_id: long.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(cancelled.state(), pb::JobState::Cancelled);
+    let (_, long) = cluster.wait(&long.id).await;
+    assert_eq!(long.state(), pb::JobState::Cancelled);
+    assert!(long.model_id.is_empty());
+
+    // The worker noticed and takes the next job.
+    let next = cluster.submit(train("next", &dataset.id, 2)).await;
+    let (_, next) = cluster.wait(&next.id).await;
+    assert_eq!(next.state(), pb::JobState::Succeeded, "{}", next.error);
+    let (models,): (i64,) = sqlx::query_as("SELECT count(*) FROM models")
+        .fetch_one(&cluster.pool)
+        .await
+        .unwrap();
+    assert_eq!(models, 1, "the cancelled job wrote no model");
+
+    let again = cluster
+        .jobs()
+        .cancel_job(pb::CancelJobRequest {
+            job_id: long.id.clone(),
+        })
+        .await;
+    assert_eq!(again.unwrap_err().code(), tonic::Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_request_id_returns_the_first_job() {
+    let cluster = Cluster::coordinator_only().await;
+    let dataset = cluster.register_dataset("blobs", blobs(0..5, 10, 1)).await;
+    let submit = |request_id: &str| {
+        let mut jobs = cluster.jobs();
+        let request = pb::SubmitJobRequest {
+            spec: Some(train("once", &dataset.id, 1)),
+            priority: 0,
+            request_id: request_id.into(),
+        };
+        async move {
+            jobs.submit_job(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .job
+                .unwrap()
+        }
+    };
+    let first = submit("request-1").await;
+    let second = submit("request-1").await;
+    assert_eq!(first.id, second.id);
+    let (jobs,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs")
+        .fetch_one(&cluster.pool)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn higher_priority_jobs_are_leased_first() {
+    let mut cluster = Cluster::coordinator_only().await;
+    let dataset = cluster.register_dataset("blobs", blobs(0..5, 10, 1)).await;
+    let mut ids = Vec::new();
+    for (name, priority) in [("low", 0), ("high", 10)] {
+        let job = cluster
+            .jobs()
+            .submit_job(pb::SubmitJobRequest {
+                spec: Some(train(name, &dataset.id, 1)),
+                priority,
+                request_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        ids.push(job.id);
+    }
+    cluster.start_worker();
+    for id in &ids {
+        let (_, job) = cluster.wait(id).await;
+        assert_eq!(job.state(), pb::JobState::Succeeded, "{}", job.error);
+    }
+    let order: Vec<(String,)> = sqlx::query_as(
+        "SELECT j.model_name FROM job_events e JOIN jobs j ON j.id = e.job_id
+          WHERE e.state = 'leased' ORDER BY e.sequence",
+    )
+    .fetch_all(&cluster.pool)
+    .await
+    .unwrap();
+    assert_eq!(order, [("high".to_string(),), ("low".to_string(),)]);
+}
