@@ -9,18 +9,26 @@ source "$here/env.sh"
 
 TORCH_VERSION=2.11.0
 
+install_packages() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@"
+}
+
 if ! "$HEIRLOOM_VENV/bin/python" -c "import torch, sklearn, safetensors, numpy; assert torch.__version__.startswith('$TORCH_VERSION')" 2>/dev/null; then
   echo "setup: installing torch==$TORCH_VERSION into $HEIRLOOM_VENV (a few GB, once)" >&2
   mkdir -p "$HEIRLOOM_CACHE"
-  python3 -m venv "$HEIRLOOM_VENV"
+  if ! python3 -m venv "$HEIRLOOM_VENV" 2>/dev/null; then
+    # Debian's python3 keeps venv in a package of its own.
+    install_packages python3-venv
+    python3 -m venv "$HEIRLOOM_VENV"
+  fi
   "$HEIRLOOM_VENV/bin/pip" install --quiet --disable-pip-version-check \
     "torch==$TORCH_VERSION" numpy scikit-learn safetensors
 fi
 
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   echo "setup: installing the PostgreSQL server packages" >&2
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q postgresql
+  install_packages postgresql
 fi
