@@ -142,16 +142,16 @@ pub fn train(
     for epoch in 1..=hp.epochs {
         let order =
             train_rows.index_select(0, &Tensor::randperm(train_count, (Kind::Int64, device)));
-        let (mut loss_sum, mut correct) = (0.0, 0i64);
+        // Summed on the device and read once per epoch: a read per step would stall
+        // a GPU on every step.
+        let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
+        let mut correct = Tensor::zeros([], (Kind::Int64, device));
         for batch in 0..batches_per_epoch {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
-            let rows = order.narrow(
-                0,
-                batch * batch_size,
-                batch_size.min(train_count - batch * batch_size),
-            );
+            let first = batch * batch_size;
+            let rows = order.narrow(0, first, batch_size.min(train_count - first));
             let (x, y) = dataset.rows(&rows);
             let logits = network.forward(&x);
             let loss = logits.cross_entropy_for_logits(&y);
@@ -159,14 +159,11 @@ pub fn train(
             loss.backward();
             optimizer.step()?;
             step += 1;
-            let count = rows.size()[0];
-            loss_sum += loss.double_value(&[]) * count as f64;
-            correct += logits
-                .argmax(-1, false)
-                .eq_tensor(&y)
-                .sum(Kind::Int64)
-                .int64_value(&[]);
+            loss_sum += loss.detach() * rows.size()[0];
+            correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64);
         }
+        let loss_sum = loss_sum.double_value(&[]);
+        let correct = correct.int64_value(&[]);
         progress = Progress {
             epoch,
             epochs: hp.epochs,
