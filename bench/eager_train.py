@@ -1,7 +1,8 @@
 """The PyTorch-eager peer of `heirloom-train`, and the checks on what it wrote.
 
   make-data PATH ROWS           writes blobs (x float32 [ROWS, 64], y int64, 10 classes)
-  eager PATH ARCH_JSON EPOCHS   trains the same MLP the same way in PyTorch eager, prints steps/s
+  eager PATH ARCH_JSON EPOCHS THREADS BATCH
+                                trains the same MLP the same way in PyTorch eager, prints steps/s
   same-frozen A B PATTERN...    asserts every tensor of A and B not matching a PATTERN is byte-identical
 
 Writes and reads safetensors by hand, so it needs nothing but torch.
@@ -97,7 +98,8 @@ if __name__ == "__main__":
     if command == "make-data":
         make_data(sys.argv[2], int(sys.argv[3]))
     elif command == "eager":
-        torch.set_num_threads(int(sys.argv[5]) if len(sys.argv) > 5 else 1)
-        eager(sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]), "cuda" if torch.cuda.is_available() else "cpu")
+        torch.set_num_threads(int(sys.argv[5]))
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        eager(sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]), device, int(sys.argv[6]))
     elif command == "same-frozen":
         same_frozen(sys.argv[2], sys.argv[3], sys.argv[4:])
