@@ -290,3 +290,76 @@ async fn imported_model_can_be_finetuned() {
     assert_eq!(child_w["hidden.0.weight"], parent_w["hidden.0.weight"]);
     assert_ne!(child_w["fc.weight"], parent_w["fc.weight"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_cnn_trains_and_transfers() {
+    let cluster = Cluster::start().await;
+    // 64 features read as one 8x8 channel.
+    let first_five = cluster
+        .register_dataset("blobs-0-4", blobs(0..5, 60, 4))
+        .await;
+    let last_five = cluster
+        .register_dataset("blobs-5-9", blobs(5..10, 60, 5))
+        .await;
+    let cnn = pb::Architecture {
+        kind: Some(pb::architecture::Kind::SmallCnn(pb::SmallCnn {
+            in_channels: 1,
+            height: 8,
+            width: 8,
+            channels: vec![8, 16],
+            num_classes: 5,
+        })),
+    };
+    let base = cluster
+        .submit(pb::JobSpec {
+            kind: pb::JobKind::Train as i32,
+            model_name: "cnn".into(),
+            dataset_id: first_five.id,
+            architecture: Some(cnn),
+            hyperparameters: hyperparameters(5, 0.01),
+            ..Default::default()
+        })
+        .await;
+    let (_, base) = cluster.wait(&base.id).await;
+    assert_eq!(base.state(), pb::JobState::Succeeded, "{}", base.error);
+    let transfer = cluster
+        .submit(pb::JobSpec {
+            kind: pb::JobKind::Transfer as i32,
+            model_name: "cnn-transfer".into(),
+            dataset_id: last_five.id,
+            parent_id: base.model_id.clone(),
+            num_classes: 5,
+            hyperparameters: hyperparameters(3, 0.01),
+            ..Default::default()
+        })
+        .await;
+    let (_, transfer) = cluster.wait(&transfer.id).await;
+    assert_eq!(
+        transfer.state(),
+        pb::JobState::Succeeded,
+        "{}",
+        transfer.error
+    );
+    let base = cluster.model("cnn").await;
+    let transfer = cluster.model("cnn-transfer").await;
+    let weights = |model: &pb::Model| {
+        tensors(&cluster.artifact(&format!("models/{}.safetensors", model.weights_sha256)))
+    };
+    let (base_w, transfer_w) = (weights(&base), weights(&transfer));
+    let names: Vec<&String> = base_w.keys().collect();
+    assert_eq!(
+        names,
+        [
+            "conv.0.bias",
+            "conv.0.weight",
+            "conv.1.bias",
+            "conv.1.weight",
+            "fc.bias",
+            "fc.weight"
+        ]
+    );
+    assert_eq!(base_w["conv.1.weight"].len(), 16 * 8 * 3 * 3 * 4);
+    assert_eq!(transfer_w["conv.0.weight"], base_w["conv.0.weight"]);
+    assert_eq!(transfer_w["conv.1.bias"], base_w["conv.1.bias"]);
+    assert_ne!(transfer_w["fc.weight"], base_w["fc.weight"]);
+}
