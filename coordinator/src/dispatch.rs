@@ -6,10 +6,13 @@
 
 use crate::Services;
 use crate::db::NewModel;
-use crate::domain::{Job, JobKind, Metrics};
+use crate::domain::{Job, Metrics, TensorRecord};
 use crate::error::{Error, Result};
 use crate::notifier::Notification;
-use heirloom_spec::{HEAD, TrainablePatterns, check_weights, sha256_hex, unchanged_tensors};
+use heirloom_spec::{
+    Claim, Origin, TensorStatus, check_weights, sha256_hex, tensor_hashes, verify_claims,
+};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
@@ -23,8 +26,9 @@ const CLAIM_POLL: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct Assignment {
     pub job: Job,
-    pub dataset_path: String,
-    pub parent_weights_path: Option<String>,
+    pub dataset_path: Option<String>,
+    /// Each parent's id and weights path, in the order of the job's spec.
+    pub parents: Vec<(Uuid, String)>,
 }
 
 /// What a worker reports it produced.
@@ -32,7 +36,17 @@ pub struct Assignment {
 pub struct Output {
     pub weights_path: String,
     pub weights_sha256: String,
-    pub metrics: Metrics,
+    pub metrics: Option<Metrics>,
+    pub tensors: Vec<ClaimedTensor>,
+}
+
+/// One tensor as the worker describes it; the origin is (model id, tensor name).
+#[derive(Debug, Clone)]
+pub struct ClaimedTensor {
+    pub name: String,
+    pub sha256: String,
+    pub status: TensorStatus,
+    pub origin: Option<(Uuid, String)>,
 }
 
 pub fn assignments(services: Services, worker_id: Uuid) -> impl Stream<Item = Result<Assignment>> {
@@ -73,15 +87,21 @@ async fn claim(services: &Services, worker_id: Uuid) -> Result<Option<Assignment
         return Ok(None);
     };
     let job = claimed.job;
-    let dataset = services.db.dataset(job.spec.dataset_id).await?;
-    let parent_weights_path = match job.spec.parent_id {
-        Some(parent_id) => Some(services.db.model(parent_id).await?.weights_path),
+    let dataset_path = match job.spec.dataset_id {
+        Some(id) => Some(services.db.dataset(id).await?.path),
         None => None,
     };
+    let mut parents = Vec::new();
+    for parent_id in &job.spec.parents {
+        parents.push((
+            *parent_id,
+            services.db.model(*parent_id).await?.weights_path,
+        ));
+    }
     Ok(Some(Assignment {
         job,
-        dataset_path: dataset.path,
-        parent_weights_path,
+        dataset_path,
+        parents,
     }))
 }
 
@@ -105,7 +125,7 @@ pub async fn record_output(
 ) -> Result<Job> {
     let job = services.db.job(job_id).await?;
     let bytes = services.artifacts.read_staged(&output.weights_path).await?;
-    let verdict = verify_weights(services, &job, &bytes, &output.weights_sha256).await;
+    let verdict = verify_output(services, &job, &bytes, &output).await;
     let recorded = match verdict {
         Err(Error::InvalidArgument(reason)) => {
             let reason = format!("weights rejected: {reason}");
@@ -116,7 +136,7 @@ pub async fn record_output(
                 .await
         }
         Err(err) => Err(err),
-        Ok(()) => {
+        Ok(tensors) => {
             let weights_sha256 = output.weights_sha256;
             let weights_path = services
                 .artifacts
@@ -128,6 +148,7 @@ pub async fn record_output(
                 weights_sha256,
                 weights_path,
                 metrics: output.metrics,
+                tensors,
             };
             let job = services
                 .db
@@ -141,31 +162,83 @@ pub async fn record_output(
     recorded
 }
 
-async fn verify_weights(
+/// Checks the weights against the reported hash and the architecture, and every
+/// provenance claim against the job's plan and the parents' stored tensor hashes; returns
+/// the tensors' records. Any failure is an `InvalidArgument` that fails the job.
+async fn verify_output(
     services: &Services,
     job: &Job,
     bytes: &[u8],
-    claimed_sha256: &str,
-) -> Result<()> {
+    output: &Output,
+) -> Result<Vec<TensorRecord>> {
     let sha256 = sha256_hex(bytes);
-    if sha256 != claimed_sha256 {
+    if sha256 != output.weights_sha256 {
         return Err(Error::InvalidArgument(format!(
-            "the file hashes to {sha256}, not the reported {claimed_sha256}"
+            "the file hashes to {sha256}, not the reported {}",
+            output.weights_sha256
         )));
     }
     check_weights("weights", bytes, &job.spec.architecture)?;
-    let Some(parent_id) = job.spec.parent_id else {
-        return Ok(());
-    };
-    let parent = services.db.model(parent_id).await?;
-    let parent_bytes =
-        tokio::fs::read(services.artifacts.root().join(&parent.weights_path)).await?;
-    let patterns = TrainablePatterns::from_checked(job.spec.trainable.clone());
-    let frozen = |name: &str| match job.spec.kind {
-        JobKind::Finetune => !patterns.is_trainable(name),
-        JobKind::Transfer => !name.starts_with(&format!("{HEAD}.")),
-        JobKind::Train => false,
-    };
-    unchanged_tensors("weights", &parent_bytes, bytes, frozen)?;
-    Ok(())
+    let hashes = tensor_hashes("weights", bytes)?;
+    let actual: HashMap<String, String> = hashes
+        .iter()
+        .map(|(info, sha)| (info.name.clone(), sha.clone()))
+        .collect();
+    let mut parent_hashes = Vec::new();
+    for parent_id in &job.spec.parents {
+        parent_hashes.push(services.db.tensor_hashes(*parent_id).await?);
+    }
+    let parents = &job.spec.parents;
+    let claims = output
+        .tensors
+        .iter()
+        .map(|claimed| {
+            let origin = match &claimed.origin {
+                None => None,
+                Some((model_id, tensor)) => {
+                    let parent = parents.iter().position(|id| id == model_id).ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "output.tensors: tensor {}: origin model {model_id} is not a parent of this job",
+                            claimed.name
+                        ))
+                    })?;
+                    Some(Origin {
+                        parent,
+                        tensor: tensor.clone(),
+                    })
+                }
+            };
+            Ok(Claim {
+                name: claimed.name.clone(),
+                sha256: claimed.sha256.clone(),
+                status: claimed.status,
+                origin,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    verify_claims(
+        &job.spec.tensors,
+        job.spec.adjustment,
+        &actual,
+        &claims,
+        &parent_hashes,
+    )?;
+    Ok(hashes
+        .into_iter()
+        .map(|(info, sha256)| {
+            let claim = output
+                .tensors
+                .iter()
+                .find(|c| c.name == info.name)
+                .expect("verified");
+            TensorRecord {
+                sha256,
+                dtype: info.dtype,
+                shape: info.shape.iter().map(|&d| d as u64).collect(),
+                status: claim.status,
+                origin: claim.origin.clone(),
+                name: info.name,
+            }
+        })
+        .collect())
 }

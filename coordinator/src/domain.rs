@@ -2,7 +2,7 @@
 //! both the database rows and the protobuf messages.
 
 use chrono::{DateTime, Utc};
-use heirloom_spec::{Architecture, Hyperparameters};
+use heirloom_spec::{Adjustment, Architecture, Hyperparameters, TensorPlan, TensorStatus};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -12,6 +12,8 @@ pub enum JobKind {
     Train,
     Finetune,
     Transfer,
+    Direct,
+    Compose,
 }
 
 impl JobKind {
@@ -20,13 +22,9 @@ impl JobKind {
             JobKind::Train => "train",
             JobKind::Finetune => "finetune",
             JobKind::Transfer => "transfer",
+            JobKind::Direct => "direct",
+            JobKind::Compose => "compose",
         }
-    }
-
-    pub fn parse(text: &str) -> Option<JobKind> {
-        [JobKind::Train, JobKind::Finetune, JobKind::Transfer]
-            .into_iter()
-            .find(|kind| kind.as_str() == text)
     }
 
     /// The relation of the parent edge a job of this kind writes.
@@ -35,6 +33,8 @@ impl JobKind {
             JobKind::Train => None,
             JobKind::Finetune => Some(Relation::Finetune),
             JobKind::Transfer => Some(Relation::Transfer),
+            JobKind::Direct => Some(Relation::Direct),
+            JobKind::Compose => Some(Relation::Module),
         }
     }
 }
@@ -114,21 +114,64 @@ impl Relation {
     }
 }
 
-/// A job's spec after validation, with every default filled in: stored as the job's
-/// `spec` and copied into the parent edge, so lineage records what really ran.
+/// A job's spec after validation, with every default filled in and its tensor plan
+/// derived: stored as the job's `spec` and copied into the parent edges, so lineage
+/// records what really ran.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
     pub kind: JobKind,
     pub model_name: String,
-    pub dataset_id: Uuid,
-    pub parent_id: Option<Uuid>,
+    /// `None` only for a direct job scored on no data.
+    pub dataset_id: Option<Uuid>,
+    /// In the order the tensor plan's parent indexes refer to.
+    pub parents: Vec<Uuid>,
     /// The architecture of the model the job produces.
     pub architecture: Architecture,
     pub hyperparameters: Hyperparameters,
-    /// Finetune: the trainable patterns (empty = all). Transfer: empty (only the head).
+    /// The trainable patterns as submitted (finetune, compose).
     pub trainable: Vec<String>,
     /// Transfer: the new head's output size.
     pub num_classes: Option<u32>,
+    /// Transfer: how many of the last blocks train with the head.
+    pub unfreeze_blocks: u32,
+    /// Compose: the module map.
+    pub modules: Vec<ModuleMapping>,
+    pub adjustment: Option<Adjustment>,
+    /// Where each tensor starts and whether it trains.
+    pub tensors: Vec<TensorPlan>,
+}
+
+impl JobSpec {
+    /// Does any tensor train? (A direct job, or a compose of frozen modules, does not.)
+    pub fn trains(&self) -> bool {
+        self.tensors.iter().any(|tensor| tensor.trainable)
+    }
+}
+
+/// One module of a composed model, with the parent as a model id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleMapping {
+    pub target_prefix: String,
+    pub parent_id: Uuid,
+    pub source_prefix: String,
+}
+
+/// One tensor of a model, as recorded when the model was made.
+#[derive(Debug, Clone)]
+pub struct TensorRecord {
+    pub name: String,
+    pub sha256: String,
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    pub status: TensorStatus,
+    pub origin: Option<(Uuid, String)>,
+}
+
+/// A tensor record with its origin model's name, for display.
+#[derive(Debug, Clone)]
+pub struct TensorProvenance {
+    pub record: TensorRecord,
+    pub origin_model_name: Option<String>,
 }
 
 #[derive(Debug, Clone)]

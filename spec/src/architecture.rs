@@ -92,6 +92,18 @@ impl Architecture {
         changed
     }
 
+    /// The name prefixes of the blocks before the head, in forward order.
+    pub fn blocks(&self) -> Vec<String> {
+        match self {
+            Architecture::Mlp(mlp) => (0..mlp.hidden.len())
+                .map(|i| format!("hidden.{i}"))
+                .collect(),
+            Architecture::SmallCnn(cnn) => (0..cnn.channels.len())
+                .map(|i| format!("conv.{i}"))
+                .collect(),
+        }
+    }
+
     /// Every parameter's state-dict name and shape, in forward order.
     pub fn parameters(&self) -> Vec<(String, Vec<usize>)> {
         let mut parameters = Vec::new();

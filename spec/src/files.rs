@@ -153,32 +153,22 @@ pub fn read_dataset_info(field: &str, bytes: &[u8]) -> Result<DatasetInfo, Inval
     })
 }
 
-/// Checks that every tensor `frozen` selects is byte-identical in `child` and `parent`.
-pub fn unchanged_tensors(
-    field: &str,
-    parent: &[u8],
-    child: &[u8],
-    frozen: impl Fn(&str) -> bool,
-) -> Result<(), Invalid> {
-    let parent = SafeTensors::deserialize(parent).map_err(|err| {
-        Invalid::new(field, format!("the parent's weights are unreadable: {err}"))
-    })?;
-    let child = SafeTensors::deserialize(child)
+/// Each tensor's sha256 over its raw little-endian bytes, by name.
+pub fn tensor_hashes(field: &str, bytes: &[u8]) -> Result<Vec<(TensorInfo, String)>, Invalid> {
+    let tensors = SafeTensors::deserialize(bytes)
         .map_err(|err| Invalid::new(field, format!("not a safetensors file: {err}")))?;
-    for name in parent.names() {
-        if !frozen(name) {
-            continue;
-        }
-        let before = parent.tensor(name).expect("listed name");
-        let after = child
-            .tensor(name)
-            .map_err(|_| Invalid::new(field, format!("frozen tensor {name} is missing")))?;
-        if before.data() != after.data() {
-            return Err(Invalid::new(
-                field,
-                format!("tensor {name} was frozen but differs from the parent's"),
-            ));
-        }
-    }
-    Ok(())
+    let mut hashes: Vec<(TensorInfo, String)> = tensors
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let info = TensorInfo {
+                name,
+                dtype: format!("{:?}", view.dtype()).to_lowercase(),
+                shape: view.shape().to_vec(),
+            };
+            (info, sha256_hex(view.data()))
+        })
+        .collect();
+    hashes.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    Ok(hashes)
 }

@@ -9,14 +9,19 @@ mod architecture;
 mod files;
 mod hyperparameters;
 mod patterns;
+mod plan;
 
 pub use architecture::{Architecture, HEAD, Mlp, SmallCnn};
 pub use files::{
     DatasetInfo, TensorInfo, check_weights, read_dataset_info, read_tensor_infos, sha256_hex,
-    unchanged_tensors,
+    tensor_hashes,
 };
 pub use hyperparameters::{Hyperparameters, Optimizer};
 pub use patterns::{TrainablePatterns, pattern_matches};
+pub use plan::{
+    Adjustment, Claim, Module, Origin, TensorPlan, TensorStatus, plan_compose, plan_finetune,
+    plan_inherit, plan_scratch, plan_transfer, under_prefix, verify_claims,
+};
 
 /// A spec that cannot be used, with the field to fix.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

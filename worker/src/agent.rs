@@ -4,11 +4,11 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::train::{self, Device, Outcome, Progress, Start, TrainingJob};
+use crate::train::{self, Device, Progress, TrainingJob};
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::worker_service_client::WorkerServiceClient;
-use heirloom_spec::{TrainablePatterns, sha256_hex};
-use std::path::PathBuf;
+use heirloom_spec::{Adjustment, Origin, TensorPlan, TensorStatus, sha256_hex, tensor_hashes};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -96,35 +96,41 @@ async fn run_assignment(
     tracing::info!(job_id = %job_id, attempt, "job started");
     let staged = format!("staging/{job_id}-{attempt}.safetensors");
     let output = config.artifacts.join(&staged);
+    let report = Reporter {
+        client: client.clone(),
+        worker_id: worker_id.to_string(),
+        job_id: job_id.clone(),
+        attempt,
+    };
+    let job = match training_job(&config.artifacts, &assignment) {
+        Ok(job) => job,
+        Err(err) => {
+            return report
+                .complete(
+                    pb::complete_job_request::Result::Error(err.to_string()),
+                    &output,
+                )
+                .await;
+        }
+    };
+    // The first report moves the job to running, and may already say it was cancelled.
+    if let Ok(true) = report.progress(Progress::default()).await {
+        return Ok(());
+    }
     let cancel = Arc::new(AtomicBool::new(false));
     let (progress_sender, mut progress) = watch::channel(Progress::default());
-
-    let training = match training_job(&config.artifacts, &assignment) {
-        Ok(job) => {
-            let cancel = cancel.clone();
-            let output = output.clone();
-            tokio::task::spawn_blocking(move || {
-                train::train(&job, device, &output, &cancel, |p| {
-                    let _ = progress_sender.send(p.clone());
-                })
+    let training = {
+        let (job, cancel, output) = (job.clone(), cancel.clone(), output.clone());
+        tokio::task::spawn_blocking(move || {
+            train::train(&job, device, &output, &cancel, |p| {
+                let _ = progress_sender.send(p.clone());
             })
-        }
-        Err(err) => tokio::task::spawn(async move { Err(err) }),
+        })
     };
     tokio::pin!(training);
 
-    // Forward the latest progress until training ends; each report also asks whether
-    // the job was cancelled.
-    let report = |client: &mut WorkerServiceClient<Channel>, p: Progress| {
-        let request = pb::ReportProgressRequest {
-            worker_id: worker_id.to_string(),
-            job_id: job_id.clone(),
-            attempt,
-            progress: Some(progress_to_proto(&p)),
-        };
-        let mut client = client.clone();
-        async move { client.report_progress(request).await }
-    };
+    // Forward the latest progress until training ends; each report's answer says
+    // whether the job was cancelled.
     let mut last_reported = None;
     let result = loop {
         tokio::select! {
@@ -137,9 +143,9 @@ async fn run_assignment(
                 }
                 let latest = progress.borrow_and_update().clone();
                 last_reported = Some(latest.clone());
-                match report(client, latest).await {
-                    Ok(response) if response.get_ref().cancelled => cancel.store(true, Ordering::Relaxed),
-                    Ok(_) => {}
+                match report.progress(latest).await {
+                    Ok(true) => cancel.store(true, Ordering::Relaxed),
+                    Ok(false) => {}
                     Err(status) if status.code() == Code::FailedPrecondition => {
                         tracing::warn!(job_id = %job_id, %status, "lease lost; stopping");
                         cancel.store(true, Ordering::Relaxed);
@@ -150,76 +156,82 @@ async fn run_assignment(
         }
     };
     let latest = progress.borrow().clone();
-    if result.is_ok() && last_reported.as_ref() != Some(&latest) {
+    if result.is_ok() && last_reported.is_some() && last_reported.as_ref() != Some(&latest) {
         // The last epoch's figures, so watchers see the end of training.
-        let _ = report(client, latest).await;
+        let _ = report.progress(latest).await;
     }
-    let outcome = match result {
+    let result = match result {
         Err(Error::Cancelled) => {
             tracing::info!(job_id = %job_id, "job cancelled; stopped");
             let _ = tokio::fs::remove_file(&output).await;
             return Ok(());
         }
-        Err(Error::Transport(err)) => return Err(Error::Transport(err)),
-        other => other,
-    };
-    let result = match outcome {
-        Ok(outcome) => {
-            pb::complete_job_request::Result::Output(job_output(&output, &staged, &outcome).await?)
-        }
+        Ok(metrics) => pb::complete_job_request::Result::Output(
+            job_output(&output, &staged, metrics, &assignment, &job).await?,
+        ),
         Err(err) => {
             tracing::warn!(job_id = %job_id, error = %err, "job failed");
             pb::complete_job_request::Result::Error(err.to_string())
         }
     };
-    let completed = client
-        .complete_job(pb::CompleteJobRequest {
-            worker_id: worker_id.to_string(),
-            job_id: job_id.clone(),
-            attempt,
-            result: Some(result),
-        })
-        .await;
-    match completed {
-        Ok(response) => {
-            let state = response
-                .get_ref()
-                .job
-                .as_ref()
-                .map(|job| job.state())
-                .unwrap_or_default();
-            tracing::info!(job_id = %job_id, state = ?state, "job completed");
-        }
-        Err(status) if status.code() == Code::FailedPrecondition => {
-            tracing::warn!(job_id = %job_id, %status, "result refused: the lease was lost");
-            let _ = tokio::fs::remove_file(&output).await;
-        }
-        Err(status) => return Err(status.into()),
-    }
-    Ok(())
+    report.complete(result, &output).await
 }
 
-async fn job_output(
-    path: &std::path::Path,
-    staged: &str,
-    outcome: &Outcome,
-) -> Result<pb::JobOutput> {
-    let bytes = tokio::fs::read(path).await?;
-    Ok(pb::JobOutput {
-        weights_path: staged.to_string(),
-        weights_sha256: sha256_hex(&bytes),
-        metrics: Some(pb::Metrics {
-            holdout_accuracy: outcome.holdout_accuracy,
-            final_loss: outcome.final_loss,
-            train_accuracy: outcome.train_accuracy,
-            steps: outcome.steps,
-            steps_per_second: outcome.steps_per_second,
-        }),
-    })
+/// Speaks for one leased job: progress and completion, with its fencing token.
+struct Reporter {
+    client: WorkerServiceClient<Channel>,
+    worker_id: String,
+    job_id: String,
+    attempt: u32,
+}
+
+impl Reporter {
+    /// Returns whether the job was cancelled.
+    async fn progress(&self, progress: Progress) -> Result<bool, tonic::Status> {
+        let request = pb::ReportProgressRequest {
+            worker_id: self.worker_id.clone(),
+            job_id: self.job_id.clone(),
+            attempt: self.attempt,
+            progress: Some(progress_to_proto(&progress)),
+        };
+        let response = self.client.clone().report_progress(request).await?;
+        Ok(response.get_ref().cancelled)
+    }
+
+    async fn complete(
+        &self,
+        result: pb::complete_job_request::Result,
+        output: &Path,
+    ) -> Result<()> {
+        let request = pb::CompleteJobRequest {
+            worker_id: self.worker_id.clone(),
+            job_id: self.job_id.clone(),
+            attempt: self.attempt,
+            result: Some(result),
+        };
+        match self.client.clone().complete_job(request).await {
+            Ok(response) => {
+                let state = response
+                    .get_ref()
+                    .job
+                    .as_ref()
+                    .map(|job| job.state())
+                    .unwrap_or_default();
+                tracing::info!(job_id = %self.job_id, state = ?state, "job completed");
+            }
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                tracing::warn!(job_id = %self.job_id, %status, "result refused: the lease was lost");
+            }
+            Err(status) => return Err(status.into()),
+        }
+        // The coordinator has copied what it keeps; a refused result is not kept.
+        let _ = tokio::fs::remove_file(output).await;
+        Ok(())
+    }
 }
 
 /// The worker's view of an assignment; refuses one it cannot run.
-fn training_job(artifacts: &std::path::Path, assignment: &pb::Assignment) -> Result<TrainingJob> {
+fn training_job(artifacts: &Path, assignment: &pb::Assignment) -> Result<TrainingJob> {
     let invalid = |what: &str| Error::InvalidJob(format!("assignment: {what}"));
     let spec = assignment.spec.as_ref().ok_or_else(|| invalid("no spec"))?;
     let architecture = assignment
@@ -233,26 +245,102 @@ fn training_job(artifacts: &std::path::Path, assignment: &pb::Assignment) -> Res
         .unwrap_or_default()
         .resolve("hyperparameters")
         .map_err(|err| invalid(&err.to_string()))?;
-    let parent = || -> Result<PathBuf> {
-        if assignment.parent_weights_path.is_empty() {
-            return Err(invalid("no parent weights"));
-        }
-        Ok(artifacts.join(&assignment.parent_weights_path))
-    };
-    let start = match spec.kind() {
-        pb::JobKind::Train => Start::Scratch,
-        pb::JobKind::Finetune => Start::Finetune {
-            parent: parent()?,
-            trainable: TrainablePatterns::from_checked(spec.trainable.clone()),
-        },
-        pb::JobKind::Transfer => Start::Transfer { parent: parent()? },
-        pb::JobKind::Unspecified => return Err(invalid("no job kind")),
-    };
+    let tensors = assignment
+        .tensors
+        .iter()
+        .map(|tensor| {
+            let origin = usize::try_from(tensor.parent_index)
+                .ok()
+                .map(|parent| Origin {
+                    parent,
+                    tensor: tensor.source_name.clone(),
+                });
+            TensorPlan {
+                name: tensor.name.clone(),
+                origin,
+                trainable: tensor.trainable,
+            }
+        })
+        .collect();
+    let adjustment = assignment
+        .adjustment
+        .and_then(|a| a.kind)
+        .map(|kind| match kind {
+            pb::adjustment::Kind::Interpolate(alpha) => Adjustment::Interpolate { alpha },
+            pb::adjustment::Kind::Scale(factor) => Adjustment::Scale { factor },
+            pb::adjustment::Kind::WiseFt(alpha) => Adjustment::WiseFt { alpha },
+        });
     Ok(TrainingJob {
         architecture,
         hyperparameters,
-        start,
-        dataset: artifacts.join(&assignment.dataset_path),
+        tensors,
+        parents: assignment
+            .parents
+            .iter()
+            .map(|parent| artifacts.join(&parent.weights_path))
+            .collect(),
+        adjustment,
+        dataset: Some(&assignment.dataset_path)
+            .filter(|path| !path.is_empty())
+            .map(|path| artifacts.join(path)),
+    })
+}
+
+/// The weights' hash, the metrics, and a provenance claim for every tensor.
+async fn job_output(
+    path: &Path,
+    staged: &str,
+    metrics: Option<train::Metrics>,
+    assignment: &pb::Assignment,
+    job: &TrainingJob,
+) -> Result<pb::JobOutput> {
+    let bytes = tokio::fs::read(path).await?;
+    let hashes =
+        tensor_hashes("weights", &bytes).map_err(|err| Error::InvalidJob(err.to_string()))?;
+    let mut tensors = Vec::new();
+    for (info, sha256) in hashes {
+        let plan = job
+            .tensors
+            .iter()
+            .find(|t| t.name == info.name)
+            .ok_or_else(|| {
+                Error::InvalidJob(format!("wrote {} which the plan lacks", info.name))
+            })?;
+        let (origin_model_id, origin_tensor) = match &plan.origin {
+            Some(origin) => (
+                assignment.parents[origin.parent].model_id.clone(),
+                origin.tensor.clone(),
+            ),
+            None => (String::new(), String::new()),
+        };
+        let status = match plan.status(job.adjustment) {
+            TensorStatus::Inherited => pb::TensorStatus::Inherited,
+            TensorStatus::Trained => pb::TensorStatus::Trained,
+            TensorStatus::New => pb::TensorStatus::New,
+            TensorStatus::Interpolated => pb::TensorStatus::Interpolated,
+        };
+        tensors.push(pb::TensorProvenance {
+            name: info.name,
+            sha256,
+            status: status as i32,
+            origin_model_id,
+            origin_tensor,
+            dtype: info.dtype,
+            shape: info.shape.iter().map(|&d| d as u64).collect(),
+            ..Default::default()
+        });
+    }
+    Ok(pb::JobOutput {
+        weights_path: staged.to_string(),
+        weights_sha256: sha256_hex(&bytes),
+        metrics: metrics.map(|m| pb::Metrics {
+            holdout_accuracy: m.holdout_accuracy,
+            final_loss: m.final_loss,
+            train_accuracy: m.train_accuracy,
+            steps: m.steps,
+            steps_per_second: m.steps_per_second,
+        }),
+        tensors,
     })
 }
 

@@ -1,6 +1,8 @@
 use super::models::name_taken;
 use super::{Db, EVENTS_CHANNEL, JOBS_CHANNEL};
-use crate::domain::{Job, JobEvent, JobEventKind, JobSpec, JobState, Metrics, Progress};
+use crate::domain::{
+    Job, JobEvent, JobEventKind, JobKind, JobSpec, JobState, Metrics, Progress, TensorRecord,
+};
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
@@ -66,7 +68,9 @@ pub struct NewModel {
     pub weights_sha256: String,
     pub weights_bytes: u64,
     pub weights_path: String,
-    pub metrics: Metrics,
+    pub metrics: Option<Metrics>,
+    /// Checked provenance of every tensor.
+    pub tensors: Vec<TensorRecord>,
 }
 
 impl Db {
@@ -85,16 +89,14 @@ impl Db {
         let id = Uuid::new_v4();
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO jobs (id, kind, spec, model_name, dataset_id, parent_id, priority,
-                               request_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO jobs (id, kind, spec, model_name, dataset_id, priority, request_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(id)
         .bind(spec.kind.as_str())
         .bind(Json(spec))
         .bind(&spec.model_name)
         .bind(spec.dataset_id)
-        .bind(spec.parent_id)
         .bind(priority)
         .bind(request_id)
         .execute(&mut *tx)
@@ -249,29 +251,31 @@ impl Db {
         .execute(&mut *tx)
         .await
         .map_err(|err| name_taken(err, &spec.model_name))?;
-        if let (Some(parent_id), Some(relation)) = (spec.parent_id, spec.kind.relation()) {
-            let details = serde_json::json!({
-                "hyperparameters": spec.hyperparameters,
-                "trainable": spec.trainable,
-                "num_classes": spec.num_classes,
-                "job_id": job_id,
-            });
+        if let Some(relation) = spec.kind.relation() {
+            for (index, parent_id) in spec.parents.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO model_parents (child_id, parent_id, relation, details)
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(model.id)
+                .bind(parent_id)
+                .bind(relation.as_str())
+                .bind(Json(edge_details(spec, index, job_id)))
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        if let Some(dataset_id) = spec.dataset_id {
             sqlx::query(
-                "INSERT INTO model_parents (child_id, parent_id, relation, details)
-                 VALUES ($1, $2, $3, $4)",
+                "INSERT INTO model_datasets (model_id, dataset_id, role) VALUES ($1, $2, $3)",
             )
             .bind(model.id)
-            .bind(parent_id)
-            .bind(relation.as_str())
-            .bind(Json(details))
+            .bind(dataset_id)
+            .bind(if spec.trains() { "train" } else { "eval" })
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("INSERT INTO model_datasets (model_id, dataset_id) VALUES ($1, $2)")
-            .bind(model.id)
-            .bind(spec.dataset_id)
-            .execute(&mut *tx)
-            .await?;
+        super::models::insert_tensors(&mut tx, model.id, &model.tensors).await?;
         sqlx::query(
             "UPDATE jobs SET state = 'succeeded', model_id = $2, updated_at = now()
               WHERE id = $1",
@@ -365,6 +369,39 @@ impl Db {
             })
             .collect()
     }
+}
+
+/// What a parent edge records: how the child was made from this parent.
+fn edge_details(spec: &JobSpec, parent_index: usize, job_id: Uuid) -> serde_json::Value {
+    let parent_id = spec.parents[parent_index];
+    let mut details = serde_json::json!({ "job_id": job_id });
+    if spec.trains() {
+        details["hyperparameters"] = serde_json::json!(spec.hyperparameters);
+    }
+    match spec.kind {
+        JobKind::Train => {}
+        JobKind::Finetune => details["trainable"] = serde_json::json!(spec.trainable),
+        JobKind::Transfer => {
+            details["num_classes"] = serde_json::json!(spec.num_classes);
+            details["unfreeze_blocks"] = serde_json::json!(spec.unfreeze_blocks);
+        }
+        JobKind::Direct => {
+            details["role"] = serde_json::json!(if parent_index == 0 { "a" } else { "b" })
+        }
+        JobKind::Compose => {
+            let modules: Vec<_> = spec
+                .modules
+                .iter()
+                .filter(|m| m.parent_id == parent_id)
+                .collect();
+            details["modules"] = serde_json::json!(modules);
+            details["trainable"] = serde_json::json!(spec.trainable);
+        }
+    }
+    if let Some(adjustment) = spec.adjustment {
+        details["adjustment"] = serde_json::json!(adjustment);
+    }
+    details
 }
 
 /// Locks a job for a report from its worker, refusing anyone but the lease holder.

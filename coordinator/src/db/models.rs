@@ -1,9 +1,12 @@
 use super::Db;
-use crate::domain::{LineageEntry, Metrics, Model, ParentEdge, Relation};
+use crate::domain::{
+    LineageEntry, Metrics, Model, ParentEdge, Relation, TensorProvenance, TensorRecord,
+};
 use crate::error::{Error, Result, is_unique_violation};
 use chrono::{DateTime, Utc};
-use heirloom_spec::Architecture;
+use heirloom_spec::{Architecture, TensorStatus};
 use sqlx::types::Json;
+use sqlx::{Postgres, Transaction};
 use std::collections::HashMap;
 use uuid::Uuid;
 
@@ -20,6 +23,18 @@ struct ModelRow {
     metrics: Option<Json<Metrics>>,
     created_at: DateTime<Utc>,
     dataset_id: Option<Uuid>,
+}
+
+#[derive(sqlx::FromRow)]
+struct TensorRow {
+    name: String,
+    sha256: String,
+    dtype: String,
+    shape: Vec<i64>,
+    status: String,
+    origin_model_id: Option<Uuid>,
+    origin_tensor: Option<String>,
+    origin_model_name: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -59,7 +74,12 @@ macro_rules! walk {
 }
 
 impl Db {
-    pub async fn insert_imported_model(&self, model: &Model) -> Result<Model> {
+    pub async fn insert_imported_model(
+        &self,
+        model: &Model,
+        tensors: &[TensorRecord],
+    ) -> Result<Model> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO models (id, name, architecture, weights_sha256, weights_bytes,
                                  weights_path, source)
@@ -71,10 +91,53 @@ impl Db {
         .bind(&model.weights_sha256)
         .bind(model.weights_bytes as i64)
         .bind(&model.weights_path)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|err| name_taken(err, &model.name))?;
+        insert_tensors(&mut tx, model.id, tensors).await?;
+        tx.commit().await?;
         self.model(model.id).await
+    }
+
+    /// Every tensor of a model with its provenance, in name order.
+    pub async fn model_tensors(&self, model_id: Uuid) -> Result<Vec<TensorProvenance>> {
+        let rows: Vec<TensorRow> = sqlx::query_as(
+            "SELECT t.name, t.sha256, t.dtype, t.shape, t.status, t.origin_model_id,
+                    t.origin_tensor, o.name AS origin_model_name
+               FROM model_tensors t LEFT JOIN models o ON o.id = t.origin_model_id
+              WHERE t.model_id = $1 ORDER BY t.name",
+        )
+        .bind(model_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let status = TensorStatus::parse(&row.status).ok_or_else(|| {
+                    Error::Internal(format!("unknown tensor status {:?}", row.status))
+                })?;
+                Ok(TensorProvenance {
+                    record: TensorRecord {
+                        name: row.name,
+                        sha256: row.sha256,
+                        dtype: row.dtype,
+                        shape: row.shape.into_iter().map(|d| d as u64).collect(),
+                        status,
+                        origin: row.origin_model_id.zip(row.origin_tensor),
+                    },
+                    origin_model_name: row.origin_model_name,
+                })
+            })
+            .collect()
+    }
+
+    /// A model's tensor hashes by name.
+    pub async fn tensor_hashes(&self, model_id: Uuid) -> Result<HashMap<String, String>> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT name, sha256 FROM model_tensors WHERE model_id = $1")
+                .bind(model_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
     }
 
     pub async fn model(&self, id: Uuid) -> Result<Model> {
@@ -224,6 +287,32 @@ impl Db {
             })
             .collect())
     }
+}
+
+pub(super) async fn insert_tensors(
+    tx: &mut Transaction<'_, Postgres>,
+    model_id: Uuid,
+    tensors: &[TensorRecord],
+) -> Result<()> {
+    for tensor in tensors {
+        let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
+        sqlx::query(
+            "INSERT INTO model_tensors
+                 (model_id, name, sha256, dtype, shape, status, origin_model_id, origin_tensor)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(model_id)
+        .bind(&tensor.name)
+        .bind(&tensor.sha256)
+        .bind(&tensor.dtype)
+        .bind(shape)
+        .bind(tensor.status.as_str())
+        .bind(tensor.origin.as_ref().map(|(id, _)| *id))
+        .bind(tensor.origin.as_ref().map(|(_, name)| name.as_str()))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 pub(super) fn name_taken(err: sqlx::Error, name: &str) -> Error {

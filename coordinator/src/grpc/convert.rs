@@ -1,16 +1,16 @@
 //! The only place in the coordinator that touches prost types: protobuf messages to
 //! domain types (checking every field on the way in) and back.
 
-use crate::dispatch::Assignment;
+use crate::dispatch::{Assignment, ClaimedTensor};
 use crate::domain::{
     Dataset, Device, Job, JobEvent, JobEventKind, JobKind, JobState, LineageEntry, Metrics, Model,
-    Progress, Relation,
+    ModuleMapping, Progress, Relation, TensorProvenance,
 };
 use crate::error::{Error, Result};
 use crate::planning::JobDraft;
 use chrono::{DateTime, SecondsFormat, Utc};
 use heirloom_proto::v1 as pb;
-use heirloom_spec::{Architecture, Invalid};
+use heirloom_spec::{Adjustment, Architecture, Invalid, TensorStatus};
 use uuid::Uuid;
 
 pub fn parse_id(field: &str, text: &str) -> Result<Uuid> {
@@ -46,15 +46,38 @@ pub fn job_draft_from_proto(spec: Option<pb::JobSpec>) -> Result<JobDraft> {
         Ok(pb::JobKind::Train) => JobKind::Train,
         Ok(pb::JobKind::Finetune) => JobKind::Finetune,
         Ok(pb::JobKind::Transfer) => JobKind::Transfer,
+        Ok(pb::JobKind::Direct) => JobKind::Direct,
+        Ok(pb::JobKind::Compose) => JobKind::Compose,
         _ => {
-            return Err(Invalid::new("spec.kind", "must be train, finetune or transfer").into());
+            return Err(Invalid::new(
+                "spec.kind",
+                "must be train, finetune, transfer, direct or compose",
+            )
+            .into());
         }
     };
+    let modules = spec
+        .modules
+        .iter()
+        .enumerate()
+        .map(|(i, module)| {
+            Ok(ModuleMapping {
+                target_prefix: module.target_prefix.clone(),
+                parent_id: parse_id(&format!("spec.modules[{i}].parent_id"), &module.parent_id)?,
+                source_prefix: module.source_prefix.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(JobDraft {
         kind,
         model_name: spec.model_name,
-        dataset_id: parse_id("spec.dataset_id", &spec.dataset_id)?,
+        dataset_id: optional_id("spec.dataset_id", &spec.dataset_id)?,
         parent_id: optional_id("spec.parent_id", &spec.parent_id)?,
+        second_parent_id: optional_id("spec.second_parent_id", &spec.second_parent_id)?,
+        alpha: spec.alpha,
+        scale: spec.scale,
+        unfreeze_blocks: spec.unfreeze_blocks,
+        modules,
         architecture: architecture_from_proto("spec.architecture", spec.architecture)?,
         hyperparameters: spec
             .hyperparameters
@@ -70,6 +93,8 @@ pub fn job_kind_to_proto(kind: JobKind) -> pb::JobKind {
         JobKind::Train => pb::JobKind::Train,
         JobKind::Finetune => pb::JobKind::Finetune,
         JobKind::Transfer => pb::JobKind::Transfer,
+        JobKind::Direct => pb::JobKind::Direct,
+        JobKind::Compose => pb::JobKind::Compose,
     }
 }
 
@@ -98,15 +123,41 @@ pub fn job_state_to_proto(state: JobState) -> pb::JobState {
 }
 
 pub fn job_spec_to_proto(spec: &crate::domain::JobSpec) -> pb::JobSpec {
+    let parent = |index: usize| match spec.kind {
+        JobKind::Compose | JobKind::Train => String::new(),
+        _ => spec
+            .parents
+            .get(index)
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+    };
+    let (alpha, scale) = match spec.adjustment {
+        Some(Adjustment::Interpolate { alpha } | Adjustment::WiseFt { alpha }) => (alpha, 0.0),
+        Some(Adjustment::Scale { factor }) => (0.0, factor),
+        None => (0.0, 0.0),
+    };
     pb::JobSpec {
         kind: job_kind_to_proto(spec.kind) as i32,
         model_name: spec.model_name.clone(),
-        dataset_id: spec.dataset_id.to_string(),
-        parent_id: spec.parent_id.map(|id| id.to_string()).unwrap_or_default(),
+        dataset_id: spec.dataset_id.map(|id| id.to_string()).unwrap_or_default(),
+        parent_id: parent(0),
+        second_parent_id: parent(1),
         architecture: Some((&spec.architecture).into()),
         hyperparameters: Some((&spec.hyperparameters).into()),
         trainable: spec.trainable.clone(),
         num_classes: spec.num_classes.unwrap_or_default(),
+        alpha,
+        scale,
+        unfreeze_blocks: spec.unfreeze_blocks,
+        modules: spec
+            .modules
+            .iter()
+            .map(|module| pb::ModuleMapping {
+                target_prefix: module.target_prefix.clone(),
+                parent_id: module.parent_id.to_string(),
+                source_prefix: module.source_prefix.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -168,19 +219,85 @@ pub fn event_to_proto(event: &JobEvent) -> pb::JobEvent {
     }
 }
 
-pub fn metrics_from_proto(proto: Option<pb::Metrics>) -> Result<Metrics> {
-    let proto = proto.ok_or_else(|| Error::from(Invalid::new("output.metrics", "is required")))?;
+pub fn metrics_from_proto(proto: Option<pb::Metrics>) -> Result<Option<Metrics>> {
+    let Some(proto) = proto else {
+        return Ok(None);
+    };
     let accuracy_ok = |value: f64| (0.0..=1.0).contains(&value);
     if !accuracy_ok(proto.holdout_accuracy) || !accuracy_ok(proto.train_accuracy) {
         return Err(Invalid::new("output.metrics", "accuracies must lie in [0, 1]").into());
     }
-    Ok(Metrics {
+    Ok(Some(Metrics {
         holdout_accuracy: proto.holdout_accuracy,
         final_loss: proto.final_loss,
         train_accuracy: proto.train_accuracy,
         steps: proto.steps,
         steps_per_second: proto.steps_per_second,
-    })
+    }))
+}
+
+pub fn claims_from_proto(tensors: Vec<pb::TensorProvenance>) -> Result<Vec<ClaimedTensor>> {
+    tensors
+        .into_iter()
+        .enumerate()
+        .map(|(i, tensor)| {
+            let field = format!("output.tensors[{i}]");
+            let status = match pb::TensorStatus::try_from(tensor.status) {
+                Ok(pb::TensorStatus::Inherited) => TensorStatus::Inherited,
+                Ok(pb::TensorStatus::Trained) => TensorStatus::Trained,
+                Ok(pb::TensorStatus::New) => TensorStatus::New,
+                Ok(pb::TensorStatus::Interpolated) => TensorStatus::Interpolated,
+                _ => {
+                    return Err(
+                        Invalid::new(format!("{field}.status"), "is not a tensor status").into(),
+                    );
+                }
+            };
+            let origin =
+                match optional_id(&format!("{field}.origin_model_id"), &tensor.origin_model_id)? {
+                    Some(id) => Some((id, tensor.origin_tensor)),
+                    None => None,
+                };
+            Ok(ClaimedTensor {
+                name: tensor.name,
+                sha256: tensor.sha256,
+                status,
+                origin,
+            })
+        })
+        .collect()
+}
+
+fn tensor_status_to_proto(status: TensorStatus) -> pb::TensorStatus {
+    match status {
+        TensorStatus::Inherited => pb::TensorStatus::Inherited,
+        TensorStatus::Trained => pb::TensorStatus::Trained,
+        TensorStatus::New => pb::TensorStatus::New,
+        TensorStatus::Interpolated => pb::TensorStatus::Interpolated,
+    }
+}
+
+pub fn tensors_to_proto(tensors: &[TensorProvenance]) -> Vec<pb::TensorProvenance> {
+    tensors
+        .iter()
+        .map(|tensor| {
+            let record = &tensor.record;
+            let (origin_model_id, origin_tensor) = match &record.origin {
+                Some((id, name)) => (id.to_string(), name.clone()),
+                None => (String::new(), String::new()),
+            };
+            pb::TensorProvenance {
+                name: record.name.clone(),
+                sha256: record.sha256.clone(),
+                status: tensor_status_to_proto(record.status) as i32,
+                origin_model_id,
+                origin_model_name: tensor.origin_model_name.clone().unwrap_or_default(),
+                origin_tensor,
+                dtype: record.dtype.clone(),
+                shape: record.shape.clone(),
+            }
+        })
+        .collect()
 }
 
 fn metrics_to_proto(metrics: &Metrics) -> pb::Metrics {
@@ -265,12 +382,45 @@ pub fn devices_from_proto(devices: Vec<pb::Device>) -> Vec<Device> {
 
 pub fn assignment_to_proto(assignment: &Assignment) -> pb::Assignment {
     let job = &assignment.job;
+    let adjustment = job.spec.adjustment.map(|adjustment| pb::Adjustment {
+        kind: Some(match adjustment {
+            Adjustment::Interpolate { alpha } => pb::adjustment::Kind::Interpolate(alpha),
+            Adjustment::Scale { factor } => pb::adjustment::Kind::Scale(factor),
+            Adjustment::WiseFt { alpha } => pb::adjustment::Kind::WiseFt(alpha),
+        }),
+    });
     pb::Assignment {
         job_id: job.id.to_string(),
         attempt: job.attempt as u32,
         spec: Some(job_spec_to_proto(&job.spec)),
         architecture: Some((&job.spec.architecture).into()),
-        dataset_path: assignment.dataset_path.clone(),
-        parent_weights_path: assignment.parent_weights_path.clone().unwrap_or_default(),
+        dataset_path: assignment.dataset_path.clone().unwrap_or_default(),
+        parents: assignment
+            .parents
+            .iter()
+            .map(|(id, weights_path)| pb::AssignedParent {
+                model_id: id.to_string(),
+                weights_path: weights_path.clone(),
+            })
+            .collect(),
+        tensors: job
+            .spec
+            .tensors
+            .iter()
+            .map(|tensor| pb::TensorPlan {
+                name: tensor.name.clone(),
+                parent_index: tensor
+                    .origin
+                    .as_ref()
+                    .map_or(-1, |origin| origin.parent as i32),
+                source_name: tensor
+                    .origin
+                    .as_ref()
+                    .map(|origin| origin.tensor.clone())
+                    .unwrap_or_default(),
+                trainable: tensor.trainable,
+            })
+            .collect(),
+        adjustment,
     }
 }

@@ -1,9 +1,10 @@
 use super::convert;
 use crate::Services;
+use crate::domain::TensorRecord;
 use crate::domain::{Model, check_name};
 use crate::error::Error;
 use heirloom_proto::v1 as pb;
-use heirloom_spec::{Invalid, check_weights, sha256_hex};
+use heirloom_spec::{Invalid, TensorStatus, check_weights, sha256_hex, tensor_hashes};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -25,6 +26,7 @@ impl pb::model_service_server::ModelService for ModelApi {
             );
         }
         check_weights("weights", &request.weights, &architecture).map_err(Error::from)?;
+        let tensors = new_tensors(&request.weights)?;
         let weights_sha256 = sha256_hex(&request.weights);
         let weights_path = self
             .0
@@ -45,7 +47,7 @@ impl pb::model_service_server::ModelService for ModelApi {
             parents: Vec::new(),
             created_at: chrono::Utc::now(),
         };
-        let model = self.0.db.insert_imported_model(&model).await?;
+        let model = self.0.db.insert_imported_model(&model, &tensors).await?;
         tracing::info!(model_id = %model.id, name = %model.name, "model imported");
         Ok(Response::new(pb::ImportModelResponse {
             model: Some(convert::model_to_proto(&model)),
@@ -84,6 +86,17 @@ impl pb::model_service_server::ModelService for ModelApi {
         }))
     }
 
+    async fn list_model_tensors(
+        &self,
+        request: Request<pb::ListModelTensorsRequest>,
+    ) -> Result<Response<pb::ListModelTensorsResponse>, Status> {
+        let model = self.0.db.find_model(&request.into_inner().model).await?;
+        let tensors = self.0.db.model_tensors(model.id).await?;
+        Ok(Response::new(pb::ListModelTensorsResponse {
+            tensors: convert::tensors_to_proto(&tensors),
+        }))
+    }
+
     async fn list_descendants(
         &self,
         request: Request<pb::ListDescendantsRequest>,
@@ -95,4 +108,19 @@ impl pb::model_service_server::ModelService for ModelApi {
             entries: convert::lineage_to_proto(&entries),
         }))
     }
+}
+
+/// An imported model's tensors: all new, with no origin.
+fn new_tensors(weights: &[u8]) -> Result<Vec<TensorRecord>, Error> {
+    Ok(tensor_hashes("weights", weights)?
+        .into_iter()
+        .map(|(info, sha256)| TensorRecord {
+            name: info.name,
+            sha256,
+            dtype: info.dtype,
+            shape: info.shape.iter().map(|&d| d as u64).collect(),
+            status: TensorStatus::New,
+            origin: None,
+        })
+        .collect())
 }

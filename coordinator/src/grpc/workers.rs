@@ -97,6 +97,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                     weights_path: output.weights_path,
                     weights_sha256: output.weights_sha256,
                     metrics: convert::metrics_from_proto(output.metrics)?,
+                    tensors: convert::claims_from_proto(output.tensors)?,
                 };
                 dispatch::record_output(&self.0, worker_id, job_id, attempt, output).await?
             }

@@ -3,8 +3,11 @@
 //! Prints the outcome as one JSON line.
 
 use clap::Parser;
-use heirloom_spec::{Architecture, Hyperparameters, Optimizer, TrainablePatterns};
-use heirloom_worker::train::{self, Start, TrainingJob};
+use heirloom_spec::{
+    Architecture, Hyperparameters, Optimizer, TrainablePatterns, plan_finetune, plan_scratch,
+    plan_transfer,
+};
+use heirloom_worker::train::{self, TrainingJob};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -59,21 +62,25 @@ fn main() -> anyhow::Result<()> {
         args.seed,
         0.0,
     )?;
-    let start = match (args.parent, args.transfer) {
-        (None, _) => Start::Scratch,
-        (Some(parent), true) => Start::Transfer { parent },
-        (Some(parent), false) => Start::Finetune {
-            parent,
-            trainable: TrainablePatterns::from_checked(args.trainable),
-        },
+    let (tensors, parents) = match args.parent {
+        None => (plan_scratch(&architecture), vec![]),
+        Some(parent) if args.transfer => {
+            (plan_transfer("--transfer", &architecture, 0)?, vec![parent])
+        }
+        Some(parent) => {
+            let patterns = TrainablePatterns::from_checked(args.trainable);
+            (plan_finetune(&architecture, &patterns), vec![parent])
+        }
     };
     train::set_threads(args.threads);
     let device = train::pick_device(&args.device)?;
     let job = TrainingJob {
         architecture,
         hyperparameters,
-        start,
-        dataset: args.dataset,
+        tensors,
+        parents,
+        adjustment: None,
+        dataset: Some(args.dataset),
     };
     let started = std::time::Instant::now();
     let outcome = train::train(
@@ -82,7 +89,8 @@ fn main() -> anyhow::Result<()> {
         &args.out,
         &Arc::new(AtomicBool::new(false)),
         |_| {},
-    )?;
+    )?
+    .expect("a job with a dataset is scored");
     println!(
         "{}",
         serde_json::json!({

@@ -1,16 +1,18 @@
 //! Training with libtorch: the only module of the worker that touches `tch`.
 //!
-//! Models are plain maps of state-dict names to tensors with a forward function per
-//! architecture, so the names on disk are exactly PyTorch's and a frozen tensor is never
-//! even seen by the optimizer.
+//! A job arrives as a tensor plan: for every parameter, where it starts (a parent's
+//! tensor or fresh) and whether it trains. Models are plain lists of state-dict names and
+//! tensors with a forward function per architecture, so the names on disk are exactly
+//! PyTorch's and a frozen tensor is never even seen by the optimizer.
 
 mod data;
 mod network;
 
 use crate::error::{Error, Result};
 use data::Dataset;
-use heirloom_spec::{Architecture, HEAD, Hyperparameters, Optimizer, TrainablePatterns};
+use heirloom_spec::{Adjustment, Architecture, Hyperparameters, Optimizer, TensorPlan};
 use network::Network;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,26 +21,17 @@ use tch::{COptimizer, Kind, Tensor};
 
 pub use tch::Device;
 
-/// How a job's starting weights and trainable tensors are chosen.
-#[derive(Debug, Clone)]
-pub enum Start {
-    /// Fresh weights, everything trained.
-    Scratch,
-    /// The parent's weights; only tensors matching the patterns are trained.
-    Finetune {
-        parent: PathBuf,
-        trainable: TrainablePatterns,
-    },
-    /// The parent's weights minus its head, frozen; a fresh head is trained.
-    Transfer { parent: PathBuf },
-}
-
 #[derive(Debug, Clone)]
 pub struct TrainingJob {
     pub architecture: Architecture,
     pub hyperparameters: Hyperparameters,
-    pub start: Start,
-    pub dataset: PathBuf,
+    /// One entry per parameter, in the architecture's order.
+    pub tensors: Vec<TensorPlan>,
+    /// The parents' weights files, in the order the plan's origins refer to.
+    pub parents: Vec<PathBuf>,
+    pub adjustment: Option<Adjustment>,
+    /// Needed when anything trains; otherwise only for the held-out accuracy.
+    pub dataset: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -52,8 +45,8 @@ pub struct Progress {
     pub steps_per_second: f64,
 }
 
-#[derive(Debug, Clone)]
-pub struct Outcome {
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
     pub holdout_accuracy: f64,
     pub final_loss: f64,
     pub train_accuracy: f64,
@@ -89,7 +82,9 @@ pub fn devices(device: Device) -> Vec<(String, u64)> {
     }
 }
 
-/// Trains `job`, calling `report` after every epoch, and writes the weights to `output`.
+/// Carries out `job`: assembles the starting weights, trains the trainable tensors
+/// (calling `report` after every epoch), applies the adjustment, scores the held-out
+/// split, and writes the weights to `output`. Returns the metrics when there was data.
 /// Stops with [`Error::Cancelled`] soon after `cancel` is set.
 pub fn train(
     job: &TrainingJob,
@@ -97,36 +92,88 @@ pub fn train(
     output: &Path,
     cancel: &Arc<AtomicBool>,
     mut report: impl FnMut(&Progress),
-) -> Result<Outcome> {
+) -> Result<Option<Metrics>> {
     let hp = &job.hyperparameters;
     tch::manual_seed(hp.seed as i64);
-    let dataset = Dataset::load(&job.dataset, job.architecture.input_features(), device)?;
-    let (train_rows, holdout_rows) = dataset.split(hp.holdout_fraction);
-    let mut network = match &job.start {
-        Start::Scratch => Network::fresh(&job.architecture, device),
-        Start::Finetune { parent, .. } => {
-            Network::load(&job.architecture, parent, device, |_| true)?
-        }
-        Start::Transfer { parent } => {
-            Network::load(&job.architecture, parent, device, |name| !is_head(name))?
-        }
+    let parents = job
+        .parents
+        .iter()
+        .map(|path| Ok(Tensor::read_safetensors(path)?.into_iter().collect()))
+        .collect::<Result<Vec<HashMap<String, Tensor>>>>()?;
+    let mut network = Network::assemble(&job.architecture, &job.tensors, &parents, device)?;
+    let dataset = match &job.dataset {
+        Some(path) => Some(Dataset::load(
+            path,
+            job.architecture.input_features(),
+            device,
+        )?),
+        None => None,
     };
-    let trainable = |name: &str| match &job.start {
-        Start::Scratch => true,
-        Start::Finetune { trainable, .. } => trainable.is_trainable(name),
-        Start::Transfer { .. } => is_head(name),
+    let split = dataset
+        .as_ref()
+        .map(|dataset| dataset.split(hp.holdout_fraction));
+    let trains = job.tensors.iter().any(|tensor| tensor.trainable);
+    let mut metrics = Metrics::default();
+    if trains {
+        let (Some(dataset), Some((train_rows, _))) = (&dataset, &split) else {
+            return Err(Error::InvalidJob(
+                "the job trains but names no dataset".into(),
+            ));
+        };
+        metrics = fit(
+            &mut network,
+            &job.tensors,
+            hp,
+            dataset,
+            train_rows,
+            device,
+            cancel,
+            &mut report,
+        )?;
+    }
+    if let Some(adjustment) = job.adjustment {
+        adjust(&mut network, &job.tensors, &parents, adjustment, device)?;
+    }
+    let scored = match (&dataset, &split) {
+        (Some(dataset), Some((_, holdout_rows))) => {
+            metrics.holdout_accuracy = tch::no_grad(|| {
+                let (x, y) = dataset.rows(holdout_rows);
+                let predicted = network.forward(&x).argmax(-1, false);
+                predicted
+                    .eq_tensor(&y)
+                    .to_kind(Kind::Float)
+                    .mean(Kind::Float)
+                    .double_value(&[])
+            });
+            Some(metrics)
+        }
+        _ => None,
     };
+    network.save(output)?;
+    Ok(scored)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fit(
+    network: &mut Network,
+    plan: &[TensorPlan],
+    hp: &Hyperparameters,
+    dataset: &Dataset,
+    train_rows: &Tensor,
+    device: Device,
+    cancel: &Arc<AtomicBool>,
+    report: &mut impl FnMut(&Progress),
+) -> Result<Metrics> {
     let mut optimizer = match hp.optimizer {
         Optimizer::Adam => COptimizer::adam(hp.learning_rate, 0.9, 0.999, 0.0, 1e-8, false)?,
         Optimizer::Sgd => COptimizer::sgd(hp.learning_rate, 0.9, 0.0, 0.0, false)?,
     };
     for (name, tensor) in network.parameters_mut() {
-        if trainable(name) {
+        if plan.iter().any(|t| t.name == name && t.trainable) {
             *tensor = tensor.set_requires_grad(true);
             optimizer.add_parameters(tensor, 0)?;
         }
     }
-
     let batch_size = i64::from(hp.batch_size);
     let train_count = train_rows.size()[0];
     let batches_per_epoch = (train_count + batch_size - 1) / batch_size;
@@ -162,31 +209,19 @@ pub fn train(
             loss_sum += loss.detach() * rows.size()[0];
             correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64);
         }
-        let loss_sum = loss_sum.double_value(&[]);
-        let correct = correct.int64_value(&[]);
         progress = Progress {
             epoch,
             epochs: hp.epochs,
             step,
             total_steps,
-            loss: loss_sum / train_count as f64,
-            accuracy: correct as f64 / train_count as f64,
+            loss: loss_sum.double_value(&[]) / train_count as f64,
+            accuracy: correct.int64_value(&[]) as f64 / train_count as f64,
             steps_per_second: step as f64 / started.elapsed().as_secs_f64().max(1e-9),
         };
         report(&progress);
     }
-    let holdout_accuracy = tch::no_grad(|| {
-        let (x, y) = dataset.rows(&holdout_rows);
-        let predicted = network.forward(&x).argmax(-1, false);
-        predicted
-            .eq_tensor(&y)
-            .to_kind(Kind::Float)
-            .mean(Kind::Float)
-            .double_value(&[])
-    });
-    network.save(output)?;
-    Ok(Outcome {
-        holdout_accuracy,
+    Ok(Metrics {
+        holdout_accuracy: 0.0,
         final_loss: progress.loss,
         train_accuracy: progress.accuracy,
         steps: step,
@@ -194,7 +229,40 @@ pub fn train(
     })
 }
 
-fn is_head(name: &str) -> bool {
-    name.strip_prefix(HEAD)
-        .is_some_and(|rest| rest.starts_with('.'))
+/// Interpolation, scaling or the WiSE-FT blend, each against the tensors' origins.
+fn adjust(
+    network: &mut Network,
+    plan: &[TensorPlan],
+    parents: &[HashMap<String, Tensor>],
+    adjustment: Adjustment,
+    device: Device,
+) -> Result<()> {
+    let origin_of = |name: &str, parent: usize| -> Result<Tensor> {
+        let tensor_plan = plan.iter().find(|t| t.name == name);
+        let origin = tensor_plan.and_then(|t| t.origin.as_ref());
+        let source = origin.and_then(|origin| parents.get(parent)?.get(&origin.tensor));
+        source
+            .map(|tensor| tensor.to_device(device))
+            .ok_or_else(|| Error::InvalidJob(format!("{name} has no origin in parent {parent}")))
+    };
+    tch::no_grad(|| {
+        for (name, tensor) in network.parameters_mut() {
+            let trainable = plan.iter().any(|t| t.name == name && t.trainable);
+            *tensor = match adjustment {
+                Adjustment::Interpolate { alpha } => {
+                    let other = origin_of(name, 1)?;
+                    &*tensor + (other - &*tensor) * alpha
+                }
+                Adjustment::Scale { factor } => &*tensor * factor,
+                Adjustment::WiseFt { alpha } if trainable => {
+                    let Ok(start) = origin_of(name, 0) else {
+                        continue; // a fresh tensor has nothing to blend with
+                    };
+                    &start + (tensor.detach() - &start) * alpha
+                }
+                Adjustment::WiseFt { .. } => continue,
+            };
+        }
+        Ok(())
+    })
 }

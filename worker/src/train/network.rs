@@ -1,7 +1,8 @@
 //! Built-in architectures as named tensors and a forward function.
 
 use crate::error::{Error, Result};
-use heirloom_spec::Architecture;
+use heirloom_spec::{Architecture, TensorPlan};
+use std::collections::HashMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -30,32 +31,44 @@ impl Network {
         }
     }
 
-    /// Takes the tensors `inherit` selects from `parent`'s file; the rest start fresh.
-    pub fn load(
+    /// The starting weights a plan describes: each tensor copied from its origin in a
+    /// parent, or fresh.
+    pub fn assemble(
         architecture: &Architecture,
-        parent: &Path,
+        plan: &[TensorPlan],
+        parents: &[HashMap<String, Tensor>],
         device: Device,
-        inherit: impl Fn(&str) -> bool,
     ) -> Result<Network> {
-        let mut stored = Tensor::read_safetensors(parent)?;
         let mut network = Network::fresh(architecture, device);
         for (name, tensor) in &mut network.parameters {
-            if !inherit(name) {
+            let tensor_plan = plan
+                .iter()
+                .find(|t| &t.name == name)
+                .ok_or_else(|| Error::InvalidJob(format!("the plan has no entry for {name}")))?;
+            let Some(origin) = &tensor_plan.origin else {
                 continue;
-            }
-            let at = stored.iter().position(|(n, _)| n == name).ok_or_else(|| {
-                Error::InvalidJob(format!("the parent's weights have no tensor {name}"))
-            })?;
-            let inherited = stored.swap_remove(at).1;
+            };
+            let inherited = parents
+                .get(origin.parent)
+                .and_then(|parent| parent.get(&origin.tensor))
+                .ok_or_else(|| {
+                    Error::InvalidJob(format!(
+                        "parent {} has no tensor {} for {name}",
+                        origin.parent, origin.tensor
+                    ))
+                })?;
             if inherited.size() != tensor.size() || inherited.kind() != Kind::Float {
                 return Err(Error::InvalidJob(format!(
-                    "the parent's {name} is {:?} {:?}; this model needs float {:?}",
+                    "the parent's {} is {:?} {:?}; {name} needs float {:?}",
+                    origin.tensor,
                     inherited.kind(),
                     inherited.size(),
                     tensor.size()
                 )));
             }
-            *tensor = inherited.to_device(device);
+            // A copy: training must never write into the parent's tensors, which the
+            // WiSE-FT blend reads afterwards.
+            *tensor = inherited.to_device(device).copy();
         }
         Ok(network)
     }

@@ -1,0 +1,599 @@
+//! Which tensor of a new model starts from where, and which ones train: the plan the
+//! coordinator derives for every job kind, sends to the worker, and later checks the
+//! worker's provenance claims against.
+
+use crate::{Architecture, HEAD, Invalid, TrainablePatterns};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// A tensor of one of the job's parents: (index into the job's parents, tensor name).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub parent: usize,
+    pub tensor: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorPlan {
+    pub name: String,
+    /// `None`: a fresh tensor.
+    pub origin: Option<Origin>,
+    pub trainable: bool,
+}
+
+impl TensorPlan {
+    /// The status a worker claims for this tensor once it has carried out the plan.
+    pub fn status(&self, adjustment: Option<Adjustment>) -> TensorStatus {
+        match (&self.origin, adjustment) {
+            (None, _) => TensorStatus::New,
+            (Some(_), Some(Adjustment::Interpolate { .. } | Adjustment::Scale { .. })) => {
+                TensorStatus::Interpolated
+            }
+            (Some(_), _) if self.trainable => TensorStatus::Trained,
+            (Some(_), _) => TensorStatus::Inherited,
+        }
+    }
+}
+
+/// A weight-space step after loading (and training).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Adjustment {
+    /// θ = θa + α(θb − θa) for every tensor, a = parent 0, b = parent 1.
+    Interpolate { alpha: f64 },
+    /// θ = s·θa for every tensor.
+    Scale { factor: f64 },
+    /// θ = θp + α(θft − θp) for the trainable tensors, after training (WiSE-FT).
+    WiseFt { alpha: f64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TensorStatus {
+    Inherited,
+    Trained,
+    New,
+    Interpolated,
+}
+
+impl TensorStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TensorStatus::Inherited => "inherited",
+            TensorStatus::Trained => "trained",
+            TensorStatus::New => "new",
+            TensorStatus::Interpolated => "interpolated",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TensorStatus> {
+        [
+            TensorStatus::Inherited,
+            TensorStatus::Trained,
+            TensorStatus::New,
+            TensorStatus::Interpolated,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == text)
+    }
+}
+
+/// One module of a composed model: target tensors under `target_prefix` come from the
+/// parent's tensors under `source_prefix`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Module {
+    pub target_prefix: String,
+    pub parent: usize,
+    pub source_prefix: String,
+}
+
+fn names(architecture: &Architecture) -> impl Iterator<Item = String> {
+    architecture.parameters().into_iter().map(|(name, _)| name)
+}
+
+/// Is `name` the tensor `prefix` or inside the module `prefix`?
+pub fn under_prefix(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+}
+
+/// Train: every tensor fresh and trained.
+pub fn plan_scratch(architecture: &Architecture) -> Vec<TensorPlan> {
+    names(architecture)
+        .map(|name| TensorPlan {
+            name,
+            origin: None,
+            trainable: true,
+        })
+        .collect()
+}
+
+/// Every tensor from the same name in parent 0; `trainable` picks which ones train.
+pub fn plan_inherit(
+    architecture: &Architecture,
+    trainable: impl Fn(&str) -> bool,
+) -> Vec<TensorPlan> {
+    names(architecture)
+        .map(|name| TensorPlan {
+            trainable: trainable(&name),
+            origin: Some(Origin {
+                parent: 0,
+                tensor: name.clone(),
+            }),
+            name,
+        })
+        .collect()
+}
+
+pub fn plan_finetune(architecture: &Architecture, patterns: &TrainablePatterns) -> Vec<TensorPlan> {
+    plan_inherit(architecture, |name| patterns.is_trainable(name))
+}
+
+/// Transfer: a fresh head; the backbone from parent 0, frozen except its last
+/// `unfreeze_blocks` blocks.
+pub fn plan_transfer(
+    field: &str,
+    architecture: &Architecture,
+    unfreeze_blocks: u32,
+) -> Result<Vec<TensorPlan>, Invalid> {
+    let blocks = architecture.blocks();
+    if unfreeze_blocks as usize > blocks.len() {
+        return Err(Invalid::new(
+            field,
+            format!(
+                "the model has {} blocks ({}); cannot unfreeze {unfreeze_blocks}",
+                blocks.len(),
+                blocks.join(", ")
+            ),
+        ));
+    }
+    let unfrozen = &blocks[blocks.len() - unfreeze_blocks as usize..];
+    Ok(names(architecture)
+        .map(|name| {
+            if under_prefix(&name, HEAD) {
+                TensorPlan {
+                    name,
+                    origin: None,
+                    trainable: true,
+                }
+            } else {
+                TensorPlan {
+                    trainable: unfrozen.iter().any(|block| under_prefix(&name, block)),
+                    origin: Some(Origin {
+                        parent: 0,
+                        tensor: name.clone(),
+                    }),
+                    name,
+                }
+            }
+        })
+        .collect())
+}
+
+/// Compose: each target tensor from the one module that covers it, with its shape
+/// checked against the parent's; tensors no module covers start fresh and must train.
+pub fn plan_compose(
+    field: &str,
+    architecture: &Architecture,
+    modules: &[Module],
+    parents: &[Architecture],
+    trainable: &TrainablePatterns,
+) -> Result<Vec<TensorPlan>, Invalid> {
+    if modules.is_empty() {
+        return Err(Invalid::new(
+            field,
+            "a compose job needs at least one module",
+        ));
+    }
+    let targets = architecture.parameters();
+    let mut plan = Vec::new();
+    for (i, module) in modules.iter().enumerate() {
+        let field = format!("{field}[{i}]");
+        let parent = &parents[module.parent];
+        let sources: HashMap<String, Vec<usize>> = parent.parameters().into_iter().collect();
+        let covered: Vec<_> = targets
+            .iter()
+            .filter(|(name, _)| under_prefix(name, &module.target_prefix))
+            .collect();
+        if module.target_prefix.is_empty() || covered.is_empty() {
+            return Err(Invalid::new(
+                format!("{field}.target_prefix"),
+                format!(
+                    "{:?} names no module of the target architecture",
+                    module.target_prefix
+                ),
+            ));
+        }
+        for (name, shape) in covered {
+            let source = format!(
+                "{}{}",
+                module.source_prefix,
+                &name[module.target_prefix.len()..]
+            );
+            let Some(source_shape) = sources.get(&source) else {
+                return Err(Invalid::new(
+                    format!("{field}.source_prefix"),
+                    format!("the parent has no tensor {source} for the target's {name}"),
+                ));
+            };
+            if source_shape != shape {
+                return Err(Invalid::new(
+                    field,
+                    format!(
+                        "shape mismatch: target {name} is {shape:?}, the parent's {source} is {source_shape:?}"
+                    ),
+                ));
+            }
+            plan.push((
+                name.clone(),
+                Origin {
+                    parent: module.parent,
+                    tensor: source,
+                },
+            ));
+        }
+    }
+    let mut result = Vec::new();
+    for (name, _) in &targets {
+        let mut origins = plan.iter().filter(|(target, _)| target == name);
+        let origin = origins.next().map(|(_, origin)| origin.clone());
+        if origins.next().is_some() {
+            return Err(Invalid::new(
+                field,
+                format!("two modules both provide {name}"),
+            ));
+        }
+        let trains = trainable.is_trainable(name) && !trainable.as_slice().is_empty();
+        if origin.is_none() && !trains {
+            return Err(Invalid::new(
+                field,
+                format!(
+                    "no module provides {name}, and it is not trainable: map it, or add a trainable pattern for it"
+                ),
+            ));
+        }
+        result.push(TensorPlan {
+            name: name.clone(),
+            origin,
+            trainable: trains,
+        });
+    }
+    Ok(result)
+}
+
+/// One tensor as the worker describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub name: String,
+    pub sha256: String,
+    pub status: TensorStatus,
+    pub origin: Option<Origin>,
+}
+
+/// Checks a worker's provenance claims against the plan, the hashes of the file it
+/// produced (`actual`: name → sha256) and the parents' stored tensor hashes.
+pub fn verify_claims(
+    plan: &[TensorPlan],
+    adjustment: Option<Adjustment>,
+    actual: &HashMap<String, String>,
+    claims: &[Claim],
+    parent_hashes: &[HashMap<String, String>],
+) -> Result<(), Invalid> {
+    let field = "output.tensors";
+    if claims.len() != plan.len() {
+        return Err(Invalid::new(
+            field,
+            format!(
+                "{} claims for a model of {} tensors",
+                claims.len(),
+                plan.len()
+            ),
+        ));
+    }
+    let interpolates = matches!(
+        adjustment,
+        Some(Adjustment::Interpolate { .. } | Adjustment::Scale { .. })
+    );
+    for tensor in plan {
+        let name = &tensor.name;
+        let claim = claims
+            .iter()
+            .find(|claim| &claim.name == name)
+            .ok_or_else(|| Invalid::new(field, format!("no claim for tensor {name}")))?;
+        let fail = |reason: String| Err(Invalid::new(field, format!("tensor {name}: {reason}")));
+        if actual.get(name) != Some(&claim.sha256) {
+            return fail("the claimed hash is not the hash of the file's tensor".into());
+        }
+        if let Some(origin) = &claim.origin {
+            let known = parent_hashes
+                .get(origin.parent)
+                .is_some_and(|hashes| hashes.contains_key(&origin.tensor));
+            if !known {
+                return fail(format!(
+                    "claims an origin {} that does not exist",
+                    origin.tensor
+                ));
+            }
+        }
+        if claim.origin != tensor.origin {
+            return fail(format!(
+                "claims origin {:?}, but the job's plan says {:?}",
+                claim.origin, tensor.origin
+            ));
+        }
+        match (claim.status, &tensor.origin) {
+            (TensorStatus::Inherited, Some(origin)) => {
+                if parent_hashes[origin.parent].get(&origin.tensor) != Some(&claim.sha256) {
+                    return fail(format!(
+                        "claimed inherited from {}, but its bytes differ from the origin's",
+                        origin.tensor
+                    ));
+                }
+            }
+            (TensorStatus::Trained, Some(_)) if tensor.trainable => {}
+            (TensorStatus::Trained, Some(_)) => {
+                return fail("claimed trained, but it was frozen in this job".into());
+            }
+            (TensorStatus::New, None) => {}
+            (TensorStatus::Interpolated, Some(_)) if interpolates => {}
+            (TensorStatus::Interpolated, Some(_)) => {
+                return fail("claimed interpolated, but this job interpolates nothing".into());
+            }
+            (status, _) => {
+                return fail(format!(
+                    "status {} does not fit its origin",
+                    status.as_str()
+                ));
+            }
+        }
+        if !tensor.trainable && !interpolates && claim.status != TensorStatus::Inherited {
+            return fail("it was frozen, so it must be inherited unchanged".into());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Mlp;
+
+    fn mlp(hidden: Vec<u32>, num_classes: u32) -> Architecture {
+        Architecture::Mlp(Mlp {
+            input_features: 4,
+            hidden,
+            num_classes,
+        })
+    }
+
+    fn hashes(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    fn claim(name: &str, sha: &str, status: TensorStatus, origin: Option<&str>) -> Claim {
+        Claim {
+            name: name.into(),
+            sha256: sha.into(),
+            status,
+            origin: origin.map(|tensor| Origin {
+                parent: 0,
+                tensor: tensor.into(),
+            }),
+        }
+    }
+
+    /// A finetune of a 4→2→3 MLP where only the head trains.
+    type Hashes = HashMap<String, String>;
+
+    fn finetune_case() -> (Vec<TensorPlan>, Hashes, Vec<Hashes>) {
+        let plan = plan_finetune(
+            &mlp(vec![2], 3),
+            &TrainablePatterns::from_checked(vec!["fc.*".into()]),
+        );
+        let parent = hashes(&[
+            ("hidden.0.weight", "p0w"),
+            ("hidden.0.bias", "p0b"),
+            ("fc.weight", "pfw"),
+            ("fc.bias", "pfb"),
+        ]);
+        let actual = hashes(&[
+            ("hidden.0.weight", "p0w"),
+            ("hidden.0.bias", "p0b"),
+            ("fc.weight", "cfw"),
+            ("fc.bias", "cfb"),
+        ]);
+        (plan, actual, vec![parent])
+    }
+
+    fn honest() -> Vec<Claim> {
+        vec![
+            claim(
+                "hidden.0.weight",
+                "p0w",
+                TensorStatus::Inherited,
+                Some("hidden.0.weight"),
+            ),
+            claim(
+                "hidden.0.bias",
+                "p0b",
+                TensorStatus::Inherited,
+                Some("hidden.0.bias"),
+            ),
+            claim("fc.weight", "cfw", TensorStatus::Trained, Some("fc.weight")),
+            claim("fc.bias", "cfb", TensorStatus::Trained, Some("fc.bias")),
+        ]
+    }
+
+    #[test]
+    fn honest_claims_pass_and_each_lie_is_caught() {
+        let (plan, actual, parents) = finetune_case();
+        assert_eq!(
+            verify_claims(&plan, None, &actual, &honest(), &parents),
+            Ok(())
+        );
+        let check = |index: usize, lie: Claim, actual: &HashMap<String, String>, expected: &str| {
+            let mut claims = honest();
+            claims[index] = lie;
+            let err = verify_claims(&plan, None, actual, &claims, &parents).unwrap_err();
+            assert!(
+                err.reason.contains(expected),
+                "{} should say {expected:?}",
+                err.reason
+            );
+        };
+        // A tensor claimed inherited that changed (the file's bytes moved).
+        let mut moved = actual.clone();
+        moved.insert("hidden.0.bias".into(), "moved".into());
+        check(
+            1,
+            claim(
+                "hidden.0.bias",
+                "moved",
+                TensorStatus::Inherited,
+                Some("hidden.0.bias"),
+            ),
+            &moved,
+            "bytes differ",
+        );
+        // A frozen tensor that moved and is honestly called trained.
+        check(
+            1,
+            claim(
+                "hidden.0.bias",
+                "moved",
+                TensorStatus::Trained,
+                Some("hidden.0.bias"),
+            ),
+            &moved,
+            "frozen",
+        );
+        // A claim pointing at a tensor that does not exist.
+        check(
+            2,
+            claim(
+                "fc.weight",
+                "cfw",
+                TensorStatus::Trained,
+                Some("fc.nothing"),
+            ),
+            &actual,
+            "does not exist",
+        );
+        // A hash that is not the file's.
+        check(
+            2,
+            claim(
+                "fc.weight",
+                "other",
+                TensorStatus::Trained,
+                Some("fc.weight"),
+            ),
+            &actual,
+            "not the hash",
+        );
+        // A trained tensor passed off as new.
+        check(
+            3,
+            claim("fc.bias", "cfb", TensorStatus::New, None),
+            &actual,
+            "plan says",
+        );
+        // Interpolation where none happened.
+        check(
+            3,
+            claim(
+                "fc.bias",
+                "cfb",
+                TensorStatus::Interpolated,
+                Some("fc.bias"),
+            ),
+            &actual,
+            "interpolates nothing",
+        );
+    }
+
+    #[test]
+    fn transfer_unfreezes_the_last_blocks_only() {
+        let plan = plan_transfer("unfreeze_blocks", &mlp(vec![3, 3], 2), 1).unwrap();
+        let trainable: Vec<(&str, bool, bool)> = plan
+            .iter()
+            .map(|t| (t.name.as_str(), t.trainable, t.origin.is_some()))
+            .collect();
+        assert_eq!(
+            trainable,
+            [
+                ("hidden.0.weight", false, true),
+                ("hidden.0.bias", false, true),
+                ("hidden.1.weight", true, true),
+                ("hidden.1.bias", true, true),
+                ("fc.weight", true, false),
+                ("fc.bias", true, false),
+            ]
+        );
+        assert!(plan_transfer("unfreeze_blocks", &mlp(vec![3], 2), 2).is_err());
+    }
+
+    #[test]
+    fn compose_checks_shapes_and_coverage() {
+        let target = mlp(vec![3, 5], 2);
+        let parents = [mlp(vec![3], 2), mlp(vec![7, 5], 2)];
+        let module = |target: &str, parent, source: &str| Module {
+            target_prefix: target.into(),
+            parent,
+            source_prefix: source.into(),
+        };
+        let head = TrainablePatterns::from_checked(vec!["fc.*".into()]);
+        let plan = plan_compose(
+            "modules",
+            &target,
+            &[module("hidden.0", 0, "hidden.0")],
+            &parents,
+            &head,
+        );
+        let err = plan.unwrap_err();
+        assert!(
+            err.reason.contains("no module provides hidden.1.weight"),
+            "{}",
+            err.reason
+        );
+
+        let mismatched = plan_compose(
+            "modules",
+            &target,
+            &[
+                module("hidden.0", 0, "hidden.0"),
+                module("hidden.1", 1, "hidden.0"),
+            ],
+            &parents,
+            &head,
+        )
+        .unwrap_err();
+        assert!(
+            mismatched.reason.contains("shape mismatch"),
+            "{}",
+            mismatched.reason
+        );
+
+        let glue = TrainablePatterns::from_checked(vec!["hidden.1.*".into(), "fc.*".into()]);
+        let plan = plan_compose(
+            "modules",
+            &target,
+            &[module("hidden.0", 0, "hidden.0")],
+            &parents,
+            &glue,
+        )
+        .unwrap();
+        assert_eq!(
+            plan[0].origin,
+            Some(Origin {
+                parent: 0,
+                tensor: "hidden.0.weight".into()
+            })
+        );
+        assert!(!plan[0].trainable);
+        assert!(plan[2].origin.is_none() && plan[2].trainable);
+    }
+}
