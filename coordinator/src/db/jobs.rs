@@ -247,7 +247,7 @@ impl Db {
         .bind(&model.weights_path)
         .bind(spec.kind.as_str())
         .bind(job_id)
-        .bind(Json(&model.metrics))
+        .bind(model.metrics.as_ref().map(Json))
         .execute(&mut *tx)
         .await
         .map_err(|err| name_taken(err, &spec.model_name))?;

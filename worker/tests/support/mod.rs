@@ -333,3 +333,49 @@ pub fn tensors(path: &std::path::Path) -> std::collections::BTreeMap<String, Vec
         .map(|(name, view)| (name, view.data().to_vec()))
         .collect()
 }
+
+impl Cluster {
+    /// A model's tensors by name, with their provenance.
+    pub async fn tensors_of(
+        &self,
+        model: &str,
+    ) -> std::collections::BTreeMap<String, pb::TensorProvenance> {
+        self.models()
+            .list_model_tensors(pb::ListModelTensorsRequest {
+                model: model.into(),
+            })
+            .await
+            .expect("list model tensors")
+            .into_inner()
+            .tensors
+            .into_iter()
+            .map(|tensor| (tensor.name.clone(), tensor))
+            .collect()
+    }
+
+    /// A model's weights, tensor by tensor.
+    pub fn weights(&self, model: &pb::Model) -> std::collections::BTreeMap<String, Vec<u8>> {
+        tensors(&self.artifact(&format!("models/{}.safetensors", model.weights_sha256)))
+    }
+
+    /// Submits and waits; panics unless the job succeeds. Returns the new model.
+    pub async fn run(&self, spec: pb::JobSpec) -> pb::Model {
+        let name = spec.model_name.clone();
+        let job = self.submit(spec).await;
+        let (_, job) = self.wait(&job.id).await;
+        assert_eq!(
+            job.state(),
+            pb::JobState::Succeeded,
+            "{name}: {}",
+            job.error
+        );
+        self.model(&name).await
+    }
+}
+
+pub fn floats(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|chunk| f32::from_le_bytes(chunk.try_into().expect("4 bytes")))
+        .collect()
+}

@@ -1,0 +1,183 @@
+//! A worker that lies about provenance: the test plays the worker over real gRPC, and
+//! the coordinator must fail each job with the reason and write no model.
+
+mod support;
+
+use heirloom_proto::v1 as pb;
+use heirloom_proto::v1::worker_service_client::WorkerServiceClient;
+use heirloom_spec::sha256_hex;
+use support::{Cluster, blobs, hyperparameters, mlp, safetensors_file};
+
+/// An MLP 64 → 8 → 5 where every value of a tensor is `fill`.
+fn weights(fills: [f32; 4]) -> Vec<u8> {
+    let tensor = |name: &'static str, shape: Vec<usize>, fill: f32| {
+        let count: usize = shape.iter().product();
+        (
+            name,
+            safetensors::Dtype::F32,
+            shape,
+            fill.to_le_bytes().repeat(count),
+        )
+    };
+    safetensors_file(&[
+        tensor("hidden.0.weight", vec![8, 64], fills[0]),
+        tensor("hidden.0.bias", vec![8], fills[1]),
+        tensor("fc.weight", vec![5, 8], fills[2]),
+        tensor("fc.bias", vec![5], fills[3]),
+    ])
+}
+
+fn claim(
+    name: &str,
+    bytes: &[u8],
+    status: pb::TensorStatus,
+    origin: (&str, &str),
+) -> pb::TensorProvenance {
+    let file = safetensors::SafeTensors::deserialize(bytes).unwrap();
+    pb::TensorProvenance {
+        name: name.into(),
+        sha256: sha256_hex(file.tensor(name).unwrap().data()),
+        status: status as i32,
+        origin_model_id: origin.0.into(),
+        origin_tensor: origin.1.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn false_provenance_claims_fail_the_job_and_write_no_model() {
+    use pb::TensorStatus::{Inherited, Trained};
+    let cluster = Cluster::coordinator_only().await;
+    let dataset = cluster.register_dataset("blobs", blobs(0..5, 10, 1)).await;
+    let parent_bytes = weights([0.1, 0.2, 0.3, 0.4]);
+    let parent = cluster
+        .models()
+        .import_model(pb::ImportModelRequest {
+            name: "parent".into(),
+            architecture: Some(mlp(64, vec![8], 5)),
+            weights: parent_bytes,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    let mut worker = WorkerServiceClient::new(cluster.channel.clone());
+    let worker_id = worker
+        .register_worker(pb::RegisterWorkerRequest {
+            name: "liar".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id;
+    let mut assignments = worker
+        .stream_assignments(pb::StreamAssignmentsRequest {
+            worker_id: worker_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let p = parent.id.as_str();
+
+    // Each case: the child's bytes, its claims, and what the refusal must say.
+    let moved = weights([0.1, 0.25, 0.35, 0.45]);
+    let trained_head = weights([0.1, 0.2, 0.35, 0.45]);
+    let cases: Vec<(&str, Vec<u8>, Vec<pb::TensorProvenance>, &str)> = vec![
+        (
+            "claimed-inherited-but-changed",
+            moved.clone(),
+            vec![
+                claim("hidden.0.weight", &moved, Inherited, (p, "hidden.0.weight")),
+                claim("hidden.0.bias", &moved, Inherited, (p, "hidden.0.bias")),
+                claim("fc.weight", &moved, Trained, (p, "fc.weight")),
+                claim("fc.bias", &moved, Trained, (p, "fc.bias")),
+            ],
+            "bytes differ",
+        ),
+        (
+            "frozen-tensor-moved",
+            moved.clone(),
+            vec![
+                claim("hidden.0.weight", &moved, Inherited, (p, "hidden.0.weight")),
+                claim("hidden.0.bias", &moved, Trained, (p, "hidden.0.bias")),
+                claim("fc.weight", &moved, Trained, (p, "fc.weight")),
+                claim("fc.bias", &moved, Trained, (p, "fc.bias")),
+            ],
+            "frozen",
+        ),
+        (
+            "origin-does-not-exist",
+            trained_head.clone(),
+            vec![
+                claim(
+                    "hidden.0.weight",
+                    &trained_head,
+                    Inherited,
+                    (p, "hidden.0.weight"),
+                ),
+                claim(
+                    "hidden.0.bias",
+                    &trained_head,
+                    Inherited,
+                    (p, "hidden.0.bias"),
+                ),
+                claim("fc.weight", &trained_head, Trained, (p, "layer4.weight")),
+                claim("fc.bias", &trained_head, Trained, (p, "fc.bias")),
+            ],
+            "does not exist",
+        ),
+    ];
+    for (name, bytes, claims, reason) in cases {
+        let job = cluster
+            .submit(pb::JobSpec {
+                kind: pb::JobKind::Finetune as i32,
+                model_name: name.into(),
+                dataset_id: dataset.id.clone(),
+                parent_id: parent.id.clone(),
+                trainable: vec!["fc.*".into()],
+                hyperparameters: hyperparameters(1, 0.0),
+                ..Default::default()
+            })
+            .await;
+        let assignment = assignments.message().await.unwrap().expect("an assignment");
+        assert_eq!(assignment.job_id, job.id);
+        let staged = format!("staging/{name}.safetensors");
+        std::fs::write(cluster.artifact(&staged), &bytes).unwrap();
+        let completed = worker
+            .complete_job(pb::CompleteJobRequest {
+                worker_id: worker_id.clone(),
+                job_id: job.id.clone(),
+                attempt: assignment.attempt,
+                result: Some(pb::complete_job_request::Result::Output(pb::JobOutput {
+                    weights_path: staged,
+                    weights_sha256: sha256_hex(&bytes),
+                    metrics: None,
+                    tensors: claims,
+                })),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        assert_eq!(completed.state(), pb::JobState::Failed, "{name}");
+        assert!(
+            completed.error.contains(reason),
+            "{name}: {:?} should say {reason:?}",
+            completed.error
+        );
+        assert!(completed.model_id.is_empty());
+    }
+    let (models,): (i64,) = sqlx::query_as("SELECT count(*) FROM models")
+        .fetch_one(&cluster.pool)
+        .await
+        .unwrap();
+    assert_eq!(models, 1, "only the imported parent exists");
+    let (tensors,): (i64,) = sqlx::query_as("SELECT count(*) FROM model_tensors")
+        .fetch_one(&cluster.pool)
+        .await
+        .unwrap();
+    assert_eq!(tensors, 4, "only the parent's tensors are recorded");
+}
