@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The demo: a private PostgreSQL, a coordinator and a worker on this machine; a base
-# model trained on digits 0-4, transferred to digits 5-9, the transfer fine-tuned; then
-# the lineage tree with each model's held-out accuracy. Everything stops at the end.
+# model trained on digits 0-4, transferred to digits 5-9, fine-tuned twice (one with a
+# WiSE-FT blend), the two siblings interpolated, and a model composed from two parents;
+# then the lineage tree with each model's held-out accuracy and what it inherited,
+# trained or added. Everything stops at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh
@@ -47,15 +49,26 @@ echo "== train a base model on digits 0-4"
 heirloom job train digits-base --dataset digits-0-4 --epochs 30 --seed 1 --watch \
   --arch '{"mlp": {"input_features": 64, "hidden": [128, 64], "num_classes": 5}}'
 
-echo "== transfer it to digits 5-9: frozen backbone, new 5-way head"
-heirloom job transfer digits-5-9-transfer --parent digits-base --num-classes 5 \
-  --dataset digits-5-9 --epochs 30 --seed 2 --learning-rate 0.01 --watch
+echo "== transfer it to digits 5-9: frozen first block, last block unfrozen, new 5-way head"
+heirloom job transfer digits-5-9-transfer --parent digits-base --num-classes 5 --unfreeze-blocks 1 \
+  --dataset digits-5-9 --epochs 30 --seed 2 --learning-rate 0.005 --watch
 
-echo "== fine-tune the transfer: unfreeze the last hidden layer and the head"
-heirloom job finetune digits-5-9-finetune --parent digits-5-9-transfer \
+echo "== fine-tune the transfer twice: last block + head blended back halfway (WiSE-FT), and head only"
+heirloom job finetune digits-5-9-wise --parent digits-5-9-transfer --wise-ft 0.5 \
   --trainable 'hidden.1.*' --trainable 'fc.*' --dataset digits-5-9 --epochs 20 --seed 3 --watch
+heirloom job finetune digits-5-9-head --parent digits-5-9-transfer --trainable 'fc.*' \
+  --dataset digits-5-9 --epochs 20 --seed 4 --watch
 
-echo "== lineage"
+echo "== direct inheritance: interpolate the two sibling fine-tunes halfway"
+heirloom job direct digits-5-9-blend --parent digits-5-9-wise --with digits-5-9-head --alpha 0.5 \
+  --dataset digits-5-9 --watch
+
+echo "== compose: first block from the base, second from the WiSE-FT model, a new head trained"
+heirloom job compose digits-5-9-composed --dataset digits-5-9 --epochs 20 --seed 5 --watch \
+  --arch '{"mlp": {"input_features": 64, "hidden": [128, 64], "num_classes": 5}}' \
+  --module hidden.0=digits-base:hidden.0 --module hidden.1=digits-5-9-wise:hidden.1 --trainable 'fc.*'
+
+echo "== lineage, with what each model inherited, trained or added"
 heirloom model tree digits-base
 echo
-heirloom model show digits-5-9-finetune
+heirloom model tensors digits-5-9-composed

@@ -26,6 +26,9 @@ pub enum Command {
         /// A tensor-name pattern such as `fc.*`; repeat for more.
         #[arg(long)]
         trainable: Vec<String>,
+        /// Blend with the parent after training: θp + α(θft − θp), α in (0, 1) (WiSE-FT).
+        #[arg(long, default_value_t = 0.0)]
+        wise_ft: f64,
     },
     /// Transfer a parent to a new task: frozen backbone, new head with --num-classes outputs.
     Transfer {
@@ -35,6 +38,38 @@ pub enum Command {
         parent: String,
         #[arg(long)]
         num_classes: u32,
+        /// Also train the last N blocks of the backbone.
+        #[arg(long, default_value_t = 0)]
+        unfreeze_blocks: u32,
+    },
+    /// Take a parent's weights as they are, interpolated with a second model, or scaled.
+    Direct {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        parent: String,
+        /// A second model of the same architecture to interpolate with: θa + α(θb − θa).
+        #[arg(long, requires = "alpha")]
+        with: Option<String>,
+        #[arg(long, default_value_t = 0.0)]
+        alpha: f64,
+        /// Multiply every tensor by this factor.
+        #[arg(long, default_value_t = 0.0)]
+        scale: f64,
+    },
+    /// Assemble a model from modules of several parents.
+    Compose {
+        #[command(flatten)]
+        common: Common,
+        /// The new model's architecture as JSON, or a JSON file.
+        #[arg(long)]
+        arch: String,
+        /// TARGET=PARENT:SOURCE, such as `hidden.0=base:hidden.0`; repeat for more.
+        #[arg(long = "module", required = true)]
+        modules: Vec<String>,
+        /// Patterns of the tensors to train (glue, head); tensors no module covers must match.
+        #[arg(long)]
+        trainable: Vec<String>,
     },
     /// Show one job.
     Get { job_id: String },
@@ -53,9 +88,9 @@ pub enum Command {
 pub struct Common {
     /// The new model's name.
     name: String,
-    /// The dataset's name or id.
+    /// The dataset's name or id (optional for direct jobs, which only score on it).
     #[arg(long)]
-    dataset: String,
+    dataset: Option<String>,
     #[arg(long, default_value_t = 0)]
     epochs: u32,
     #[arg(long, default_value_t = 0)]
@@ -95,11 +130,13 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
             common,
             parent,
             trainable,
+            wise_ft,
         } => {
             let spec = pb::JobSpec {
                 kind: pb::JobKind::Finetune as i32,
                 parent_id: model_id(&channel, &parent).await?,
                 trainable,
+                alpha: wise_ft,
                 ..Default::default()
             };
             (common, spec)
@@ -108,11 +145,67 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
             common,
             parent,
             num_classes,
+            unfreeze_blocks,
         } => {
             let spec = pb::JobSpec {
                 kind: pb::JobKind::Transfer as i32,
                 parent_id: model_id(&channel, &parent).await?,
                 num_classes,
+                unfreeze_blocks,
+                ..Default::default()
+            };
+            (common, spec)
+        }
+        Command::Direct {
+            common,
+            parent,
+            with,
+            alpha,
+            scale,
+        } => {
+            let second_parent_id = match with {
+                Some(model) => model_id(&channel, &model).await?,
+                None => String::new(),
+            };
+            let spec = pb::JobSpec {
+                kind: pb::JobKind::Direct as i32,
+                parent_id: model_id(&channel, &parent).await?,
+                second_parent_id,
+                alpha,
+                scale,
+                ..Default::default()
+            };
+            (common, spec)
+        }
+        Command::Compose {
+            common,
+            arch,
+            modules,
+            trainable,
+        } => {
+            let architecture = models::parse_architecture(&arch)?;
+            let mut mappings = Vec::new();
+            for module in &modules {
+                let parsed = module.split_once('=').and_then(|(target, source)| {
+                    let (parent, prefix) = source.split_once(':')?;
+                    Some((target, parent, prefix))
+                });
+                let Some((target, parent, prefix)) = parsed else {
+                    anyhow::bail!(
+                        "--module {module:?}: write TARGET=PARENT:SOURCE, such as hidden.0=base:hidden.0"
+                    );
+                };
+                mappings.push(pb::ModuleMapping {
+                    target_prefix: target.to_string(),
+                    parent_id: model_id(&channel, parent).await?,
+                    source_prefix: prefix.to_string(),
+                });
+            }
+            let spec = pb::JobSpec {
+                kind: pb::JobKind::Compose as i32,
+                architecture: Some((&architecture).into()),
+                modules: mappings,
+                trainable,
                 ..Default::default()
             };
             (common, spec)
@@ -163,7 +256,10 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
     };
     let spec = pb::JobSpec {
         model_name: common.name.clone(),
-        dataset_id: datasets::resolve(channel, &common.dataset).await?,
+        dataset_id: match &common.dataset {
+            Some(dataset) => datasets::resolve(channel, dataset).await?,
+            None => String::new(),
+        },
         hyperparameters: Some(pb::Hyperparameters {
             epochs: common.epochs,
             batch_size: common.batch_size,

@@ -21,6 +21,8 @@ pub enum Command {
     Show { model: String },
     /// List every model.
     List,
+    /// Every tensor of a model: its status, origin and hash.
+    Tensors { model: String },
     /// Print a model's ancestors and its descendants as a tree, with accuracies.
     Tree {
         model: String,
@@ -68,6 +70,27 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
                 println!("{}", tree::summary(model));
             }
         }
+        Command::Tensors { model } => {
+            let tensors = client
+                .list_model_tensors(pb::ListModelTensorsRequest { model })
+                .await?
+                .into_inner()
+                .tensors;
+            for tensor in &tensors {
+                let origin = match tensor.origin_model_name.as_str() {
+                    "" => "-".to_string(),
+                    model => format!("{model}.{}", tensor.origin_tensor),
+                };
+                println!(
+                    "{:<24} {:<12} {:<32} {:?}  {}",
+                    tensor.name,
+                    tree::status(tensor.status()),
+                    origin,
+                    tensor.shape,
+                    &tensor.sha256[..12.min(tensor.sha256.len())]
+                );
+            }
+        }
         Command::Tree { model, depth } => {
             let root = get(&mut client, &model).await?;
             let ancestors = client
@@ -86,7 +109,25 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
                 .await?
                 .into_inner()
                 .entries;
-            print!("{}", tree::render(&root, &ancestors, &descendants));
+            let mut provenance = std::collections::HashMap::new();
+            let everyone = ancestors
+                .iter()
+                .chain(&descendants)
+                .filter_map(|e| e.model.as_ref());
+            for model in everyone.chain(std::iter::once(&root)) {
+                let tensors = client
+                    .list_model_tensors(pb::ListModelTensorsRequest {
+                        model: model.id.clone(),
+                    })
+                    .await?
+                    .into_inner()
+                    .tensors;
+                provenance.insert(model.id.clone(), tree::provenance(&tensors));
+            }
+            print!(
+                "{}",
+                tree::render(&root, &ancestors, &descendants, &provenance)
+            );
         }
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! Lineage as text: one line per model, and trees drawn with box characters.
 
 use heirloom_proto::v1 as pb;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 pub fn relation(relation: pb::Relation) -> &'static str {
     match relation {
@@ -11,6 +11,34 @@ pub fn relation(relation: pb::Relation) -> &'static str {
         pb::Relation::Module => "module",
         pb::Relation::Unspecified => "?",
     }
+}
+
+pub fn status(status: pb::TensorStatus) -> &'static str {
+    match status {
+        pb::TensorStatus::Inherited => "inherited",
+        pb::TensorStatus::Trained => "trained",
+        pb::TensorStatus::New => "new",
+        pb::TensorStatus::Interpolated => "interpolated",
+        pb::TensorStatus::Unspecified => "?",
+    }
+}
+
+/// `4 inherited, 2 new`: how many tensors a model took from where.
+pub fn provenance(tensors: &[pb::TensorProvenance]) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for tensor in tensors {
+        let name = status(tensor.status());
+        match counts.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    counts.sort();
+    counts
+        .iter()
+        .map(|(name, count)| format!("{count} {name}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `name  [source]  accuracy 0.973  mlp 64→64→5`
@@ -62,20 +90,21 @@ pub fn render(
     root: &pb::Model,
     ancestors: &[pb::LineageEntry],
     descendants: &[pb::LineageEntry],
+    provenance: &HashMap<String, String>,
 ) -> String {
+    let line = |model: &pb::Model| match provenance.get(&model.id) {
+        Some(counts) if !counts.is_empty() => format!("{}  ({counts})", summary(model)),
+        _ => summary(model),
+    };
     let mut out = String::new();
     let mut ancestors: Vec<&pb::LineageEntry> = ancestors.iter().collect();
     ancestors.sort_by_key(|entry| std::cmp::Reverse(entry.depth));
     for entry in &ancestors {
         if let Some(model) = &entry.model {
-            out.push_str(&format!(
-                "{} (ancestor, {} up)\n",
-                summary(model),
-                entry.depth
-            ));
+            out.push_str(&format!("{} (ancestor, {} up)\n", line(model), entry.depth));
         }
     }
-    out.push_str(&summary(root));
+    out.push_str(&line(root));
     out.push('\n');
     let models: Vec<&pb::Model> = descendants
         .iter()
@@ -91,7 +120,7 @@ pub fn render(
         }
     }
     let mut on_path = HashSet::new();
-    draw(&mut out, &root.id, "", &children, &mut on_path);
+    draw(&mut out, &root.id, "", &children, &mut on_path, &line);
     out
 }
 
@@ -101,6 +130,7 @@ fn draw<'a>(
     indent: &str,
     children: &BTreeMap<&'a str, Vec<(&'a pb::Model, &'a pb::ParentEdge)>>,
     on_path: &mut HashSet<&'a str>,
+    line: &dyn Fn(&pb::Model) -> String,
 ) {
     let Some(kids) = children.get(id) else {
         return;
@@ -113,11 +143,11 @@ fn draw<'a>(
         let branch = if last { "└── " } else { "├── " };
         out.push_str(&format!(
             "{indent}{branch}{} via {}\n",
-            summary(model),
+            line(model),
             relation(edge.relation())
         ));
         let deeper = format!("{indent}{}", if last { "    " } else { "│   " });
-        draw(out, &model.id, &deeper, children, on_path);
+        draw(out, &model.id, &deeper, children, on_path, line);
     }
     on_path.remove(id);
 }
@@ -157,6 +187,7 @@ mod tests {
                 entry(model("b", &["base"]), 1),
                 entry(model("c", &["a"]), 2),
             ],
+            &HashMap::new(),
         );
         let lines: Vec<&str> = text
             .lines()

@@ -21,6 +21,9 @@ use tch::{COptimizer, Kind, Tensor};
 
 pub use tch::Device;
 
+/// Seeds the held-out split of every dataset.
+const SPLIT_SEED: i64 = 0x4845_4952;
+
 #[derive(Debug, Clone)]
 pub struct TrainingJob {
     pub architecture: Architecture,
@@ -94,13 +97,6 @@ pub fn train(
     mut report: impl FnMut(&Progress),
 ) -> Result<Option<Metrics>> {
     let hp = &job.hyperparameters;
-    tch::manual_seed(hp.seed as i64);
-    let parents = job
-        .parents
-        .iter()
-        .map(|path| Ok(Tensor::read_safetensors(path)?.into_iter().collect()))
-        .collect::<Result<Vec<HashMap<String, Tensor>>>>()?;
-    let mut network = Network::assemble(&job.architecture, &job.tensors, &parents, device)?;
     let dataset = match &job.dataset {
         Some(path) => Some(Dataset::load(
             path,
@@ -109,9 +105,19 @@ pub fn train(
         )?),
         None => None,
     };
+    // The held-out split depends on the dataset alone, not on the job's seed, so every
+    // model scored on a dataset is scored on the same rows and never trained on them.
+    tch::manual_seed(SPLIT_SEED);
     let split = dataset
         .as_ref()
         .map(|dataset| dataset.split(hp.holdout_fraction));
+    tch::manual_seed(hp.seed as i64);
+    let parents = job
+        .parents
+        .iter()
+        .map(|path| Ok(Tensor::read_safetensors(path)?.into_iter().collect()))
+        .collect::<Result<Vec<HashMap<String, Tensor>>>>()?;
+    let mut network = Network::assemble(&job.architecture, &job.tensors, &parents, device)?;
     let trains = job.tensors.iter().any(|tensor| tensor.trainable);
     let mut metrics = Metrics::default();
     if trains {
