@@ -81,6 +81,19 @@ fn shape(architecture: &heirloom_spec::Architecture) -> String {
             cnn.width,
             widths(cnn.in_channels.into(), &cnn.channels, cnn.num_classes)
         ),
+        Architecture::Resnet(r) => format!(
+            "resnet{} {}x{}x{}→{}",
+            r.depth, r.in_channels, r.height, r.width, r.num_classes
+        ),
+        Architecture::Vgg(v) => format!(
+            "vgg{}{} {}x{}x{}→{}",
+            v.depth,
+            if v.batch_norm { "_bn" } else { "" },
+            v.in_channels,
+            v.height,
+            v.width,
+            v.num_classes
+        ),
     }
 }
 

@@ -114,7 +114,7 @@ pub async fn plan_job(db: &Db, draft: JobDraft) -> Result<JobSpec> {
             (architecture, tensors)
         }
         (JobKind::Finetune, Some(parent)) => {
-            let names = parameter_names(&parent.architecture);
+            let names = parent.architecture.names();
             let patterns = TrainablePatterns::parse("spec.trainable", &draft.trainable, &names)?;
             if !(0.0..=1.0).contains(&draft.alpha) {
                 return Err(invalid(
@@ -150,7 +150,7 @@ pub async fn plan_job(db: &Db, draft: JobDraft) -> Result<JobSpec> {
         }
         (JobKind::Compose, _) => {
             let architecture = architecture_required()?;
-            let names = parameter_names(&architecture);
+            let names = architecture.names();
             let patterns = TrainablePatterns::parse("spec.trainable", &draft.trainable, &names)?;
             let mut parent_models: Vec<Model> = Vec::new();
             let mut modules = Vec::new();
@@ -278,14 +278,6 @@ async fn direct_adjustment(
     }
     parents.push(second_id);
     Ok(Some(Adjustment::Interpolate { alpha: draft.alpha }))
-}
-
-fn parameter_names(architecture: &Architecture) -> Vec<String> {
-    architecture
-        .parameters()
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect()
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> Error {

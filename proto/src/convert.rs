@@ -2,7 +2,9 @@
 //! coordinator, the worker and the CLI alike.
 
 use crate::v1 as pb;
-use heirloom_spec::{Architecture, Hyperparameters, Invalid, Mlp, Optimizer, SmallCnn};
+use heirloom_spec::{
+    Architecture, Hyperparameters, Invalid, Mlp, Optimizer, Resnet, SmallCnn, Vgg,
+};
 
 impl From<&Architecture> for pb::Architecture {
     fn from(architecture: &Architecture) -> Self {
@@ -19,6 +21,21 @@ impl From<&Architecture> for pb::Architecture {
                 channels: cnn.channels.clone(),
                 num_classes: cnn.num_classes,
             }),
+            Architecture::Resnet(resnet) => pb::architecture::Kind::Resnet(pb::Resnet {
+                depth: resnet.depth,
+                in_channels: resnet.in_channels,
+                height: resnet.height,
+                width: resnet.width,
+                num_classes: resnet.num_classes,
+            }),
+            Architecture::Vgg(vgg) => pb::architecture::Kind::Vgg(pb::Vgg {
+                depth: vgg.depth,
+                in_channels: vgg.in_channels,
+                height: vgg.height,
+                width: vgg.width,
+                num_classes: vgg.num_classes,
+                batch_norm: vgg.batch_norm,
+            }),
         };
         pb::Architecture { kind: Some(kind) }
     }
@@ -31,7 +48,7 @@ impl pb::Architecture {
             None => {
                 return Err(Invalid::new(
                     field,
-                    "names no architecture: set `mlp` or `small_cnn`",
+                    "names no architecture: set `mlp`, `small_cnn`, `resnet` or `vgg`",
                 ));
             }
             Some(pb::architecture::Kind::Mlp(mlp)) => Architecture::Mlp(Mlp {
@@ -45,6 +62,21 @@ impl pb::Architecture {
                 width: cnn.width,
                 channels: cnn.channels.clone(),
                 num_classes: cnn.num_classes,
+            }),
+            Some(pb::architecture::Kind::Resnet(resnet)) => Architecture::Resnet(Resnet {
+                depth: resnet.depth,
+                in_channels: resnet.in_channels,
+                height: resnet.height,
+                width: resnet.width,
+                num_classes: resnet.num_classes,
+            }),
+            Some(pb::architecture::Kind::Vgg(vgg)) => Architecture::Vgg(Vgg {
+                depth: vgg.depth,
+                in_channels: vgg.in_channels,
+                height: vgg.height,
+                width: vgg.width,
+                num_classes: vgg.num_classes,
+                batch_norm: vgg.batch_norm,
             }),
         };
         architecture.validate(field)?;

@@ -1,10 +1,10 @@
-//! Built-in architectures and the state-dict names and shapes of their parameters.
+//! Built-in architectures and the state-dict names, shapes and initialisation of their
+//! tensors. ResNet and VGG follow torchvision's `state_dict()` keys exactly, buffers
+//! (batch-norm statistics) included, so weights move between PyTorch and Heirloom as they
+//! are.
 
 use crate::Invalid;
 use serde::{Deserialize, Serialize};
-
-/// The name prefix of every architecture's classification head.
-pub const HEAD: &str = "fc";
 
 /// The largest width, channel count or input size a built-in architecture accepts.
 const MAX_WIDTH: u32 = 1 << 16;
@@ -15,6 +15,8 @@ const MAX_LAYERS: usize = 64;
 pub enum Architecture {
     Mlp(Mlp),
     SmallCnn(SmallCnn),
+    Resnet(Resnet),
+    Vgg(Vgg),
 }
 
 /// Linear layers `hidden.{i}` with ReLU between them, then the head `fc`.
@@ -38,6 +40,106 @@ pub struct SmallCnn {
     pub num_classes: u32,
 }
 
+/// torchvision's ResNet-18 or ResNet-34 (BasicBlock), head `fc`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resnet {
+    pub depth: u32,
+    pub in_channels: u32,
+    pub height: u32,
+    pub width: u32,
+    pub num_classes: u32,
+}
+
+/// torchvision's VGG-11 or VGG-16, optionally with batch norm, head `classifier.6`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vgg {
+    pub depth: u32,
+    pub in_channels: u32,
+    pub height: u32,
+    pub width: u32,
+    pub num_classes: u32,
+    #[serde(default)]
+    pub batch_norm: bool,
+}
+
+/// How a fresh tensor starts: torchvision's initialisation for each layer kind.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    /// Uniform in ±1/sqrt(fan_in): PyTorch's default for Linear and Conv2d.
+    UniformFanIn(usize),
+    /// Kaiming normal, fan-out mode, ReLU gain: std sqrt(2 / fan_out).
+    KaimingFanOut(usize),
+    Normal(f64),
+    Zeros,
+    Ones,
+}
+
+/// One entry of a model's state dict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub init: Init,
+    /// A buffer (batch-norm statistics) rather than a parameter: never given gradients.
+    pub buffer: bool,
+    /// `f32`, or `i64` for `num_batches_tracked`.
+    pub dtype: &'static str,
+}
+
+/// The VGG configurations: output channels of each 3x3 convolution, 0 for a max-pool.
+fn vgg_layers(depth: u32) -> Option<&'static [u32]> {
+    match depth {
+        11 => Some(&[64, 0, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0]),
+        16 => Some(&[
+            64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0,
+        ]),
+        _ => None,
+    }
+}
+
+/// Residual blocks per stage of a ResNet.
+pub fn resnet_stages(depth: u32) -> Option<[usize; 4]> {
+    match depth {
+        18 => Some([2, 2, 2, 2]),
+        34 => Some([3, 4, 6, 3]),
+        _ => None,
+    }
+}
+
+/// One VGG feature layer as torchvision numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VggLayer {
+    /// A convolution at `features.{index}`, its batch norm (if any) right after it.
+    Conv {
+        index: usize,
+        channels: u32,
+    },
+    Pool,
+}
+
+impl Vgg {
+    pub fn layers(&self) -> Vec<VggLayer> {
+        let mut index = 0;
+        let step = if self.batch_norm { 3 } else { 2 };
+        vgg_layers(self.depth)
+            .unwrap_or_default()
+            .iter()
+            .map(|&channels| {
+                if channels == 0 {
+                    index += 1;
+                    VggLayer::Pool
+                } else {
+                    let layer = VggLayer::Conv { index, channels };
+                    index += step;
+                    layer
+                }
+            })
+            .collect()
+    }
+}
+
 impl Architecture {
     /// Checks every size; `field` is the path of this spec in the request.
     pub fn validate(&self, field: &str) -> Result<(), Invalid> {
@@ -50,9 +152,7 @@ impl Architecture {
             }
             Architecture::SmallCnn(cnn) => {
                 let field = format!("{field}.small_cnn");
-                positive(&format!("{field}.in_channels"), cnn.in_channels)?;
-                positive(&format!("{field}.height"), cnn.height)?;
-                positive(&format!("{field}.width"), cnn.width)?;
+                image(&field, cnn.in_channels, cnn.height, cnn.width)?;
                 layers(&format!("{field}.channels"), &cnn.channels)?;
                 if cnn.channels.is_empty() {
                     return Err(Invalid::new(
@@ -62,16 +162,41 @@ impl Architecture {
                 }
                 positive(&format!("{field}.num_classes"), cnn.num_classes)
             }
+            Architecture::Resnet(resnet) => {
+                let field = format!("{field}.resnet");
+                if resnet_stages(resnet.depth).is_none() {
+                    return Err(Invalid::new(format!("{field}.depth"), "must be 18 or 34"));
+                }
+                image(&field, resnet.in_channels, resnet.height, resnet.width)?;
+                positive(&format!("{field}.num_classes"), resnet.num_classes)
+            }
+            Architecture::Vgg(vgg) => {
+                let field = format!("{field}.vgg");
+                if vgg_layers(vgg.depth).is_none() {
+                    return Err(Invalid::new(format!("{field}.depth"), "must be 11 or 16"));
+                }
+                image(&field, vgg.in_channels, vgg.height, vgg.width)?;
+                if vgg.height < 32 || vgg.width < 32 {
+                    return Err(Invalid::new(
+                        format!("{field}.height"),
+                        "VGG halves the image five times: height and width must be at least 32",
+                    ));
+                }
+                positive(&format!("{field}.num_classes"), vgg.num_classes)
+            }
         }
     }
 
     /// The length of one input row.
     pub fn input_features(&self) -> u64 {
+        let pixels = |channels: u32, height: u32, width: u32| {
+            u64::from(channels) * u64::from(height) * u64::from(width)
+        };
         match self {
             Architecture::Mlp(mlp) => u64::from(mlp.input_features),
-            Architecture::SmallCnn(cnn) => {
-                u64::from(cnn.in_channels) * u64::from(cnn.height) * u64::from(cnn.width)
-            }
+            Architecture::SmallCnn(cnn) => pixels(cnn.in_channels, cnn.height, cnn.width),
+            Architecture::Resnet(resnet) => pixels(resnet.in_channels, resnet.height, resnet.width),
+            Architecture::Vgg(vgg) => pixels(vgg.in_channels, vgg.height, vgg.width),
         }
     }
 
@@ -79,6 +204,8 @@ impl Architecture {
         match self {
             Architecture::Mlp(mlp) => mlp.num_classes,
             Architecture::SmallCnn(cnn) => cnn.num_classes,
+            Architecture::Resnet(resnet) => resnet.num_classes,
+            Architecture::Vgg(vgg) => vgg.num_classes,
         }
     }
 
@@ -88,11 +215,22 @@ impl Architecture {
         match &mut changed {
             Architecture::Mlp(mlp) => mlp.num_classes = num_classes,
             Architecture::SmallCnn(cnn) => cnn.num_classes = num_classes,
+            Architecture::Resnet(resnet) => resnet.num_classes = num_classes,
+            Architecture::Vgg(vgg) => vgg.num_classes = num_classes,
         }
         changed
     }
 
-    /// The name prefixes of the blocks before the head, in forward order.
+    /// The name prefix of the classification head.
+    pub fn head(&self) -> &'static str {
+        match self {
+            Architecture::Vgg(_) => "classifier.6",
+            _ => "fc",
+        }
+    }
+
+    /// The name prefixes of the blocks before the head, in forward order: what
+    /// "unfreeze the last N blocks" counts.
     pub fn blocks(&self) -> Vec<String> {
         match self {
             Architecture::Mlp(mlp) => (0..mlp.hidden.len())
@@ -101,47 +239,236 @@ impl Architecture {
             Architecture::SmallCnn(cnn) => (0..cnn.channels.len())
                 .map(|i| format!("conv.{i}"))
                 .collect(),
+            Architecture::Resnet(resnet) => {
+                let stages = resnet_stages(resnet.depth).unwrap_or_default();
+                // The stem (conv1, bn1) is no block: unfreeze it with a fine-tune pattern.
+                let mut blocks = Vec::new();
+                for (stage, &count) in stages.iter().enumerate() {
+                    blocks.extend((0..count).map(|block| format!("layer{}.{block}", stage + 1)));
+                }
+                blocks
+            }
+            Architecture::Vgg(vgg) => {
+                let mut blocks: Vec<String> = vgg
+                    .layers()
+                    .into_iter()
+                    .filter_map(|layer| match layer {
+                        VggLayer::Conv { index, .. } => Some(format!("features.{index}")),
+                        VggLayer::Pool => None,
+                    })
+                    .collect();
+                blocks.extend(["classifier.0".to_string(), "classifier.3".to_string()]);
+                blocks
+            }
         }
     }
 
-    /// Every parameter's state-dict name and shape, in forward order.
-    pub fn parameters(&self) -> Vec<(String, Vec<usize>)> {
-        let mut parameters = Vec::new();
-        let mut linear = |name: String, inputs: u32, outputs: u32| {
-            parameters.push((
-                format!("{name}.weight"),
-                vec![outputs as usize, inputs as usize],
-            ));
-            parameters.push((format!("{name}.bias"), vec![outputs as usize]));
-        };
+    /// The names of every state-dict entry.
+    pub fn names(&self) -> Vec<String> {
+        self.parameters()
+            .into_iter()
+            .map(|tensor| tensor.name)
+            .collect()
+    }
+
+    /// Every state-dict entry, parameters and buffers, in forward order.
+    pub fn parameters(&self) -> Vec<TensorSpec> {
+        let mut tensors = StateDict::default();
         match self {
             Architecture::Mlp(mlp) => {
                 let mut inputs = mlp.input_features;
                 for (i, &width) in mlp.hidden.iter().enumerate() {
-                    linear(format!("hidden.{i}"), inputs, width);
+                    tensors.linear(&format!("hidden.{i}"), inputs, width, false);
                     inputs = width;
                 }
-                linear(HEAD.to_string(), inputs, mlp.num_classes);
+                tensors.linear("fc", inputs, mlp.num_classes, false);
             }
             Architecture::SmallCnn(cnn) => {
                 let mut inputs = cnn.in_channels;
                 for (i, &channels) in cnn.channels.iter().enumerate() {
-                    parameters.push((
-                        format!("conv.{i}.weight"),
-                        vec![channels as usize, inputs as usize, 3, 3],
-                    ));
-                    parameters.push((format!("conv.{i}.bias"), vec![channels as usize]));
+                    tensors.conv(
+                        &format!("conv.{i}"),
+                        inputs,
+                        channels,
+                        3,
+                        Conv::DefaultWithBias,
+                    );
                     inputs = channels;
                 }
-                parameters.push((
-                    format!("{HEAD}.weight"),
-                    vec![cnn.num_classes as usize, inputs as usize],
-                ));
-                parameters.push((format!("{HEAD}.bias"), vec![cnn.num_classes as usize]));
+                tensors.linear("fc", inputs, cnn.num_classes, false);
+            }
+            Architecture::Resnet(resnet) => {
+                tensors.conv("conv1", resnet.in_channels, 64, 7, Conv::Kaiming);
+                tensors.batch_norm("bn1", 64);
+                let mut inputs = 64;
+                let stages = resnet_stages(resnet.depth).unwrap_or_default();
+                for (stage, &count) in stages.iter().enumerate() {
+                    let planes = 64 << stage;
+                    for block in 0..count {
+                        let prefix = format!("layer{}.{block}", stage + 1);
+                        tensors.conv(&format!("{prefix}.conv1"), inputs, planes, 3, Conv::Kaiming);
+                        tensors.batch_norm(&format!("{prefix}.bn1"), planes);
+                        tensors.conv(&format!("{prefix}.conv2"), planes, planes, 3, Conv::Kaiming);
+                        tensors.batch_norm(&format!("{prefix}.bn2"), planes);
+                        if block == 0 && stage > 0 {
+                            tensors.conv(
+                                &format!("{prefix}.downsample.0"),
+                                inputs,
+                                planes,
+                                1,
+                                Conv::Kaiming,
+                            );
+                            tensors.batch_norm(&format!("{prefix}.downsample.1"), planes);
+                        }
+                        inputs = planes;
+                    }
+                }
+                tensors.linear("fc", 512, resnet.num_classes, false);
+            }
+            Architecture::Vgg(vgg) => {
+                let mut inputs = vgg.in_channels;
+                for layer in vgg.layers() {
+                    if let VggLayer::Conv { index, channels } = layer {
+                        tensors.conv(
+                            &format!("features.{index}"),
+                            inputs,
+                            channels,
+                            3,
+                            Conv::KaimingWithBias,
+                        );
+                        if vgg.batch_norm {
+                            tensors.batch_norm(&format!("features.{}", index + 1), channels);
+                        }
+                        inputs = channels;
+                    }
+                }
+                tensors.linear("classifier.0", 512 * 7 * 7, 4096, true);
+                tensors.linear("classifier.3", 4096, 4096, true);
+                tensors.linear("classifier.6", 4096, vgg.num_classes, true);
             }
         }
-        parameters
+        tensors.0
     }
+}
+
+#[derive(Clone, Copy)]
+enum Conv {
+    /// PyTorch's default Conv2d initialisation, with a bias.
+    DefaultWithBias,
+    /// torchvision's ResNet convolutions: Kaiming, no bias.
+    Kaiming,
+    /// torchvision's VGG convolutions: Kaiming, zero bias.
+    KaimingWithBias,
+}
+
+#[derive(Default)]
+struct StateDict(Vec<TensorSpec>);
+
+impl StateDict {
+    fn push(&mut self, name: String, shape: Vec<usize>, init: Init, buffer: bool) {
+        let dtype = if name.ends_with("num_batches_tracked") {
+            "i64"
+        } else {
+            "f32"
+        };
+        self.0.push(TensorSpec {
+            name,
+            shape,
+            init,
+            buffer,
+            dtype,
+        });
+    }
+
+    /// `vgg_style`: torchvision's VGG classifier initialisation, N(0, 0.01) and zero bias.
+    fn linear(&mut self, prefix: &str, inputs: u32, outputs: u32, vgg_style: bool) {
+        let (inputs, outputs) = (inputs as usize, outputs as usize);
+        let (weight, bias) = if vgg_style {
+            (Init::Normal(0.01), Init::Zeros)
+        } else {
+            (Init::UniformFanIn(inputs), Init::UniformFanIn(inputs))
+        };
+        self.push(
+            format!("{prefix}.weight"),
+            vec![outputs, inputs],
+            weight,
+            false,
+        );
+        self.push(format!("{prefix}.bias"), vec![outputs], bias, false);
+    }
+
+    fn conv(&mut self, prefix: &str, inputs: u32, outputs: u32, kernel: usize, kind: Conv) {
+        let (inputs, outputs) = (inputs as usize, outputs as usize);
+        let shape = vec![outputs, inputs, kernel, kernel];
+        let fan_in = inputs * kernel * kernel;
+        let fan_out = outputs * kernel * kernel;
+        match kind {
+            Conv::DefaultWithBias => {
+                self.push(
+                    format!("{prefix}.weight"),
+                    shape,
+                    Init::UniformFanIn(fan_in),
+                    false,
+                );
+                self.push(
+                    format!("{prefix}.bias"),
+                    vec![outputs],
+                    Init::UniformFanIn(fan_in),
+                    false,
+                );
+            }
+            Conv::Kaiming => self.push(
+                format!("{prefix}.weight"),
+                shape,
+                Init::KaimingFanOut(fan_out),
+                false,
+            ),
+            Conv::KaimingWithBias => {
+                self.push(
+                    format!("{prefix}.weight"),
+                    shape,
+                    Init::KaimingFanOut(fan_out),
+                    false,
+                );
+                self.push(format!("{prefix}.bias"), vec![outputs], Init::Zeros, false);
+            }
+        }
+    }
+
+    fn batch_norm(&mut self, prefix: &str, channels: u32) {
+        let channels = channels as usize;
+        self.push(
+            format!("{prefix}.weight"),
+            vec![channels],
+            Init::Ones,
+            false,
+        );
+        self.push(format!("{prefix}.bias"), vec![channels], Init::Zeros, false);
+        self.push(
+            format!("{prefix}.running_mean"),
+            vec![channels],
+            Init::Zeros,
+            true,
+        );
+        self.push(
+            format!("{prefix}.running_var"),
+            vec![channels],
+            Init::Ones,
+            true,
+        );
+        self.push(
+            format!("{prefix}.num_batches_tracked"),
+            vec![],
+            Init::Zeros,
+            true,
+        );
+    }
+}
+
+fn image(field: &str, channels: u32, height: u32, width: u32) -> Result<(), Invalid> {
+    positive(&format!("{field}.in_channels"), channels)?;
+    positive(&format!("{field}.height"), height)?;
+    positive(&format!("{field}.width"), width)
 }
 
 fn positive(field: &str, value: u32) -> Result<(), Invalid> {
@@ -181,7 +508,7 @@ mod tests {
         let names: Vec<_> = mlp(64, vec![32, 16], 10)
             .parameters()
             .into_iter()
-            .map(|(name, shape)| format!("{name}{shape:?}"))
+            .map(|tensor| format!("{}{:?}", tensor.name, tensor.shape))
             .collect();
         assert_eq!(
             names,

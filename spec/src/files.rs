@@ -33,7 +33,8 @@ pub fn read_tensor_infos(field: &str, bytes: &[u8]) -> Result<Vec<TensorInfo>, I
     Ok(infos)
 }
 
-/// Checks that `bytes` hold exactly the float32 parameters of `architecture`.
+/// Checks that `bytes` hold exactly the state dict of `architecture`: every tensor, with
+/// its shape and dtype, and nothing else.
 pub fn check_weights(
     field: &str,
     bytes: &[u8],
@@ -41,47 +42,37 @@ pub fn check_weights(
 ) -> Result<(), Invalid> {
     let infos = read_tensor_infos(field, bytes)?;
     let expected = architecture.parameters();
-    for (name, shape) in &expected {
+    for tensor in &expected {
+        let name = &tensor.name;
         let Some(info) = infos.iter().find(|info| &info.name == name) else {
             return Err(Invalid::new(
                 field,
                 format!(
                     "tensor {name} is missing; the architecture needs {}",
-                    names(&expected)
+                    architecture.names().join(", ")
                 ),
             ));
         };
-        if &info.shape != shape || info.dtype != "f32" {
+        if info.shape != tensor.shape || info.dtype != tensor.dtype {
             return Err(Invalid::new(
                 field,
                 format!(
-                    "tensor {name} is {} {:?}; the architecture needs f32 {shape:?}",
-                    info.dtype, info.shape
+                    "tensor {name} is {} {:?}; the architecture needs {} {:?}",
+                    info.dtype, info.shape, tensor.dtype, tensor.shape
                 ),
             ));
         }
     }
     if let Some(extra) = infos
         .iter()
-        .find(|info| !expected.iter().any(|(name, _)| name == &info.name))
+        .find(|info| !expected.iter().any(|t| t.name == info.name))
     {
         return Err(Invalid::new(
             field,
-            format!(
-                "tensor {} is not a parameter of the architecture",
-                extra.name
-            ),
+            format!("tensor {} is not part of the architecture", extra.name),
         ));
     }
     Ok(())
-}
-
-fn names(parameters: &[(String, Vec<usize>)]) -> String {
-    parameters
-        .iter()
-        .map(|(name, _)| name.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,9 @@ mod hyperparameters;
 mod patterns;
 mod plan;
 
-pub use architecture::{Architecture, HEAD, Mlp, SmallCnn};
+pub use architecture::{
+    Architecture, Init, Mlp, Resnet, SmallCnn, TensorSpec, Vgg, VggLayer, resnet_stages,
+};
 pub use files::{
     DatasetInfo, TensorInfo, check_weights, read_dataset_info, read_tensor_infos, sha256_hex,
     tensor_hashes,

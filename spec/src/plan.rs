@@ -2,7 +2,7 @@
 //! coordinator derives for every job kind, sends to the worker, and later checks the
 //! worker's provenance claims against.
 
-use crate::{Architecture, HEAD, Invalid, TrainablePatterns};
+use crate::{Architecture, Invalid, TrainablePatterns};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -88,7 +88,7 @@ pub struct Module {
 }
 
 fn names(architecture: &Architecture) -> impl Iterator<Item = String> {
-    architecture.parameters().into_iter().map(|(name, _)| name)
+    architecture.names().into_iter()
 }
 
 /// Is `name` the tensor `prefix` or inside the module `prefix`?
@@ -150,7 +150,7 @@ pub fn plan_transfer(
     let unfrozen = &blocks[blocks.len() - unfreeze_blocks as usize..];
     Ok(names(architecture)
         .map(|name| {
-            if under_prefix(&name, HEAD) {
+            if under_prefix(&name, architecture.head()) {
                 TensorPlan {
                     name,
                     origin: None,
@@ -190,9 +190,14 @@ pub fn plan_compose(
     for (i, module) in modules.iter().enumerate() {
         let field = format!("{field}[{i}]");
         let parent = &parents[module.parent];
-        let sources: HashMap<String, Vec<usize>> = parent.parameters().into_iter().collect();
-        let covered: Vec<_> = targets
+        let sources: HashMap<String, Vec<usize>> = parent
+            .parameters()
+            .into_iter()
+            .map(|tensor| (tensor.name, tensor.shape))
+            .collect();
+        let covered: Vec<(&String, &Vec<usize>)> = targets
             .iter()
+            .map(|tensor| (&tensor.name, &tensor.shape))
             .filter(|(name, _)| under_prefix(name, &module.target_prefix))
             .collect();
         if module.target_prefix.is_empty() || covered.is_empty() {
@@ -234,7 +239,7 @@ pub fn plan_compose(
         }
     }
     let mut result = Vec::new();
-    for (name, _) in &targets {
+    for name in targets.iter().map(|tensor| &tensor.name) {
         let mut origins = plan.iter().filter(|(target, _)| target == name);
         let origin = origins.next().map(|(_, origin)| origin.clone());
         if origins.next().is_some() {

@@ -144,7 +144,7 @@ pub fn train(
         (Some(dataset), Some((_, holdout_rows))) => {
             metrics.holdout_accuracy = tch::no_grad(|| {
                 let (x, y) = dataset.rows(holdout_rows);
-                let predicted = network.forward(&x).argmax(-1, false);
+                let predicted = network.forward(&x, false).argmax(-1, false);
                 predicted
                     .eq_tensor(&y)
                     .to_kind(Kind::Float)
@@ -175,7 +175,11 @@ fn fit(
         Optimizer::Sgd => COptimizer::sgd(hp.learning_rate, 0.9, 0.0, 0.0, false)?,
     };
     for (name, tensor) in network.parameters_mut() {
-        if plan.iter().any(|t| t.name == name && t.trainable) {
+        // Buffers (batch-norm statistics) train by running, not by gradients.
+        let is_parameter = tensor.is_floating_point()
+            && !name.ends_with(".running_mean")
+            && !name.ends_with(".running_var");
+        if is_parameter && plan.iter().any(|t| t.name == name && t.trainable) {
             *tensor = tensor.set_requires_grad(true);
             optimizer.add_parameters(tensor, 0)?;
         }
@@ -206,7 +210,7 @@ fn fit(
             let first = batch * batch_size;
             let rows = order.narrow(0, first, batch_size.min(train_count - first));
             let (x, y) = dataset.rows(&rows);
-            let logits = network.forward(&x);
+            let logits = network.forward(&x, true);
             let loss = logits.cross_entropy_for_logits(&y);
             optimizer.zero_grad()?;
             loss.backward();
@@ -253,6 +257,9 @@ fn adjust(
     };
     tch::no_grad(|| {
         for (name, tensor) in network.parameters_mut() {
+            if !tensor.is_floating_point() {
+                continue; // counters (num_batches_tracked) keep their origin's value
+            }
             let trainable = plan.iter().any(|t| t.name == name && t.trainable);
             *tensor = match adjustment {
                 Adjustment::Interpolate { alpha } => {

@@ -1,38 +1,62 @@
-//! Built-in architectures as named tensors and a forward function.
+//! Built-in architectures as named tensors and a forward function. ResNet and VGG follow
+//! torchvision's modules and names, so weights from PyTorch give the same outputs here.
 
 use crate::error::{Error, Result};
-use heirloom_spec::{Architecture, TensorPlan};
-use std::collections::HashMap;
+use heirloom_spec::{Architecture, Init, TensorPlan, VggLayer, resnet_stages};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
+const BATCH_NORM_MOMENTUM: f64 = 0.1;
+const BATCH_NORM_EPS: f64 = 1e-5;
+
 pub struct Network {
     architecture: Architecture,
-    /// In the architecture's parameter order.
-    parameters: Vec<(String, Tensor)>,
+    /// The state dict, in the architecture's order.
+    tensors: Vec<(String, Tensor)>,
+    /// Batch norms whose statistics train: they run in training mode while fitting.
+    training_norms: HashSet<String>,
 }
 
 impl Network {
-    /// PyTorch's default initialisation for Linear and Conv2d: uniform in ±1/sqrt(fan_in)
-    /// for weights and biases alike.
+    /// Fresh weights, initialised as torchvision initialises each layer.
     pub fn fresh(architecture: &Architecture, device: Device) -> Network {
-        let mut parameters = Vec::new();
-        // Parameters come weight first, then its bias, which shares the weight's fan-in.
-        let mut fan_in = 1;
-        for (name, shape) in architecture.parameters() {
-            if shape.len() > 1 {
-                fan_in = shape[1..].iter().product();
-            }
-            parameters.push((name, fresh_tensor(&shape, fan_in, device)));
-        }
+        let tensors = architecture
+            .parameters()
+            .into_iter()
+            .map(|spec| {
+                let size: Vec<i64> = spec.shape.iter().map(|&d| d as i64).collect();
+                let kind = if spec.dtype == "i64" {
+                    Kind::Int64
+                } else {
+                    Kind::Float
+                };
+                let empty = || Tensor::empty(size.as_slice(), (kind, device));
+                let tensor = match spec.init {
+                    Init::UniformFanIn(fan_in) => {
+                        let bound = 1.0 / (fan_in as f64).sqrt();
+                        empty().uniform_(-bound, bound)
+                    }
+                    Init::KaimingFanOut(fan_out) => {
+                        empty().normal_(0.0, (2.0 / fan_out as f64).sqrt())
+                    }
+                    Init::Normal(std) => empty().normal_(0.0, std),
+                    Init::Zeros => Tensor::zeros(size.as_slice(), (kind, device)),
+                    Init::Ones => Tensor::ones(size.as_slice(), (kind, device)),
+                };
+                (spec.name, tensor)
+            })
+            .collect();
         Network {
             architecture: architecture.clone(),
-            parameters,
+            tensors,
+            training_norms: HashSet::new(),
         }
     }
 
     /// The starting weights a plan describes: each tensor copied from its origin in a
-    /// parent, or fresh.
+    /// parent, or fresh. Batch norms whose running statistics the plan lets train run in
+    /// training mode while fitting; the others keep their statistics frozen.
     pub fn assemble(
         architecture: &Architecture,
         plan: &[TensorPlan],
@@ -40,11 +64,16 @@ impl Network {
         device: Device,
     ) -> Result<Network> {
         let mut network = Network::fresh(architecture, device);
-        for (name, tensor) in &mut network.parameters {
+        for (name, tensor) in &mut network.tensors {
             let tensor_plan = plan
                 .iter()
                 .find(|t| &t.name == name)
                 .ok_or_else(|| Error::InvalidJob(format!("the plan has no entry for {name}")))?;
+            if let Some(norm) = name.strip_suffix(".running_mean")
+                && tensor_plan.trainable
+            {
+                network.training_norms.insert(norm.to_string());
+            }
             let Some(origin) = &tensor_plan.origin else {
                 continue;
             };
@@ -57,12 +86,13 @@ impl Network {
                         origin.parent, origin.tensor
                     ))
                 })?;
-            if inherited.size() != tensor.size() || inherited.kind() != Kind::Float {
+            if inherited.size() != tensor.size() || inherited.kind() != tensor.kind() {
                 return Err(Error::InvalidJob(format!(
-                    "the parent's {} is {:?} {:?}; {name} needs float {:?}",
+                    "the parent's {} is {:?} {:?}; {name} needs {:?} {:?}",
                     origin.tensor,
                     inherited.kind(),
                     inherited.size(),
+                    tensor.kind(),
                     tensor.size()
                 )));
             }
@@ -74,21 +104,19 @@ impl Network {
     }
 
     pub fn parameters_mut(&mut self) -> impl Iterator<Item = (&str, &mut Tensor)> {
-        self.parameters
+        self.tensors
             .iter_mut()
             .map(|(name, tensor)| (name.as_str(), tensor))
     }
 
     fn get(&self, name: &str) -> &Tensor {
-        &self.parameters[self
-            .parameters
-            .iter()
-            .position(|(n, _)| n == name)
-            .expect("known parameter")]
-        .1
+        let at = self.tensors.iter().position(|(n, _)| n == name);
+        &self.tensors[at.unwrap_or_else(|| panic!("{name} is part of the architecture"))].1
     }
 
-    pub fn forward(&self, x: &Tensor) -> Tensor {
+    /// Logits for a batch of input rows. `training` turns on dropout and the batch
+    /// norms whose statistics train.
+    pub fn forward(&self, x: &Tensor, training: bool) -> Tensor {
         match &self.architecture {
             Architecture::Mlp(mlp) => {
                 let mut h = x.shallow_clone();
@@ -98,25 +126,103 @@ impl Network {
                 self.linear(&h, "fc")
             }
             Architecture::SmallCnn(cnn) => {
-                let shape = [
+                let mut h = x.reshape([
                     -1,
-                    i64::from(cnn.in_channels),
-                    i64::from(cnn.height),
-                    i64::from(cnn.width),
-                ];
-                let mut h = x.reshape(shape);
+                    cnn.in_channels.into(),
+                    cnn.height.into(),
+                    cnn.width.into(),
+                ]);
                 for i in 0..cnn.channels.len() {
-                    let weight = self.get(&format!("conv.{i}.weight"));
-                    let bias = self.get(&format!("conv.{i}.bias"));
-                    h = h
-                        .conv2d(weight, Some(bias), [1, 1], [1, 1], [1, 1], 1)
-                        .relu()
-                        .max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], true);
+                    h = self.conv(&h, &format!("conv.{i}"), 1, 1).relu().max_pool2d(
+                        [2, 2],
+                        [2, 2],
+                        [0, 0],
+                        [1, 1],
+                        true,
+                    );
                 }
                 let pooled = h.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
                 self.linear(&pooled, "fc")
             }
+            Architecture::Resnet(resnet) => {
+                let h = x.reshape([
+                    -1,
+                    resnet.in_channels.into(),
+                    resnet.height.into(),
+                    resnet.width.into(),
+                ]);
+                let h = self.conv(&h, "conv1", 2, 3);
+                let mut h = self.batch_norm(&h, "bn1", training).relu().max_pool2d(
+                    [3, 3],
+                    [2, 2],
+                    [1, 1],
+                    [1, 1],
+                    false,
+                );
+                let stages = resnet_stages(resnet.depth).unwrap_or_default();
+                for (stage, &count) in stages.iter().enumerate() {
+                    for block in 0..count {
+                        let prefix = format!("layer{}.{block}", stage + 1);
+                        let stride = if block == 0 && stage > 0 { 2 } else { 1 };
+                        h = self.basic_block(&h, &prefix, stride, training);
+                    }
+                }
+                let pooled = h.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+                self.linear(&pooled, "fc")
+            }
+            Architecture::Vgg(vgg) => {
+                let mut h = x.reshape([
+                    -1,
+                    vgg.in_channels.into(),
+                    vgg.height.into(),
+                    vgg.width.into(),
+                ]);
+                for layer in vgg.layers() {
+                    h = match layer {
+                        VggLayer::Conv { index, .. } => {
+                            let conv = self.conv(&h, &format!("features.{index}"), 1, 1);
+                            let normed = if vgg.batch_norm {
+                                self.batch_norm(&conv, &format!("features.{}", index + 1), training)
+                            } else {
+                                conv
+                            };
+                            normed.relu()
+                        }
+                        VggLayer::Pool => h.max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false),
+                    };
+                }
+                let h = h.adaptive_avg_pool2d([7, 7]).flatten(1, -1);
+                let h = self
+                    .linear(&h, "classifier.0")
+                    .relu()
+                    .dropout(0.5, training);
+                let h = self
+                    .linear(&h, "classifier.3")
+                    .relu()
+                    .dropout(0.5, training);
+                self.linear(&h, "classifier.6")
+            }
         }
+    }
+
+    fn basic_block(&self, x: &Tensor, prefix: &str, stride: i64, training: bool) -> Tensor {
+        let h = self.conv(x, &format!("{prefix}.conv1"), stride, 1);
+        let h = self
+            .batch_norm(&h, &format!("{prefix}.bn1"), training)
+            .relu();
+        let h = self.conv(&h, &format!("{prefix}.conv2"), 1, 1);
+        let h = self.batch_norm(&h, &format!("{prefix}.bn2"), training);
+        let shortcut = if self
+            .tensors
+            .iter()
+            .any(|(n, _)| n == &format!("{prefix}.downsample.0.weight"))
+        {
+            let d = self.conv(x, &format!("{prefix}.downsample.0"), stride, 0);
+            self.batch_norm(&d, &format!("{prefix}.downsample.1"), training)
+        } else {
+            x.shallow_clone()
+        };
+        (h + shortcut).relu()
     }
 
     fn linear(&self, x: &Tensor, prefix: &str) -> Tensor {
@@ -126,10 +232,52 @@ impl Network {
         )
     }
 
+    fn conv(&self, x: &Tensor, prefix: &str, stride: i64, padding: i64) -> Tensor {
+        let bias_name = format!("{prefix}.bias");
+        let bias = self
+            .tensors
+            .iter()
+            .find(|(n, _)| n == &bias_name)
+            .map(|(_, t)| t);
+        x.conv2d(
+            self.get(&format!("{prefix}.weight")),
+            bias,
+            [stride, stride],
+            [padding, padding],
+            [1, 1],
+            1,
+        )
+    }
+
+    /// Batch norm as `torch.nn.BatchNorm2d`: in training mode (for norms whose statistics
+    /// train) it normalises with the batch's statistics and updates the running ones and
+    /// `num_batches_tracked`; otherwise it uses the running statistics unchanged.
+    fn batch_norm(&self, x: &Tensor, prefix: &str, training: bool) -> Tensor {
+        let training = training && self.training_norms.contains(prefix);
+        if training {
+            tch::no_grad(|| {
+                let mut tracked = self
+                    .get(&format!("{prefix}.num_batches_tracked"))
+                    .shallow_clone();
+                let _ = tracked.g_add_scalar_(1);
+            });
+        }
+        x.batch_norm(
+            Some(self.get(&format!("{prefix}.weight"))),
+            Some(self.get(&format!("{prefix}.bias"))),
+            Some(self.get(&format!("{prefix}.running_mean"))),
+            Some(self.get(&format!("{prefix}.running_var"))),
+            training,
+            BATCH_NORM_MOMENTUM,
+            BATCH_NORM_EPS,
+            false,
+        )
+    }
+
     /// Writes the weights as safetensors with their state-dict names.
     pub fn save(&self, path: &Path) -> Result<()> {
         let on_cpu: Vec<(&str, Tensor)> = self
-            .parameters
+            .tensors
             .iter()
             .map(|(name, tensor)| {
                 (
@@ -141,10 +289,4 @@ impl Network {
         Tensor::write_safetensors(&on_cpu, path)?;
         Ok(())
     }
-}
-
-fn fresh_tensor(shape: &[usize], fan_in: usize, device: Device) -> Tensor {
-    let size: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-    let bound = 1.0 / (fan_in as f64).sqrt();
-    Tensor::empty(size.as_slice(), (Kind::Float, device)).uniform_(-bound, bound)
 }
