@@ -15,7 +15,7 @@ python3 bench/eager_train.py make-data "$data/blobs.safetensors" 100000
 
 compare() { # NAME ARCH BATCH EPOCHS
   for round in 1 2; do
-    "$bin" --arch "$2" --dataset "$data/blobs.safetensors" --out "$data/$1.safetensors" \
+    "$bin" fit --arch "$2" --dataset "$data/blobs.safetensors" --out "$data/$1.safetensors" \
       --device cuda --batch-size "$3" --epochs "$4" | sed "s/^/heirloom $1 round $round: /"
     python3 bench/eager_train.py eager "$data/blobs.safetensors" "$2" "$4" 1 "$3" \
       | sed "s/^/eager    $1 round $round: /"
@@ -25,6 +25,6 @@ small='{"mlp":{"input_features":64,"hidden":[256,256],"num_classes":10}}'
 compare small "$small" 64 2
 compare large '{"mlp":{"input_features":64,"hidden":[4096,4096,4096],"num_classes":10}}' 1024 3
 
-"$bin" --arch "$small" --dataset "$data/blobs.safetensors" --parent "$data/small.safetensors" \
+"$bin" fit --arch "$small" --dataset "$data/blobs.safetensors" --parent "$data/small.safetensors" \
   --trainable 'fc.*' --out "$data/tuned.safetensors" --device cuda --epochs 1 | sed "s/^/finetune: /"
 python3 bench/eager_train.py same-frozen "$data/small.safetensors" "$data/tuned.safetensors" 'fc.*'

@@ -1,8 +1,8 @@
-//! Trains one job on this machine without a coordinator, through the same code the
-//! worker runs: for checking a device, timing training, or training offline.
-//! Prints the outcome as one JSON line.
+//! Runs the worker's training code on this machine without a coordinator: for checking a
+//! device, timing training against PyTorch, comparing outputs with PyTorch, or training
+//! offline.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use heirloom_spec::{
     Architecture, Hyperparameters, Optimizer, TrainablePatterns, plan_finetune, plan_scratch,
     plan_transfer,
@@ -16,91 +16,139 @@ use std::sync::atomic::AtomicBool;
 #[command(
     name = "heirloom-train",
     version,
-    about = "Train one job locally, as a worker would"
+    about = "The worker's training code, run locally"
 )]
 struct Args {
-    /// The architecture as JSON.
-    #[arg(long)]
-    arch: String,
-    /// A dataset file (safetensors with `x` and `y`).
-    #[arg(long)]
-    dataset: PathBuf,
-    /// Where to write the weights.
-    #[arg(long)]
-    out: PathBuf,
-    /// A parent's weights: fine-tune it (with --trainable) or, with --transfer, transfer it.
-    #[arg(long)]
-    parent: Option<PathBuf>,
-    #[arg(long)]
-    trainable: Vec<String>,
-    #[arg(long)]
-    transfer: bool,
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value = "auto", global = true)]
     device: String,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, global = true)]
     threads: i32,
-    #[arg(long, default_value_t = 10)]
-    epochs: u32,
-    #[arg(long, default_value_t = 64)]
-    batch_size: u32,
-    #[arg(long, default_value_t = 0.001)]
-    learning_rate: f64,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train one job and print its metrics as one JSON line.
+    Fit {
+        /// The architecture as JSON.
+        #[arg(long)]
+        arch: String,
+        /// A dataset file (safetensors with `x` and `y`).
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Where to write the weights.
+        #[arg(long)]
+        out: PathBuf,
+        /// A parent's weights: fine-tune it (with --trainable) or, with --transfer, transfer it.
+        #[arg(long)]
+        parent: Option<PathBuf>,
+        #[arg(long)]
+        trainable: Vec<String>,
+        #[arg(long)]
+        transfer: bool,
+        #[arg(long, default_value_t = 10)]
+        epochs: u32,
+        #[arg(long, default_value_t = 64)]
+        batch_size: u32,
+        #[arg(long, default_value_t = 0.001)]
+        learning_rate: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Write a model's logits (evaluation mode) for the rows of `x` in --input.
+    Predict {
+        #[arg(long)]
+        arch: String,
+        #[arg(long)]
+        weights: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn architecture(json: &str) -> anyhow::Result<Architecture> {
+    let architecture: Architecture = serde_json::from_str(json)?;
+    architecture.validate("--arch")?;
+    Ok(architecture)
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let architecture: Architecture = serde_json::from_str(&args.arch)?;
-    architecture.validate("--arch")?;
-    let hyperparameters = Hyperparameters::resolve(
-        "hyperparameters",
-        args.epochs,
-        args.batch_size,
-        args.learning_rate,
-        Some(Optimizer::Adam),
-        args.seed,
-        0.0,
-    )?;
-    let (tensors, parents) = match args.parent {
-        None => (plan_scratch(&architecture), vec![]),
-        Some(parent) if args.transfer => {
-            (plan_transfer("--transfer", &architecture, 0)?, vec![parent])
-        }
-        Some(parent) => {
-            let patterns = TrainablePatterns::from_checked(args.trainable);
-            (plan_finetune(&architecture, &patterns), vec![parent])
-        }
-    };
     train::set_threads(args.threads);
     let device = train::pick_device(&args.device)?;
-    let job = TrainingJob {
-        architecture,
-        hyperparameters,
-        tensors,
-        parents,
-        adjustment: None,
-        dataset: Some(args.dataset),
-    };
-    let started = std::time::Instant::now();
-    let outcome = train::train(
-        &job,
-        device,
-        &args.out,
-        &Arc::new(AtomicBool::new(false)),
-        |_| {},
-    )?
-    .expect("a job with a dataset is scored");
-    println!(
-        "{}",
-        serde_json::json!({
-            "device": format!("{device:?}"),
-            "holdout_accuracy": outcome.holdout_accuracy,
-            "final_loss": outcome.final_loss,
-            "steps": outcome.steps,
-            "steps_per_second": outcome.steps_per_second,
-            "seconds": started.elapsed().as_secs_f64(),
-        })
-    );
+    match args.command {
+        Command::Predict {
+            arch,
+            weights,
+            input,
+            out,
+        } => {
+            train::predict(&architecture(&arch)?, &weights, &input, &out, device)?;
+        }
+        Command::Fit {
+            arch,
+            dataset,
+            out,
+            parent,
+            trainable,
+            transfer,
+            epochs,
+            batch_size,
+            learning_rate,
+            seed,
+        } => {
+            let architecture = architecture(&arch)?;
+            let hyperparameters = Hyperparameters::resolve(
+                "hyperparameters",
+                epochs,
+                batch_size,
+                learning_rate,
+                Some(Optimizer::Adam),
+                seed,
+                0.0,
+            )?;
+            let (tensors, parents) = match parent {
+                None => (plan_scratch(&architecture), vec![]),
+                Some(parent) if transfer => {
+                    (plan_transfer("--transfer", &architecture, 0)?, vec![parent])
+                }
+                Some(parent) => {
+                    let patterns = TrainablePatterns::from_checked(trainable);
+                    (plan_finetune(&architecture, &patterns), vec![parent])
+                }
+            };
+            let job = TrainingJob {
+                architecture,
+                hyperparameters,
+                tensors,
+                parents,
+                adjustment: None,
+                dataset: Some(dataset),
+            };
+            let started = std::time::Instant::now();
+            let metrics = train::train(
+                &job,
+                device,
+                &out,
+                &Arc::new(AtomicBool::new(false)),
+                |_| {},
+            )?
+            .expect("a job with a dataset is scored");
+            println!(
+                "{}",
+                serde_json::json!({
+                    "device": format!("{device:?}"),
+                    "holdout_accuracy": metrics.holdout_accuracy,
+                    "final_loss": metrics.final_loss,
+                    "steps": metrics.steps,
+                    "steps_per_second": metrics.steps_per_second,
+                    "seconds": started.elapsed().as_secs_f64(),
+                })
+            );
+        }
+    }
     Ok(())
 }

@@ -159,6 +159,28 @@ pub fn train(
     Ok(scored)
 }
 
+/// Logits of the model in `weights` for the rows of `x` in `input` (a safetensors file),
+/// in evaluation mode, written to `output` as the tensor `logits`.
+pub fn predict(
+    architecture: &Architecture,
+    weights: &Path,
+    input: &Path,
+    output: &Path,
+    device: Device,
+) -> Result<()> {
+    let parents = vec![Tensor::read_safetensors(weights)?.into_iter().collect()];
+    let plan = heirloom_spec::plan_inherit(architecture, |_| false);
+    let network = Network::assemble(architecture, &plan, &parents, device)?;
+    let x = Tensor::read_safetensors(input)?
+        .into_iter()
+        .find(|(name, _)| name == "x")
+        .map(|(_, x)| x.to_device(device))
+        .ok_or_else(|| Error::InvalidJob(format!("{} has no tensor `x`", input.display())))?;
+    let logits = tch::no_grad(|| network.forward(&x, false)).to_device(Device::Cpu);
+    Tensor::write_safetensors(&[("logits", logits)], output)?;
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn fit(
     network: &mut Network,
