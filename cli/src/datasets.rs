@@ -32,7 +32,10 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
                 .into_inner()
                 .dataset
                 .unwrap_or_default();
-            println!("registered dataset {} ({})", dataset.name, dataset.id);
+            println!(
+                "registered dataset {} version {} ({})",
+                dataset.name, dataset.version, dataset.id
+            );
             print_dataset(&dataset);
         }
         Command::List => {
@@ -52,7 +55,7 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
 fn print_dataset(dataset: &pb::Dataset) {
     println!(
         "{:<24} {}  {} examples x {} features, {} classes, sha256 {}",
-        dataset.name,
+        format!("{}@{}", dataset.name, dataset.version),
         dataset.id,
         dataset.num_examples,
         dataset.num_features,
@@ -61,16 +64,21 @@ fn print_dataset(dataset: &pb::Dataset) {
     );
 }
 
-/// A dataset id from an id or a name.
+/// A dataset id from an id, `name@version`, or a name (its latest version).
 pub async fn resolve(channel: Channel, dataset: &str) -> anyhow::Result<String> {
     let datasets = DatasetServiceClient::new(channel)
         .list_datasets(pb::ListDatasetsRequest {})
         .await?
         .into_inner()
         .datasets;
+    let (name, version) = match dataset.rsplit_once('@') {
+        Some((name, version)) => (name, Some(version.parse::<u32>()?)),
+        None => (dataset, None),
+    };
     datasets
         .into_iter()
-        .find(|d| d.id == dataset || d.name == dataset)
+        .filter(|d| d.id == dataset || (d.name == name && version.is_none_or(|v| v == d.version)))
+        .max_by_key(|d| d.version)
         .map(|d| d.id)
-        .ok_or_else(|| anyhow::anyhow!("no dataset has the id or name {dataset:?}"))
+        .ok_or_else(|| anyhow::anyhow!("no dataset has the id, name or name@version {dataset:?}"))
 }

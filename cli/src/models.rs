@@ -175,8 +175,11 @@ fn print_model(model: &pb::Model) {
             serde_json::to_string(&architecture).unwrap_or_default()
         );
     }
-    if !model.dataset_id.is_empty() {
-        println!("  dataset         {}", model.dataset_id);
+    if let Some(dataset) = &model.dataset {
+        println!(
+            "  dataset         {}@{} ({}, sha256 {}, {})",
+            dataset.name, dataset.version, dataset.id, dataset.sha256, dataset.role
+        );
     }
     if !model.job_id.is_empty() {
         println!("  job             {}", model.job_id);

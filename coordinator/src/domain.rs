@@ -228,7 +228,8 @@ pub struct Model {
     /// `import` or the kind of the job that made it.
     pub source: String,
     pub job_id: Option<Uuid>,
-    pub dataset_id: Option<Uuid>,
+    /// The dataset it trained on (or, if it trained nothing, was scored on).
+    pub dataset: Option<DatasetRef>,
     pub metrics: Option<Metrics>,
     pub parents: Vec<ParentEdge>,
     pub created_at: DateTime<Utc>,
@@ -238,6 +239,8 @@ pub struct Model {
 pub struct Dataset {
     pub id: Uuid,
     pub name: String,
+    /// 1 for a name's first content, then one more for each new content.
+    pub version: u32,
     pub sha256: String,
     pub size_bytes: u64,
     pub num_examples: u64,
@@ -260,6 +263,17 @@ pub struct JobEvent {
     pub at: DateTime<Utc>,
     pub kind: JobEventKind,
     pub message: String,
+}
+
+/// A model's data edge: the exact dataset version.
+#[derive(Debug, Clone)]
+pub struct DatasetRef {
+    pub id: Uuid,
+    pub name: String,
+    pub version: u32,
+    pub sha256: String,
+    /// `train`, or `eval` for a model scored on it without training.
+    pub role: String,
 }
 
 /// A model reached by a lineage walk.

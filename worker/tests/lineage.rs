@@ -162,6 +162,30 @@ async fn train_transfer_finetune_chain_records_exact_lineage() {
         ]
     );
 
+    // Each model names the exact dataset version it trained on.
+    let data_edge = |model: &pb::Model| {
+        let d = model.dataset.as_ref().expect("a dataset edge");
+        (d.name.clone(), d.version, d.sha256.clone(), d.role.clone())
+    };
+    assert_eq!(
+        data_edge(&base),
+        (
+            "blobs-0-4".to_string(),
+            1,
+            first_five.sha256.clone(),
+            "train".to_string()
+        )
+    );
+    assert_eq!(
+        data_edge(&finetune),
+        (
+            "blobs-5-9".to_string(),
+            1,
+            last_five.sha256.clone(),
+            "train".to_string()
+        )
+    );
+
     // The recorded hashes are the files' hashes.
     for model in [&base, &transfer, &finetune] {
         let (path,): (String,) = sqlx::query_as("SELECT weights_path FROM models WHERE id = $1")
@@ -362,4 +386,18 @@ async fn small_cnn_trains_and_transfers() {
     assert_eq!(transfer_w["conv.0.weight"], base_w["conv.0.weight"]);
     assert_eq!(transfer_w["conv.1.bias"], base_w["conv.1.bias"]);
     assert_ne!(transfer_w["fc.weight"], base_w["fc.weight"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_content_under_a_name_is_the_next_version() {
+    let cluster = Cluster::coordinator_only().await;
+    let first = cluster.register_dataset("blobs", blobs(0..5, 10, 1)).await;
+    let second = cluster.register_dataset("blobs", blobs(0..5, 10, 2)).await;
+    let other = cluster.register_dataset("other", blobs(0..5, 10, 1)).await;
+    assert_eq!((first.version, second.version, other.version), (1, 2, 1));
+    assert_ne!(first.id, second.id);
+    assert_eq!(
+        first.sha256, other.sha256,
+        "the same content may live under two names"
+    );
 }

@@ -8,6 +8,7 @@ use uuid::Uuid;
 struct DatasetRow {
     id: Uuid,
     name: String,
+    version: i32,
     sha256: String,
     size_bytes: i64,
     num_examples: i64,
@@ -22,6 +23,7 @@ impl From<DatasetRow> for Dataset {
         Dataset {
             id: row.id,
             name: row.name,
+            version: row.version as u32,
             sha256: row.sha256,
             size_bytes: row.size_bytes as u64,
             num_examples: row.num_examples as u64,
@@ -34,34 +36,42 @@ impl From<DatasetRow> for Dataset {
 }
 
 impl Db {
+    /// Registers the next version of the dataset's name; the same content twice under
+    /// one name is refused.
     pub async fn insert_dataset(&self, dataset: &Dataset) -> Result<Dataset> {
-        let row: DatasetRow = sqlx::query_as(
-            "INSERT INTO datasets
-                 (id, name, sha256, size_bytes, num_examples, num_features, num_classes, path)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             RETURNING *",
-        )
-        .bind(dataset.id)
-        .bind(&dataset.name)
-        .bind(&dataset.sha256)
-        .bind(dataset.size_bytes as i64)
-        .bind(dataset.num_examples as i64)
-        .bind(dataset.num_features as i32)
-        .bind(dataset.num_classes as i32)
-        .bind(&dataset.path)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|err| {
-            if is_unique_violation(&err, "datasets_name_unique") {
-                Error::AlreadyExists(format!(
-                    "name: a dataset named {:?} exists already; choose another name",
-                    dataset.name
-                ))
-            } else {
-                err.into()
+        // Two registrations racing for the same next version: one retries.
+        for _ in 0..3 {
+            let inserted = sqlx::query_as::<_, DatasetRow>(
+                "INSERT INTO datasets (id, name, version, sha256, size_bytes, num_examples,
+                                       num_features, num_classes, path)
+                 SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4, $5, $6, $7, $8
+                   FROM datasets WHERE name = $2
+                 RETURNING *",
+            )
+            .bind(dataset.id)
+            .bind(&dataset.name)
+            .bind(&dataset.sha256)
+            .bind(dataset.size_bytes as i64)
+            .bind(dataset.num_examples as i64)
+            .bind(dataset.num_features as i32)
+            .bind(dataset.num_classes as i32)
+            .bind(&dataset.path)
+            .fetch_one(&self.pool)
+            .await;
+            match inserted {
+                Ok(row) => return Ok(row.into()),
+                Err(err) if is_unique_violation(&err, "datasets_name_sha256_unique") => {
+                    return Err(Error::AlreadyExists(format!(
+                        "content: dataset {:?} already holds this content (sha256 {}); \
+                         register changed content to add a version",
+                        dataset.name, dataset.sha256
+                    )));
+                }
+                Err(err) if is_unique_violation(&err, "datasets_name_version_unique") => continue,
+                Err(err) => return Err(err.into()),
             }
-        })?;
-        Ok(row.into())
+        }
+        Err(Error::Internal("dataset version kept colliding".into()))
     }
 
     pub async fn dataset(&self, id: Uuid) -> Result<Dataset> {
@@ -74,10 +84,9 @@ impl Db {
     }
 
     pub async fn datasets(&self) -> Result<Vec<Dataset>> {
-        let rows: Vec<DatasetRow> =
-            sqlx::query_as("SELECT * FROM datasets ORDER BY created_at, id")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<DatasetRow> = sqlx::query_as("SELECT * FROM datasets ORDER BY name, version")
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.into_iter().map(Dataset::from).collect())
     }
 }

@@ -1,6 +1,6 @@
 use super::Db;
 use crate::domain::{
-    LineageEntry, Metrics, Model, ParentEdge, Relation, TensorProvenance, TensorRecord,
+    DatasetRef, LineageEntry, Metrics, Model, ParentEdge, Relation, TensorProvenance, TensorRecord,
 };
 use crate::error::{Error, Result, is_unique_violation};
 use chrono::{DateTime, Utc};
@@ -23,6 +23,10 @@ struct ModelRow {
     metrics: Option<Json<Metrics>>,
     created_at: DateTime<Utc>,
     dataset_id: Option<Uuid>,
+    dataset_name: Option<String>,
+    dataset_version: Option<i32>,
+    dataset_sha256: Option<String>,
+    dataset_role: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -49,10 +53,11 @@ struct ParentRow {
 /// Models with their training dataset; a macro so that queries stay `concat!` literals.
 macro_rules! select_models {
     () => {
-        "SELECT m.*,
-            (SELECT dataset_id FROM model_datasets d WHERE d.model_id = m.id LIMIT 1)
-                AS dataset_id
-         FROM models m"
+        "SELECT m.*, d.id AS dataset_id, d.name AS dataset_name, d.version AS dataset_version,
+                d.sha256 AS dataset_sha256, md.role AS dataset_role
+           FROM models m
+           LEFT JOIN model_datasets md ON md.model_id = m.id
+           LEFT JOIN datasets d ON d.id = md.dataset_id"
     };
 }
 
@@ -281,7 +286,21 @@ impl Db {
                 weights_path: row.weights_path,
                 source: row.source,
                 job_id: row.job_id,
-                dataset_id: row.dataset_id,
+                dataset: match (
+                    row.dataset_id,
+                    row.dataset_name,
+                    row.dataset_version,
+                    row.dataset_sha256,
+                ) {
+                    (Some(id), Some(name), Some(version), Some(sha256)) => Some(DatasetRef {
+                        id,
+                        name,
+                        version: version as u32,
+                        sha256,
+                        role: row.dataset_role.unwrap_or_default(),
+                    }),
+                    _ => None,
+                },
                 metrics: row.metrics.map(|metrics| metrics.0),
                 created_at: row.created_at,
             })

@@ -337,9 +337,17 @@ pub fn model_to_proto(model: &Model) -> pb::Model {
             })
             .collect(),
         dataset_id: model
-            .dataset_id
-            .map(|id| id.to_string())
+            .dataset
+            .as_ref()
+            .map(|d| d.id.to_string())
             .unwrap_or_default(),
+        dataset: model.dataset.as_ref().map(|d| pb::DatasetRef {
+            id: d.id.to_string(),
+            name: d.name.clone(),
+            version: d.version,
+            sha256: d.sha256.clone(),
+            role: d.role.clone(),
+        }),
         job_id: model.job_id.map(|id| id.to_string()).unwrap_or_default(),
         metrics: model.metrics.as_ref().map(metrics_to_proto),
         source: model.source.clone(),
@@ -361,6 +369,7 @@ pub fn dataset_to_proto(dataset: &Dataset) -> pb::Dataset {
     pb::Dataset {
         id: dataset.id.to_string(),
         name: dataset.name.clone(),
+        version: dataset.version,
         sha256: dataset.sha256.clone(),
         size_bytes: dataset.size_bytes,
         num_examples: dataset.num_examples,

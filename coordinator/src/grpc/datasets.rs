@@ -37,6 +37,7 @@ impl pb::dataset_service_server::DatasetService for DatasetApi {
         let dataset = Dataset {
             id: Uuid::new_v4(),
             name: request.name,
+            version: 0, // the database assigns it
             sha256,
             size_bytes: request.content.len() as u64,
             num_examples: info.num_examples,

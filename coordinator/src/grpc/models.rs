@@ -42,7 +42,7 @@ impl pb::model_service_server::ModelService for ModelApi {
             weights_path,
             source: "import".into(),
             job_id: None,
-            dataset_id: None,
+            dataset: None,
             metrics: None,
             parents: Vec::new(),
             created_at: chrono::Utc::now(),
