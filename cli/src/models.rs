@@ -16,6 +16,9 @@ pub enum Command {
         arch: String,
         #[arg(long)]
         weights: PathBuf,
+        /// For a torchscript architecture: the module file torch.jit.save wrote.
+        #[arg(long)]
+        program: Option<PathBuf>,
     },
     /// Show one model: weights, metrics and parents.
     Show { model: String },
@@ -40,6 +43,7 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
             name,
             arch,
             weights,
+            program,
         } => {
             let architecture = parse_architecture(&arch)?;
             let weights = std::fs::read(&weights)
@@ -49,6 +53,11 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
                     name,
                     architecture: Some((&architecture).into()),
                     weights,
+                    program: match program {
+                        Some(path) => std::fs::read(&path)
+                            .with_context(|| format!("reading {}", path.display()))?,
+                        None => Vec::new(),
+                    },
                 })
                 .await?
                 .into_inner()

@@ -94,6 +94,12 @@ fn shape(architecture: &heirloom_spec::Architecture) -> String {
             v.width,
             v.num_classes
         ),
+        Architecture::Torchscript(t) => format!(
+            "torchscript {:?}→{}{}",
+            t.input_shape,
+            t.output_size,
+            t.head.map(|h| format!("→head {h}")).unwrap_or_default()
+        ),
     }
 }
 

@@ -18,7 +18,7 @@ pub const STAGING: &str = "staging";
 impl Artifacts {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        for dir in ["datasets", "models", STAGING] {
+        for dir in ["datasets", "models", "programs", STAGING] {
             std::fs::create_dir_all(root.join(dir))?;
         }
         Ok(Self { root })
@@ -38,6 +38,13 @@ impl Artifacts {
     /// Stores model weights; returns the relative path.
     pub async fn put_weights(&self, sha256: &str, bytes: &[u8]) -> Result<String> {
         let relative = weights_path(sha256);
+        self.write_atomically(&relative, bytes).await?;
+        Ok(relative)
+    }
+
+    /// Stores a TorchScript program; returns the relative path.
+    pub async fn put_program(&self, sha256: &str, bytes: &[u8]) -> Result<String> {
+        let relative = heirloom_spec::program_path(sha256);
         self.write_atomically(&relative, bytes).await?;
         Ok(relative)
     }

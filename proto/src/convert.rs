@@ -3,7 +3,8 @@
 
 use crate::v1 as pb;
 use heirloom_spec::{
-    Architecture, Hyperparameters, Invalid, Mlp, Optimizer, Resnet, SmallCnn, Vgg,
+    Architecture, Hyperparameters, Invalid, Mlp, Optimizer, ProgramParameter, Resnet, SmallCnn,
+    Torchscript, Vgg,
 };
 
 impl From<&Architecture> for pb::Architecture {
@@ -36,6 +37,22 @@ impl From<&Architecture> for pb::Architecture {
                 num_classes: vgg.num_classes,
                 batch_norm: vgg.batch_norm,
             }),
+            Architecture::Torchscript(script) => {
+                pb::architecture::Kind::Torchscript(pb::Torchscript {
+                    program_sha256: script.program_sha256.clone(),
+                    input_shape: script.input_shape.clone(),
+                    output_size: script.output_size,
+                    parameters: script
+                        .parameters
+                        .iter()
+                        .map(|p| pb::ProgramParameter {
+                            name: p.name.clone(),
+                            shape: p.shape.iter().map(|&d| d as u64).collect(),
+                        })
+                        .collect(),
+                    head: script.head.unwrap_or_default(),
+                })
+            }
         };
         pb::Architecture { kind: Some(kind) }
     }
@@ -48,7 +65,7 @@ impl pb::Architecture {
             None => {
                 return Err(Invalid::new(
                     field,
-                    "names no architecture: set `mlp`, `small_cnn`, `resnet` or `vgg`",
+                    "names no architecture: set `mlp`, `small_cnn`, `resnet`, `vgg` or `torchscript`",
                 ));
             }
             Some(pb::architecture::Kind::Mlp(mlp)) => Architecture::Mlp(Mlp {
@@ -78,6 +95,22 @@ impl pb::Architecture {
                 num_classes: vgg.num_classes,
                 batch_norm: vgg.batch_norm,
             }),
+            Some(pb::architecture::Kind::Torchscript(script)) => {
+                Architecture::Torchscript(Torchscript {
+                    program_sha256: script.program_sha256.clone(),
+                    input_shape: script.input_shape.clone(),
+                    output_size: script.output_size,
+                    parameters: script
+                        .parameters
+                        .iter()
+                        .map(|p| ProgramParameter {
+                            name: p.name.clone(),
+                            shape: p.shape.iter().map(|&d| d as usize).collect(),
+                        })
+                        .collect(),
+                    head: (script.head != 0).then_some(script.head),
+                })
+            }
         };
         architecture.validate(field)?;
         Ok(architecture)

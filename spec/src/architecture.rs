@@ -17,6 +17,7 @@ pub enum Architecture {
     SmallCnn(SmallCnn),
     Resnet(Resnet),
     Vgg(Vgg),
+    Torchscript(Torchscript),
 }
 
 /// Linear layers `hidden.{i}` with ReLU between them, then the head `fc`.
@@ -64,6 +65,47 @@ pub struct Vgg {
     pub batch_norm: bool,
 }
 
+/// A TorchScript module exported from PyTorch (`torch.jit.script` or `trace`), with an
+/// optional new linear head `head` on its output. The program is stored by its sha256
+/// and never changes; its parameters are the tensors Heirloom tracks, by their
+/// `named_parameters()` names. It always runs in evaluation mode, so batch-norm
+/// statistics and other buffers stay as exported, part of the program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Torchscript {
+    /// Filled in by the coordinator when the program is imported.
+    #[serde(default)]
+    pub program_sha256: String,
+    /// The shape of one example, without the batch dimension (`[3, 32, 32]`).
+    pub input_shape: Vec<u32>,
+    /// The length of the program's output for one example.
+    pub output_size: u32,
+    /// The program's parameters; filled in by the coordinator from the imported weights.
+    #[serde(default)]
+    pub parameters: Vec<ProgramParameter>,
+    /// Outputs of a new linear head on the program's output, if any.
+    #[serde(default)]
+    pub head: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramParameter {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+impl Torchscript {
+    /// Where the program lives under the artifact root.
+    pub fn program_path(&self) -> String {
+        program_path(&self.program_sha256)
+    }
+}
+
+pub fn program_path(sha256: &str) -> String {
+    format!("programs/{sha256}.pt")
+}
+
 /// How a fresh tensor starts: torchvision's initialisation for each layer kind.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Init {
@@ -74,6 +116,8 @@ pub enum Init {
     Normal(f64),
     Zeros,
     Ones,
+    /// As the TorchScript program holds it.
+    FromProgram,
 }
 
 /// One entry of a model's state dict.
@@ -184,6 +228,23 @@ impl Architecture {
                 }
                 positive(&format!("{field}.num_classes"), vgg.num_classes)
             }
+            Architecture::Torchscript(script) => {
+                let field = format!("{field}.torchscript");
+                if script.input_shape.is_empty() || script.input_shape.len() > 4 {
+                    return Err(Invalid::new(
+                        format!("{field}.input_shape"),
+                        "give one example's shape, 1 to 4 dimensions, such as [3, 32, 32]",
+                    ));
+                }
+                for (i, &d) in script.input_shape.iter().enumerate() {
+                    positive(&format!("{field}.input_shape[{i}]"), d)?;
+                }
+                positive(&format!("{field}.output_size"), script.output_size)?;
+                if let Some(head) = script.head {
+                    positive(&format!("{field}.head"), head)?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -197,6 +258,9 @@ impl Architecture {
             Architecture::SmallCnn(cnn) => pixels(cnn.in_channels, cnn.height, cnn.width),
             Architecture::Resnet(resnet) => pixels(resnet.in_channels, resnet.height, resnet.width),
             Architecture::Vgg(vgg) => pixels(vgg.in_channels, vgg.height, vgg.width),
+            Architecture::Torchscript(script) => {
+                script.input_shape.iter().map(|&d| u64::from(d)).product()
+            }
         }
     }
 
@@ -206,6 +270,7 @@ impl Architecture {
             Architecture::SmallCnn(cnn) => cnn.num_classes,
             Architecture::Resnet(resnet) => resnet.num_classes,
             Architecture::Vgg(vgg) => vgg.num_classes,
+            Architecture::Torchscript(script) => script.head.unwrap_or(script.output_size),
         }
     }
 
@@ -217,6 +282,7 @@ impl Architecture {
             Architecture::SmallCnn(cnn) => cnn.num_classes = num_classes,
             Architecture::Resnet(resnet) => resnet.num_classes = num_classes,
             Architecture::Vgg(vgg) => vgg.num_classes = num_classes,
+            Architecture::Torchscript(script) => script.head = Some(num_classes),
         }
         changed
     }
@@ -225,6 +291,7 @@ impl Architecture {
     pub fn head(&self) -> &'static str {
         match self {
             Architecture::Vgg(_) => "classifier.6",
+            Architecture::Torchscript(_) => "head",
             _ => "fc",
         }
     }
@@ -260,6 +327,8 @@ impl Architecture {
                 blocks.extend(["classifier.0".to_string(), "classifier.3".to_string()]);
                 blocks
             }
+            // An opaque program has no blocks Heirloom knows of: fine-tune by pattern.
+            Architecture::Torchscript(_) => Vec::new(),
         }
     }
 
@@ -345,6 +414,19 @@ impl Architecture {
                 tensors.linear("classifier.0", 512 * 7 * 7, 4096, true);
                 tensors.linear("classifier.3", 4096, 4096, true);
                 tensors.linear("classifier.6", 4096, vgg.num_classes, true);
+            }
+            Architecture::Torchscript(script) => {
+                for parameter in &script.parameters {
+                    tensors.push(
+                        parameter.name.clone(),
+                        parameter.shape.clone(),
+                        Init::FromProgram,
+                        false,
+                    );
+                }
+                if let Some(outputs) = script.head {
+                    tensors.linear("head", script.output_size, outputs, false);
+                }
             }
         }
         tensors.0

@@ -12,7 +12,8 @@ mod patterns;
 mod plan;
 
 pub use architecture::{
-    Architecture, Init, Mlp, Resnet, SmallCnn, TensorSpec, Vgg, VggLayer, resnet_stages,
+    Architecture, Init, Mlp, ProgramParameter, Resnet, SmallCnn, TensorSpec, Torchscript, Vgg,
+    VggLayer, program_path, resnet_stages,
 };
 pub use files::{
     DatasetInfo, TensorInfo, check_weights, read_dataset_info, read_tensor_infos, sha256_hex,

@@ -7,7 +7,9 @@ use crate::error::{Error, Result};
 use crate::train::{self, Device, Progress, TrainingJob};
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::worker_service_client::WorkerServiceClient;
-use heirloom_spec::{Adjustment, Origin, TensorPlan, TensorStatus, sha256_hex, tensor_hashes};
+use heirloom_spec::{
+    Adjustment, Architecture, Origin, TensorPlan, TensorStatus, sha256_hex, tensor_hashes,
+};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -270,6 +272,7 @@ fn training_job(artifacts: &Path, assignment: &pb::Assignment) -> Result<Trainin
             pb::adjustment::Kind::Scale(factor) => Adjustment::Scale { factor },
             pb::adjustment::Kind::WiseFt(alpha) => Adjustment::WiseFt { alpha },
         });
+    let architecture_for_program = architecture.clone();
     Ok(TrainingJob {
         architecture,
         hyperparameters,
@@ -283,6 +286,10 @@ fn training_job(artifacts: &Path, assignment: &pb::Assignment) -> Result<Trainin
         dataset: Some(&assignment.dataset_path)
             .filter(|path| !path.is_empty())
             .map(|path| artifacts.join(path)),
+        program: match &architecture_for_program {
+            Architecture::Torchscript(script) => Some(artifacts.join(script.program_path())),
+            _ => None,
+        },
     })
 }
 

@@ -70,6 +70,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
             name: "root".into(),
             architecture: Some(mlp(64, vec![16], 5)),
             weights: weights.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -299,6 +300,7 @@ async fn bad_imports_and_datasets_are_refused() {
             name: name.into(),
             architecture: Some(architecture),
             weights,
+            ..Default::default()
         };
     let wrong_shape = support::safetensors_file(&[
         (

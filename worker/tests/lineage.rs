@@ -281,6 +281,7 @@ async fn imported_model_can_be_finetuned() {
             name: "outside".into(),
             architecture: Some(mlp(64, vec![8], 3)),
             weights: weights.clone(),
+            ..Default::default()
         })
         .await
         .expect("import")

@@ -56,6 +56,7 @@ async fn false_provenance_claims_fail_the_job_and_write_no_model() {
             name: "parent".into(),
             architecture: Some(mlp(64, vec![8], 5)),
             weights: parent_bytes,
+            ..Default::default()
         })
         .await
         .unwrap()

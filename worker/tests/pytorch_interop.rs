@@ -67,18 +67,7 @@ fn state_dicts_match_torchvision() {
 /// Runs the worker's forward pass (`heirloom-train predict`) and PyTorch's on the same
 /// input and returns the max abs difference of their logits.
 fn logits_difference(arch: &str, weights: &Path, input: &Path, dir: &Path) -> f64 {
-    let logits = dir.join("logits.safetensors");
-    let status = Command::new(env!("CARGO_BIN_EXE_heirloom-train"))
-        .args(["--device", "cpu", "predict", "--arch", arch])
-        .arg("--weights")
-        .arg(weights)
-        .arg("--input")
-        .arg(input)
-        .arg("--out")
-        .arg(&logits)
-        .status()
-        .expect("run heirloom-train");
-    assert!(status.success());
+    let logits = predict(arch, None, weights, input, dir);
     let report: serde_json::Value = serde_json::from_str(&python(&[
         "compare",
         arch,
@@ -89,6 +78,33 @@ fn logits_difference(arch: &str, weights: &Path, input: &Path, dir: &Path) -> f6
     .unwrap();
     assert_eq!(report["shape"], serde_json::json!([8, 10]));
     report["max_abs_diff"].as_f64().unwrap()
+}
+
+/// The worker's logits for `input`, written to a file in `dir`.
+fn predict(
+    arch: &str,
+    program: Option<&Path>,
+    weights: &Path,
+    input: &Path,
+    dir: &Path,
+) -> std::path::PathBuf {
+    let logits = dir.join("logits.safetensors");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_heirloom-train"));
+    command.args(["--device", "cpu", "predict", "--arch", arch]);
+    if let Some(program) = program {
+        command.arg("--program").arg(program);
+    }
+    let status = command
+        .arg("--weights")
+        .arg(weights)
+        .arg("--input")
+        .arg(input)
+        .arg("--out")
+        .arg(&logits)
+        .status()
+        .expect("run heirloom-train");
+    assert!(status.success());
+    logits
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,6 +134,7 @@ async fn resnet18_from_pytorch_is_finetuned_and_gives_pytorchs_logits() {
             name: "resnet".into(),
             architecture: Some((&architecture).into()),
             weights: std::fs::read(&weights).unwrap(),
+            ..Default::default()
         })
         .await
         .expect("import the PyTorch ResNet-18")
@@ -184,4 +201,134 @@ async fn resnet18_from_pytorch_is_finetuned_and_gives_pytorchs_logits() {
         false,
     );
     check("fc.weight", pb::TensorStatus::Trained, false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn torchscript_module_is_finetuned_and_used_as_a_frozen_feature_extractor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let (program, weights, data, input) = (
+        path("module.pt"),
+        path("module.safetensors"),
+        path("data.safetensors"),
+        path("input.safetensors"),
+    );
+    python(&[
+        "make-script",
+        program.to_str().unwrap(),
+        weights.to_str().unwrap(),
+        data.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
+    let cluster = Cluster::start().await;
+    let architecture: Architecture =
+        serde_json::from_str(r#"{"torchscript": {"input_shape": [1, 8, 8], "output_size": 10}}"#)
+            .unwrap();
+    let imported = cluster
+        .models()
+        .import_model(pb::ImportModelRequest {
+            name: "scripted".into(),
+            architecture: Some((&architecture).into()),
+            weights: std::fs::read(&weights).unwrap(),
+            program: std::fs::read(&program).unwrap(),
+        })
+        .await
+        .expect("import the TorchScript module")
+        .into_inner()
+        .model
+        .unwrap();
+    let dataset = cluster
+        .register_dataset("small-images", std::fs::read(&data).unwrap())
+        .await;
+    let tuned = cluster
+        .run(pb::JobSpec {
+            kind: pb::JobKind::Finetune as i32,
+            model_name: "scripted-tuned".into(),
+            dataset_id: dataset.id.clone(),
+            parent_id: imported.id.clone(),
+            trainable: vec!["5.*".into()],
+            hyperparameters: hyperparameters_for(3),
+            ..Default::default()
+        })
+        .await;
+    let transferred = cluster
+        .run(pb::JobSpec {
+            kind: pb::JobKind::Transfer as i32,
+            model_name: "scripted-transfer".into(),
+            dataset_id: dataset.id.clone(),
+            parent_id: imported.id.clone(),
+            num_classes: 10,
+            hyperparameters: hyperparameters_for(3),
+            ..Default::default()
+        })
+        .await;
+
+    // Both results load back into PyTorch with the program and give the worker's logits.
+    for model in [&tuned, &transferred] {
+        let arch = serde_json::to_string(
+            &model
+                .architecture
+                .as_ref()
+                .unwrap()
+                .to_spec("architecture")
+                .unwrap(),
+        )
+        .unwrap();
+        let exported = cluster.artifact(&format!("models/{}.safetensors", model.weights_sha256));
+        let logits = predict(&arch, Some(&program), &exported, &input, dir.path());
+        let report: serde_json::Value = serde_json::from_str(&python(&[
+            "compare-script",
+            program.to_str().unwrap(),
+            exported.to_str().unwrap(),
+            input.to_str().unwrap(),
+            logits.to_str().unwrap(),
+        ]))
+        .unwrap();
+        let difference = report["max_abs_diff"].as_f64().unwrap();
+        eprintln!("{}: max abs logit difference {difference:e}", model.name);
+        assert!(difference <= MAX_ABS_DIFF, "{}: {difference}", model.name);
+    }
+
+    let tuned_tensors = cluster.tensors_of("scripted-tuned").await;
+    assert_eq!(
+        tuned_tensors["0.weight"].status(),
+        pb::TensorStatus::Inherited
+    );
+    assert_eq!(
+        tuned_tensors["1.weight"].status(),
+        pb::TensorStatus::Inherited
+    );
+    assert_eq!(
+        tuned_tensors["5.weight"].status(),
+        pb::TensorStatus::Trained
+    );
+    let transfer_tensors = cluster.tensors_of("scripted-transfer").await;
+    let statuses: Vec<(&str, pb::TensorStatus)> = transfer_tensors
+        .values()
+        .map(|t| (t.name.as_str(), t.status()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("0.bias", pb::TensorStatus::Inherited),
+            ("0.weight", pb::TensorStatus::Inherited),
+            ("1.bias", pb::TensorStatus::Inherited),
+            ("1.weight", pb::TensorStatus::Inherited),
+            ("5.bias", pb::TensorStatus::Inherited),
+            ("5.weight", pb::TensorStatus::Inherited),
+            ("head.bias", pb::TensorStatus::New),
+            ("head.weight", pb::TensorStatus::New),
+        ]
+    );
+    // The extractor is an untrained random CNN, so no accuracy is promised; it is scored.
+    assert!(transferred.metrics.is_some());
+}
+
+fn hyperparameters_for(epochs: u32) -> Option<pb::Hyperparameters> {
+    Some(pb::Hyperparameters {
+        epochs,
+        batch_size: 32,
+        learning_rate: 0.01,
+        ..Default::default()
+    })
 }

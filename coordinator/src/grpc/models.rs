@@ -4,7 +4,10 @@ use crate::domain::TensorRecord;
 use crate::domain::{Model, check_name};
 use crate::error::Error;
 use heirloom_proto::v1 as pb;
-use heirloom_spec::{Invalid, TensorStatus, check_weights, sha256_hex, tensor_hashes};
+use heirloom_spec::{
+    Architecture, Invalid, ProgramParameter, TensorStatus, Torchscript, check_weights,
+    read_tensor_infos, sha256_hex, tensor_hashes, under_prefix,
+};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -18,12 +21,26 @@ impl pb::model_service_server::ModelService for ModelApi {
     ) -> Result<Response<pb::ImportModelResponse>, Status> {
         let request = request.into_inner();
         check_name("name", &request.name).map_err(Error::from)?;
-        let architecture = convert::architecture_from_proto("architecture", request.architecture)?
-            .ok_or_else(|| Error::from(Invalid::new("architecture", "is required")))?;
+        let mut architecture =
+            convert::architecture_from_proto("architecture", request.architecture)?
+                .ok_or_else(|| Error::from(Invalid::new("architecture", "is required")))?;
         if request.weights.is_empty() {
             return Err(
                 Error::from(Invalid::new("weights", "is empty: send a safetensors file")).into(),
             );
+        }
+        if let Architecture::Torchscript(script) = &mut architecture {
+            describe_program(script, &request.program, &request.weights)?;
+            self.0
+                .artifacts
+                .put_program(&script.program_sha256, &request.program)
+                .await?;
+        } else if !request.program.is_empty() {
+            return Err(Error::from(Invalid::new(
+                "program",
+                "only a torchscript architecture takes a program; leave it empty",
+            ))
+            .into());
         }
         check_weights("weights", &request.weights, &architecture).map_err(Error::from)?;
         let tensors = new_tensors(&request.weights)?;
@@ -108,6 +125,29 @@ impl pb::model_service_server::ModelService for ModelApi {
             entries: convert::lineage_to_proto(&entries),
         }))
     }
+}
+
+/// Completes a TorchScript architecture from what was imported: the program's hash and
+/// its parameters as the weights name them.
+fn describe_program(script: &mut Torchscript, program: &[u8], weights: &[u8]) -> Result<(), Error> {
+    // torch.jit.save writes a zip archive.
+    if !program.starts_with(b"PK\x03\x04") {
+        return Err(Invalid::new(
+            "program",
+            "is not a TorchScript archive: send the file torch.jit.save wrote",
+        )
+        .into());
+    }
+    script.program_sha256 = sha256_hex(program);
+    script.parameters = read_tensor_infos("weights", weights)?
+        .into_iter()
+        .filter(|info| script.head.is_none() || !under_prefix(&info.name, "head"))
+        .map(|info| ProgramParameter {
+            name: info.name,
+            shape: info.shape,
+        })
+        .collect();
+    Ok(())
 }
 
 /// An imported model's tensors: all new, with no origin.

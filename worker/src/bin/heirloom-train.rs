@@ -60,6 +60,9 @@ enum Command {
     Predict {
         #[arg(long)]
         arch: String,
+        /// For a torchscript architecture: the program file.
+        #[arg(long)]
+        program: Option<PathBuf>,
         #[arg(long)]
         weights: PathBuf,
         #[arg(long)]
@@ -82,11 +85,19 @@ fn main() -> anyhow::Result<()> {
     match args.command {
         Command::Predict {
             arch,
+            program,
             weights,
             input,
             out,
         } => {
-            train::predict(&architecture(&arch)?, &weights, &input, &out, device)?;
+            train::predict(
+                &architecture(&arch)?,
+                program.as_deref(),
+                &weights,
+                &input,
+                &out,
+                device,
+            )?;
         }
         Command::Fit {
             arch,
@@ -127,6 +138,7 @@ fn main() -> anyhow::Result<()> {
                 parents,
                 adjustment: None,
                 dataset: Some(dataset),
+                program: None,
             };
             let started = std::time::Instant::now();
             let metrics = train::train(

@@ -35,6 +35,8 @@ pub struct TrainingJob {
     pub adjustment: Option<Adjustment>,
     /// Needed when anything trains; otherwise only for the held-out accuracy.
     pub dataset: Option<PathBuf>,
+    /// The TorchScript program, for that architecture.
+    pub program: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -117,7 +119,13 @@ pub fn train(
         .iter()
         .map(|path| Ok(Tensor::read_safetensors(path)?.into_iter().collect()))
         .collect::<Result<Vec<HashMap<String, Tensor>>>>()?;
-    let mut network = Network::assemble(&job.architecture, &job.tensors, &parents, device)?;
+    let mut network = Network::assemble(
+        &job.architecture,
+        job.program.as_deref(),
+        &job.tensors,
+        &parents,
+        device,
+    )?;
     let trains = job.tensors.iter().any(|tensor| tensor.trainable);
     let mut metrics = Metrics::default();
     if trains {
@@ -142,15 +150,15 @@ pub fn train(
     }
     let scored = match (&dataset, &split) {
         (Some(dataset), Some((_, holdout_rows))) => {
-            metrics.holdout_accuracy = tch::no_grad(|| {
+            metrics.holdout_accuracy = tch::no_grad(|| -> Result<f64> {
                 let (x, y) = dataset.rows(holdout_rows);
-                let predicted = network.forward(&x, false).argmax(-1, false);
-                predicted
+                let predicted = network.forward(&x, false)?.argmax(-1, false);
+                Ok(predicted
                     .eq_tensor(&y)
                     .to_kind(Kind::Float)
                     .mean(Kind::Float)
-                    .double_value(&[])
-            });
+                    .double_value(&[]))
+            })?;
             Some(metrics)
         }
         _ => None,
@@ -163,6 +171,7 @@ pub fn train(
 /// in evaluation mode, written to `output` as the tensor `logits`.
 pub fn predict(
     architecture: &Architecture,
+    program: Option<&Path>,
     weights: &Path,
     input: &Path,
     output: &Path,
@@ -170,13 +179,13 @@ pub fn predict(
 ) -> Result<()> {
     let parents = vec![Tensor::read_safetensors(weights)?.into_iter().collect()];
     let plan = heirloom_spec::plan_inherit(architecture, |_| false);
-    let network = Network::assemble(architecture, &plan, &parents, device)?;
+    let network = Network::assemble(architecture, program, &plan, &parents, device)?;
     let x = Tensor::read_safetensors(input)?
         .into_iter()
         .find(|(name, _)| name == "x")
         .map(|(_, x)| x.to_device(device))
         .ok_or_else(|| Error::InvalidJob(format!("{} has no tensor `x`", input.display())))?;
-    let logits = tch::no_grad(|| network.forward(&x, false)).to_device(Device::Cpu);
+    let logits = tch::no_grad(|| network.forward(&x, false))?.to_device(Device::Cpu);
     Tensor::write_safetensors(&[("logits", logits)], output)?;
     Ok(())
 }
@@ -232,7 +241,7 @@ fn fit(
             let first = batch * batch_size;
             let rows = order.narrow(0, first, batch_size.min(train_count - first));
             let (x, y) = dataset.rows(&rows);
-            let logits = network.forward(&x, true);
+            let logits = network.forward(&x, true)?;
             let loss = logits.cross_entropy_for_logits(&y);
             optimizer.zero_grad()?;
             loss.backward();
@@ -283,7 +292,7 @@ fn adjust(
                 continue; // counters (num_batches_tracked) keep their origin's value
             }
             let trainable = plan.iter().any(|t| t.name == name && t.trainable);
-            *tensor = match adjustment {
+            let adjusted = match adjustment {
                 Adjustment::Interpolate { alpha } => {
                     let other = origin_of(name, 1)?;
                     &*tensor + (other - &*tensor) * alpha
@@ -297,6 +306,8 @@ fn adjust(
                 }
                 Adjustment::WiseFt { .. } => continue,
             };
+            // In place: a program's parameters must stay the program's tensors.
+            tensor.copy_(&adjusted);
         }
         Ok(())
     })

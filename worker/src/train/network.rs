@@ -5,22 +5,47 @@ use crate::error::{Error, Result};
 use heirloom_spec::{Architecture, Init, TensorPlan, VggLayer, resnet_stages};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use tch::{Device, Kind, Tensor};
+use tch::{CModule, Device, Kind, Tensor};
 
 const BATCH_NORM_MOMENTUM: f64 = 0.1;
 const BATCH_NORM_EPS: f64 = 1e-5;
 
 pub struct Network {
     architecture: Architecture,
-    /// The state dict, in the architecture's order.
+    /// The state dict, in the architecture's order. A TorchScript program's parameters
+    /// are the program's own tensors, so they are only ever changed in place.
     tensors: Vec<(String, Tensor)>,
     /// Batch norms whose statistics train: they run in training mode while fitting.
     training_norms: HashSet<String>,
+    /// The TorchScript program, for that architecture; always in evaluation mode.
+    program: Option<CModule>,
 }
 
 impl Network {
-    /// Fresh weights, initialised as torchvision initialises each layer.
-    pub fn fresh(architecture: &Architecture, device: Device) -> Network {
+    /// Fresh weights, initialised as torchvision initialises each layer; a TorchScript
+    /// program's parameters start as the program holds them.
+    pub fn fresh(
+        architecture: &Architecture,
+        program: Option<&Path>,
+        device: Device,
+    ) -> Result<Network> {
+        let program = match (architecture, program) {
+            (Architecture::Torchscript(_), Some(path)) => {
+                let mut module = CModule::load_on_device(path, device)?;
+                module.set_eval();
+                Some(module)
+            }
+            (Architecture::Torchscript(_), None) => {
+                return Err(Error::InvalidJob(
+                    "a torchscript model needs its program".into(),
+                ));
+            }
+            _ => None,
+        };
+        let mut program_parameters: HashMap<String, Tensor> = match &program {
+            Some(module) => module.named_parameters()?.into_iter().collect(),
+            None => HashMap::new(),
+        };
         let tensors = architecture
             .parameters()
             .into_iter()
@@ -43,15 +68,30 @@ impl Network {
                     Init::Normal(std) => empty().normal_(0.0, std),
                     Init::Zeros => Tensor::zeros(size.as_slice(), (kind, device)),
                     Init::Ones => Tensor::ones(size.as_slice(), (kind, device)),
+                    Init::FromProgram => {
+                        let tensor = program_parameters.remove(&spec.name).ok_or_else(|| {
+                            Error::InvalidJob(format!("the program has no parameter {}", spec.name))
+                        })?;
+                        if tensor.size() != size {
+                            return Err(Error::InvalidJob(format!(
+                                "the program's {} is {:?}, not {:?}",
+                                spec.name,
+                                tensor.size(),
+                                size
+                            )));
+                        }
+                        tensor.set_requires_grad(false)
+                    }
                 };
-                (spec.name, tensor)
+                Ok((spec.name, tensor))
             })
-            .collect();
-        Network {
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Network {
             architecture: architecture.clone(),
             tensors,
             training_norms: HashSet::new(),
-        }
+            program,
+        })
     }
 
     /// The starting weights a plan describes: each tensor copied from its origin in a
@@ -59,11 +99,12 @@ impl Network {
     /// training mode while fitting; the others keep their statistics frozen.
     pub fn assemble(
         architecture: &Architecture,
+        program: Option<&Path>,
         plan: &[TensorPlan],
         parents: &[HashMap<String, Tensor>],
         device: Device,
     ) -> Result<Network> {
-        let mut network = Network::fresh(architecture, device);
+        let mut network = Network::fresh(architecture, program, device)?;
         for (name, tensor) in &mut network.tensors {
             let tensor_plan = plan
                 .iter()
@@ -96,9 +137,10 @@ impl Network {
                     tensor.size()
                 )));
             }
-            // A copy: training must never write into the parent's tensors, which the
-            // WiSE-FT blend reads afterwards.
-            *tensor = inherited.to_device(device).copy();
+            // Copied in place: training must never write into the parent's tensors, which
+            // the WiSE-FT blend reads afterwards, and a program's parameters must stay
+            // the program's.
+            tch::no_grad(|| tensor.copy_(inherited));
         }
         Ok(network)
     }
@@ -116,7 +158,29 @@ impl Network {
 
     /// Logits for a batch of input rows. `training` turns on dropout and the batch
     /// norms whose statistics train.
-    pub fn forward(&self, x: &Tensor, training: bool) -> Tensor {
+    pub fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
+        if let (Architecture::Torchscript(script), Some(program)) =
+            (&self.architecture, &self.program)
+        {
+            let mut shape = vec![-1i64];
+            shape.extend(script.input_shape.iter().map(|&d| i64::from(d)));
+            let output = program.forward_ts(&[x.reshape(shape.as_slice())])?;
+            if output.size() != [x.size()[0], i64::from(script.output_size)] {
+                return Err(Error::InvalidJob(format!(
+                    "the program's output is {:?}; the architecture says [batch, {}]",
+                    output.size(),
+                    script.output_size
+                )));
+            }
+            return Ok(match script.head {
+                Some(_) => self.linear(&output, "head"),
+                None => output,
+            });
+        }
+        Ok(self.forward_builtin(x, training))
+    }
+
+    fn forward_builtin(&self, x: &Tensor, training: bool) -> Tensor {
         match &self.architecture {
             Architecture::Mlp(mlp) => {
                 let mut h = x.shallow_clone();
@@ -202,6 +266,7 @@ impl Network {
                     .dropout(0.5, training);
                 self.linear(&h, "classifier.6")
             }
+            Architecture::Torchscript(_) => unreachable!("forward runs the program"),
         }
     }
 

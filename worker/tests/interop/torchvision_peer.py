@@ -6,6 +6,11 @@
                                          and an input batch to compare logits on
   compare ARCH_JSON WEIGHTS INPUT LOGITS loads WEIGHTS into torchvision, runs INPUT in eval
                                          mode, prints the max abs difference to LOGITS
+  make-script PROGRAM WEIGHTS DATA INPUT a small CNN with batch norm, torch.jit.script-ed and
+                                         saved, its named_parameters() as safetensors, data
+  compare-script PROGRAM WEIGHTS INPUT LOGITS
+                                         loads the program, then WEIGHTS (and a linear
+                                         `head` if WEIGHTS has one), compares like `compare`
 """
 
 import json
@@ -64,6 +69,47 @@ def compare(arch, weights, inputs, logits):
     print(json.dumps({"max_abs_diff": (ours - theirs).abs().max().item(), "shape": list(theirs.shape)}))
 
 
+def make_script(program, weights, data, inputs):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 10),
+    )
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 1, 8, 8))
+    model.eval()
+    scripted = torch.jit.script(model)
+    torch.jit.save(scripted, program)
+    save_file({k: v.detach().contiguous() for k, v in scripted.named_parameters()}, weights)
+    centres = torch.randn(10, 64)
+    y = torch.arange(200) % 10
+    x = centres[y] + 0.3 * torch.randn(200, 64)
+    save_file({"x": x.float().contiguous(), "y": y.long()}, data)
+    save_file({"x": torch.randn(8, 64)}, inputs)
+
+
+def compare_script(program, weights, inputs, logits):
+    model = torch.jit.load(program)
+    tensors = load_file(weights)
+    head = {k[len("head."):]: tensors.pop(k) for k in list(tensors) if k.startswith("head.")}
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    assert not unexpected, unexpected
+    assert all(".running_" in k or "num_batches" in k for k in missing), missing
+    model.eval()
+    with torch.no_grad():
+        ours = model(load_file(inputs)["x"].reshape(-1, 1, 8, 8))
+        if head:
+            ours = torch.nn.functional.linear(ours, head["weight"], head["bias"])
+    theirs = load_file(logits)["logits"]
+    print(json.dumps({"max_abs_diff": (ours - theirs).abs().max().item(), "shape": list(theirs.shape)}))
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     command = sys.argv[1]
@@ -73,5 +119,9 @@ if __name__ == "__main__":
         make_resnet(*sys.argv[2:5])
     elif command == "compare":
         compare(json.loads(sys.argv[2]), *sys.argv[3:6])
+    elif command == "make-script":
+        make_script(*sys.argv[2:6])
+    elif command == "compare-script":
+        compare_script(*sys.argv[2:6])
     else:
         raise SystemExit(f"unknown command {command}")
