@@ -357,6 +357,40 @@ async fn bad_imports_and_datasets_are_refused() {
     )
     .await;
 
+    let script: pb::Architecture = (&serde_json::from_str::<heirloom_spec::Architecture>(
+        r#"{"torchscript": {"input_shape": [64], "output_size": 5}}"#,
+    )
+    .unwrap())
+        .into();
+    let weights = blobs(0..2, 5, 1); // any safetensors file
+    for (architecture, program, fragment) in [
+        (
+            script.clone(),
+            Vec::new(),
+            "program: a torchscript architecture needs",
+        ),
+        (script, b"not a zip".to_vec(), "not a TorchScript archive"),
+        (
+            mlp(64, vec![16], 5),
+            b"PK\x03\x04".to_vec(),
+            "only a torchscript architecture",
+        ),
+    ] {
+        let request = pb::ImportModelRequest {
+            name: "scripted".into(),
+            architecture: Some(architecture),
+            weights: weights.clone(),
+            program,
+        };
+        check(
+            &cluster,
+            models.import_model(request).await,
+            Code::InvalidArgument,
+            fragment,
+        )
+        .await;
+    }
+
     let mut datasets = cluster.datasets();
     let content = blobs(0..2, 5, 1);
     check(

@@ -130,6 +130,13 @@ impl pb::model_service_server::ModelService for ModelApi {
 /// Completes a TorchScript architecture from what was imported: the program's hash and
 /// its parameters as the weights name them.
 fn describe_program(script: &mut Torchscript, program: &[u8], weights: &[u8]) -> Result<(), Error> {
+    if program.is_empty() {
+        return Err(Invalid::new(
+            "program",
+            "a torchscript architecture needs the module file torch.jit.save wrote",
+        )
+        .into());
+    }
     // torch.jit.save writes a zip archive.
     if !program.starts_with(b"PK\x03\x04") {
         return Err(Invalid::new(
