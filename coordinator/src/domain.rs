@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use heirloom_spec::{Adjustment, Architecture, Hyperparameters, TensorPlan, TensorStatus};
+pub use heirloom_spec::{Metrics, Progress};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -187,26 +188,6 @@ pub struct Job {
     pub model_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Metrics {
-    pub holdout_accuracy: f64,
-    pub final_loss: f64,
-    pub train_accuracy: f64,
-    pub steps: u64,
-    pub steps_per_second: f64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Progress {
-    pub epoch: u32,
-    pub epochs: u32,
-    pub step: u64,
-    pub total_steps: u64,
-    pub loss: f64,
-    pub accuracy: f64,
-    pub steps_per_second: f64,
 }
 
 #[derive(Debug, Clone)]

@@ -3,8 +3,8 @@
 
 use crate::v1 as pb;
 use heirloom_spec::{
-    Architecture, Hyperparameters, Invalid, Mlp, Optimizer, ProgramParameter, Resnet, SmallCnn,
-    Torchscript, Vgg,
+    Architecture, Hyperparameters, Invalid, Metrics, Mlp, Optimizer, ProgramParameter, Progress,
+    Resnet, SmallCnn, Torchscript, Vgg,
 };
 
 impl From<&Architecture> for pb::Architecture {
@@ -156,5 +156,62 @@ impl pb::Hyperparameters {
             self.seed,
             self.holdout_fraction,
         )
+    }
+}
+
+impl From<&Progress> for pb::Progress {
+    fn from(progress: &Progress) -> Self {
+        pb::Progress {
+            epoch: progress.epoch,
+            epochs: progress.epochs,
+            step: progress.step,
+            total_steps: progress.total_steps,
+            loss: progress.loss,
+            accuracy: progress.accuracy,
+            steps_per_second: progress.steps_per_second,
+        }
+    }
+}
+
+impl From<&pb::Progress> for Progress {
+    fn from(progress: &pb::Progress) -> Self {
+        Progress {
+            epoch: progress.epoch,
+            epochs: progress.epochs,
+            step: progress.step,
+            total_steps: progress.total_steps,
+            loss: progress.loss,
+            accuracy: progress.accuracy,
+            steps_per_second: progress.steps_per_second,
+        }
+    }
+}
+
+impl From<&Metrics> for pb::Metrics {
+    fn from(metrics: &Metrics) -> Self {
+        pb::Metrics {
+            holdout_accuracy: metrics.holdout_accuracy,
+            final_loss: metrics.final_loss,
+            train_accuracy: metrics.train_accuracy,
+            steps: metrics.steps,
+            steps_per_second: metrics.steps_per_second,
+        }
+    }
+}
+
+impl pb::Metrics {
+    /// The metrics, checked: accuracies are fractions.
+    pub fn to_spec(&self, field: &str) -> Result<Metrics, Invalid> {
+        let fraction = |value: f64| (0.0..=1.0).contains(&value);
+        if !fraction(self.holdout_accuracy) || !fraction(self.train_accuracy) {
+            return Err(Invalid::new(field, "accuracies must lie in [0, 1]"));
+        }
+        Ok(Metrics {
+            holdout_accuracy: self.holdout_accuracy,
+            final_loss: self.final_loss,
+            train_accuracy: self.train_accuracy,
+            steps: self.steps,
+            steps_per_second: self.steps_per_second,
+        })
     }
 }

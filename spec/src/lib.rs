@@ -10,6 +10,7 @@ mod files;
 mod hyperparameters;
 mod patterns;
 mod plan;
+mod report;
 
 pub use architecture::{
     Architecture, Init, Mlp, ProgramParameter, Resnet, SmallCnn, TensorSpec, Torchscript, Vgg,
@@ -25,6 +26,7 @@ pub use plan::{
     Adjustment, Claim, Module, Origin, TensorPlan, TensorStatus, plan_compose, plan_finetune,
     plan_inherit, plan_scratch, plan_transfer, under_prefix, verify_claims,
 };
+pub use report::{Metrics, Progress};
 
 /// A spec that cannot be used, with the field to fix.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -194,7 +194,7 @@ impl Reporter {
             worker_id: self.worker_id.clone(),
             job_id: self.job_id.clone(),
             attempt: self.attempt,
-            progress: Some(progress_to_proto(&progress)),
+            progress: Some((&progress).into()),
         };
         let response = self.client.clone().report_progress(request).await?;
         Ok(response.get_ref().cancelled)
@@ -340,25 +340,7 @@ async fn job_output(
     Ok(pb::JobOutput {
         weights_path: staged.to_string(),
         weights_sha256: sha256_hex(&bytes),
-        metrics: metrics.map(|m| pb::Metrics {
-            holdout_accuracy: m.holdout_accuracy,
-            final_loss: m.final_loss,
-            train_accuracy: m.train_accuracy,
-            steps: m.steps,
-            steps_per_second: m.steps_per_second,
-        }),
+        metrics: metrics.as_ref().map(pb::Metrics::from),
         tensors,
     })
-}
-
-fn progress_to_proto(progress: &Progress) -> pb::Progress {
-    pb::Progress {
-        epoch: progress.epoch,
-        epochs: progress.epochs,
-        step: progress.step,
-        total_steps: progress.total_steps,
-        loss: progress.loss,
-        accuracy: progress.accuracy,
-        steps_per_second: progress.steps_per_second,
-    }
 }

@@ -43,27 +43,7 @@ fn train(dataset_id: &str) -> pb::JobSpec {
 async fn bad_submissions_are_refused_with_the_field_named() {
     let cluster = Cluster::coordinator_only().await;
     let dataset = cluster.register_dataset("blobs", blobs(0..5, 10, 1)).await;
-    let weights = support::safetensors_file(&[
-        (
-            "hidden.0.weight",
-            safetensors::Dtype::F32,
-            vec![16, 64],
-            vec![0; 16 * 64 * 4],
-        ),
-        (
-            "hidden.0.bias",
-            safetensors::Dtype::F32,
-            vec![16],
-            vec![0; 16 * 4],
-        ),
-        (
-            "fc.weight",
-            safetensors::Dtype::F32,
-            vec![5, 16],
-            vec![0; 5 * 16 * 4],
-        ),
-        ("fc.bias", safetensors::Dtype::F32, vec![5], vec![0; 5 * 4]),
-    ]);
+    let weights = support::mlp_weights(64, 16, 5, [0.0; 4]);
     let root = cluster
         .models()
         .import_model(pb::ImportModelRequest {
@@ -270,6 +250,92 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         "2 classes",
     )
     .await;
+    // A second model of another shape: interpolating with it, or composing from it where
+    // the shapes differ, is refused before anything runs.
+    let narrow = cluster
+        .models()
+        .import_model(pb::ImportModelRequest {
+            name: "narrow".into(),
+            architecture: Some(mlp(64, vec![4], 5)),
+            weights: support::mlp_weights(64, 4, 5, [0.0; 4]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    let direct = pb::JobSpec {
+        kind: pb::JobKind::Direct as i32,
+        model_name: "mix".into(),
+        parent_id: root.id.clone(),
+        ..Default::default()
+    };
+    let interpolate_with = |second: &pb::Model| pb::JobSpec {
+        second_parent_id: second.id.clone(),
+        alpha: 0.5,
+        ..direct.clone()
+    };
+    check(
+        &cluster,
+        submit(interpolate_with(&narrow)).await,
+        Code::InvalidArgument,
+        "architectures differ",
+    )
+    .await;
+    check(
+        &cluster,
+        submit(pb::JobSpec {
+            alpha: 0.5,
+            ..direct.clone()
+        })
+        .await,
+        Code::InvalidArgument,
+        "spec.alpha",
+    )
+    .await;
+    let compose = |source: &pb::Model, trainable: Vec<String>| pb::JobSpec {
+        kind: pb::JobKind::Compose as i32,
+        model_name: "composed".into(),
+        dataset_id: dataset.id.clone(),
+        architecture: Some(mlp(64, vec![16], 5)),
+        modules: vec![pb::ModuleMapping {
+            target_prefix: "hidden.0".into(),
+            parent_id: source.id.clone(),
+            source_prefix: "hidden.0".into(),
+        }],
+        trainable,
+        ..Default::default()
+    };
+    let head = vec!["fc.*".to_string()];
+    check(
+        &cluster,
+        submit(compose(&narrow, head)).await,
+        Code::InvalidArgument,
+        "shape mismatch",
+    )
+    .await;
+    check(
+        &cluster,
+        submit(compose(&root, vec![])).await,
+        Code::InvalidArgument,
+        "no module provides fc.weight",
+    )
+    .await;
+    check(
+        &cluster,
+        submit(pb::JobSpec {
+            kind: pb::JobKind::Transfer as i32,
+            num_classes: 5,
+            unfreeze_blocks: 3,
+            ..no_architecture.clone()
+        })
+        .await,
+        Code::InvalidArgument,
+        "spec.unfreeze_blocks",
+    )
+    .await;
+
     let mut jobs = cluster.jobs();
     check(
         &cluster,
@@ -302,27 +368,7 @@ async fn bad_imports_and_datasets_are_refused() {
             weights,
             ..Default::default()
         };
-    let wrong_shape = support::safetensors_file(&[
-        (
-            "hidden.0.weight",
-            safetensors::Dtype::F32,
-            vec![16, 32],
-            vec![0; 16 * 32 * 4],
-        ),
-        (
-            "hidden.0.bias",
-            safetensors::Dtype::F32,
-            vec![16],
-            vec![0; 16 * 4],
-        ),
-        (
-            "fc.weight",
-            safetensors::Dtype::F32,
-            vec![5, 16],
-            vec![0; 5 * 16 * 4],
-        ),
-        ("fc.bias", safetensors::Dtype::F32, vec![5], vec![0; 5 * 4]),
-    ]);
+    let wrong_shape = support::mlp_weights(32, 16, 5, [0.0; 4]);
     check(
         &cluster,
         models

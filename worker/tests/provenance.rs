@@ -6,25 +6,11 @@ mod support;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::worker_service_client::WorkerServiceClient;
 use heirloom_spec::sha256_hex;
-use support::{Cluster, blobs, hyperparameters, mlp, safetensors_file};
+use support::{Cluster, blobs, hyperparameters, mlp};
 
-/// An MLP 64 → 8 → 5 where every value of a tensor is `fill`.
+/// An MLP 64 → 8 → 5 where every value of a tensor is its fill.
 fn weights(fills: [f32; 4]) -> Vec<u8> {
-    let tensor = |name: &'static str, shape: Vec<usize>, fill: f32| {
-        let count: usize = shape.iter().product();
-        (
-            name,
-            safetensors::Dtype::F32,
-            shape,
-            fill.to_le_bytes().repeat(count),
-        )
-    };
-    safetensors_file(&[
-        tensor("hidden.0.weight", vec![8, 64], fills[0]),
-        tensor("hidden.0.bias", vec![8], fills[1]),
-        tensor("fc.weight", vec![5, 8], fills[2]),
-        tensor("fc.bias", vec![5], fills[3]),
-    ])
+    support::mlp_weights(64, 8, 5, fills)
 }
 
 fn claim(

@@ -179,27 +179,7 @@ pub fn job_to_proto(job: &Job) -> pb::Job {
 
 pub fn progress_from_proto(proto: Option<pb::Progress>) -> Result<Progress> {
     let proto = proto.ok_or_else(|| Error::from(Invalid::new("progress", "is required")))?;
-    Ok(Progress {
-        epoch: proto.epoch,
-        epochs: proto.epochs,
-        step: proto.step,
-        total_steps: proto.total_steps,
-        loss: proto.loss,
-        accuracy: proto.accuracy,
-        steps_per_second: proto.steps_per_second,
-    })
-}
-
-fn progress_to_proto(progress: &Progress) -> pb::Progress {
-    pb::Progress {
-        epoch: progress.epoch,
-        epochs: progress.epochs,
-        step: progress.step,
-        total_steps: progress.total_steps,
-        loss: progress.loss,
-        accuracy: progress.accuracy,
-        steps_per_second: progress.steps_per_second,
-    }
+    Ok(Progress::from(&proto))
 }
 
 pub fn event_to_proto(event: &JobEvent) -> pb::JobEvent {
@@ -211,29 +191,14 @@ pub fn event_to_proto(event: &JobEvent) -> pb::JobEvent {
             JobEventKind::State(state) => {
                 pb::job_event::Event::State(job_state_to_proto(*state) as i32)
             }
-            JobEventKind::Progress(progress) => {
-                pb::job_event::Event::Progress(progress_to_proto(progress))
-            }
+            JobEventKind::Progress(progress) => pb::job_event::Event::Progress(progress.into()),
         }),
         message: event.message.clone(),
     }
 }
 
 pub fn metrics_from_proto(proto: Option<pb::Metrics>) -> Result<Option<Metrics>> {
-    let Some(proto) = proto else {
-        return Ok(None);
-    };
-    let accuracy_ok = |value: f64| (0.0..=1.0).contains(&value);
-    if !accuracy_ok(proto.holdout_accuracy) || !accuracy_ok(proto.train_accuracy) {
-        return Err(Invalid::new("output.metrics", "accuracies must lie in [0, 1]").into());
-    }
-    Ok(Some(Metrics {
-        holdout_accuracy: proto.holdout_accuracy,
-        final_loss: proto.final_loss,
-        train_accuracy: proto.train_accuracy,
-        steps: proto.steps,
-        steps_per_second: proto.steps_per_second,
-    }))
+    Ok(proto.map(|m| m.to_spec("output.metrics")).transpose()?)
 }
 
 pub fn claims_from_proto(tensors: Vec<pb::TensorProvenance>) -> Result<Vec<ClaimedTensor>> {
@@ -300,16 +265,6 @@ pub fn tensors_to_proto(tensors: &[TensorProvenance]) -> Vec<pb::TensorProvenanc
         .collect()
 }
 
-fn metrics_to_proto(metrics: &Metrics) -> pb::Metrics {
-    pb::Metrics {
-        holdout_accuracy: metrics.holdout_accuracy,
-        final_loss: metrics.final_loss,
-        train_accuracy: metrics.train_accuracy,
-        steps: metrics.steps,
-        steps_per_second: metrics.steps_per_second,
-    }
-}
-
 fn relation_to_proto(relation: Relation) -> pb::Relation {
     match relation {
         Relation::Finetune => pb::Relation::Finetune,
@@ -349,7 +304,7 @@ pub fn model_to_proto(model: &Model) -> pb::Model {
             role: d.role.clone(),
         }),
         job_id: model.job_id.map(|id| id.to_string()).unwrap_or_default(),
-        metrics: model.metrics.as_ref().map(metrics_to_proto),
+        metrics: model.metrics.as_ref().map(pb::Metrics::from),
         source: model.source.clone(),
         created_at: timestamp(model.created_at),
     }

@@ -11,6 +11,7 @@ mod network;
 use crate::error::{Error, Result};
 use data::Dataset;
 use heirloom_spec::{Adjustment, Architecture, Hyperparameters, Optimizer, TensorPlan};
+pub use heirloom_spec::{Metrics, Progress};
 use network::Network;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,26 +38,6 @@ pub struct TrainingJob {
     pub dataset: Option<PathBuf>,
     /// The TorchScript program, for that architecture.
     pub program: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Progress {
-    pub epoch: u32,
-    pub epochs: u32,
-    pub step: u64,
-    pub total_steps: u64,
-    pub loss: f64,
-    pub accuracy: f64,
-    pub steps_per_second: f64,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct Metrics {
-    pub holdout_accuracy: f64,
-    pub final_loss: f64,
-    pub train_accuracy: f64,
-    pub steps: u64,
-    pub steps_per_second: f64,
 }
 
 /// Sets libtorch's thread pools; call once before training.

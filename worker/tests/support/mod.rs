@@ -379,3 +379,23 @@ pub fn floats(bytes: &[u8]) -> Vec<f32> {
         .map(|chunk| f32::from_le_bytes(chunk.try_into().expect("4 bytes")))
         .collect()
 }
+
+/// An MLP `input → hidden → classes` state dict whose four tensors are filled with
+/// `fills` (weight, bias, head weight, head bias).
+pub fn mlp_weights(input: usize, hidden: usize, classes: usize, fills: [f32; 4]) -> Vec<u8> {
+    let tensor = |name: &'static str, shape: Vec<usize>, fill: f32| {
+        let count: usize = shape.iter().product();
+        (
+            name,
+            safetensors::Dtype::F32,
+            shape,
+            fill.to_le_bytes().repeat(count),
+        )
+    };
+    safetensors_file(&[
+        tensor("hidden.0.weight", vec![hidden, input], fills[0]),
+        tensor("hidden.0.bias", vec![hidden], fills[1]),
+        tensor("fc.weight", vec![classes, hidden], fills[2]),
+        tensor("fc.bias", vec![classes], fills[3]),
+    ])
+}
