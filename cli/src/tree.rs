@@ -23,22 +23,64 @@ pub fn status(status: pb::TensorStatus) -> &'static str {
     }
 }
 
-/// `4 inherited, 2 new`: how many tensors a model took from where.
+/// Which modules a model inherited, interpolated, trained or added, naming each module at
+/// the coarsest level where all its tensors agree: `inherited hidden.0; trained hidden.1;
+/// new fc`.
 pub fn provenance(tensors: &[pb::TensorProvenance]) -> String {
-    let mut counts: Vec<(&str, usize)> = Vec::new();
-    for tensor in tensors {
-        let name = status(tensor.status());
-        match counts.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, count)) => *count += 1,
-            None => counts.push((name, 1)),
+    let entries: Vec<(Vec<&str>, &'static str)> = tensors
+        .iter()
+        .map(|t| (t.name.split('.').collect(), status(t.status())))
+        .collect();
+    let mut groups: Vec<(&'static str, String)> = Vec::new();
+    group(&entries, 0, &mut groups);
+    ["inherited", "interpolated", "trained", "new"]
+        .iter()
+        .filter_map(|wanted| {
+            let modules: Vec<&str> = groups
+                .iter()
+                .filter(|(status, _)| status == wanted)
+                .map(|(_, module)| module.as_str())
+                .collect();
+            (!modules.is_empty()).then(|| format!("{wanted} {}", modules.join(", ")))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Adds (status, module) for `entries`, which share their first `depth` name parts.
+fn group(
+    entries: &[(Vec<&str>, &'static str)],
+    depth: usize,
+    out: &mut Vec<(&'static str, String)>,
+) {
+    let Some((first, status)) = entries.first() else {
+        return;
+    };
+    if entries.iter().all(|(_, s)| s == status) {
+        let module = if depth == 0 {
+            "all".to_string()
+        } else {
+            first[..depth].join(".")
+        };
+        out.push((status, module));
+        return;
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for (name, _) in entries {
+        if let Some(part) = name.get(depth)
+            && !parts.contains(part)
+        {
+            parts.push(part);
         }
     }
-    counts.sort();
-    counts
-        .iter()
-        .map(|(name, count)| format!("{count} {name}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    for part in parts {
+        let inside: Vec<(Vec<&str>, &'static str)> = entries
+            .iter()
+            .filter(|(name, _)| name.get(depth) == Some(&part))
+            .cloned()
+            .collect();
+        group(&inside, depth + 1, out);
+    }
 }
 
 /// `name  [source]  accuracy 0.973  mlp 64→64→5`
@@ -190,6 +232,29 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn provenance_names_modules_at_the_coarsest_agreeing_level() {
+        let tensor = |name: &str, status: pb::TensorStatus| pb::TensorProvenance {
+            name: name.into(),
+            status: status as i32,
+            ..Default::default()
+        };
+        use pb::TensorStatus::{Inherited, New, Trained};
+        let tensors = [
+            tensor("hidden.0.weight", Inherited),
+            tensor("hidden.0.bias", Inherited),
+            tensor("hidden.1.weight", Trained),
+            tensor("hidden.1.bias", Trained),
+            tensor("fc.weight", New),
+            tensor("fc.bias", New),
+        ];
+        assert_eq!(
+            provenance(&tensors),
+            "inherited hidden.0; trained hidden.1; new fc"
+        );
+        assert_eq!(provenance(&tensors[..2]), "inherited all");
     }
 
     #[test]
