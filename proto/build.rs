@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "heirloom/v1/datasets.proto",
         "heirloom/v1/jobs.proto",
         "heirloom/v1/workers.proto",
+        "heirloom/v1/artifacts.proto",
     ];
     let descriptors = protox::compile(files, ["."])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);

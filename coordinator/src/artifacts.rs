@@ -1,10 +1,15 @@
-//! The shared artifact directory: datasets and model weights, each stored under its
-//! sha256 and written atomically. Coordinator and workers see the same directory; the
-//! paths that cross the wire are relative to its root.
+//! The artifact store: datasets and TorchScript programs as whole files, and model weights
+//! per tensor — each tensor's bytes stored once under their sha256, whatever model they
+//! belong to. A model's weights file is assembled from its manifest (the tensors' names,
+//! dtypes, shapes and hashes) when it is exported, and every blob is checked against its
+//! hash when it is read. For now coordinator and workers share the directory; the paths
+//! that cross the wire are relative to its root.
 //!
 //! Never touches the database.
 
 use crate::error::{Error, Result};
+use heirloom_spec::{TensorInfo, sha256_hex, tensor_hashes};
+use safetensors::tensor::TensorView;
 use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, Clone)]
@@ -15,10 +20,17 @@ pub struct Artifacts {
 /// Where workers write the weights they produce, before the coordinator checks them.
 pub const STAGING: &str = "staging";
 
+/// One tensor of a model's manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestEntry {
+    pub info: TensorInfo,
+    pub sha256: String,
+}
+
 impl Artifacts {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        for dir in ["datasets", "models", "programs", STAGING] {
+        for dir in ["datasets", "blobs", "programs", STAGING] {
             std::fs::create_dir_all(root.join(dir))?;
         }
         Ok(Self { root })
@@ -35,18 +47,63 @@ impl Artifacts {
         Ok(relative)
     }
 
-    /// Stores model weights; returns the relative path.
-    pub async fn put_weights(&self, sha256: &str, bytes: &[u8]) -> Result<String> {
-        let relative = weights_path(sha256);
-        self.write_atomically(&relative, bytes).await?;
-        Ok(relative)
-    }
-
     /// Stores a TorchScript program; returns the relative path.
     pub async fn put_program(&self, sha256: &str, bytes: &[u8]) -> Result<String> {
         let relative = heirloom_spec::program_path(sha256);
         self.write_atomically(&relative, bytes).await?;
         Ok(relative)
+    }
+
+    /// Stores every tensor of a safetensors file as a blob (those already stored cost
+    /// nothing) and returns the file's manifest, in name order.
+    pub async fn put_tensors(&self, weights: &[u8]) -> Result<Vec<ManifestEntry>> {
+        let file = safetensors::SafeTensors::deserialize(weights).map_err(|err| {
+            Error::InvalidArgument(format!("weights: not a safetensors file: {err}"))
+        })?;
+        let mut manifest = Vec::new();
+        for (info, sha256) in tensor_hashes("weights", weights)? {
+            let view = file.tensor(&info.name).expect("hashed tensors exist");
+            self.write_atomically(&heirloom_spec::blob_path(&sha256), view.data())
+                .await?;
+            manifest.push(ManifestEntry { info, sha256 });
+        }
+        Ok(manifest)
+    }
+
+    /// A tensor's bytes, checked against its hash: a corrupted blob is never served.
+    pub async fn read_tensor(&self, sha256: &str) -> Result<Vec<u8>> {
+        let bytes = tokio::fs::read(self.root.join(heirloom_spec::blob_path(sha256))).await?;
+        if sha256_hex(&bytes) != sha256 {
+            return Err(Error::DataLoss(format!(
+                "the stored blob {sha256} no longer matches its hash"
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// The safetensors file of a manifest, in canonical form: the same manifest always
+    /// gives the same bytes, whoever wrote the tensors.
+    pub async fn assemble(&self, manifest: &[ManifestEntry]) -> Result<Vec<u8>> {
+        let mut blobs = Vec::with_capacity(manifest.len());
+        for entry in manifest {
+            blobs.push(self.read_tensor(&entry.sha256).await?);
+        }
+        let views = manifest
+            .iter()
+            .zip(&blobs)
+            .map(|(entry, data)| {
+                let dtype = match entry.info.dtype.as_str() {
+                    "f32" => safetensors::Dtype::F32,
+                    "i64" => safetensors::Dtype::I64,
+                    other => return Err(Error::Internal(format!("unexpected dtype {other}"))),
+                };
+                let view = TensorView::new(dtype, entry.info.shape.clone(), data)
+                    .map_err(|err| Error::Internal(format!("tensor {}: {err}", entry.info.name)))?;
+                Ok((entry.info.name.as_str(), view))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        safetensors::serialize(views, None)
+            .map_err(|err| Error::Internal(format!("assembling safetensors: {err}")))
     }
 
     /// Reads a file a worker staged; refuses any path outside the staging directory.
@@ -84,8 +141,4 @@ impl Artifacts {
         tokio::fs::rename(&temporary, &target).await?;
         Ok(())
     }
-}
-
-pub fn weights_path(sha256: &str) -> String {
-    format!("models/{sha256}.safetensors")
 }

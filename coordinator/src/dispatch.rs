@@ -5,12 +5,14 @@
 //! is lost). When the stream closes, the worker's unfinished job goes back to the queue.
 
 use crate::Services;
+use crate::artifacts::ManifestEntry;
 use crate::db::NewModel;
 use crate::domain::{Job, Metrics, TensorRecord};
 use crate::error::{Error, Result};
 use crate::notifier::Notification;
 use heirloom_spec::{
-    Claim, Origin, TensorStatus, check_weights, sha256_hex, tensor_hashes, verify_claims,
+    Claim, Origin, TensorInfo, TensorStatus, check_weights, sha256_hex, tensor_hashes,
+    verify_claims,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -27,8 +29,8 @@ const CLAIM_POLL: Duration = Duration::from_secs(2);
 pub struct Assignment {
     pub job: Job,
     pub dataset_path: Option<String>,
-    /// Each parent's id and weights path, in the order of the job's spec.
-    pub parents: Vec<(Uuid, String)>,
+    /// Each parent's id and manifest, in the order of the job's spec.
+    pub parents: Vec<(Uuid, Vec<ManifestEntry>)>,
 }
 
 /// What a worker reports it produced.
@@ -93,10 +95,7 @@ async fn claim(services: &Services, worker_id: Uuid) -> Result<Option<Assignment
     };
     let mut parents = Vec::new();
     for parent_id in &job.spec.parents {
-        parents.push((
-            *parent_id,
-            services.db.model(*parent_id).await?.weights_path,
-        ));
+        parents.push((*parent_id, services.db.manifest(*parent_id).await?));
     }
     Ok(Some(Assignment {
         job,
@@ -137,16 +136,23 @@ pub async fn record_output(
         }
         Err(err) => Err(err),
         Ok(tensors) => {
-            let weights_sha256 = output.weights_sha256;
-            let weights_path = services
-                .artifacts
-                .put_weights(&weights_sha256, &bytes)
-                .await?;
+            services.artifacts.put_tensors(&bytes).await?;
+            let manifest: Vec<ManifestEntry> = tensors
+                .iter()
+                .map(|tensor| ManifestEntry {
+                    info: TensorInfo {
+                        name: tensor.name.clone(),
+                        dtype: tensor.dtype.clone(),
+                        shape: tensor.shape.iter().map(|&d| d as usize).collect(),
+                    },
+                    sha256: tensor.sha256.clone(),
+                })
+                .collect();
+            let canonical = services.artifacts.assemble(&manifest).await?;
             let model = NewModel {
                 id: Uuid::new_v4(),
-                weights_bytes: bytes.len() as u64,
-                weights_sha256,
-                weights_path,
+                weights_bytes: canonical.len() as u64,
+                weights_sha256: sha256_hex(&canonical),
                 metrics: output.metrics,
                 tensors,
             };

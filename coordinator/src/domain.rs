@@ -205,7 +205,6 @@ pub struct Model {
     pub architecture: Architecture,
     pub weights_sha256: String,
     pub weights_bytes: u64,
-    pub weights_path: String,
     /// `import` or the kind of the job that made it.
     pub source: String,
     pub job_id: Option<Uuid>,

@@ -15,6 +15,9 @@ pub enum Error {
     /// The caller no longer holds the job's lease: it must stop working on it.
     #[error("{0}")]
     LeaseLost(String),
+    /// Stored data no longer matches its hash.
+    #[error("{0}")]
+    DataLoss(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("artifact store: {0}")]
@@ -38,6 +41,10 @@ impl From<Error> for Status {
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) | Error::LeaseLost(_) => Code::FailedPrecondition,
+            Error::DataLoss(_) => {
+                tracing::error!(error = %error, "stored data is corrupted");
+                Code::DataLoss
+            }
             Error::Database(_) | Error::Io(_) | Error::Internal(_) => {
                 tracing::error!(error = %error, "internal error");
                 return Status::internal("internal error");

@@ -14,7 +14,7 @@ mod report;
 
 pub use architecture::{
     Architecture, Init, Mlp, ProgramParameter, Resnet, SmallCnn, TensorSpec, Torchscript, Vgg,
-    VggLayer, program_path, resnet_stages,
+    VggLayer, blob_path, program_path, resnet_stages,
 };
 pub use files::{
     DatasetInfo, TensorInfo, check_weights, read_dataset_info, read_tensor_infos, sha256_hex,

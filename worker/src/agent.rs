@@ -4,11 +4,12 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::train::{self, Device, Progress, TrainingJob};
+use crate::train::{self, Blob, Device, Progress, TrainingJob, Weights};
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::worker_service_client::WorkerServiceClient;
 use heirloom_spec::{
-    Adjustment, Architecture, Origin, TensorPlan, TensorStatus, sha256_hex, tensor_hashes,
+    Adjustment, Architecture, Origin, TensorPlan, TensorStatus, blob_path, sha256_hex,
+    tensor_hashes,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -280,7 +281,21 @@ fn training_job(artifacts: &Path, assignment: &pb::Assignment) -> Result<Trainin
         parents: assignment
             .parents
             .iter()
-            .map(|parent| artifacts.join(&parent.weights_path))
+            .map(|parent| {
+                Weights::Blobs(
+                    parent
+                        .tensors
+                        .iter()
+                        .map(|tensor| Blob {
+                            name: tensor.name.clone(),
+                            dtype: tensor.dtype.clone(),
+                            shape: tensor.shape.iter().map(|&d| d as i64).collect(),
+                            sha256: tensor.sha256.clone(),
+                            path: artifacts.join(blob_path(&tensor.sha256)),
+                        })
+                        .collect(),
+                )
+            })
             .collect(),
         adjustment,
         dataset: Some(&assignment.dataset_path)

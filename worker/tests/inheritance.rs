@@ -123,9 +123,9 @@ async fn every_inheritance_method_records_verified_provenance() {
         })
         .await;
     let (a, b, mid) = (
-        cluster.weights(&base),
-        cluster.weights(&sibling),
-        cluster.weights(&halfway),
+        cluster.weights(&base).await,
+        cluster.weights(&sibling).await,
+        cluster.weights(&halfway).await,
     );
     for ((x, y), z) in floats(&a["hidden.0.weight"])
         .iter()
@@ -166,7 +166,7 @@ async fn every_inheritance_method_records_verified_provenance() {
         })
         .await;
     let twice: Vec<f32> = floats(&a["fc.bias"]).iter().map(|v| v * 2.0).collect();
-    assert_eq!(floats(&cluster.weights(&doubled)["fc.bias"]), twice);
+    assert_eq!(floats(&cluster.weights(&doubled).await["fc.bias"]), twice);
     assert!(doubled.metrics.is_none() && doubled.dataset_id.is_empty());
     let copy = cluster
         .run(pb::JobSpec {
@@ -220,11 +220,11 @@ async fn every_inheritance_method_records_verified_provenance() {
             ("fc.bias", New, ""),
         ])
     );
-    let composed_w = cluster.weights(&composed);
+    let composed_w = cluster.weights(&composed).await;
     assert_eq!(composed_w["hidden.0.weight"], a["hidden.0.weight"]);
     assert_eq!(
         composed_w["hidden.1.weight"],
-        cluster.weights(&wise)["hidden.1.weight"]
+        cluster.weights(&wise).await["hidden.1.weight"]
     );
     let mut edges: Vec<(String, pb::Relation)> = composed
         .parents

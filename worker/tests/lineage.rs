@@ -5,7 +5,7 @@ mod support;
 
 use heirloom_proto::v1 as pb;
 use heirloom_spec::sha256_hex;
-use support::{Cluster, blobs, hyperparameters, mlp, tensors};
+use support::{Cluster, blobs, hyperparameters, mlp};
 use uuid::Uuid;
 
 fn state(event: &pb::JobEvent) -> Option<pb::JobState> {
@@ -186,22 +186,13 @@ async fn train_transfer_finetune_chain_records_exact_lineage() {
         )
     );
 
-    // The recorded hashes are the files' hashes.
-    for model in [&base, &transfer, &finetune] {
-        let (path,): (String,) = sqlx::query_as("SELECT weights_path FROM models WHERE id = $1")
-            .bind(id(&model.id))
-            .fetch_one(&cluster.pool)
-            .await
-            .unwrap();
-        let bytes = std::fs::read(cluster.artifact(&path)).unwrap();
-        assert_eq!(sha256_hex(&bytes), model.weights_sha256, "{}", model.name);
-    }
-
-    // Frozen tensors are byte-identical to the parent's; trained ones moved.
-    let weights = |model: &pb::Model| {
-        tensors(&cluster.artifact(&format!("models/{}.safetensors", model.weights_sha256)))
-    };
-    let (base_w, transfer_w, finetune_w) = (weights(&base), weights(&transfer), weights(&finetune));
+    // Frozen tensors are byte-identical to the parent's; trained ones moved. (Each export
+    // is checked against the model's recorded weights hash.)
+    let (base_w, transfer_w, finetune_w) = (
+        cluster.weights(&base).await,
+        cluster.weights(&transfer).await,
+        cluster.weights(&finetune).await,
+    );
     assert_eq!(transfer_w["hidden.0.weight"], base_w["hidden.0.weight"]);
     assert_eq!(transfer_w["hidden.0.bias"], base_w["hidden.0.bias"]);
     assert_ne!(transfer_w["fc.weight"], base_w["fc.weight"]);
@@ -308,10 +299,8 @@ async fn imported_model_can_be_finetuned() {
     assert_eq!(child.parents.len(), 1);
     assert_eq!(child.parents[0].parent_id, imported.id);
     assert_eq!(child.parents[0].relation(), pb::Relation::Finetune);
-    let child_w =
-        tensors(&cluster.artifact(&format!("models/{}.safetensors", child.weights_sha256)));
-    let parent_w =
-        tensors(&cluster.artifact(&format!("models/{}.safetensors", imported.weights_sha256)));
+    let child_w = cluster.weights(&child).await;
+    let parent_w = cluster.weights(&imported).await;
     assert_eq!(child_w["hidden.0.weight"], parent_w["hidden.0.weight"]);
     assert_ne!(child_w["fc.weight"], parent_w["fc.weight"]);
 }
@@ -367,10 +356,10 @@ async fn small_cnn_trains_and_transfers() {
     );
     let base = cluster.model("cnn").await;
     let transfer = cluster.model("cnn-transfer").await;
-    let weights = |model: &pb::Model| {
-        tensors(&cluster.artifact(&format!("models/{}.safetensors", model.weights_sha256)))
-    };
-    let (base_w, transfer_w) = (weights(&base), weights(&transfer));
+    let (base_w, transfer_w) = (
+        cluster.weights(&base).await,
+        cluster.weights(&transfer).await,
+    );
     let names: Vec<&String> = base_w.keys().collect();
     assert_eq!(
         names,

@@ -161,7 +161,7 @@ async fn resnet18_from_pytorch_is_finetuned_and_gives_pytorchs_logits() {
         .await;
 
     // The fine-tuned weights, exported as they are stored, load back into torchvision.
-    let exported = cluster.artifact(&format!("models/{}.safetensors", tuned.weights_sha256));
+    let exported = cluster.export_to(&tuned, dir.path()).await;
     let tuned_difference = logits_difference(arch, &exported, &input, dir.path());
     eprintln!("resnet18 fine-tuned by the worker: max abs logit difference {tuned_difference:e}");
     assert!(tuned_difference <= MAX_ABS_DIFF, "{tuned_difference}");
@@ -274,7 +274,7 @@ async fn torchscript_module_is_finetuned_and_used_as_a_frozen_feature_extractor(
                 .unwrap(),
         )
         .unwrap();
-        let exported = cluster.artifact(&format!("models/{}.safetensors", model.weights_sha256));
+        let exported = cluster.export_to(model, dir.path()).await;
         let logits = predict(&arch, Some(&program), &exported, &input, dir.path());
         let report: serde_json::Value = serde_json::from_str(&python(&[
             "compare-script",

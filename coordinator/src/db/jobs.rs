@@ -67,7 +67,6 @@ pub struct NewModel {
     pub id: Uuid,
     pub weights_sha256: String,
     pub weights_bytes: u64,
-    pub weights_path: String,
     pub metrics: Option<Metrics>,
     /// Checked provenance of every tensor.
     pub tensors: Vec<TensorRecord>,
@@ -236,15 +235,14 @@ impl Db {
         let spec = &job.spec;
         sqlx::query(
             "INSERT INTO models (id, name, architecture, weights_sha256, weights_bytes,
-                                 weights_path, source, job_id, metrics)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                                 source, job_id, metrics)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(model.id)
         .bind(&spec.model_name)
         .bind(Json(&spec.architecture))
         .bind(&model.weights_sha256)
         .bind(model.weights_bytes as i64)
-        .bind(&model.weights_path)
         .bind(spec.kind.as_str())
         .bind(job_id)
         .bind(model.metrics.as_ref().map(Json))

@@ -1,10 +1,11 @@
 use super::Db;
+use crate::artifacts::ManifestEntry;
 use crate::domain::{
     DatasetRef, LineageEntry, Metrics, Model, ParentEdge, Relation, TensorProvenance, TensorRecord,
 };
 use crate::error::{Error, Result, is_unique_violation};
 use chrono::{DateTime, Utc};
-use heirloom_spec::{Architecture, TensorStatus};
+use heirloom_spec::{Architecture, TensorInfo, TensorStatus};
 use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
 use std::collections::HashMap;
@@ -17,7 +18,6 @@ struct ModelRow {
     architecture: Json<Architecture>,
     weights_sha256: String,
     weights_bytes: i64,
-    weights_path: String,
     source: String,
     job_id: Option<Uuid>,
     metrics: Option<Json<Metrics>>,
@@ -86,16 +86,14 @@ impl Db {
     ) -> Result<Model> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO models (id, name, architecture, weights_sha256, weights_bytes,
-                                 weights_path, source)
-             VALUES ($1, $2, $3, $4, $5, $6, 'import')",
+            "INSERT INTO models (id, name, architecture, weights_sha256, weights_bytes, source)
+             VALUES ($1, $2, $3, $4, $5, 'import')",
         )
         .bind(model.id)
         .bind(&model.name)
         .bind(Json(&model.architecture))
         .bind(&model.weights_sha256)
         .bind(model.weights_bytes as i64)
-        .bind(&model.weights_path)
         .execute(&mut *tx)
         .await
         .map_err(|err| name_taken(err, &model.name))?;
@@ -133,6 +131,23 @@ impl Db {
                 })
             })
             .collect()
+    }
+
+    /// A model's manifest: each tensor's name, dtype, shape and hash, in name order.
+    pub async fn manifest(&self, model_id: Uuid) -> Result<Vec<ManifestEntry>> {
+        Ok(self
+            .model_tensors(model_id)
+            .await?
+            .into_iter()
+            .map(|tensor| ManifestEntry {
+                info: TensorInfo {
+                    name: tensor.record.name,
+                    dtype: tensor.record.dtype,
+                    shape: tensor.record.shape.iter().map(|&d| d as usize).collect(),
+                },
+                sha256: tensor.record.sha256,
+            })
+            .collect())
     }
 
     /// A model's tensor hashes by name.
@@ -283,7 +298,6 @@ impl Db {
                 architecture: row.architecture.0,
                 weights_sha256: row.weights_sha256,
                 weights_bytes: row.weights_bytes as u64,
-                weights_path: row.weights_path,
                 source: row.source,
                 job_id: row.job_id,
                 dataset: match (

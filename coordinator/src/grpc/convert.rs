@@ -362,9 +362,17 @@ pub fn assignment_to_proto(assignment: &Assignment) -> pb::Assignment {
         parents: assignment
             .parents
             .iter()
-            .map(|(id, weights_path)| pb::AssignedParent {
+            .map(|(id, manifest)| pb::AssignedParent {
                 model_id: id.to_string(),
-                weights_path: weights_path.clone(),
+                tensors: manifest
+                    .iter()
+                    .map(|entry| pb::ManifestTensor {
+                        name: entry.info.name.clone(),
+                        dtype: entry.info.dtype.clone(),
+                        shape: entry.info.shape.iter().map(|&d| d as u64).collect(),
+                        sha256: entry.sha256.clone(),
+                    })
+                    .collect(),
             })
             .collect(),
         tensors: job

@@ -1,6 +1,7 @@
 //! The gRPC surface: one file per service, each a thin layer that converts the request
 //! (`convert.rs`), calls the domain and the database, and converts the answer back.
 
+mod artifacts;
 mod convert;
 mod datasets;
 mod jobs;
@@ -28,6 +29,7 @@ pub async fn serve(
         "heirloom.v1.DatasetService",
         "heirloom.v1.JobService",
         "heirloom.v1.WorkerService",
+        "heirloom.v1.ArtifactService",
     ] {
         health_reporter
             .set_service_status(name, tonic_health::ServingStatus::Serving)
@@ -55,6 +57,9 @@ pub async fn serve(
         .add_service(pb::job_service_server::JobServiceServer::new(jobs::JobApi(
             services.clone(),
         )))
+        .add_service(pb::artifact_service_server::ArtifactServiceServer::new(
+            artifacts::ArtifactApi(services.clone()),
+        ))
         .add_service(pb::worker_service_server::WorkerServiceServer::new(
             workers::WorkerApi(services),
         ))

@@ -1,12 +1,13 @@
 use super::convert;
 use crate::Services;
+use crate::artifacts::ManifestEntry;
 use crate::domain::TensorRecord;
 use crate::domain::{Model, check_name};
 use crate::error::Error;
 use heirloom_proto::v1 as pb;
 use heirloom_spec::{
     Architecture, Invalid, ProgramParameter, TensorStatus, Torchscript, check_weights,
-    read_tensor_infos, sha256_hex, tensor_hashes, under_prefix,
+    read_tensor_infos, sha256_hex, under_prefix,
 };
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -43,20 +44,15 @@ impl pb::model_service_server::ModelService for ModelApi {
             .into());
         }
         check_weights("weights", &request.weights, &architecture).map_err(Error::from)?;
-        let tensors = new_tensors(&request.weights)?;
-        let weights_sha256 = sha256_hex(&request.weights);
-        let weights_path = self
-            .0
-            .artifacts
-            .put_weights(&weights_sha256, &request.weights)
-            .await?;
+        let manifest = self.0.artifacts.put_tensors(&request.weights).await?;
+        let canonical = self.0.artifacts.assemble(&manifest).await?;
+        let tensors = new_tensors(manifest);
         let model = Model {
             id: Uuid::new_v4(),
             name: request.name,
             architecture,
-            weights_sha256,
-            weights_bytes: request.weights.len() as u64,
-            weights_path,
+            weights_sha256: sha256_hex(&canonical),
+            weights_bytes: canonical.len() as u64,
             source: "import".into(),
             job_id: None,
             dataset: None,
@@ -158,16 +154,16 @@ fn describe_program(script: &mut Torchscript, program: &[u8], weights: &[u8]) ->
 }
 
 /// An imported model's tensors: all new, with no origin.
-fn new_tensors(weights: &[u8]) -> Result<Vec<TensorRecord>, Error> {
-    Ok(tensor_hashes("weights", weights)?
+fn new_tensors(manifest: Vec<ManifestEntry>) -> Vec<TensorRecord> {
+    manifest
         .into_iter()
-        .map(|(info, sha256)| TensorRecord {
-            name: info.name,
-            sha256,
-            dtype: info.dtype,
-            shape: info.shape.iter().map(|&d| d as u64).collect(),
+        .map(|entry| TensorRecord {
+            name: entry.info.name,
+            sha256: entry.sha256,
+            dtype: entry.info.dtype,
+            shape: entry.info.shape.iter().map(|&d| d as u64).collect(),
             status: TensorStatus::New,
             origin: None,
         })
-        .collect())
+        .collect()
 }

@@ -7,7 +7,7 @@ use heirloom_spec::{
     Architecture, Hyperparameters, Optimizer, TrainablePatterns, plan_finetune, plan_scratch,
     plan_transfer,
 };
-use heirloom_worker::train::{self, TrainingJob};
+use heirloom_worker::train::{self, TrainingJob, Weights};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -123,12 +123,16 @@ fn main() -> anyhow::Result<()> {
             )?;
             let (tensors, parents) = match parent {
                 None => (plan_scratch(&architecture), vec![]),
-                Some(parent) if transfer => {
-                    (plan_transfer("--transfer", &architecture, 0)?, vec![parent])
-                }
+                Some(parent) if transfer => (
+                    plan_transfer("--transfer", &architecture, 0)?,
+                    vec![Weights::File(parent)],
+                ),
                 Some(parent) => {
                     let patterns = TrainablePatterns::from_checked(trainable);
-                    (plan_finetune(&architecture, &patterns), vec![parent])
+                    (
+                        plan_finetune(&architecture, &patterns),
+                        vec![Weights::File(parent)],
+                    )
                 }
             };
             let job = TrainingJob {

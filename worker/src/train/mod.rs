@@ -31,13 +31,58 @@ pub struct TrainingJob {
     pub hyperparameters: Hyperparameters,
     /// One entry per parameter, in the architecture's order.
     pub tensors: Vec<TensorPlan>,
-    /// The parents' weights files, in the order the plan's origins refer to.
-    pub parents: Vec<PathBuf>,
+    /// The parents' weights, in the order the plan's origins refer to.
+    pub parents: Vec<Weights>,
     pub adjustment: Option<Adjustment>,
     /// Needed when anything trains; otherwise only for the held-out accuracy.
     pub dataset: Option<PathBuf>,
     /// The TorchScript program, for that architecture.
     pub program: Option<PathBuf>,
+}
+
+/// Where a model's weights come from.
+#[derive(Debug, Clone)]
+pub enum Weights {
+    /// A safetensors file.
+    File(PathBuf),
+    /// Tensor by tensor from the content-addressed store, each checked against its hash.
+    Blobs(Vec<Blob>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Blob {
+    pub name: String,
+    /// `f32` or `i64`.
+    pub dtype: String,
+    pub shape: Vec<i64>,
+    pub sha256: String,
+    pub path: PathBuf,
+}
+
+impl Weights {
+    fn load(&self) -> Result<HashMap<String, Tensor>> {
+        match self {
+            Weights::File(path) => Ok(Tensor::read_safetensors(path)?.into_iter().collect()),
+            Weights::Blobs(blobs) => blobs
+                .iter()
+                .map(|blob| {
+                    let bytes = std::fs::read(&blob.path)?;
+                    if heirloom_spec::sha256_hex(&bytes) != blob.sha256 {
+                        return Err(Error::InvalidJob(format!(
+                            "tensor {}: blob {} does not match its hash",
+                            blob.name, blob.sha256
+                        )));
+                    }
+                    let kind = match blob.dtype.as_str() {
+                        "i64" => Kind::Int64,
+                        _ => Kind::Float,
+                    };
+                    let tensor = Tensor::f_from_data_size(&bytes, &blob.shape, kind)?;
+                    Ok((blob.name.clone(), tensor))
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Sets libtorch's thread pools; call once before training.
@@ -98,8 +143,8 @@ pub fn train(
     let parents = job
         .parents
         .iter()
-        .map(|path| Ok(Tensor::read_safetensors(path)?.into_iter().collect()))
-        .collect::<Result<Vec<HashMap<String, Tensor>>>>()?;
+        .map(Weights::load)
+        .collect::<Result<Vec<_>>>()?;
     let mut network = Network::assemble(
         &job.architecture,
         job.program.as_deref(),
@@ -158,7 +203,7 @@ pub fn predict(
     output: &Path,
     device: Device,
 ) -> Result<()> {
-    let parents = vec![Tensor::read_safetensors(weights)?.into_iter().collect()];
+    let parents = vec![Weights::File(weights.to_path_buf()).load()?];
     let plan = heirloom_spec::plan_inherit(architecture, |_| false);
     let network = Network::assemble(architecture, program, &plan, &parents, device)?;
     let x = Tensor::read_safetensors(input)?

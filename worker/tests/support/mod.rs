@@ -6,6 +6,7 @@
 
 use heirloom_coordinator::{Config, Coordinator};
 use heirloom_proto::v1 as pb;
+use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
 use heirloom_proto::v1::dataset_service_client::DatasetServiceClient;
 use heirloom_proto::v1::job_service_client::JobServiceClient;
 use heirloom_proto::v1::model_service_client::ModelServiceClient;
@@ -324,16 +325,6 @@ pub fn hyperparameters(epochs: u32, learning_rate: f64) -> Option<pb::Hyperparam
     })
 }
 
-/// Reads a weights file into (name, bytes) pairs.
-pub fn tensors(path: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let bytes = std::fs::read(path).expect("read weights");
-    let file = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-    file.tensors()
-        .into_iter()
-        .map(|(name, view)| (name, view.data().to_vec()))
-        .collect()
-}
-
 impl Cluster {
     /// A model's tensors by name, with their provenance.
     pub async fn tensors_of(
@@ -353,9 +344,53 @@ impl Cluster {
             .collect()
     }
 
+    /// A model's weights file, exported over gRPC from `offset` on.
+    pub async fn export_from(&self, model: &str, offset: u64) -> Result<Vec<u8>, tonic::Status> {
+        let mut stream = ArtifactServiceClient::new(self.channel.clone())
+            .export_model(pb::ExportModelRequest {
+                model: model.into(),
+                offset,
+            })
+            .await?
+            .into_inner();
+        let mut file = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            assert_eq!(
+                chunk.offset,
+                offset + file.len() as u64,
+                "chunks arrive in order"
+            );
+            file.extend_from_slice(&chunk.data);
+        }
+        Ok(file)
+    }
+
+    /// A model's weights file, exported over gRPC and checked against its hash.
+    pub async fn export(&self, model: &pb::Model) -> Vec<u8> {
+        let file = self
+            .export_from(&model.id, 0)
+            .await
+            .expect("export the model");
+        assert_eq!(sha256_hex(&file), model.weights_sha256, "{}", model.name);
+        file
+    }
+
+    /// The exported weights written to a file in `dir`, for PyTorch to read.
+    pub async fn export_to(&self, model: &pb::Model, dir: &std::path::Path) -> PathBuf {
+        let path = dir.join(format!("{}.safetensors", model.name));
+        std::fs::write(&path, self.export(model).await).expect("write the export");
+        path
+    }
+
     /// A model's weights, tensor by tensor.
-    pub fn weights(&self, model: &pb::Model) -> std::collections::BTreeMap<String, Vec<u8>> {
-        tensors(&self.artifact(&format!("models/{}.safetensors", model.weights_sha256)))
+    pub async fn weights(&self, model: &pb::Model) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let file = self.export(model).await;
+        let parsed = safetensors::SafeTensors::deserialize(&file).expect("safetensors");
+        parsed
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.data().to_vec()))
+            .collect()
     }
 
     /// Submits and waits; panics unless the job succeeds. Returns the new model.
