@@ -72,3 +72,14 @@ echo "== lineage, with what each model inherited, trained or added"
 heirloom model tree digits-base
 echo
 heirloom model tensors digits-5-9-composed
+
+echo "== export it as safetensors and load it with PyTorch"
+heirloom model export digits-5-9-composed --out "$work/composed.safetensors"
+python3 - "$work/composed.safetensors" <<'PY'
+import sys, torch
+from safetensors.torch import load_file
+state = load_file(sys.argv[1])
+model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64), torch.nn.ReLU(), torch.nn.Linear(64, 5))
+model.load_state_dict({k.replace("hidden.0", "0").replace("hidden.1", "2").replace("fc", "4"): v for k, v in state.items()})
+print("PyTorch loaded", ", ".join(f"{k} {list(v.shape)}" for k, v in state.items()))
+PY

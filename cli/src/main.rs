@@ -2,6 +2,7 @@
 //! the coordinator over gRPC and prints what came back.
 
 mod datasets;
+mod export;
 mod jobs;
 mod models;
 mod tree;

@@ -26,6 +26,12 @@ pub enum Command {
     List,
     /// Every tensor of a model: its status, origin and hash.
     Tensors { model: String },
+    /// Write a model's weights as a safetensors file (byte for byte what was trained).
+    Export {
+        model: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print a model's ancestors and its descendants as a tree, with accuracies.
     Tree {
         model: String,
@@ -36,8 +42,8 @@ pub enum Command {
 }
 
 pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
-    let mut client =
-        ModelServiceClient::new(channel).max_encoding_message_size(crate::MAX_MESSAGE_BYTES);
+    let mut client = ModelServiceClient::new(channel.clone())
+        .max_encoding_message_size(crate::MAX_MESSAGE_BYTES);
     match command {
         Command::Import {
             name,
@@ -79,6 +85,7 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
                 println!("{}", tree::summary(model));
             }
         }
+        Command::Export { model, out } => crate::export::run(channel, &model, &out).await?,
         Command::Tensors { model } => {
             let tensors = client
                 .list_model_tensors(pb::ListModelTensorsRequest { model })

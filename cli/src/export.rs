@@ -1,0 +1,91 @@
+//! `heirloom model export`: a model's weights streamed to a file, resumed from where the
+//! stream broke, and checked against the model's hash at the end.
+
+use anyhow::Context;
+use heirloom_proto::v1 as pb;
+use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use tonic::transport::Channel;
+
+/// How many times a broken stream is resumed before giving up.
+const RESUMES: u32 = 5;
+
+pub async fn run(channel: Channel, model: &str, out: &Path) -> anyhow::Result<()> {
+    let mut client = ArtifactServiceClient::new(channel);
+    let partial = out.with_extension("partial");
+    let mut file = std::fs::File::create(&partial)
+        .with_context(|| format!("creating {}", partial.display()))?;
+    let mut hasher = Sha256::new();
+    let (mut offset, mut expected) = (0u64, None);
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("  {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+            .expect("valid template"),
+    );
+    let mut resumes = 0;
+    loop {
+        let request = pb::ExportModelRequest {
+            model: model.to_string(),
+            offset,
+        };
+        let streamed = async {
+            let mut stream = client.export_model(request).await?.into_inner();
+            while let Some(chunk) = stream.message().await? {
+                anyhow::ensure!(
+                    chunk.offset == offset,
+                    "chunk at {} while expecting {offset}",
+                    chunk.offset
+                );
+                file.write_all(&chunk.data)?;
+                hasher.update(&chunk.data);
+                offset += chunk.data.len() as u64;
+                expected = Some((chunk.total_bytes, chunk.sha256));
+                bar.set_length(chunk.total_bytes);
+                bar.set_position(offset);
+            }
+            Ok(())
+        }
+        .await;
+        match streamed {
+            Ok(()) => break,
+            // A refusal (unknown model, corrupted store) is final; a broken stream is not.
+            Err(err) if is_final(&err) || resumes == RESUMES => return Err(err),
+            Err(err) => {
+                resumes += 1;
+                bar.println(format!("  stream broke at byte {offset} ({err}); resuming"));
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let sha256 = hex::encode(hasher.finalize());
+    if let Some((total, expected_sha256)) = &expected {
+        anyhow::ensure!(offset == *total, "got {offset} of {total} bytes");
+        anyhow::ensure!(
+            &sha256 == expected_sha256,
+            "the download hashes to {sha256}, not the model's {expected_sha256}"
+        );
+    }
+    file.sync_all()?;
+    std::fs::rename(&partial, out)?;
+    println!("wrote {} ({offset} bytes, sha256 {sha256})", out.display());
+    Ok(())
+}
+
+fn is_final(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<tonic::Status>().is_some_and(|status| {
+        !matches!(
+            status.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Internal
+                | tonic::Code::Aborted
+        )
+    })
+}
