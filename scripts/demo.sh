@@ -36,7 +36,9 @@ until "$bin/heirloom" model list >/dev/null 2>&1; do
   kill -0 "${pids[0]}" 2>/dev/null || { cat "$work/coordinator.log"; exit 1; }
   sleep 0.2
 done
-"$bin/heirloom-worker" --name demo-worker --threads "${HEIRLOOM_THREADS:-2}" >"$work/worker.log" 2>&1 &
+# The worker shares no directory with the coordinator: blobs come over gRPC into its cache.
+"$bin/heirloom-worker" --name demo-worker --threads "${HEIRLOOM_THREADS:-2}" \
+  --cache "$work/worker-cache" >"$work/worker.log" 2>&1 &
 pids+=($!)
 
 echo "== datasets from scikit-learn's 8x8 digits"

@@ -2,23 +2,29 @@
 //! per tensor — each tensor's bytes stored once under their sha256, whatever model they
 //! belong to. A model's weights file is assembled from its manifest (the tensors' names,
 //! dtypes, shapes and hashes) when it is exported, and every blob is checked against its
-//! hash when it is read. For now coordinator and workers share the directory; the paths
-//! that cross the wire are relative to its root.
+//! hash when it is read. Workers reach it only through `ArtifactService`.
 //!
 //! Never touches the database.
 
 use crate::error::{Error, Result};
 use heirloom_spec::{TensorInfo, sha256_hex, tensor_hashes};
 use safetensors::tensor::TensorView;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]
 pub struct Artifacts {
     root: PathBuf,
 }
 
-/// Where workers write the weights they produce, before the coordinator checks them.
+/// Where uploads and partial writes live until they are checked and renamed.
 pub const STAGING: &str = "staging";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobKind {
+    Tensor,
+    Dataset,
+    Program,
+}
 
 /// One tensor of a model's manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,26 +112,50 @@ impl Artifacts {
             .map_err(|err| Error::Internal(format!("assembling safetensors: {err}")))
     }
 
-    /// Reads a file a worker staged; refuses any path outside the staging directory.
-    pub async fn read_staged(&self, relative: &str) -> Result<Vec<u8>> {
-        let path = Path::new(relative);
-        let inside_staging = path.starts_with(STAGING)
-            && path.components().all(|c| matches!(c, Component::Normal(_)));
-        if !inside_staging {
+    /// Where a blob of a kind lives under the root.
+    pub fn blob_file(&self, kind: BlobKind, sha256: &str) -> Result<PathBuf> {
+        let hex = sha256.len() == 64
+            && sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex {
             return Err(Error::InvalidArgument(format!(
-                "output.weights_path: {relative:?} must be a relative path under {STAGING}/"
+                "sha256: {sha256:?} is not a lowercase hex sha256"
             )));
         }
-        tokio::fs::read(self.root.join(path)).await.map_err(|err| {
-            Error::InvalidArgument(format!(
-                "output.weights_path: cannot read {relative:?}: {err}"
-            ))
-        })
+        let relative = match kind {
+            BlobKind::Tensor => heirloom_spec::blob_path(sha256),
+            BlobKind::Dataset => format!("datasets/{sha256}.safetensors"),
+            BlobKind::Program => heirloom_spec::program_path(sha256),
+        };
+        Ok(self.root.join(relative))
     }
 
-    pub async fn remove_staged(&self, relative: &str) {
-        // Best effort: a leftover staging file wastes space but breaks nothing.
-        let _ = tokio::fs::remove_file(self.root.join(relative)).await;
+    pub async fn has_tensor(&self, sha256: &str) -> Result<bool> {
+        Ok(tokio::fs::try_exists(self.blob_file(BlobKind::Tensor, sha256)?).await?)
+    }
+
+    /// A file to receive an upload in, inside the store so the final rename is atomic.
+    pub fn upload_file(&self) -> PathBuf {
+        self.root
+            .join(STAGING)
+            .join(format!("{}.upload", uuid::Uuid::new_v4()))
+    }
+
+    /// Stores an uploaded tensor blob if its content hashes to `sha256`; otherwise
+    /// deletes it and refuses: nothing corrupted is ever stored.
+    pub async fn store_upload(&self, sha256: &str, upload: &Path) -> Result<()> {
+        let target = self.blob_file(BlobKind::Tensor, sha256)?;
+        let bytes = tokio::fs::read(upload).await?;
+        let actual = sha256_hex(&bytes);
+        if actual != sha256 {
+            let _ = tokio::fs::remove_file(upload).await;
+            return Err(Error::InvalidArgument(format!(
+                "blob {sha256}: the uploaded bytes hash to {actual}; nothing was stored"
+            )));
+        }
+        tokio::fs::rename(upload, target).await?;
+        Ok(())
     }
 
     async fn write_atomically(&self, relative: &str, bytes: &[u8]) -> Result<()> {

@@ -11,8 +11,7 @@ use crate::domain::{Job, Metrics, TensorRecord};
 use crate::error::{Error, Result};
 use crate::notifier::Notification;
 use heirloom_spec::{
-    Claim, Origin, TensorInfo, TensorStatus, check_weights, sha256_hex, tensor_hashes,
-    verify_claims,
+    Claim, Origin, TensorInfo, TensorStatus, check_manifest, sha256_hex, verify_claims,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -28,7 +27,7 @@ const CLAIM_POLL: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct Assignment {
     pub job: Job,
-    pub dataset_path: Option<String>,
+    pub dataset_sha256: Option<String>,
     /// Each parent's id and manifest, in the order of the job's spec.
     pub parents: Vec<(Uuid, Vec<ManifestEntry>)>,
 }
@@ -36,8 +35,6 @@ pub struct Assignment {
 /// What a worker reports it produced.
 #[derive(Debug, Clone)]
 pub struct Output {
-    pub weights_path: String,
-    pub weights_sha256: String,
     pub metrics: Option<Metrics>,
     pub tensors: Vec<ClaimedTensor>,
 }
@@ -45,7 +42,7 @@ pub struct Output {
 /// One tensor as the worker describes it; the origin is (model id, tensor name).
 #[derive(Debug, Clone)]
 pub struct ClaimedTensor {
-    pub name: String,
+    pub info: TensorInfo,
     pub sha256: String,
     pub status: TensorStatus,
     pub origin: Option<(Uuid, String)>,
@@ -89,8 +86,8 @@ async fn claim(services: &Services, worker_id: Uuid) -> Result<Option<Assignment
         return Ok(None);
     };
     let job = claimed.job;
-    let dataset_path = match job.spec.dataset_id {
-        Some(id) => Some(services.db.dataset(id).await?.path),
+    let dataset_sha256 = match job.spec.dataset_id {
+        Some(id) => Some(services.db.dataset(id).await?.sha256),
         None => None,
     };
     let mut parents = Vec::new();
@@ -99,7 +96,7 @@ async fn claim(services: &Services, worker_id: Uuid) -> Result<Option<Assignment
     }
     Ok(Some(Assignment {
         job,
-        dataset_path,
+        dataset_sha256,
         parents,
     }))
 }
@@ -113,7 +110,7 @@ async fn wait_for_jobs(wake: &mut broadcast::Receiver<Notification>) {
     }
 }
 
-/// Checks a worker's weights against its claims and the job's spec, then records the
+/// Checks a worker's output against its claims and the job's spec, then records the
 /// model, or fails the job with the reason and records nothing.
 pub async fn record_output(
     services: &Services,
@@ -123,9 +120,7 @@ pub async fn record_output(
     output: Output,
 ) -> Result<Job> {
     let job = services.db.job(job_id).await?;
-    let bytes = services.artifacts.read_staged(&output.weights_path).await?;
-    let verdict = verify_output(services, &job, &bytes, &output).await;
-    let recorded = match verdict {
+    match verify_output(services, &job, &output).await {
         Err(Error::InvalidArgument(reason)) => {
             let reason = format!("weights rejected: {reason}");
             tracing::warn!(job_id = %job_id, reason = %reason, "job output refused");
@@ -135,19 +130,7 @@ pub async fn record_output(
                 .await
         }
         Err(err) => Err(err),
-        Ok(tensors) => {
-            services.artifacts.put_tensors(&bytes).await?;
-            let manifest: Vec<ManifestEntry> = tensors
-                .iter()
-                .map(|tensor| ManifestEntry {
-                    info: TensorInfo {
-                        name: tensor.name.clone(),
-                        dtype: tensor.dtype.clone(),
-                        shape: tensor.shape.iter().map(|&d| d as usize).collect(),
-                    },
-                    sha256: tensor.sha256.clone(),
-                })
-                .collect();
+        Ok((manifest, tensors)) => {
             let canonical = services.artifacts.assemble(&manifest).await?;
             let model = NewModel {
                 id: Uuid::new_v4(),
@@ -163,32 +146,32 @@ pub async fn record_output(
             tracing::info!(job_id = %job_id, model_id = %model.id, "job succeeded");
             Ok(job)
         }
-    };
-    services.artifacts.remove_staged(&output.weights_path).await;
-    recorded
+    }
 }
 
-/// Checks the weights against the reported hash and the architecture, and every
-/// provenance claim against the job's plan and the parents' stored tensor hashes; returns
-/// the tensors' records. Any failure is an `InvalidArgument` that fails the job.
+/// Checks the claimed tensors against the architecture and the store (each one's blob
+/// was verified against its hash when it was uploaded), and every provenance claim
+/// against the job's plan and the parents' stored tensor hashes; returns the manifest
+/// and the tensors' records. Any failure is an `InvalidArgument` that fails the job.
 async fn verify_output(
     services: &Services,
     job: &Job,
-    bytes: &[u8],
     output: &Output,
-) -> Result<Vec<TensorRecord>> {
-    let sha256 = sha256_hex(bytes);
-    if sha256 != output.weights_sha256 {
-        return Err(Error::InvalidArgument(format!(
-            "the file hashes to {sha256}, not the reported {}",
-            output.weights_sha256
-        )));
+) -> Result<(Vec<ManifestEntry>, Vec<TensorRecord>)> {
+    let infos: Vec<TensorInfo> = output.tensors.iter().map(|t| t.info.clone()).collect();
+    check_manifest("output.tensors", &infos, &job.spec.architecture)?;
+    for claimed in &output.tensors {
+        if !services.artifacts.has_tensor(&claimed.sha256).await? {
+            return Err(Error::InvalidArgument(format!(
+                "output.tensors: tensor {}: blob {} was never uploaded",
+                claimed.info.name, claimed.sha256
+            )));
+        }
     }
-    check_weights("weights", bytes, &job.spec.architecture)?;
-    let hashes = tensor_hashes("weights", bytes)?;
-    let actual: HashMap<String, String> = hashes
+    let actual: HashMap<String, String> = output
+        .tensors
         .iter()
-        .map(|(info, sha)| (info.name.clone(), sha.clone()))
+        .map(|t| (t.info.name.clone(), t.sha256.clone()))
         .collect();
     let mut parent_hashes = Vec::new();
     for parent_id in &job.spec.parents {
@@ -205,7 +188,7 @@ async fn verify_output(
                     let parent = parents.iter().position(|id| id == model_id).ok_or_else(|| {
                         Error::InvalidArgument(format!(
                             "output.tensors: tensor {}: origin model {model_id} is not a parent of this job",
-                            claimed.name
+                            claimed.info.name
                         ))
                     })?;
                     Some(Origin {
@@ -215,7 +198,7 @@ async fn verify_output(
                 }
             };
             Ok(Claim {
-                name: claimed.name.clone(),
+                name: claimed.info.name.clone(),
                 sha256: claimed.sha256.clone(),
                 status: claimed.status,
                 origin,
@@ -229,22 +212,22 @@ async fn verify_output(
         &claims,
         &parent_hashes,
     )?;
-    Ok(hashes
-        .into_iter()
-        .map(|(info, sha256)| {
-            let claim = output
-                .tensors
-                .iter()
-                .find(|c| c.name == info.name)
-                .expect("verified");
-            TensorRecord {
-                sha256,
-                dtype: info.dtype,
-                shape: info.shape.iter().map(|&d| d as u64).collect(),
-                status: claim.status,
-                origin: claim.origin.clone(),
-                name: info.name,
-            }
-        })
-        .collect())
+    let mut manifest = Vec::new();
+    let mut records = Vec::new();
+    for claimed in &output.tensors {
+        manifest.push(ManifestEntry {
+            info: claimed.info.clone(),
+            sha256: claimed.sha256.clone(),
+        });
+        records.push(TensorRecord {
+            name: claimed.info.name.clone(),
+            sha256: claimed.sha256.clone(),
+            dtype: claimed.info.dtype.clone(),
+            shape: claimed.info.shape.iter().map(|&d| d as u64).collect(),
+            status: claimed.status,
+            origin: claimed.origin.clone(),
+        });
+    }
+    manifest.sort_by(|a, b| a.info.name.cmp(&b.info.name));
+    Ok((manifest, records))
 }

@@ -40,7 +40,15 @@ pub fn check_weights(
     bytes: &[u8],
     architecture: &Architecture,
 ) -> Result<(), Invalid> {
-    let infos = read_tensor_infos(field, bytes)?;
+    check_manifest(field, &read_tensor_infos(field, bytes)?, architecture)
+}
+
+/// Checks that `infos` describe exactly the state dict of `architecture`.
+pub fn check_manifest(
+    field: &str,
+    infos: &[TensorInfo],
+    architecture: &Architecture,
+) -> Result<(), Invalid> {
     let expected = architecture.parameters();
     for tensor in &expected {
         let name = &tensor.name;

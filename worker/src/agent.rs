@@ -2,15 +2,13 @@
 //! assignment at a time from the stream, train it on a blocking thread while progress
 //! flows back, and complete it. Reconnects by itself when the coordinator goes away.
 
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::train::{self, Blob, Device, Progress, TrainingJob, Weights};
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::worker_service_client::WorkerServiceClient;
-use heirloom_spec::{
-    Adjustment, Architecture, Origin, TensorPlan, TensorStatus, blob_path, sha256_hex,
-    tensor_hashes,
-};
+use heirloom_spec::{Adjustment, Architecture, Origin, TensorPlan, TensorStatus, tensor_hashes};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +40,7 @@ async fn serve(config: &Config, device: Device, worker_id: &mut Option<String>) 
         .http2_keep_alive_interval(Duration::from_secs(10))
         .connect()
         .await?;
+    let cache = Cache::open(&config.cache, channel.clone())?;
     let mut client = WorkerServiceClient::new(channel);
     let id = match worker_id.clone() {
         Some(id) => id,
@@ -61,7 +60,7 @@ async fn serve(config: &Config, device: Device, worker_id: &mut Option<String>) 
     };
     tracing::info!(worker_id = %id, "waiting for assignments");
     while let Some(assignment) = assignments.message().await? {
-        run_assignment(&mut client, config, device, &id, assignment).await?;
+        run_assignment(&mut client, &cache, device, &id, assignment).await?;
     }
     Ok(())
 }
@@ -89,7 +88,7 @@ async fn register(
 
 async fn run_assignment(
     client: &mut WorkerServiceClient<Channel>,
-    config: &Config,
+    cache: &Cache,
     device: Device,
     worker_id: &str,
     assignment: pb::Assignment,
@@ -97,15 +96,16 @@ async fn run_assignment(
     let job_id = assignment.job_id.clone();
     let attempt = assignment.attempt;
     tracing::info!(job_id = %job_id, attempt, "job started");
-    let staged = format!("staging/{job_id}-{attempt}.safetensors");
-    let output = config.artifacts.join(&staged);
+    let output = cache
+        .staging()
+        .join(format!("{job_id}-{attempt}.safetensors"));
     let report = Reporter {
         client: client.clone(),
         worker_id: worker_id.to_string(),
         job_id: job_id.clone(),
         attempt,
     };
-    let job = match training_job(&config.artifacts, &assignment) {
+    let job = match training_job(cache, &assignment).await {
         Ok(job) => job,
         Err(err) => {
             return report
@@ -170,7 +170,7 @@ async fn run_assignment(
             return Ok(());
         }
         Ok(metrics) => pb::complete_job_request::Result::Output(
-            job_output(&output, &staged, metrics, &assignment, &job).await?,
+            job_output(cache, &output, metrics, &assignment, &job).await?,
         ),
         Err(err) => {
             tracing::warn!(job_id = %job_id, error = %err, "job failed");
@@ -233,8 +233,9 @@ impl Reporter {
     }
 }
 
-/// The worker's view of an assignment; refuses one it cannot run.
-fn training_job(artifacts: &Path, assignment: &pb::Assignment) -> Result<TrainingJob> {
+/// The worker's view of an assignment, with every blob it needs in the local cache;
+/// refuses one it cannot run.
+async fn training_job(cache: &Cache, assignment: &pb::Assignment) -> Result<TrainingJob> {
     let invalid = |what: &str| Error::InvalidJob(format!("assignment: {what}"));
     let spec = assignment.spec.as_ref().ok_or_else(|| invalid("no spec"))?;
     let architecture = assignment
@@ -273,52 +274,58 @@ fn training_job(artifacts: &Path, assignment: &pb::Assignment) -> Result<Trainin
             pb::adjustment::Kind::Scale(factor) => Adjustment::Scale { factor },
             pb::adjustment::Kind::WiseFt(alpha) => Adjustment::WiseFt { alpha },
         });
-    let architecture_for_program = architecture.clone();
+    let mut parents = Vec::new();
+    for parent in &assignment.parents {
+        let mut blobs = Vec::new();
+        for tensor in &parent.tensors {
+            blobs.push(Blob {
+                name: tensor.name.clone(),
+                dtype: tensor.dtype.clone(),
+                shape: tensor.shape.iter().map(|&d| d as i64).collect(),
+                sha256: tensor.sha256.clone(),
+                path: cache.fetch(pb::BlobKind::Tensor, &tensor.sha256).await?,
+            });
+        }
+        parents.push(Weights::Blobs(blobs));
+    }
+    let dataset = match assignment.dataset_sha256.as_str() {
+        "" => None,
+        sha256 => Some(cache.fetch(pb::BlobKind::Dataset, sha256).await?),
+    };
+    let program = match &architecture {
+        Architecture::Torchscript(script) => Some(
+            cache
+                .fetch(pb::BlobKind::Program, &script.program_sha256)
+                .await?,
+        ),
+        _ => None,
+    };
     Ok(TrainingJob {
         architecture,
         hyperparameters,
         tensors,
-        parents: assignment
-            .parents
-            .iter()
-            .map(|parent| {
-                Weights::Blobs(
-                    parent
-                        .tensors
-                        .iter()
-                        .map(|tensor| Blob {
-                            name: tensor.name.clone(),
-                            dtype: tensor.dtype.clone(),
-                            shape: tensor.shape.iter().map(|&d| d as i64).collect(),
-                            sha256: tensor.sha256.clone(),
-                            path: artifacts.join(blob_path(&tensor.sha256)),
-                        })
-                        .collect(),
-                )
-            })
-            .collect(),
+        parents,
         adjustment,
-        dataset: Some(&assignment.dataset_path)
-            .filter(|path| !path.is_empty())
-            .map(|path| artifacts.join(path)),
-        program: match &architecture_for_program {
-            Architecture::Torchscript(script) => Some(artifacts.join(script.program_path())),
-            _ => None,
-        },
+        dataset,
+        program,
     })
 }
 
-/// The weights' hash, the metrics, and a provenance claim for every tensor.
+/// Uploads the tensors the coordinator lacks, then describes every tensor: its hash,
+/// dtype, shape and provenance claim.
 async fn job_output(
+    cache: &Cache,
     path: &Path,
-    staged: &str,
     metrics: Option<train::Metrics>,
     assignment: &pb::Assignment,
     job: &TrainingJob,
 ) -> Result<pb::JobOutput> {
     let bytes = tokio::fs::read(path).await?;
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|err| Error::InvalidJob(format!("the trained weights are unreadable: {err}")))?;
     let hashes =
         tensor_hashes("weights", &bytes).map_err(|err| Error::InvalidJob(err.to_string()))?;
+    let mut blobs = Vec::new();
     let mut tensors = Vec::new();
     for (info, sha256) in hashes {
         let plan = job
@@ -341,6 +348,12 @@ async fn job_output(
             TensorStatus::New => pb::TensorStatus::New,
             TensorStatus::Interpolated => pb::TensorStatus::Interpolated,
         };
+        let data = file
+            .tensor(&info.name)
+            .expect("hashed tensors exist")
+            .data()
+            .to_vec();
+        blobs.push((sha256.clone(), data));
         tensors.push(pb::TensorProvenance {
             name: info.name,
             sha256,
@@ -352,9 +365,11 @@ async fn job_output(
             ..Default::default()
         });
     }
+    let moved = cache.upload(&blobs).await?;
+    // What this worker made, it has: a fine-tune of it later downloads nothing.
+    cache.keep(&blobs).await?;
+    tracing::info!(job_id = %assignment.job_id, uploaded_bytes = moved, "weights uploaded");
     Ok(pb::JobOutput {
-        weights_path: staged.to_string(),
-        weights_sha256: sha256_hex(&bytes),
         metrics: metrics.as_ref().map(pb::Metrics::from),
         tensors,
     })

@@ -12,9 +12,9 @@ pub struct Config {
         default_value = "http://127.0.0.1:7070"
     )]
     pub coordinator: String,
-    /// The artifact directory shared with the coordinator.
-    #[arg(long, env = "HEIRLOOM_ARTIFACTS")]
-    pub artifacts: PathBuf,
+    /// Where downloaded blobs are cached, by hash, across jobs and restarts.
+    #[arg(long, env = "HEIRLOOM_CACHE_DIR", default_value_os_t = default_cache())]
+    pub cache: PathBuf,
     /// This worker's name, as operators see it.
     #[arg(long, env = "HEIRLOOM_WORKER_NAME", default_value = "worker")]
     pub name: String,
@@ -27,4 +27,12 @@ pub struct Config {
     /// Log format: `human` or `json`.
     #[arg(long, env = "HEIRLOOM_LOG_FORMAT", default_value = "human")]
     pub log_format: String,
+}
+
+fn default_cache() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("heirloom").join("worker")
 }

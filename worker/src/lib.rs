@@ -4,6 +4,7 @@
 //! Only this crate links libtorch, and only `train/` touches `tch`.
 
 pub mod agent;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod train;

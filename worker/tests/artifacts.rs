@@ -4,6 +4,7 @@
 mod support;
 
 use heirloom_proto::v1 as pb;
+use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
 use support::{Cluster, blobs, hyperparameters, mlp};
 
 fn stored_blobs(cluster: &Cluster) -> usize {
@@ -79,4 +80,72 @@ async fn tensors_are_stored_once_and_exports_resume_and_detect_corruption() {
     assert!(refused.message().contains(&tensors["fc.bias"].sha256));
     // The base model shares no corrupted tensor and still exports.
     cluster.export(&base).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_does_not_match_its_hash_is_refused_and_not_stored() {
+    let cluster = Cluster::coordinator_only().await;
+    let mut client = ArtifactServiceClient::new(cluster.channel.clone());
+    let data = b"the bytes of a tensor".to_vec();
+    let honest = heirloom_spec::sha256_hex(&data);
+    let claimed = heirloom_spec::sha256_hex(b"other bytes");
+    let chunk = |sha256: &str, offset: u64, data: &[u8], last: bool| pb::UploadBlobsRequest {
+        sha256: sha256.into(),
+        offset,
+        data: data.to_vec(),
+        last,
+    };
+    let refused = client
+        .upload_blobs(tokio_stream::iter(vec![chunk(&claimed, 0, &data, true)]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("nothing was stored"),
+        "{}",
+        refused.message()
+    );
+    let missing = client
+        .missing_blobs(pb::MissingBlobsRequest {
+            sha256: vec![claimed.clone(), honest.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sha256;
+    assert_eq!(missing, [claimed, honest.clone()]);
+
+    // In two chunks, in order, it is stored; out of order it is refused.
+    let gap = client
+        .upload_blobs(tokio_stream::iter(vec![
+            chunk(&honest, 0, &data[..5], false),
+            chunk(&honest, 9, &data[5..], true),
+        ]))
+        .await
+        .unwrap_err();
+    assert!(gap.message().contains("expected 5"), "{}", gap.message());
+    let stored = client
+        .upload_blobs(tokio_stream::iter(vec![
+            chunk(&honest, 0, &data[..5], false),
+            chunk(&honest, 5, &data[5..], true),
+        ]))
+        .await
+        .unwrap()
+        .into_inner()
+        .stored;
+    assert_eq!(stored, std::slice::from_ref(&honest));
+    let downloaded = client
+        .download_blob(pb::DownloadBlobRequest {
+            kind: pb::BlobKind::Tensor as i32,
+            sha256: honest,
+            offset: 4,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(downloaded.data, data[4..]);
 }

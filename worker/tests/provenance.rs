@@ -4,6 +4,7 @@
 mod support;
 
 use heirloom_proto::v1 as pb;
+use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
 use heirloom_proto::v1::worker_service_client::WorkerServiceClient;
 use heirloom_spec::sha256_hex;
 use support::{Cluster, blobs, hyperparameters, mlp};
@@ -20,14 +21,36 @@ fn claim(
     origin: (&str, &str),
 ) -> pb::TensorProvenance {
     let file = safetensors::SafeTensors::deserialize(bytes).unwrap();
+    let tensor = file.tensor(name).unwrap();
     pb::TensorProvenance {
         name: name.into(),
-        sha256: sha256_hex(file.tensor(name).unwrap().data()),
+        sha256: sha256_hex(tensor.data()),
         status: status as i32,
         origin_model_id: origin.0.into(),
         origin_tensor: origin.1.into(),
+        dtype: "f32".into(),
+        shape: tensor.shape().iter().map(|&d| d as u64).collect(),
         ..Default::default()
     }
+}
+
+/// Uploads every tensor of a weights file, as a worker does before completing a job.
+async fn upload(cluster: &Cluster, bytes: &[u8]) {
+    let file = safetensors::SafeTensors::deserialize(bytes).unwrap();
+    let chunks: Vec<pb::UploadBlobsRequest> = file
+        .tensors()
+        .into_iter()
+        .map(|(_, view)| pb::UploadBlobsRequest {
+            sha256: sha256_hex(view.data()),
+            offset: 0,
+            data: view.data().to_vec(),
+            last: true,
+        })
+        .collect();
+    ArtifactServiceClient::new(cluster.channel.clone())
+        .upload_blobs(tokio_stream::iter(chunks))
+        .await
+        .expect("upload the tensors");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,16 +153,13 @@ async fn false_provenance_claims_fail_the_job_and_write_no_model() {
             .await;
         let assignment = assignments.message().await.unwrap().expect("an assignment");
         assert_eq!(assignment.job_id, job.id);
-        let staged = format!("staging/{name}.safetensors");
-        std::fs::write(cluster.artifact(&staged), &bytes).unwrap();
+        upload(&cluster, &bytes).await;
         let completed = worker
             .complete_job(pb::CompleteJobRequest {
                 worker_id: worker_id.clone(),
                 job_id: job.id.clone(),
                 attempt: assignment.attempt,
                 result: Some(pb::complete_job_request::Result::Output(pb::JobOutput {
-                    weights_path: staged,
-                    weights_sha256: sha256_hex(&bytes),
                     metrics: None,
                     tensors: claims,
                 })),

@@ -1,9 +1,12 @@
 use crate::Services;
+use crate::artifacts::BlobKind;
 use crate::error::Error;
 use heirloom_proto::v1 as pb;
 use heirloom_spec::sha256_hex;
 use std::pin::Pin;
+use tokio::io::AsyncWriteExt;
 use tokio_stream::Stream;
+use tonic::Streaming;
 use tonic::{Request, Response, Status};
 
 /// Well under the message limit, and large enough that per-message costs vanish.
@@ -12,6 +15,23 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 pub struct ArtifactApi(pub Services);
 
 type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportModelResponse, Status>> + Send>>;
+type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadBlobResponse, Status>> + Send>>;
+
+/// Splits `file` from `offset` into chunks of at most CHUNK_BYTES.
+fn chunks_from(file: &[u8], offset: u64) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+    let total = file.len() as u64;
+    if offset > total {
+        return Err(Error::InvalidArgument(format!(
+            "offset: {offset} is past the end of the {total}-byte file"
+        )));
+    }
+    let start = offset as usize;
+    Ok(file[start..]
+        .chunks(CHUNK_BYTES)
+        .enumerate()
+        .map(|(i, data)| ((start + i * CHUNK_BYTES) as u64, data.to_vec()))
+        .collect())
+}
 
 #[tonic::async_trait]
 impl pb::artifact_service_server::ArtifactService for ArtifactApi {
@@ -33,27 +53,155 @@ impl pb::artifact_service_server::ArtifactService for ArtifactApi {
             .into());
         }
         let total = file.len() as u64;
-        if request.offset > total {
-            return Err(Error::InvalidArgument(format!(
-                "offset: {} is past the end of the {total}-byte file",
-                request.offset
+        let sha256 = model.weights_sha256;
+        let chunks: Vec<Result<pb::ExportModelResponse, Status>> =
+            chunks_from(&file, request.offset)?
+                .into_iter()
+                .map(|(offset, data)| {
+                    Ok(pb::ExportModelResponse {
+                        offset,
+                        data,
+                        total_bytes: total,
+                        sha256: sha256.clone(),
+                    })
+                })
+                .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    type DownloadBlobStream = DownloadStream;
+
+    async fn download_blob(
+        &self,
+        request: Request<pb::DownloadBlobRequest>,
+    ) -> Result<Response<DownloadStream>, Status> {
+        let request = request.into_inner();
+        let kind = match pb::BlobKind::try_from(request.kind) {
+            Ok(pb::BlobKind::Tensor) => BlobKind::Tensor,
+            Ok(pb::BlobKind::Dataset) => BlobKind::Dataset,
+            Ok(pb::BlobKind::Program) => BlobKind::Program,
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "kind: must be tensor, dataset or program".into(),
+                )
+                .into());
+            }
+        };
+        let path = self.0.artifacts.blob_file(kind, &request.sha256)?;
+        let file = tokio::fs::read(&path).await.map_err(|_| {
+            Error::NotFound(format!("no {kind:?} blob {} is stored", request.sha256).to_lowercase())
+        })?;
+        if sha256_hex(&file) != request.sha256 {
+            return Err(Error::DataLoss(format!(
+                "the stored blob {} no longer matches its hash",
+                request.sha256
             ))
             .into());
         }
-        let sha256 = model.weights_sha256;
-        let start = request.offset as usize;
-        let chunks: Vec<Result<pb::ExportModelResponse, Status>> = file[start..]
-            .chunks(CHUNK_BYTES)
-            .enumerate()
-            .map(|(i, data)| {
-                Ok(pb::ExportModelResponse {
-                    offset: (start + i * CHUNK_BYTES) as u64,
-                    data: data.to_vec(),
-                    total_bytes: total,
-                    sha256: sha256.clone(),
+        let total = file.len() as u64;
+        let chunks: Vec<Result<pb::DownloadBlobResponse, Status>> =
+            chunks_from(&file, request.offset)?
+                .into_iter()
+                .map(|(offset, data)| {
+                    Ok(pb::DownloadBlobResponse {
+                        offset,
+                        data,
+                        total_bytes: total,
+                    })
                 })
-            })
-            .collect();
+                .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
+
+    async fn missing_blobs(
+        &self,
+        request: Request<pb::MissingBlobsRequest>,
+    ) -> Result<Response<pb::MissingBlobsResponse>, Status> {
+        let mut missing = Vec::new();
+        for sha256 in request.into_inner().sha256 {
+            if !self.0.artifacts.has_tensor(&sha256).await? {
+                missing.push(sha256);
+            }
+        }
+        Ok(Response::new(pb::MissingBlobsResponse { sha256: missing }))
+    }
+
+    async fn upload_blobs(
+        &self,
+        request: Request<Streaming<pb::UploadBlobsRequest>>,
+    ) -> Result<Response<pb::UploadBlobsResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut stored = Vec::new();
+        let mut open: Option<Upload> = None;
+        let result = async {
+            while let Some(chunk) = stream.message().await.map_err(|status| {
+                Error::InvalidArgument(format!("the upload stream broke: {}", status.message()))
+            })? {
+                let mut upload = match open.take() {
+                    Some(upload) if upload.sha256 == chunk.sha256 => upload,
+                    Some(upload) => {
+                        open = Some(upload);
+                        return Err(Error::InvalidArgument(format!(
+                            "blob {} ended without a chunk marked last",
+                            open.as_ref().map(|u| u.sha256.as_str()).unwrap_or_default()
+                        )));
+                    }
+                    None => {
+                        // Checks the hash's form before anything is written.
+                        self.0
+                            .artifacts
+                            .blob_file(BlobKind::Tensor, &chunk.sha256)?;
+                        let path = self.0.artifacts.upload_file();
+                        let upload = Upload {
+                            file: tokio::fs::File::create(&path).await?,
+                            path,
+                            sha256: chunk.sha256.clone(),
+                            written: 0,
+                        };
+                        open = Some(upload);
+                        open.take().expect("just set")
+                    }
+                };
+                if chunk.offset != upload.written {
+                    let expected = upload.written;
+                    open = Some(upload);
+                    return Err(Error::InvalidArgument(format!(
+                        "blob {}: chunk at offset {}, expected {expected}",
+                        chunk.sha256, chunk.offset
+                    )));
+                }
+                upload.file.write_all(&chunk.data).await?;
+                upload.written += chunk.data.len() as u64;
+                if chunk.last {
+                    upload.file.flush().await?;
+                    let Upload { path, sha256, .. } = upload;
+                    self.0.artifacts.store_upload(&sha256, &path).await?;
+                    stored.push(sha256);
+                } else {
+                    open = Some(upload);
+                }
+            }
+            if let Some(upload) = &open {
+                return Err(Error::InvalidArgument(format!(
+                    "the stream ended inside blob {}",
+                    upload.sha256
+                )));
+            }
+            Ok(())
+        }
+        .await;
+        if let Some(upload) = open {
+            let _ = tokio::fs::remove_file(&upload.path).await;
+        }
+        result?;
+        Ok(Response::new(pb::UploadBlobsResponse { stored }))
+    }
+}
+
+/// A blob being received.
+struct Upload {
+    file: tokio::fs::File,
+    path: std::path::PathBuf,
+    sha256: String,
+    written: u64,
 }

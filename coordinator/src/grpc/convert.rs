@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::planning::JobDraft;
 use chrono::{DateTime, SecondsFormat, Utc};
 use heirloom_proto::v1 as pb;
-use heirloom_spec::{Adjustment, Architecture, Invalid, TensorStatus};
+use heirloom_spec::{Adjustment, Architecture, Invalid, TensorInfo, TensorStatus};
 use uuid::Uuid;
 
 pub fn parse_id(field: &str, text: &str) -> Result<Uuid> {
@@ -224,7 +224,11 @@ pub fn claims_from_proto(tensors: Vec<pb::TensorProvenance>) -> Result<Vec<Claim
                     None => None,
                 };
             Ok(ClaimedTensor {
-                name: tensor.name,
+                info: TensorInfo {
+                    name: tensor.name,
+                    dtype: tensor.dtype,
+                    shape: tensor.shape.iter().map(|&d| d as usize).collect(),
+                },
                 sha256: tensor.sha256,
                 status,
                 origin,
@@ -358,7 +362,7 @@ pub fn assignment_to_proto(assignment: &Assignment) -> pb::Assignment {
         attempt: job.attempt as u32,
         spec: Some(job_spec_to_proto(&job.spec)),
         architecture: Some((&job.spec.architecture).into()),
-        dataset_path: assignment.dataset_path.clone().unwrap_or_default(),
+        dataset_sha256: assignment.dataset_sha256.clone().unwrap_or_default(),
         parents: assignment
             .parents
             .iter()

@@ -94,8 +94,6 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let job = match request.result {
             Some(pb::complete_job_request::Result::Output(output)) => {
                 let output = dispatch::Output {
-                    weights_path: output.weights_path,
-                    weights_sha256: output.weights_sha256,
                     metrics: convert::metrics_from_proto(output.metrics)?,
                     tensors: convert::claims_from_proto(output.tensors)?,
                 };

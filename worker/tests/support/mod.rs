@@ -24,6 +24,7 @@ pub struct Cluster {
     pub artifacts: tempfile::TempDir,
     pub pool: PgPool,
     pub channel: Channel,
+    worker_cache: tempfile::TempDir,
     worker: Option<Child>,
     shutdown: CancellationToken,
 }
@@ -100,6 +101,7 @@ impl Cluster {
             artifacts,
             pool,
             channel,
+            worker_cache: tempfile::tempdir().expect("temp dir"),
             worker: None,
             shutdown,
         }
@@ -116,8 +118,9 @@ impl Cluster {
                 "--device",
                 "cpu",
             ])
-            .arg("--artifacts")
-            .arg(self.artifacts.path())
+            // The worker shares no directory with the coordinator: its own cache only.
+            .arg("--cache")
+            .arg(self.worker_cache.path())
             .env("RUST_LOG", if log { "info" } else { "warn" })
             .stdout(if log { Stdio::inherit() } else { Stdio::null() })
             .stderr(Stdio::inherit())

@@ -1,0 +1,140 @@
+//! The worker's side of the artifact store: a local cache of blobs keyed by their
+//! sha256, filled over gRPC (downloads resume from where a broken stream stopped, and
+//! every blob is checked against its hash before it is kept), and uploads of only the
+//! tensors the coordinator lacks.
+
+use crate::error::{Error, Result};
+use heirloom_proto::v1 as pb;
+use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
+use heirloom_spec::sha256_hex;
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
+use tonic::transport::Channel;
+
+/// Upload chunks: well under the gRPC message limit.
+const CHUNK_BYTES: usize = 1 << 20;
+/// How many times a broken download is resumed before the job fails.
+const RESUMES: u32 = 5;
+
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+    client: ArtifactServiceClient<Channel>,
+}
+
+impl Cache {
+    pub fn open(root: &Path, channel: Channel) -> Result<Cache> {
+        for dir in ["tensor", "dataset", "program", "staging"] {
+            std::fs::create_dir_all(root.join(dir))?;
+        }
+        Ok(Cache {
+            root: root.to_path_buf(),
+            client: ArtifactServiceClient::new(channel),
+        })
+    }
+
+    /// Where the worker writes what it trains before uploading it.
+    pub fn staging(&self) -> PathBuf {
+        self.root.join("staging")
+    }
+
+    /// The blob's local path, downloading it first unless it is cached.
+    pub async fn fetch(&self, kind: pb::BlobKind, sha256: &str) -> Result<PathBuf> {
+        let folder = kind
+            .as_str_name()
+            .trim_start_matches("BLOB_KIND_")
+            .to_lowercase();
+        let path = self.root.join(folder).join(sha256);
+        if tokio::fs::try_exists(&path).await? {
+            return Ok(path);
+        }
+        let partial = path.with_extension("partial");
+        let mut file = tokio::fs::File::create(&partial).await?;
+        let mut offset = 0u64;
+        let mut resumes = 0;
+        loop {
+            let request = pb::DownloadBlobRequest {
+                kind: kind as i32,
+                sha256: sha256.to_string(),
+                offset,
+            };
+            let result: Result<(), tonic::Status> = async {
+                let mut stream = self
+                    .client
+                    .clone()
+                    .download_blob(request)
+                    .await?
+                    .into_inner();
+                while let Some(chunk) = stream.message().await? {
+                    file.write_all(&chunk.data).await?;
+                    offset += chunk.data.len() as u64;
+                }
+                Ok(())
+            }
+            .await;
+            match result {
+                Ok(()) => break,
+                Err(status) if resumes < RESUMES && status.code() == tonic::Code::Unavailable => {
+                    resumes += 1;
+                    tracing::warn!(sha256, offset, %status, "download broke; resuming");
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+        file.flush().await?;
+        let bytes = tokio::fs::read(&partial).await?;
+        if sha256_hex(&bytes) != sha256 {
+            let _ = tokio::fs::remove_file(&partial).await;
+            return Err(Error::InvalidJob(format!(
+                "blob {sha256} arrived corrupted"
+            )));
+        }
+        tokio::fs::rename(&partial, &path).await?;
+        Ok(path)
+    }
+
+    /// Keeps tensor blobs this worker made, so later jobs need not download them.
+    pub async fn keep(&self, blobs: &[(String, Vec<u8>)]) -> Result<()> {
+        for (sha256, bytes) in blobs {
+            let path = self.root.join("tensor").join(sha256);
+            if !tokio::fs::try_exists(&path).await? {
+                let partial = path.with_extension("partial");
+                tokio::fs::write(&partial, bytes).await?;
+                tokio::fs::rename(&partial, &path).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Uploads the blobs the coordinator does not hold yet; returns how many bytes moved.
+    pub async fn upload(&self, blobs: &[(String, Vec<u8>)]) -> Result<u64> {
+        let mut client = self.client.clone();
+        let wanted = pb::MissingBlobsRequest {
+            sha256: blobs.iter().map(|(sha, _)| sha.clone()).collect(),
+        };
+        let missing = client.missing_blobs(wanted).await?.into_inner().sha256;
+        let mut chunks = Vec::new();
+        let mut moved = 0u64;
+        for (sha256, bytes) in blobs.iter().filter(|(sha, _)| missing.contains(sha)) {
+            moved += bytes.len() as u64;
+            let pieces: Vec<&[u8]> = if bytes.is_empty() {
+                vec![&[]]
+            } else {
+                bytes.chunks(CHUNK_BYTES).collect()
+            };
+            let count = pieces.len();
+            for (i, piece) in pieces.into_iter().enumerate() {
+                chunks.push(pb::UploadBlobsRequest {
+                    sha256: sha256.clone(),
+                    offset: (i * CHUNK_BYTES) as u64,
+                    data: piece.to_vec(),
+                    last: i + 1 == count,
+                });
+            }
+        }
+        if !chunks.is_empty() {
+            client.upload_blobs(tokio_stream::iter(chunks)).await?;
+        }
+        Ok(moved)
+    }
+}
