@@ -135,6 +135,22 @@ impl Artifacts {
         Ok(tokio::fs::try_exists(self.blob_file(BlobKind::Tensor, sha256)?).await?)
     }
 
+    /// Is the tensor stored? If so, marks it as just used, for garbage collection's age.
+    pub async fn touch_tensor(&self, sha256: &str) -> Result<bool> {
+        let path = self.blob_file(BlobKind::Tensor, sha256)?;
+        let touched = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::options().append(true).open(path)?;
+            file.set_modified(std::time::SystemTime::now())
+        })
+        .await
+        .map_err(|err| Error::Internal(format!("touching a blob: {err}")))?;
+        match touched {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// A file to receive an upload in, inside the store so the final rename is atomic.
     pub fn upload_file(&self) -> PathBuf {
         self.root
@@ -156,6 +172,36 @@ impl Artifacts {
         }
         tokio::fs::rename(upload, target).await?;
         Ok(())
+    }
+
+    /// Deletes every stored blob whose hash `referenced` lacks and that is older than
+    /// `min_age`; returns (deleted blobs, deleted bytes, kept blobs).
+    pub async fn collect_garbage(
+        &self,
+        referenced: &std::collections::HashSet<String>,
+        min_age: std::time::Duration,
+        dry_run: bool,
+    ) -> Result<(u64, u64, u64)> {
+        let (mut deleted, mut bytes, mut kept) = (0, 0, 0);
+        for dir in ["blobs", "datasets", "programs"] {
+            let mut entries = tokio::fs::read_dir(self.root.join(dir)).await?;
+            while let Some(entry) = entries.next_entry().await? {
+                let name = entry.file_name().to_string_lossy().to_string();
+                let sha256 = name.split('.').next().unwrap_or_default();
+                let metadata = entry.metadata().await?;
+                let age = metadata.modified()?.elapsed().unwrap_or_default();
+                if referenced.contains(sha256) || age < min_age {
+                    kept += 1;
+                    continue;
+                }
+                if !dry_run {
+                    tokio::fs::remove_file(entry.path()).await?;
+                }
+                deleted += 1;
+                bytes += metadata.len();
+            }
+        }
+        Ok((deleted, bytes, kept))
     }
 
     async fn write_atomically(&self, relative: &str, bytes: &[u8]) -> Result<()> {

@@ -149,3 +149,58 @@ async fn an_upload_that_does_not_match_its_hash_is_refused_and_not_stored() {
         .unwrap();
     assert_eq!(downloaded.data, data[4..]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collection_deletes_only_what_nothing_references() {
+    let cluster = Cluster::start().await;
+    let data = cluster.register_dataset("blobs", blobs(0..5, 40, 1)).await;
+    let base = cluster
+        .run(pb::JobSpec {
+            kind: pb::JobKind::Train as i32,
+            model_name: "base".into(),
+            dataset_id: data.id.clone(),
+            architecture: Some(mlp(64, vec![16], 5)),
+            hyperparameters: hyperparameters(1, 0.0),
+            ..Default::default()
+        })
+        .await;
+    let mut client = ArtifactServiceClient::new(cluster.channel.clone());
+    let orphan = b"a tensor nobody will claim".to_vec();
+    client
+        .upload_blobs(tokio_stream::iter(vec![pb::UploadBlobsRequest {
+            sha256: heirloom_spec::sha256_hex(&orphan),
+            offset: 0,
+            data: orphan.clone(),
+            last: true,
+        }]))
+        .await
+        .unwrap();
+    let collect = |min_age_seconds, dry_run| {
+        let mut client = client.clone();
+        async move {
+            client
+                .collect_garbage(pb::CollectGarbageRequest {
+                    min_age_seconds,
+                    dry_run,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    // Young blobs are spared by default: they may belong to a job still running.
+    assert_eq!(collect(0, false).await.deleted_blobs, 0);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let dry = collect(1, true).await;
+    assert_eq!(
+        (dry.deleted_blobs, dry.deleted_bytes),
+        (1, orphan.len() as u64)
+    );
+    assert_eq!(stored_blobs(&cluster), 5, "a dry run deletes nothing");
+    let done = collect(1, false).await;
+    assert_eq!(done.deleted_blobs, 1);
+    // 4 tensors and the dataset stay.
+    assert_eq!(done.kept_blobs, 5);
+    assert_eq!(stored_blobs(&cluster), 4);
+    cluster.export(&base).await;
+}

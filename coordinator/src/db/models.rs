@@ -150,6 +150,20 @@ impl Db {
             .collect())
     }
 
+    /// Every blob the lineage references: tensor hashes, dataset hashes, program hashes.
+    pub async fn referenced_blobs(&self) -> Result<std::collections::HashSet<String>> {
+        // A UNION of the three kinds: blob names are hashes, so they cannot collide.
+        let rows: Vec<(Option<String>,)> = sqlx::query_as(
+            "SELECT sha256 FROM model_tensors
+             UNION SELECT sha256 FROM datasets
+             UNION SELECT architecture->'torchscript'->>'program_sha256' FROM models
+                    WHERE architecture ? 'torchscript'",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().filter_map(|(sha,)| sha).collect())
+    }
+
     /// A model's tensor hashes by name.
     pub async fn tensor_hashes(&self, model_id: Uuid) -> Result<HashMap<String, String>> {
         let rows: Vec<(String, String)> =

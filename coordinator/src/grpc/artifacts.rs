@@ -14,6 +14,9 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 
 pub struct ArtifactApi(pub Services);
 
+/// Blobs younger than this are never collected: they may belong to a job still running.
+const DEFAULT_GARBAGE_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportModelResponse, Status>> + Send>>;
 type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadBlobResponse, Status>> + Send>>;
 
@@ -113,13 +116,47 @@ impl pb::artifact_service_server::ArtifactService for ArtifactApi {
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
+    async fn collect_garbage(
+        &self,
+        request: Request<pb::CollectGarbageRequest>,
+    ) -> Result<Response<pb::CollectGarbageResponse>, Status> {
+        let request = request.into_inner();
+        let min_age = match request.min_age_seconds {
+            0 => DEFAULT_GARBAGE_AGE,
+            seconds => std::time::Duration::from_secs(seconds),
+        };
+        // References are read before the scan. A blob that becomes referenced after that
+        // read was uploaded, or reported present by MissingBlobs (which refreshes its
+        // age), within the job that references it: it is younger than min_age and kept.
+        let referenced = self.0.db.referenced_blobs().await?;
+        let (deleted_blobs, deleted_bytes, kept_blobs) = self
+            .0
+            .artifacts
+            .collect_garbage(&referenced, min_age, request.dry_run)
+            .await?;
+        tracing::info!(
+            deleted_blobs,
+            deleted_bytes,
+            kept_blobs,
+            dry_run = request.dry_run,
+            "garbage collected"
+        );
+        Ok(Response::new(pb::CollectGarbageResponse {
+            deleted_blobs,
+            deleted_bytes,
+            kept_blobs,
+        }))
+    }
+
     async fn missing_blobs(
         &self,
         request: Request<pb::MissingBlobsRequest>,
     ) -> Result<Response<pb::MissingBlobsResponse>, Status> {
         let mut missing = Vec::new();
         for sha256 in request.into_inner().sha256 {
-            if !self.0.artifacts.has_tensor(&sha256).await? {
+            // A blob a worker will rely on instead of uploading is refreshed, so garbage
+            // collection spares it until the job that needs it is recorded.
+            if !self.0.artifacts.touch_tensor(&sha256).await? {
                 missing.push(sha256);
             }
         }
