@@ -206,12 +206,14 @@ impl pb::Metrics {
         if !fraction(self.holdout_accuracy) || !fraction(self.train_accuracy) {
             return Err(Invalid::new(field, "accuracies must lie in [0, 1]"));
         }
-        Ok(Metrics {
+        let metrics = Metrics {
             holdout_accuracy: self.holdout_accuracy,
             final_loss: self.final_loss,
             train_accuracy: self.train_accuracy,
             steps: self.steps,
             steps_per_second: self.steps_per_second,
-        })
+        };
+        metrics.check(field)?;
+        Ok(metrics)
     }
 }

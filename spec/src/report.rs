@@ -1,6 +1,18 @@
 //! What a worker reports about training: progress while it runs and metrics at the end.
 
+use crate::Invalid;
 use serde::{Deserialize, Serialize};
+
+/// JSON has no NaN or infinity, and neither does a meaningful report.
+fn finite(field: &str, values: &[(&str, f64)]) -> Result<(), Invalid> {
+    match values.iter().find(|(_, value)| !value.is_finite()) {
+        Some((name, value)) => Err(Invalid::new(
+            format!("{field}.{name}"),
+            format!("must be a finite number, not {value}"),
+        )),
+        None => Ok(()),
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
@@ -13,6 +25,19 @@ pub struct Progress {
     pub steps_per_second: f64,
 }
 
+impl Progress {
+    pub fn check(&self, field: &str) -> Result<(), Invalid> {
+        finite(
+            field,
+            &[
+                ("loss", self.loss),
+                ("accuracy", self.accuracy),
+                ("steps_per_second", self.steps_per_second),
+            ],
+        )
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     /// Accuracy on the dataset's held-out split.
@@ -21,4 +46,44 @@ pub struct Metrics {
     pub train_accuracy: f64,
     pub steps: u64,
     pub steps_per_second: f64,
+}
+
+impl Metrics {
+    pub fn check(&self, field: &str) -> Result<(), Invalid> {
+        finite(
+            field,
+            &[
+                ("holdout_accuracy", self.holdout_accuracy),
+                ("final_loss", self.final_loss),
+                ("train_accuracy", self.train_accuracy),
+                ("steps_per_second", self.steps_per_second),
+            ],
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_figures_are_refused_by_name() {
+        let progress = Progress {
+            loss: f64::NAN,
+            ..Progress::default()
+        };
+        assert_eq!(
+            progress.check("progress").unwrap_err().field,
+            "progress.loss"
+        );
+        let metrics = Metrics {
+            final_loss: f64::INFINITY,
+            ..Metrics::default()
+        };
+        assert_eq!(
+            metrics.check("metrics").unwrap_err().field,
+            "metrics.final_loss"
+        );
+        assert!(Metrics::default().check("metrics").is_ok());
+    }
 }

@@ -179,7 +179,9 @@ pub fn job_to_proto(job: &Job) -> pb::Job {
 
 pub fn progress_from_proto(proto: Option<pb::Progress>) -> Result<Progress> {
     let proto = proto.ok_or_else(|| Error::from(Invalid::new("progress", "is required")))?;
-    Ok(Progress::from(&proto))
+    let progress = Progress::from(&proto);
+    progress.check("progress")?;
+    Ok(progress)
 }
 
 pub fn event_to_proto(event: &JobEvent) -> pb::JobEvent {

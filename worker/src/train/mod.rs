@@ -285,6 +285,12 @@ fn fit(
             accuracy: correct.int64_value(&[]) as f64 / train_count as f64,
             steps_per_second: step as f64 / started.elapsed().as_secs_f64().max(1e-9),
         };
+        if !progress.loss.is_finite() {
+            return Err(Error::InvalidJob(format!(
+                "training diverged: the loss is {} at epoch {epoch}; lower the learning rate",
+                progress.loss
+            )));
+        }
         report(&progress);
     }
     Ok(Metrics {
