@@ -19,7 +19,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("heirloom_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    tonic_prost_build::configure()
+        // Bulk data as `Bytes`: chunks are slices of one buffer, not copies.
+        .bytes(".heirloom.v1.DownloadBlobResponse.data")
+        .bytes(".heirloom.v1.ExportModelResponse.data")
+        .bytes(".heirloom.v1.UploadBlobsRequest.data")
+        .compile_fds(descriptors)?;
     println!("cargo:rerun-if-changed=heirloom");
     Ok(())
 }

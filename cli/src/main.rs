@@ -68,6 +68,8 @@ async fn connect(address: &str) -> anyhow::Result<Channel> {
     let endpoint = Endpoint::from_shared(address.to_string())
         .map_err(|err| anyhow::anyhow!("--coordinator {address:?}: {err}"))?;
     endpoint
+        .initial_stream_window_size(16 << 20)
+        .initial_connection_window_size(64 << 20)
         .connect()
         .await
         .map_err(|err| anyhow::anyhow!("cannot reach the coordinator at {address}: {err}"))

@@ -38,6 +38,9 @@ async fn serve(config: &Config, device: Device, worker_id: &mut Option<String>) 
         .map_err(|err| Error::InvalidJob(format!("--coordinator: {err}")))?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(10))
+        // Large flow-control windows: blobs stream at loopback speed, not 64 KiB at a time.
+        .initial_stream_window_size(16 << 20)
+        .initial_connection_window_size(64 << 20)
         .connect()
         .await?;
     let cache = Cache::open(&config.cache, channel.clone())?;

@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
-use heirloom_spec::sha256_hex;
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
 use tonic::transport::Channel;
@@ -50,6 +50,8 @@ impl Cache {
         }
         let partial = path.with_extension("partial");
         let mut file = tokio::fs::File::create(&partial).await?;
+        // Hashed as it arrives, so the blob is checked without reading it back.
+        let mut hasher = Sha256::new();
         let mut offset = 0u64;
         let mut resumes = 0;
         loop {
@@ -67,6 +69,7 @@ impl Cache {
                     .into_inner();
                 while let Some(chunk) = stream.message().await? {
                     file.write_all(&chunk.data).await?;
+                    hasher.update(&chunk.data);
                     offset += chunk.data.len() as u64;
                 }
                 Ok(())
@@ -82,8 +85,7 @@ impl Cache {
             }
         }
         file.flush().await?;
-        let bytes = tokio::fs::read(&partial).await?;
-        if sha256_hex(&bytes) != sha256 {
+        if hex::encode(hasher.finalize()) != sha256 {
             let _ = tokio::fs::remove_file(&partial).await;
             return Err(Error::InvalidJob(format!(
                 "blob {sha256} arrived corrupted"
@@ -117,17 +119,15 @@ impl Cache {
         let mut moved = 0u64;
         for (sha256, bytes) in blobs.iter().filter(|(sha, _)| missing.contains(sha)) {
             moved += bytes.len() as u64;
-            let pieces: Vec<&[u8]> = if bytes.is_empty() {
-                vec![&[]]
-            } else {
-                bytes.chunks(CHUNK_BYTES).collect()
-            };
-            let count = pieces.len();
-            for (i, piece) in pieces.into_iter().enumerate() {
+            let whole = bytes::Bytes::copy_from_slice(bytes);
+            let starts: Vec<usize> = (0..whole.len().max(1)).step_by(CHUNK_BYTES).collect();
+            let count = starts.len();
+            for (i, start) in starts.into_iter().enumerate() {
+                let end = (start + CHUNK_BYTES).min(whole.len());
                 chunks.push(pb::UploadBlobsRequest {
                     sha256: sha256.clone(),
-                    offset: (i * CHUNK_BYTES) as u64,
-                    data: piece.to_vec(),
+                    offset: start as u64,
+                    data: whole.slice(start..end),
                     last: i + 1 == count,
                 });
             }

@@ -92,7 +92,7 @@ async fn an_upload_that_does_not_match_its_hash_is_refused_and_not_stored() {
     let chunk = |sha256: &str, offset: u64, data: &[u8], last: bool| pb::UploadBlobsRequest {
         sha256: sha256.into(),
         offset,
-        data: data.to_vec(),
+        data: data.to_vec().into(),
         last,
     };
     let refused = client
@@ -170,7 +170,7 @@ async fn garbage_collection_deletes_only_what_nothing_references() {
         .upload_blobs(tokio_stream::iter(vec![pb::UploadBlobsRequest {
             sha256: heirloom_spec::sha256_hex(&orphan),
             offset: 0,
-            data: orphan.clone(),
+            data: orphan.clone().into(),
             last: true,
         }]))
         .await

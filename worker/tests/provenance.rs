@@ -43,7 +43,7 @@ async fn upload(cluster: &Cluster, bytes: &[u8]) {
         .map(|(_, view)| pb::UploadBlobsRequest {
             sha256: sha256_hex(view.data()),
             offset: 0,
-            data: view.data().to_vec(),
+            data: view.data().to_vec().into(),
             last: true,
         })
         .collect();

@@ -20,19 +20,21 @@ const DEFAULT_GARBAGE_AGE: std::time::Duration = std::time::Duration::from_secs(
 type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportModelResponse, Status>> + Send>>;
 type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadBlobResponse, Status>> + Send>>;
 
-/// Splits `file` from `offset` into chunks of at most CHUNK_BYTES.
-fn chunks_from(file: &[u8], offset: u64) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+/// Splits `file` from `offset` into chunks of at most CHUNK_BYTES, without copying.
+fn chunks_from(file: Vec<u8>, offset: u64) -> Result<Vec<(u64, bytes::Bytes)>, Error> {
+    let file = bytes::Bytes::from(file);
     let total = file.len() as u64;
     if offset > total {
         return Err(Error::InvalidArgument(format!(
             "offset: {offset} is past the end of the {total}-byte file"
         )));
     }
-    let start = offset as usize;
-    Ok(file[start..]
-        .chunks(CHUNK_BYTES)
-        .enumerate()
-        .map(|(i, data)| ((start + i * CHUNK_BYTES) as u64, data.to_vec()))
+    Ok((offset as usize..file.len())
+        .step_by(CHUNK_BYTES)
+        .map(|start| {
+            let end = (start + CHUNK_BYTES).min(file.len());
+            (start as u64, file.slice(start..end))
+        })
         .collect())
 }
 
@@ -58,7 +60,7 @@ impl pb::artifact_service_server::ArtifactService for ArtifactApi {
         let total = file.len() as u64;
         let sha256 = model.weights_sha256;
         let chunks: Vec<Result<pb::ExportModelResponse, Status>> =
-            chunks_from(&file, request.offset)?
+            chunks_from(file, request.offset)?
                 .into_iter()
                 .map(|(offset, data)| {
                     Ok(pb::ExportModelResponse {
@@ -103,7 +105,7 @@ impl pb::artifact_service_server::ArtifactService for ArtifactApi {
         }
         let total = file.len() as u64;
         let chunks: Vec<Result<pb::DownloadBlobResponse, Status>> =
-            chunks_from(&file, request.offset)?
+            chunks_from(file, request.offset)?
                 .into_iter()
                 .map(|(offset, data)| {
                     Ok(pb::DownloadBlobResponse {

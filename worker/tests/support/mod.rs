@@ -90,6 +90,8 @@ impl Cluster {
         tokio::spawn(coordinator.run(listener, shutdown.clone()));
         let channel = Channel::from_shared(address.clone())
             .expect("valid address")
+            .initial_stream_window_size(16 << 20)
+            .initial_connection_window_size(64 << 20)
             .connect()
             .await
             .expect("connect to the coordinator");
