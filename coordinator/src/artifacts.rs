@@ -135,6 +135,15 @@ impl Artifacts {
         Ok(tokio::fs::try_exists(self.blob_file(BlobKind::Tensor, sha256)?).await?)
     }
 
+    /// The stored tensor blob's length, if it is stored.
+    pub async fn tensor_len(&self, sha256: &str) -> Result<Option<u64>> {
+        match tokio::fs::metadata(self.blob_file(BlobKind::Tensor, sha256)?).await {
+            Ok(metadata) => Ok(Some(metadata.len())),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// Is the tensor stored? If so, marks it as just used, for garbage collection's age.
     pub async fn touch_tensor(&self, sha256: &str) -> Result<bool> {
         let path = self.blob_file(BlobKind::Tensor, sha256)?;
@@ -183,7 +192,9 @@ impl Artifacts {
         dry_run: bool,
     ) -> Result<(u64, u64, u64)> {
         let (mut deleted, mut bytes, mut kept) = (0, 0, 0);
-        for dir in ["blobs", "datasets", "programs"] {
+        // staging/ holds uploads in flight and what failed ones left: old files there are
+        // referenced by nothing.
+        for dir in ["blobs", "datasets", "programs", STAGING] {
             let mut entries = tokio::fs::read_dir(self.root.join(dir)).await?;
             while let Some(entry) = entries.next_entry().await? {
                 let name = entry.file_name().to_string_lossy().to_string();

@@ -53,9 +53,12 @@ pub fn assignments(services: Services, worker_id: Uuid) -> impl Stream<Item = Re
     tokio::spawn(async move {
         let mut wake = services.notifier.subscribe();
         tracing::info!(worker_id = %worker_id, "worker connected");
+        // What this stream leased: on close, only these go back to the queue.
+        let mut leases: Vec<(Uuid, i32)> = Vec::new();
         loop {
             match claim(&services, worker_id).await {
                 Ok(Some(assignment)) => {
+                    leases.push((assignment.job.id, assignment.job.attempt));
                     tracing::info!(job_id = %assignment.job.id, worker_id = %worker_id, "job leased");
                     if sender.send(Ok(assignment)).await.is_err() {
                         break;
@@ -71,7 +74,7 @@ pub fn assignments(services: Services, worker_id: Uuid) -> impl Stream<Item = Re
                 _ = tokio::time::sleep(CLAIM_POLL) => {}
             }
         }
-        match services.db.requeue_worker_jobs(worker_id).await {
+        match services.db.requeue_leases(worker_id, &leases).await {
             Ok(ids) => {
                 tracing::info!(worker_id = %worker_id, requeued = ids.len(), "worker disconnected")
             }
@@ -131,7 +134,17 @@ pub async fn record_output(
         }
         Err(err) => Err(err),
         Ok((manifest, tensors)) => {
-            let canonical = services.artifacts.assemble(&manifest).await?;
+            let canonical = match services.artifacts.assemble(&manifest).await {
+                Ok(canonical) => canonical,
+                // Retrying cannot help: record why, instead of leaving the job to loop.
+                Err(err) => {
+                    let reason = format!("weights could not be assembled: {err}");
+                    return services
+                        .db
+                        .fail_job(worker_id, job_id, attempt, &reason)
+                        .await;
+                }
+            };
             let model = NewModel {
                 id: Uuid::new_v4(),
                 weights_bytes: canonical.len() as u64,
@@ -139,10 +152,22 @@ pub async fn record_output(
                 metrics: output.metrics,
                 tensors,
             };
-            let job = services
+            let job = match services
                 .db
                 .succeed_job(worker_id, job_id, attempt, &model)
-                .await?;
+                .await
+            {
+                Ok(job) => job,
+                // The model's name was taken meanwhile (by an import): a retry would
+                // meet the same refusal.
+                Err(Error::AlreadyExists(reason)) => {
+                    return services
+                        .db
+                        .fail_job(worker_id, job_id, attempt, &reason)
+                        .await;
+                }
+                Err(err) => return Err(err),
+            };
             tracing::info!(job_id = %job_id, model_id = %model.id, "job succeeded");
             Ok(job)
         }
@@ -161,10 +186,20 @@ async fn verify_output(
     let infos: Vec<TensorInfo> = output.tensors.iter().map(|t| t.info.clone()).collect();
     check_manifest("output.tensors", &infos, &job.spec.architecture)?;
     for claimed in &output.tensors {
-        if !services.artifacts.has_tensor(&claimed.sha256).await? {
+        let info = &claimed.info;
+        let Some(stored) = services.artifacts.tensor_len(&claimed.sha256).await? else {
             return Err(Error::InvalidArgument(format!(
                 "output.tensors: tensor {}: blob {} was never uploaded",
-                claimed.info.name, claimed.sha256
+                info.name, claimed.sha256
+            )));
+        };
+        // The blob's bytes matched its hash on upload; they must also fit the tensor.
+        let element = if info.dtype == "i64" { 8 } else { 4 };
+        let expected = info.shape.iter().product::<usize>() as u64 * element;
+        if stored != expected {
+            return Err(Error::InvalidArgument(format!(
+                "output.tensors: tensor {}: blob {} holds {stored} bytes, but {} {:?} takes {expected}",
+                info.name, claimed.sha256, info.dtype, info.shape
             )));
         }
     }

@@ -23,14 +23,18 @@ pub struct TensorPlan {
 
 impl TensorPlan {
     /// The status a worker claims for this tensor once it has carried out the plan.
-    pub fn status(&self, adjustment: Option<Adjustment>) -> TensorStatus {
-        match (&self.origin, adjustment) {
-            (None, _) => TensorStatus::New,
-            (Some(_), Some(Adjustment::Interpolate { .. } | Adjustment::Scale { .. })) => {
-                TensorStatus::Interpolated
-            }
-            (Some(_), _) if self.trainable => TensorStatus::Trained,
-            (Some(_), _) => TensorStatus::Inherited,
+    /// Integer tensors (`num_batches_tracked`) are counters: never interpolated or scaled.
+    pub fn status(&self, adjustment: Option<Adjustment>, dtype: &str) -> TensorStatus {
+        let interpolates = matches!(
+            adjustment,
+            Some(Adjustment::Interpolate { .. } | Adjustment::Scale { .. })
+        );
+        match &self.origin {
+            None => TensorStatus::New,
+            Some(_) if interpolates && dtype == "f32" => TensorStatus::Interpolated,
+            Some(_) if interpolates => TensorStatus::Inherited,
+            Some(_) if self.trainable => TensorStatus::Trained,
+            Some(_) => TensorStatus::Inherited,
         }
     }
 }
@@ -97,6 +101,24 @@ pub fn under_prefix(name: &str, prefix: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
 }
 
+/// A batch norm's statistics train together or not at all, following its running mean:
+/// the worker runs a norm in training mode exactly when its running mean trains.
+fn align_norm_buffers(mut plan: Vec<TensorPlan>) -> Vec<TensorPlan> {
+    let training_norms: Vec<String> = plan
+        .iter()
+        .filter(|t| t.trainable)
+        .filter_map(|t| t.name.strip_suffix(".running_mean").map(str::to_string))
+        .collect();
+    for tensor in &mut plan {
+        for buffer in [".running_var", ".num_batches_tracked"] {
+            if let Some(norm) = tensor.name.strip_suffix(buffer) {
+                tensor.trainable = training_norms.iter().any(|n| n == norm);
+            }
+        }
+    }
+    plan
+}
+
 /// Train: every tensor fresh and trained.
 pub fn plan_scratch(architecture: &Architecture) -> Vec<TensorPlan> {
     names(architecture)
@@ -113,16 +135,18 @@ pub fn plan_inherit(
     architecture: &Architecture,
     trainable: impl Fn(&str) -> bool,
 ) -> Vec<TensorPlan> {
-    names(architecture)
-        .map(|name| TensorPlan {
-            trainable: trainable(&name),
-            origin: Some(Origin {
-                parent: 0,
-                tensor: name.clone(),
-            }),
-            name,
-        })
-        .collect()
+    align_norm_buffers(
+        names(architecture)
+            .map(|name| TensorPlan {
+                trainable: trainable(&name),
+                origin: Some(Origin {
+                    parent: 0,
+                    tensor: name.clone(),
+                }),
+                name,
+            })
+            .collect(),
+    )
 }
 
 pub fn plan_finetune(architecture: &Architecture, patterns: &TrainablePatterns) -> Vec<TensorPlan> {
@@ -148,26 +172,28 @@ pub fn plan_transfer(
         ));
     }
     let unfrozen = &blocks[blocks.len() - unfreeze_blocks as usize..];
-    Ok(names(architecture)
-        .map(|name| {
-            if under_prefix(&name, architecture.head()) {
-                TensorPlan {
-                    name,
-                    origin: None,
-                    trainable: true,
+    Ok(align_norm_buffers(
+        names(architecture)
+            .map(|name| {
+                if under_prefix(&name, architecture.head()) {
+                    TensorPlan {
+                        name,
+                        origin: None,
+                        trainable: true,
+                    }
+                } else {
+                    TensorPlan {
+                        trainable: unfrozen.iter().any(|block| under_prefix(&name, block)),
+                        origin: Some(Origin {
+                            parent: 0,
+                            tensor: name.clone(),
+                        }),
+                        name,
+                    }
                 }
-            } else {
-                TensorPlan {
-                    trainable: unfrozen.iter().any(|block| under_prefix(&name, block)),
-                    origin: Some(Origin {
-                        parent: 0,
-                        tensor: name.clone(),
-                    }),
-                    name,
-                }
-            }
-        })
-        .collect())
+            })
+            .collect(),
+    ))
 }
 
 /// Compose: each target tensor from the one module that covers it, with its shape
@@ -263,7 +289,7 @@ pub fn plan_compose(
             trainable: trains,
         });
     }
-    Ok(result)
+    Ok(align_norm_buffers(result))
 }
 
 /// One tensor as the worker describes it.

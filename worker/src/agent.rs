@@ -120,8 +120,13 @@ async fn run_assignment(
         }
     };
     // The first report moves the job to running, and may already say it was cancelled.
-    if let Ok(true) = report.progress(Progress::default()).await {
-        return Ok(());
+    match report.progress(Progress::default()).await {
+        Ok(true) => return Ok(()), // cancelled before it started
+        Err(status) if status.code() == Code::FailedPrecondition => {
+            tracing::warn!(job_id = %job_id, %status, "lease lost before starting");
+            return Ok(());
+        }
+        _ => {}
     }
     let cancel = Arc::new(AtomicBool::new(false));
     let (progress_sender, mut progress) = watch::channel(Progress::default());
@@ -345,7 +350,7 @@ async fn job_output(
             ),
             None => (String::new(), String::new()),
         };
-        let status = match plan.status(job.adjustment) {
+        let status = match plan.status(job.adjustment, &info.dtype) {
             TensorStatus::Inherited => pb::TensorStatus::Inherited,
             TensorStatus::Trained => pb::TensorStatus::Trained,
             TensorStatus::New => pb::TensorStatus::New,

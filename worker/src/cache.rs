@@ -48,7 +48,8 @@ impl Cache {
         if tokio::fs::try_exists(&path).await? {
             return Ok(path);
         }
-        let partial = path.with_extension("partial");
+        // Named per process: workers sharing a cache never write into each other's files.
+        let partial = path.with_extension(format!("{}.partial", std::process::id()));
         let mut file = tokio::fs::File::create(&partial).await?;
         // Hashed as it arrives, so the blob is checked without reading it back.
         let mut hasher = Sha256::new();
@@ -100,7 +101,7 @@ impl Cache {
         for (sha256, bytes) in blobs {
             let path = self.root.join("tensor").join(sha256);
             if !tokio::fs::try_exists(&path).await? {
-                let partial = path.with_extension("partial");
+                let partial = path.with_extension(format!("{}.partial", std::process::id()));
                 tokio::fs::write(&partial, bytes).await?;
                 tokio::fs::rename(&partial, &path).await?;
             }

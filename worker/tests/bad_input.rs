@@ -336,6 +336,27 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     )
     .await;
 
+    // A queued job holds its model's name against imports too.
+    let queued = submit(pb::JobSpec {
+        model_name: "reserved".into(),
+        ..train(&dataset.id)
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .job
+    .unwrap();
+    let import_reserved = cluster
+        .models()
+        .import_model(pb::ImportModelRequest {
+            name: "reserved".into(),
+            architecture: Some(mlp(64, vec![16], 5)),
+            weights: support::mlp_weights(64, 16, 5, [0.5; 4]),
+            ..Default::default()
+        })
+        .await;
+    check(&cluster, import_reserved, Code::AlreadyExists, &queued.id).await;
+
     let mut jobs = cluster.jobs();
     check(
         &cluster,

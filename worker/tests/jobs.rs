@@ -132,3 +132,23 @@ async fn higher_priority_jobs_are_leased_first() {
     .unwrap();
     assert_eq!(order, [("high".to_string(),), ("low".to_string(),)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_submission_returns_its_job_even_after_it_succeeded() {
+    let cluster = Cluster::start().await;
+    let dataset = cluster.register_dataset("blobs", blobs(0..5, 10, 1)).await;
+    let submit = || {
+        let mut jobs = cluster.jobs();
+        let request = pb::SubmitJobRequest {
+            spec: Some(train("retried", &dataset.id, 1)),
+            priority: 0,
+            request_id: "request-7".into(),
+        };
+        async move { jobs.submit_job(request).await }
+    };
+    let first = submit().await.unwrap().into_inner().job.unwrap();
+    let (_, done) = cluster.wait(&first.id).await;
+    assert_eq!(done.state(), pb::JobState::Succeeded, "{}", done.error);
+    let again = submit().await.expect("the retry is answered, not refused");
+    assert_eq!(again.into_inner().job.unwrap().id, first.id);
+}

@@ -139,6 +139,31 @@ async fn false_provenance_claims_fail_the_job_and_write_no_model() {
             "does not exist",
         ),
     ];
+    // A claim naming a stored blob of the wrong size for the tensor.
+    let mut misfit = vec![
+        claim(
+            "hidden.0.weight",
+            &trained_head,
+            Inherited,
+            (p, "hidden.0.weight"),
+        ),
+        claim(
+            "hidden.0.bias",
+            &trained_head,
+            Inherited,
+            (p, "hidden.0.bias"),
+        ),
+        claim("fc.weight", &trained_head, Trained, (p, "fc.weight")),
+        claim("fc.bias", &trained_head, Trained, (p, "fc.bias")),
+    ];
+    misfit[3].sha256 = misfit[1].sha256.clone(); // hidden.0.bias holds 8 floats, fc.bias 5
+    let mut cases = cases;
+    cases.push((
+        "blob-of-the-wrong-size",
+        trained_head.clone(),
+        misfit,
+        "holds 32 bytes",
+    ));
     for (name, bytes, claims, reason) in cases {
         let job = cluster
             .submit(pb::JobSpec {

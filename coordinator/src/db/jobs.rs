@@ -119,7 +119,7 @@ impl Db {
         self.job(id).await
     }
 
-    async fn job_by_request_id(&self, request_id: &str) -> Result<Option<Job>> {
+    pub async fn job_by_request_id(&self, request_id: &str) -> Result<Option<Job>> {
         let row: Option<JobRow> = sqlx::query_as("SELECT * FROM jobs WHERE request_id = $1")
             .bind(request_id)
             .fetch_optional(&self.pool)

@@ -85,6 +85,19 @@ impl Db {
         tensors: &[TensorRecord],
     ) -> Result<Model> {
         let mut tx = self.pool.begin().await?;
+        // A job in progress holds its model's name (jobs_model_name_active).
+        let held: Option<(Uuid,)> = sqlx::query_as(
+            "SELECT id FROM jobs WHERE model_name = $1 AND state NOT IN ('failed', 'cancelled')",
+        )
+        .bind(&model.name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((job_id,)) = held {
+            return Err(Error::AlreadyExists(format!(
+                "name: job {job_id} will create a model named {:?}; choose another name",
+                model.name
+            )));
+        }
         sqlx::query(
             "INSERT INTO models (id, name, architecture, weights_sha256, weights_bytes, source)
              VALUES ($1, $2, $3, $4, $5, 'import')",

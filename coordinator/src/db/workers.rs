@@ -38,15 +38,26 @@ impl Db {
         Ok(())
     }
 
-    /// Gives the jobs a disconnected worker held back to the queue; returns their ids.
-    pub async fn requeue_worker_jobs(&self, worker_id: Uuid) -> Result<Vec<Uuid>> {
+    /// Gives back to the queue the jobs leased on one assignment stream that has closed
+    /// (`leases`: job id and attempt), unless they have moved on since; returns their ids.
+    /// Only that stream's leases: the worker may already be running a job it was given on
+    /// a newer stream.
+    pub async fn requeue_leases(
+        &self,
+        worker_id: Uuid,
+        leases: &[(Uuid, i32)],
+    ) -> Result<Vec<Uuid>> {
+        let (ids, attempts): (Vec<Uuid>, Vec<i32>) = leases.iter().copied().unzip();
         let mut tx = self.pool.begin().await?;
         let ids: Vec<(Uuid,)> = sqlx::query_as(
             "UPDATE jobs SET state = 'queued', worker_id = NULL, updated_at = now()
              WHERE worker_id = $1 AND state IN ('leased', 'running')
-             RETURNING id",
+               AND (id, attempt) IN (SELECT * FROM unnest($2::uuid[], $3::int4[]))
+            RETURNING id",
         )
         .bind(worker_id)
+        .bind(&ids)
+        .bind(&attempts)
         .fetch_all(&mut *tx)
         .await?;
         for (id,) in &ids {

@@ -176,48 +176,46 @@ impl pb::artifact_service_server::ArtifactService for ArtifactApi {
             while let Some(chunk) = stream.message().await.map_err(|status| {
                 Error::InvalidArgument(format!("the upload stream broke: {}", status.message()))
             })? {
-                let mut upload = match open.take() {
-                    Some(upload) if upload.sha256 == chunk.sha256 => upload,
-                    Some(upload) => {
-                        open = Some(upload);
-                        return Err(Error::InvalidArgument(format!(
-                            "blob {} ended without a chunk marked last",
-                            open.as_ref().map(|u| u.sha256.as_str()).unwrap_or_default()
-                        )));
-                    }
-                    None => {
-                        // Checks the hash's form before anything is written.
-                        self.0
-                            .artifacts
-                            .blob_file(BlobKind::Tensor, &chunk.sha256)?;
-                        let path = self.0.artifacts.upload_file();
-                        let upload = Upload {
-                            file: tokio::fs::File::create(&path).await?,
-                            path,
-                            sha256: chunk.sha256.clone(),
-                            written: 0,
-                        };
-                        open = Some(upload);
-                        open.take().expect("just set")
-                    }
-                };
-                if chunk.offset != upload.written {
-                    let expected = upload.written;
-                    open = Some(upload);
+                // The blob in flight stays in `open` until it is stored, so that any
+                // failure on the way leaves its partial file to the cleanup below.
+                if let Some(upload) = &open
+                    && upload.sha256 != chunk.sha256
+                {
                     return Err(Error::InvalidArgument(format!(
-                        "blob {}: chunk at offset {}, expected {expected}",
-                        chunk.sha256, chunk.offset
+                        "blob {} ended without a chunk marked last",
+                        upload.sha256
+                    )));
+                }
+                if open.is_none() {
+                    // Checks the hash's form before anything is written.
+                    self.0
+                        .artifacts
+                        .blob_file(BlobKind::Tensor, &chunk.sha256)?;
+                    let path = self.0.artifacts.upload_file();
+                    open = Some(Upload {
+                        file: tokio::fs::File::create(&path).await?,
+                        path,
+                        sha256: chunk.sha256.clone(),
+                        written: 0,
+                    });
+                }
+                let upload = open.as_mut().expect("a blob is open");
+                if chunk.offset != upload.written {
+                    return Err(Error::InvalidArgument(format!(
+                        "blob {}: chunk at offset {}, expected {}",
+                        chunk.sha256, chunk.offset, upload.written
                     )));
                 }
                 upload.file.write_all(&chunk.data).await?;
                 upload.written += chunk.data.len() as u64;
                 if chunk.last {
                     upload.file.flush().await?;
-                    let Upload { path, sha256, .. } = upload;
-                    self.0.artifacts.store_upload(&sha256, &path).await?;
-                    stored.push(sha256);
-                } else {
-                    open = Some(upload);
+                    self.0
+                        .artifacts
+                        .store_upload(&upload.sha256, &upload.path)
+                        .await?;
+                    stored.push(upload.sha256.clone());
+                    open = None;
                 }
             }
             if let Some(upload) = &open {

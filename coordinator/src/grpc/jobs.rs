@@ -33,6 +33,15 @@ impl pb::job_service_server::JobService for JobApi {
             );
         }
         let request_id = Some(request.request_id.as_str()).filter(|id| !id.is_empty());
+        // A retry of a submission returns its job, even once that job has succeeded and
+        // its model holds the name.
+        if let Some(request_id) = request_id
+            && let Some(job) = self.0.db.job_by_request_id(request_id).await?
+        {
+            return Ok(Response::new(pb::SubmitJobResponse {
+                job: Some(convert::job_to_proto(&job)),
+            }));
+        }
         let draft = convert::job_draft_from_proto(request.spec)?;
         let spec = plan_job(&self.0.db, draft).await?;
         let job = self

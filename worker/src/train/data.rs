@@ -42,7 +42,8 @@ impl Dataset {
     pub fn split(&self, holdout_fraction: f64) -> (Tensor, Tensor) {
         let rows = self.x.size()[0];
         let holdout = ((rows as f64 * holdout_fraction).ceil() as i64).clamp(1, rows - 1);
-        let order = Tensor::randperm(rows, (Kind::Int64, self.x.device()));
+        // On the CPU whatever the device: CUDA's generator would give other rows.
+        let order = Tensor::randperm(rows, (Kind::Int64, Device::Cpu)).to_device(self.x.device());
         (
             order.narrow(0, holdout, rows - holdout),
             order.narrow(0, 0, holdout),

@@ -22,6 +22,9 @@ use tch::{COptimizer, Kind, Tensor};
 
 pub use tch::Device;
 
+/// The longest a training job goes without reporting progress.
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Seeds the held-out split of every dataset.
 const SPLIT_SEED: i64 = 0x4845_4952;
 
@@ -253,6 +256,7 @@ fn fit(
         ..Progress::default()
     };
     report(&progress);
+    let mut last_report = Instant::now();
     for epoch in 1..=hp.epochs {
         let order =
             train_rows.index_select(0, &Tensor::randperm(train_count, (Kind::Int64, device)));
@@ -275,6 +279,21 @@ fn fit(
             step += 1;
             loss_sum += loss.detach() * rows.size()[0];
             correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64);
+            // Long epochs still report every second: each report's answer is how a
+            // cancellation reaches the job.
+            if last_report.elapsed() >= REPORT_EVERY {
+                let seen = (first + rows.size()[0]) as f64;
+                report(&Progress {
+                    epoch: epoch - 1,
+                    epochs: hp.epochs,
+                    step,
+                    total_steps,
+                    loss: loss_sum.double_value(&[]) / seen,
+                    accuracy: correct.int64_value(&[]) as f64 / seen,
+                    steps_per_second: step as f64 / started.elapsed().as_secs_f64().max(1e-9),
+                });
+                last_report = Instant::now();
+            }
         }
         progress = Progress {
             epoch,
@@ -292,6 +311,7 @@ fn fit(
             )));
         }
         report(&progress);
+        last_report = Instant::now();
     }
     Ok(Metrics {
         holdout_accuracy: 0.0,
