@@ -35,3 +35,14 @@ pg_stop() {
   [ -f "$dir/postmaster.pid" ] && as_pg_owner "$(pg_bin)/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1
   return 0
 }
+
+# Starts a private PostgreSQL for the rest of this script, stopped when it exits, and
+# exports HEIRLOOM_TEST_DATABASE_URL (the integration tests create their databases in it).
+start_test_postgres() {
+  HEIRLOOM_PG_WORK=$(mktemp -d "${TMPDIR:-/tmp}/heirloom-pg.XXXXXX")
+  trap 'pg_stop "$HEIRLOOM_PG_WORK/pg"; rm -rf "$HEIRLOOM_PG_WORK"' EXIT
+  local port
+  port=$(free_port)
+  pg_start "$HEIRLOOM_PG_WORK/pg" "$port"
+  export HEIRLOOM_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+}

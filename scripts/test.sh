@@ -7,10 +7,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh
 source scripts/lib.sh
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/heirloom-test.XXXXXX")
-trap 'pg_stop "$work/pg"; rm -rf "$work"' EXIT
-port=$(free_port)
-pg_start "$work/pg" "$port"
-export HEIRLOOM_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+start_test_postgres
 
 cargo test --workspace --no-fail-fast "$@"
