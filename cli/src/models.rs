@@ -64,6 +64,7 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
                             .with_context(|| format!("reading {}", path.display()))?,
                         None => Vec::new(),
                     },
+                    tensors: Vec::new(),
                 })
                 .await?
                 .into_inner()

@@ -135,6 +135,29 @@ impl Artifacts {
         Ok(tokio::fs::try_exists(self.blob_file(BlobKind::Tensor, sha256)?).await?)
     }
 
+    /// Checks that every tensor of a manifest is stored with the size its dtype and shape
+    /// need (its bytes matched its hash when they were stored).
+    pub async fn check_stored(&self, field: &str, manifest: &[ManifestEntry]) -> Result<()> {
+        for entry in manifest {
+            let info = &entry.info;
+            let Some(stored) = self.tensor_len(&entry.sha256).await? else {
+                return Err(Error::InvalidArgument(format!(
+                    "{field}: tensor {}: blob {} was never uploaded",
+                    info.name, entry.sha256
+                )));
+            };
+            let element = if info.dtype == "i64" { 8 } else { 4 };
+            let expected = info.shape.iter().product::<usize>() as u64 * element;
+            if stored != expected {
+                return Err(Error::InvalidArgument(format!(
+                    "{field}: tensor {}: blob {} holds {stored} bytes, but {} {:?} takes {expected}",
+                    info.name, entry.sha256, info.dtype, info.shape
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The stored tensor blob's length, if it is stored.
     pub async fn tensor_len(&self, sha256: &str) -> Result<Option<u64>> {
         match tokio::fs::metadata(self.blob_file(BlobKind::Tensor, sha256)?).await {

@@ -185,24 +185,18 @@ async fn verify_output(
 ) -> Result<(Vec<ManifestEntry>, Vec<TensorRecord>)> {
     let infos: Vec<TensorInfo> = output.tensors.iter().map(|t| t.info.clone()).collect();
     check_manifest("output.tensors", &infos, &job.spec.architecture)?;
-    for claimed in &output.tensors {
-        let info = &claimed.info;
-        let Some(stored) = services.artifacts.tensor_len(&claimed.sha256).await? else {
-            return Err(Error::InvalidArgument(format!(
-                "output.tensors: tensor {}: blob {} was never uploaded",
-                info.name, claimed.sha256
-            )));
-        };
-        // The blob's bytes matched its hash on upload; they must also fit the tensor.
-        let element = if info.dtype == "i64" { 8 } else { 4 };
-        let expected = info.shape.iter().product::<usize>() as u64 * element;
-        if stored != expected {
-            return Err(Error::InvalidArgument(format!(
-                "output.tensors: tensor {}: blob {} holds {stored} bytes, but {} {:?} takes {expected}",
-                info.name, claimed.sha256, info.dtype, info.shape
-            )));
-        }
-    }
+    let manifest: Vec<ManifestEntry> = output
+        .tensors
+        .iter()
+        .map(|claimed| ManifestEntry {
+            info: claimed.info.clone(),
+            sha256: claimed.sha256.clone(),
+        })
+        .collect();
+    services
+        .artifacts
+        .check_stored("output.tensors", &manifest)
+        .await?;
     let actual: HashMap<String, String> = output
         .tensors
         .iter()
@@ -247,13 +241,9 @@ async fn verify_output(
         &claims,
         &parent_hashes,
     )?;
-    let mut manifest = Vec::new();
+    let mut manifest = manifest;
     let mut records = Vec::new();
     for claimed in &output.tensors {
-        manifest.push(ManifestEntry {
-            info: claimed.info.clone(),
-            sha256: claimed.sha256.clone(),
-        });
         records.push(TensorRecord {
             name: claimed.info.name.clone(),
             sha256: claimed.sha256.clone(),

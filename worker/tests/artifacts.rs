@@ -204,3 +204,76 @@ async fn garbage_collection_deletes_only_what_nothing_references() {
     assert_eq!(stored_blobs(&cluster), 4);
     cluster.export(&base).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_of_any_size_is_imported_from_uploaded_tensors() {
+    let cluster = Cluster::coordinator_only().await;
+    let weights = support::mlp_weights(64, 16, 5, [0.25, 0.5, 0.75, 1.0]);
+    let file = safetensors::SafeTensors::deserialize(&weights).unwrap();
+    let mut manifest = Vec::new();
+    let mut chunks = Vec::new();
+    for (name, view) in file.tensors() {
+        let sha256 = heirloom_spec::sha256_hex(view.data());
+        manifest.push(pb::ManifestTensor {
+            name,
+            dtype: "f32".into(),
+            shape: view.shape().iter().map(|&d| d as u64).collect(),
+            sha256: sha256.clone(),
+        });
+        chunks.push(pb::UploadBlobsRequest {
+            sha256,
+            offset: 0,
+            data: view.data().to_vec().into(),
+            last: true,
+        });
+    }
+    let import =
+        |name: &str, tensors: Vec<pb::ManifestTensor>, weights: Vec<u8>| pb::ImportModelRequest {
+            name: name.into(),
+            architecture: Some(mlp(64, vec![16], 5)),
+            weights,
+            tensors,
+            ..Default::default()
+        };
+    // Before the upload, the manifest names blobs the store lacks.
+    let refused = cluster
+        .models()
+        .import_model(import("uploaded", manifest.clone(), vec![]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("was never uploaded"),
+        "{}",
+        refused.message()
+    );
+
+    ArtifactServiceClient::new(cluster.channel.clone())
+        .upload_blobs(tokio_stream::iter(chunks))
+        .await
+        .unwrap();
+    let uploaded = cluster
+        .models()
+        .import_model(import("uploaded", manifest, vec![]))
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    let inline = cluster
+        .models()
+        .import_model(import("inline", vec![], weights))
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    assert_eq!(
+        uploaded.weights_sha256, inline.weights_sha256,
+        "the same tensors, the same canonical file"
+    );
+    assert_eq!(
+        cluster.export(&uploaded).await,
+        cluster.export(&inline).await
+    );
+}

@@ -448,6 +448,7 @@ async fn bad_imports_and_datasets_are_refused() {
             architecture: Some(architecture),
             weights: weights.clone(),
             program,
+            ..Default::default()
         };
         check(
             &cluster,

@@ -231,6 +231,7 @@ async fn torchscript_module_is_finetuned_and_used_as_a_frozen_feature_extractor(
             architecture: Some((&architecture).into()),
             weights: std::fs::read(&weights).unwrap(),
             program: std::fs::read(&program).unwrap(),
+            ..Default::default()
         })
         .await
         .expect("import the TorchScript module")

@@ -6,8 +6,8 @@ use crate::domain::{Model, check_name};
 use crate::error::Error;
 use heirloom_proto::v1 as pb;
 use heirloom_spec::{
-    Architecture, Invalid, ProgramParameter, TensorStatus, Torchscript, check_weights,
-    read_tensor_infos, sha256_hex, under_prefix,
+    Architecture, Invalid, ProgramParameter, TensorStatus, Torchscript, check_manifest, sha256_hex,
+    under_prefix,
 };
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -25,13 +25,52 @@ impl pb::model_service_server::ModelService for ModelApi {
         let mut architecture =
             convert::architecture_from_proto("architecture", request.architecture)?
                 .ok_or_else(|| Error::from(Invalid::new("architecture", "is required")))?;
-        if request.weights.is_empty() {
-            return Err(
-                Error::from(Invalid::new("weights", "is empty: send a safetensors file")).into(),
-            );
-        }
+        // The tensors come inline (`weights`) or were uploaded first (`tensors`).
+        let manifest = match (request.weights.is_empty(), request.tensors.is_empty()) {
+            (false, true) => {
+                let hashes = heirloom_spec::tensor_hashes("weights", &request.weights)
+                    .map_err(Error::from)?;
+                hashes
+                    .into_iter()
+                    .map(|(info, sha256)| ManifestEntry { info, sha256 })
+                    .collect::<Vec<_>>()
+            }
+            (true, false) => {
+                let mut manifest: Vec<ManifestEntry> = request
+                    .tensors
+                    .iter()
+                    .map(|t| ManifestEntry {
+                        info: heirloom_spec::TensorInfo {
+                            name: t.name.clone(),
+                            dtype: t.dtype.clone(),
+                            shape: t.shape.iter().map(|&d| d as usize).collect(),
+                        },
+                        sha256: t.sha256.clone(),
+                    })
+                    .collect();
+                manifest.sort_by(|a, b| a.info.name.cmp(&b.info.name));
+                self.0.artifacts.check_stored("tensors", &manifest).await?;
+                manifest
+            }
+            (true, true) => {
+                return Err(Error::from(Invalid::new(
+                    "weights",
+                    "is empty: send a safetensors file, or upload the tensors and list them in `tensors`",
+                ))
+                .into());
+            }
+            (false, false) => {
+                return Err(Error::from(Invalid::new(
+                    "tensors",
+                    "send `weights` or `tensors`, not both",
+                ))
+                .into());
+            }
+        };
+        let infos: Vec<heirloom_spec::TensorInfo> =
+            manifest.iter().map(|e| e.info.clone()).collect();
         if let Architecture::Torchscript(script) = &mut architecture {
-            describe_program(script, &request.program, &request.weights)?;
+            describe_program(script, &request.program, &infos)?;
             self.0
                 .artifacts
                 .put_program(&script.program_sha256, &request.program)
@@ -43,8 +82,10 @@ impl pb::model_service_server::ModelService for ModelApi {
             ))
             .into());
         }
-        check_weights("weights", &request.weights, &architecture).map_err(Error::from)?;
-        let manifest = self.0.artifacts.put_tensors(&request.weights).await?;
+        check_manifest("weights", &infos, &architecture).map_err(Error::from)?;
+        if !request.weights.is_empty() {
+            self.0.artifacts.put_tensors(&request.weights).await?;
+        }
         let canonical = self.0.artifacts.assemble(&manifest).await?;
         let tensors = new_tensors(manifest);
         let model = Model {
@@ -125,7 +166,11 @@ impl pb::model_service_server::ModelService for ModelApi {
 
 /// Completes a TorchScript architecture from what was imported: the program's hash and
 /// its parameters as the weights name them.
-fn describe_program(script: &mut Torchscript, program: &[u8], weights: &[u8]) -> Result<(), Error> {
+fn describe_program(
+    script: &mut Torchscript,
+    program: &[u8],
+    weights: &[heirloom_spec::TensorInfo],
+) -> Result<(), Error> {
     if program.is_empty() {
         return Err(Invalid::new(
             "program",
@@ -142,12 +187,12 @@ fn describe_program(script: &mut Torchscript, program: &[u8], weights: &[u8]) ->
         .into());
     }
     script.program_sha256 = sha256_hex(program);
-    script.parameters = read_tensor_infos("weights", weights)?
-        .into_iter()
+    script.parameters = weights
+        .iter()
         .filter(|info| script.head.is_none() || !under_prefix(&info.name, "head"))
         .map(|info| ProgramParameter {
-            name: info.name,
-            shape: info.shape,
+            name: info.name.clone(),
+            shape: info.shape.clone(),
         })
         .collect();
     Ok(())
