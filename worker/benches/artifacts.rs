@@ -1,5 +1,5 @@
-//! Artifact store figures, not a timed test: upload and download throughput of 1 GiB of
-//! tensor blobs over loopback through the worker's own cache code, and the bytes stored
+//! Artifact store figures, not a timed test: upload, download and export throughput of a
+//! 1 GB model over loopback through the worker's own cache code, and the bytes stored
 //! and moved for a chain of ResNet-18 fine-tunes that freeze most of the network, against
 //! storing every model whole. Run with `bench/artifacts.sh` (it starts PostgreSQL).
 
@@ -12,8 +12,6 @@ use heirloom_worker::cache::Cache;
 use std::time::Instant;
 use support::{Cluster, Rng, safetensors_file};
 
-const BLOBS: usize = 16;
-const BLOB_BYTES: usize = 64 << 20;
 const FINETUNES: usize = 5;
 
 fn noise(seed: u64, bytes: usize) -> Vec<u8> {
@@ -34,14 +32,24 @@ fn dir_bytes(path: &std::path::Path) -> u64 {
 async fn main() {
     let cluster = Cluster::start().await;
 
-    // Throughput: 1 GiB of distinct tensors up, then down into an empty cache.
-    let blobs: Vec<(String, Vec<u8>)> = (0..BLOBS)
-        .map(|i| {
-            let bytes = noise(i as u64 + 1, BLOB_BYTES);
+    // Throughput: a 1.07 GB model (an MLP 8192 → 4 × 8192 → 10) up tensor by tensor,
+    // imported from its uploaded tensors, exported as one file, and down into an empty
+    // worker cache.
+    let big = Architecture::Mlp(heirloom_spec::Mlp {
+        input_features: 8192,
+        hidden: vec![8192; 4],
+        num_classes: 10,
+    });
+    let specs = big.parameters();
+    let blobs: Vec<(String, Vec<u8>)> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let bytes = noise(i as u64 + 1, t.shape.iter().product::<usize>() * 4);
             (sha256_hex(&bytes), bytes)
         })
         .collect();
-    let total = (BLOBS * BLOB_BYTES) as f64;
+    let total = blobs.iter().map(|(_, b)| b.len()).sum::<usize>() as f64;
     let uploader =
         Cache::open(tempfile::tempdir().unwrap().path(), cluster.channel.clone()).unwrap();
     let started = Instant::now();
@@ -59,17 +67,49 @@ async fn main() {
             .unwrap();
     }
     let download = started.elapsed().as_secs_f64();
+    let manifest: Vec<pb::ManifestTensor> = specs
+        .iter()
+        .zip(&blobs)
+        .map(|(t, (sha256, _))| pb::ManifestTensor {
+            name: t.name.clone(),
+            dtype: "f32".into(),
+            shape: t.shape.iter().map(|&d| d as u64).collect(),
+            sha256: sha256.clone(),
+        })
+        .collect();
+    let big_model = cluster
+        .models()
+        .import_model(pb::ImportModelRequest {
+            name: "big".into(),
+            architecture: Some((&big).into()),
+            tensors: manifest,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    let started = Instant::now();
+    let exported = cluster.export(&big_model).await;
+    let export = started.elapsed().as_secs_f64();
+    let gb = total / 1e9;
     println!(
-        "| upload 1 GiB ({BLOBS} tensors of 64 MiB) | {:.2} s | {:.2} GB/s |",
-        upload,
+        "| upload {gb:.2} GB ({} tensors) | {upload:.2} s | {:.2} GB/s |",
+        blobs.len(),
         total / upload / 1e9
     );
     println!("| upload the same again (all stored) | {again} bytes moved | |");
     println!(
-        "| download 1 GiB into an empty cache | {:.2} s | {:.2} GB/s |",
-        download,
+        "| download {gb:.2} GB into an empty worker cache | {download:.2} s | {:.2} GB/s |",
         total / download / 1e9
     );
+    println!(
+        "| export the {:.2} GB model as one safetensors file (assembled, hash-checked) | {export:.2} s | {:.2} GB/s |",
+        exported.len() as f64 / 1e9,
+        exported.len() as f64 / export / 1e9
+    );
+    drop(exported);
 
     // Dedup: a ResNet-18 and a chain of fine-tunes that train only layer4.1 and fc.
     let architecture = Architecture::Resnet(Resnet {
