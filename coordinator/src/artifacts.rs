@@ -7,7 +7,7 @@
 //! Never touches the database.
 
 use crate::error::{Error, Result};
-use heirloom_spec::{TensorInfo, sha256_hex, tensor_hashes};
+use heirloom_spec::{TensorInfo, sha256_hex};
 use safetensors::tensor::TensorView;
 use std::path::{Path, PathBuf};
 
@@ -18,6 +18,10 @@ pub struct Artifacts {
 
 /// Where uploads and partial writes live until they are checked and renamed.
 pub const STAGING: &str = "staging";
+
+fn dataset_path(sha256: &str) -> String {
+    format!("datasets/{sha256}.safetensors")
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlobKind {
@@ -48,7 +52,7 @@ impl Artifacts {
 
     /// Stores a dataset's bytes; returns the relative path.
     pub async fn put_dataset(&self, sha256: &str, bytes: &[u8]) -> Result<String> {
-        let relative = format!("datasets/{sha256}.safetensors");
+        let relative = dataset_path(sha256);
         self.write_atomically(&relative, bytes).await?;
         Ok(relative)
     }
@@ -60,20 +64,21 @@ impl Artifacts {
         Ok(relative)
     }
 
-    /// Stores every tensor of a safetensors file as a blob (those already stored cost
-    /// nothing) and returns the file's manifest, in name order.
-    pub async fn put_tensors(&self, weights: &[u8]) -> Result<Vec<ManifestEntry>> {
+    /// Stores every tensor of a safetensors file as a blob named by `manifest`, the
+    /// file's hashes as `heirloom_spec::tensor_hashes` gave them (tensors already stored
+    /// cost nothing).
+    pub async fn put_tensors(&self, weights: &[u8], manifest: &[ManifestEntry]) -> Result<()> {
         let file = safetensors::SafeTensors::deserialize(weights).map_err(|err| {
             Error::InvalidArgument(format!("weights: not a safetensors file: {err}"))
         })?;
-        let mut manifest = Vec::new();
-        for (info, sha256) in tensor_hashes("weights", weights)? {
-            let view = file.tensor(&info.name).expect("hashed tensors exist");
-            self.write_atomically(&heirloom_spec::blob_path(&sha256), view.data())
+        for entry in manifest {
+            let view = file
+                .tensor(&entry.info.name)
+                .map_err(|err| Error::Internal(format!("tensor {}: {err}", entry.info.name)))?;
+            self.write_atomically(&heirloom_spec::blob_path(&entry.sha256), view.data())
                 .await?;
-            manifest.push(ManifestEntry { info, sha256 });
         }
-        Ok(manifest)
+        Ok(())
     }
 
     /// A tensor's bytes, checked against its hash: a corrupted blob is never served.
@@ -125,7 +130,7 @@ impl Artifacts {
         }
         let relative = match kind {
             BlobKind::Tensor => heirloom_spec::blob_path(sha256),
-            BlobKind::Dataset => format!("datasets/{sha256}.safetensors"),
+            BlobKind::Dataset => dataset_path(sha256),
             BlobKind::Program => heirloom_spec::program_path(sha256),
         };
         Ok(self.root.join(relative))

@@ -33,16 +33,6 @@ pub fn read_tensor_infos(field: &str, bytes: &[u8]) -> Result<Vec<TensorInfo>, I
     Ok(infos)
 }
 
-/// Checks that `bytes` hold exactly the state dict of `architecture`: every tensor, with
-/// its shape and dtype, and nothing else.
-pub fn check_weights(
-    field: &str,
-    bytes: &[u8],
-    architecture: &Architecture,
-) -> Result<(), Invalid> {
-    check_manifest(field, &read_tensor_infos(field, bytes)?, architecture)
-}
-
 /// Checks that `infos` describe exactly the state dict of `architecture`.
 pub fn check_manifest(
     field: &str,

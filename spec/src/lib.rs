@@ -17,8 +17,8 @@ pub use architecture::{
     VggLayer, blob_path, program_path, resnet_stages,
 };
 pub use files::{
-    DatasetInfo, TensorInfo, check_manifest, check_weights, read_dataset_info, read_tensor_infos,
-    sha256_hex, tensor_hashes,
+    DatasetInfo, TensorInfo, check_manifest, read_dataset_info, read_tensor_infos, sha256_hex,
+    tensor_hashes,
 };
 pub use hyperparameters::{Hyperparameters, Optimizer};
 pub use patterns::{TrainablePatterns, pattern_matches};

@@ -30,14 +30,6 @@ impl Db {
         Ok(found.is_some())
     }
 
-    pub async fn touch_worker(&self, id: Uuid) -> Result<()> {
-        sqlx::query("UPDATE workers SET last_seen_at = now() WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     /// Gives back to the queue the jobs leased on one assignment stream that has closed
     /// (`leases`: job id and attempt), unless they have moved on since; returns their ids.
     /// Only that stream's leases: the worker may already be running a job it was given on

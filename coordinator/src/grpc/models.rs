@@ -84,7 +84,10 @@ impl pb::model_service_server::ModelService for ModelApi {
         }
         check_manifest("weights", &infos, &architecture).map_err(Error::from)?;
         if !request.weights.is_empty() {
-            self.0.artifacts.put_tensors(&request.weights).await?;
+            self.0
+                .artifacts
+                .put_tensors(&request.weights, &manifest)
+                .await?;
         }
         let canonical = self.0.artifacts.assemble(&manifest).await?;
         let tensors = new_tensors(manifest);
