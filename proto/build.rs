@@ -24,6 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".heirloom.v1.DownloadBlobResponse.data")
         .bytes(".heirloom.v1.ExportModelResponse.data")
         .bytes(".heirloom.v1.UploadBlobsRequest.data")
+        .bytes(".heirloom.v1.ImportModelRequest.weights")
+        .bytes(".heirloom.v1.RegisterDatasetRequest.content")
         .compile_fds(descriptors)?;
     println!("cargo:rerun-if-changed=heirloom");
     Ok(())

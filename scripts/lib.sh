@@ -36,13 +36,45 @@ pg_stop() {
   return 0
 }
 
+# Commands run when the script exits, newest first: each service started adds its stop.
+HEIRLOOM_CLEANUP=""
+on_exit() { eval "$HEIRLOOM_CLEANUP"; }
+trap on_exit EXIT
+cleanup_later() { HEIRLOOM_CLEANUP="$1; $HEIRLOOM_CLEANUP"; }
+
 # Starts a private PostgreSQL for the rest of this script, stopped when it exits, and
 # exports HEIRLOOM_TEST_DATABASE_URL (the integration tests create their databases in it).
 start_test_postgres() {
   HEIRLOOM_PG_WORK=$(mktemp -d "${TMPDIR:-/tmp}/heirloom-pg.XXXXXX")
-  trap 'pg_stop "$HEIRLOOM_PG_WORK/pg"; rm -rf "$HEIRLOOM_PG_WORK"' EXIT
+  cleanup_later 'pg_stop "$HEIRLOOM_PG_WORK/pg"; rm -rf "$HEIRLOOM_PG_WORK"'
   local port
   port=$(free_port)
   pg_start "$HEIRLOOM_PG_WORK/pg" "$port"
   export HEIRLOOM_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+}
+
+# Starts an S3-compatible server (moto's, from the virtualenv) with one bucket for the
+# rest of this script, and exports what the S3 artifact tests need to reach it.
+start_test_s3() {
+  local port log
+  port=$(free_port)
+  log=$(mktemp "${TMPDIR:-/tmp}/heirloom-s3.XXXXXX.log")
+  "$HEIRLOOM_VENV/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 &
+  HEIRLOOM_S3_PID=$!
+  cleanup_later 'kill "$HEIRLOOM_S3_PID" 2>/dev/null; rm -f "'"$log"'"'
+  export AWS_ENDPOINT="http://127.0.0.1:$port" AWS_ALLOW_HTTP=true AWS_REGION=us-east-1 \
+    AWS_ACCESS_KEY_ID=heirloom-test AWS_SECRET_ACCESS_KEY=heirloom-test
+  export HEIRLOOM_TEST_S3_BUCKET=heirloom-test
+  # Waits for the server, then makes the bucket (moto accepts any credentials).
+  "$HEIRLOOM_VENV/bin/python" - "$AWS_ENDPOINT/$HEIRLOOM_TEST_S3_BUCKET" <<'PY'
+import sys, time, urllib.request
+for attempt in range(100):
+    try:
+        urllib.request.urlopen(urllib.request.Request(sys.argv[1], method="PUT"), timeout=2)
+        break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit("the S3-compatible test server did not start")
+PY
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Heirloom needs and is missing: the pinned PyTorch wheel (libtorch for the
-# worker), torchvision for the interop tests, and numpy/scikit-learn/safetensors for the
-# demo's data, into a cached
+# worker), torchvision for the interop tests, numpy/scikit-learn/safetensors for the
+# demo's data and moto's S3-compatible server for the artifact tests, into a cached
 # virtualenv, and the PostgreSQL server from the distribution's packages.
 # Safe to run again: it only installs what is not there.
 set -euo pipefail
@@ -10,6 +10,7 @@ source "$here/env.sh"
 
 TORCH_VERSION=2.11.0
 TORCHVISION_VERSION=0.26.0 # the release paired with torch 2.11; the interop tests use it
+MOTO_VERSION=5.2.5 # its standalone server stands in for S3 in the tests
 
 install_packages() {
   local sudo=""
@@ -18,7 +19,7 @@ install_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@"
 }
 
-if ! "$HEIRLOOM_VENV/bin/python" -c "import torch, torchvision, sklearn, safetensors, numpy; assert torch.__version__.startswith('$TORCH_VERSION') and torchvision.__version__.startswith('$TORCHVISION_VERSION')" 2>/dev/null; then
+if ! "$HEIRLOOM_VENV/bin/python" -c "import torch, torchvision, sklearn, safetensors, numpy, moto, flask; assert torch.__version__.startswith('$TORCH_VERSION') and torchvision.__version__.startswith('$TORCHVISION_VERSION')" 2>/dev/null; then
   echo "setup: installing torch==$TORCH_VERSION into $HEIRLOOM_VENV (a few GB, once)" >&2
   mkdir -p "$HEIRLOOM_CACHE"
   if ! python3 -m venv "$HEIRLOOM_VENV" 2>/dev/null; then
@@ -27,7 +28,7 @@ if ! "$HEIRLOOM_VENV/bin/python" -c "import torch, torchvision, sklearn, safeten
     python3 -m venv "$HEIRLOOM_VENV"
   fi
   "$HEIRLOOM_VENV/bin/pip" install --quiet --disable-pip-version-check \
-    "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" numpy scikit-learn safetensors
+    "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" numpy scikit-learn safetensors "moto[server]==$MOTO_VERSION"
 fi
 
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

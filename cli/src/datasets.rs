@@ -15,17 +15,19 @@ pub enum Command {
 }
 
 pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
-    let mut client =
-        DatasetServiceClient::new(channel).max_encoding_message_size(crate::MAX_MESSAGE_BYTES);
+    let mut client = DatasetServiceClient::new(channel.clone());
     match command {
         Command::Register { name, file } => {
-            let content =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let content = bytes::Bytes::from(
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
+            );
             let sha256 = hex::encode(Sha256::digest(&content));
+            // Uploaded first in chunks (unless stored already), then registered by hash.
+            crate::upload::upload(channel.clone(), &[(sha256.clone(), content)]).await?;
             let dataset = client
                 .register_dataset(pb::RegisterDatasetRequest {
                     name,
-                    content,
+                    content: bytes::Bytes::new(),
                     sha256,
                 })
                 .await?

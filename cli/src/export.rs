@@ -4,9 +4,8 @@
 use anyhow::Context;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
-use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::Path;
 use tonic::transport::Channel;
 
@@ -20,15 +19,7 @@ pub async fn run(channel: Channel, model: &str, out: &Path) -> anyhow::Result<()
         .with_context(|| format!("creating {}", partial.display()))?;
     let mut hasher = Sha256::new();
     let (mut offset, mut expected) = (0u64, None);
-    let bar = if std::io::stderr().is_terminal() {
-        ProgressBar::new(0)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("  {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
-            .expect("valid template"),
-    );
+    let bar = crate::upload::bytes_bar();
     let mut resumes = 0;
     loop {
         let request = pb::ExportModelRequest {

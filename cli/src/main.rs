@@ -6,6 +6,7 @@ mod export;
 mod jobs;
 mod models;
 mod tree;
+mod upload;
 
 use clap::{Parser, Subcommand};
 use tonic::transport::{Channel, Endpoint};
@@ -75,5 +76,6 @@ async fn connect(address: &str) -> anyhow::Result<Channel> {
         .map_err(|err| anyhow::anyhow!("cannot reach the coordinator at {address}: {err}"))
 }
 
-/// Weights and datasets may be large; the coordinator accepts up to this much.
+/// A TorchScript program travels inline with its import; the coordinator accepts up to
+/// this much. (Weights and datasets are uploaded in chunks.)
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;

@@ -52,25 +52,49 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
             program,
         } => {
             let architecture = parse_architecture(&arch)?;
-            let weights = std::fs::read(&weights)
-                .with_context(|| format!("reading {}", weights.display()))?;
+            let file = bytes::Bytes::from(
+                std::fs::read(&weights)
+                    .with_context(|| format!("reading {}", weights.display()))?,
+            );
+            // Tensor by tensor, only those the store lacks, then imported by manifest:
+            // no size limit, and a model sharing tensors with others uploads less.
+            let tensors = heirloom_spec::tensor_hashes("weights", &file)?;
+            let blobs: Vec<(String, bytes::Bytes)> = tensors
+                .iter()
+                .map(|t| (t.sha256.clone(), file.slice(t.range.clone())))
+                .collect();
+            let sent = crate::upload::upload(channel.clone(), &blobs).await?;
+            let manifest = tensors
+                .into_iter()
+                .map(|t| pb::ManifestTensor {
+                    name: t.info.name,
+                    dtype: t.info.dtype,
+                    shape: t.info.shape.iter().map(|&d| d as u64).collect(),
+                    sha256: t.sha256,
+                })
+                .collect();
             let model = client
                 .import_model(pb::ImportModelRequest {
                     name,
                     architecture: Some((&architecture).into()),
-                    weights,
+                    weights: bytes::Bytes::new(),
                     program: match program {
                         Some(path) => std::fs::read(&path)
                             .with_context(|| format!("reading {}", path.display()))?,
                         None => Vec::new(),
                     },
-                    tensors: Vec::new(),
+                    tensors: manifest,
                 })
                 .await?
                 .into_inner()
                 .model
                 .unwrap_or_default();
-            println!("imported model {} ({})", model.name, model.id);
+            println!(
+                "imported model {} ({}); uploaded {sent} of {} bytes, the rest was stored already",
+                model.name,
+                model.id,
+                file.len()
+            );
         }
         Command::Show { model } => {
             let model = get(&mut client, &model).await?;

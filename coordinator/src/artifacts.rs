@@ -1,33 +1,36 @@
-//! The artifact store: datasets and TorchScript programs as whole files, and model weights
-//! per tensor — each tensor's bytes stored once under their sha256, whatever model they
-//! belong to. A model's weights file is assembled from its manifest (the tensors' names,
-//! dtypes, shapes and hashes) when it is exported, and every blob is checked against its
-//! hash when it is read. Workers reach it only through `ArtifactService`.
+//! The artifact store: every blob — a tensor, a dataset, a TorchScript program — stored
+//! once under its sha256 (`blobs/<sha256>`), whatever refers to it, in a local directory
+//! or any S3-compatible bucket (one code path: `object_store`). A model's weights file is
+//! assembled from its manifest (the tensors' names, dtypes, shapes and hashes) as it is
+//! streamed out, and every blob is checked against its hash as it is read. Workers reach
+//! it only through `ArtifactService`.
 //!
-//! Never touches the database.
+//! Never touches the database: what is referenced, and what garbage collection may
+//! delete, is the caller's to say.
 
 use crate::error::{Error, Result};
-use heirloom_spec::{TensorInfo, sha256_hex};
-use safetensors::tensor::TensorView;
-use std::path::{Path, PathBuf};
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use heirloom_spec::TensorInfo;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// The most bytes one read from the store, and one streamed message, carries: well under
+/// the gRPC message limit, large enough that per-message costs vanish.
+pub const CHUNK_BYTES: usize = 2 << 20;
+/// Reads kept in flight while streaming, so the store and the network overlap.
+const READ_AHEAD: usize = 4;
+/// Uploads up to this size are stored with one put; larger ones in parts.
+const SINGLE_PUT_BYTES: usize = 16 << 20;
+/// Parts of a multipart upload (S3 needs at least 5 MiB for every part but the last).
+const PART_BYTES: usize = 16 << 20;
 
 #[derive(Debug, Clone)]
 pub struct Artifacts {
-    root: PathBuf,
-}
-
-/// Where uploads and partial writes live until they are checked and renamed.
-pub const STAGING: &str = "staging";
-
-fn dataset_path(sha256: &str) -> String {
-    format!("datasets/{sha256}.safetensors")
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlobKind {
-    Tensor,
-    Dataset,
-    Program,
+    store: Arc<dyn ObjectStore>,
 }
 
 /// One tensor of a model's manifest.
@@ -37,107 +40,109 @@ pub struct ManifestEntry {
     pub sha256: String,
 }
 
+/// A stream of (offset, bytes) pieces of a blob or of an exported file.
+pub type Chunks = BoxStream<'static, Result<(u64, Bytes)>>;
+
+/// Refuses anything but a lowercase hex sha256, the only names blobs have.
+pub fn check_sha256(field: &str, sha256: &str) -> Result<()> {
+    let hex = sha256.len() == 64
+        && sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if hex {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{field}: {sha256:?} is not a lowercase hex sha256"
+        )))
+    }
+}
+
+fn blob_key(sha256: &str) -> Path {
+    Path::from(format!("blobs/{sha256}"))
+}
+
+fn store_error(err: object_store::Error) -> Error {
+    match err {
+        object_store::Error::NotFound { path, .. } => {
+            Error::NotFound(format!("no blob {path} is stored"))
+        }
+        other => Error::Storage(other.to_string()),
+    }
+}
+
 impl Artifacts {
-    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
-        let root = root.into();
-        for dir in ["datasets", "blobs", "programs", STAGING] {
-            std::fs::create_dir_all(root.join(dir))?;
+    /// Opens the store at `location`: a directory (created if need be), or
+    /// `s3://bucket[/prefix]` with the endpoint, region and credentials taken from the
+    /// usual `AWS_*` environment variables (`AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, …).
+    pub fn open(location: &str) -> anyhow::Result<Self> {
+        let store: Arc<dyn ObjectStore> = match location.strip_prefix("s3://") {
+            Some(rest) => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                let s3 = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()?;
+                if prefix.trim_matches('/').is_empty() {
+                    Arc::new(s3)
+                } else {
+                    Arc::new(object_store::prefix::PrefixStore::new(
+                        s3,
+                        prefix.trim_matches('/'),
+                    ))
+                }
+            }
+            None => {
+                std::fs::create_dir_all(location)?;
+                Arc::new(object_store::local::LocalFileSystem::new_with_prefix(
+                    location,
+                )?)
+            }
+        };
+        Ok(Self { store })
+    }
+
+    /// The store itself, for tests that need to reach under the API (to corrupt a blob).
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    /// Stores `bytes`, whose sha256 the caller computed, unless they are stored already.
+    pub async fn put(&self, sha256: &str, bytes: Bytes) -> Result<()> {
+        check_sha256("sha256", sha256)?;
+        if self.len(sha256).await?.is_some() {
+            return Ok(()); // content-addressed: the same name holds the same bytes
         }
-        Ok(Self { root })
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    /// Stores a dataset's bytes; returns the relative path.
-    pub async fn put_dataset(&self, sha256: &str, bytes: &[u8]) -> Result<String> {
-        let relative = dataset_path(sha256);
-        self.write_atomically(&relative, bytes).await?;
-        Ok(relative)
-    }
-
-    /// Stores a TorchScript program; returns the relative path.
-    pub async fn put_program(&self, sha256: &str, bytes: &[u8]) -> Result<String> {
-        let relative = heirloom_spec::program_path(sha256);
-        self.write_atomically(&relative, bytes).await?;
-        Ok(relative)
-    }
-
-    /// Stores every tensor of a safetensors file as a blob named by `manifest`, the
-    /// file's hashes as `heirloom_spec::tensor_hashes` gave them (tensors already stored
-    /// cost nothing).
-    pub async fn put_tensors(&self, weights: &[u8], manifest: &[ManifestEntry]) -> Result<()> {
-        let file = safetensors::SafeTensors::deserialize(weights).map_err(|err| {
-            Error::InvalidArgument(format!("weights: not a safetensors file: {err}"))
-        })?;
-        for entry in manifest {
-            let view = file
-                .tensor(&entry.info.name)
-                .map_err(|err| Error::Internal(format!("tensor {}: {err}", entry.info.name)))?;
-            self.write_atomically(&heirloom_spec::blob_path(&entry.sha256), view.data())
-                .await?;
-        }
+        self.store
+            .put(&blob_key(sha256), PutPayload::from_bytes(bytes))
+            .await
+            .map_err(store_error)?;
         Ok(())
     }
 
-    /// A tensor's bytes, checked against its hash: a corrupted blob is never served.
-    pub async fn read_tensor(&self, sha256: &str) -> Result<Vec<u8>> {
-        let bytes = tokio::fs::read(self.root.join(heirloom_spec::blob_path(sha256))).await?;
-        if sha256_hex(&bytes) != sha256 {
-            return Err(Error::DataLoss(format!(
-                "the stored blob {sha256} no longer matches its hash"
-            )));
+    /// A whole blob, checked against its hash: a corrupted blob is never served.
+    pub async fn read(&self, sha256: &str) -> Result<Bytes> {
+        check_sha256("sha256", sha256)?;
+        let bytes = self
+            .store
+            .get(&blob_key(sha256))
+            .await
+            .map_err(store_error)?
+            .bytes()
+            .await
+            .map_err(store_error)?;
+        if heirloom_spec::sha256_hex(&bytes) != sha256 {
+            return Err(corrupted(sha256));
         }
         Ok(bytes)
     }
 
-    /// The safetensors file of a manifest, in canonical form: the same manifest always
-    /// gives the same bytes, whoever wrote the tensors.
-    pub async fn assemble(&self, manifest: &[ManifestEntry]) -> Result<Vec<u8>> {
-        let mut blobs = Vec::with_capacity(manifest.len());
-        for entry in manifest {
-            blobs.push(self.read_tensor(&entry.sha256).await?);
+    /// The stored blob's length, if it is stored.
+    pub async fn len(&self, sha256: &str) -> Result<Option<u64>> {
+        match self.store.head(&blob_key(sha256)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(store_error(err)),
         }
-        let views = manifest
-            .iter()
-            .zip(&blobs)
-            .map(|(entry, data)| {
-                let dtype = match entry.info.dtype.as_str() {
-                    "f32" => safetensors::Dtype::F32,
-                    "i64" => safetensors::Dtype::I64,
-                    other => return Err(Error::Internal(format!("unexpected dtype {other}"))),
-                };
-                let view = TensorView::new(dtype, entry.info.shape.clone(), data)
-                    .map_err(|err| Error::Internal(format!("tensor {}: {err}", entry.info.name)))?;
-                Ok((entry.info.name.as_str(), view))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        safetensors::serialize(views, None)
-            .map_err(|err| Error::Internal(format!("assembling safetensors: {err}")))
-    }
-
-    /// Where a blob of a kind lives under the root.
-    pub fn blob_file(&self, kind: BlobKind, sha256: &str) -> Result<PathBuf> {
-        let hex = sha256.len() == 64
-            && sha256
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if !hex {
-            return Err(Error::InvalidArgument(format!(
-                "sha256: {sha256:?} is not a lowercase hex sha256"
-            )));
-        }
-        let relative = match kind {
-            BlobKind::Tensor => heirloom_spec::blob_path(sha256),
-            BlobKind::Dataset => dataset_path(sha256),
-            BlobKind::Program => heirloom_spec::program_path(sha256),
-        };
-        Ok(self.root.join(relative))
-    }
-
-    pub async fn has_tensor(&self, sha256: &str) -> Result<bool> {
-        Ok(tokio::fs::try_exists(self.blob_file(BlobKind::Tensor, sha256)?).await?)
     }
 
     /// Checks that every tensor of a manifest is stored with the size its dtype and shape
@@ -145,14 +150,14 @@ impl Artifacts {
     pub async fn check_stored(&self, field: &str, manifest: &[ManifestEntry]) -> Result<()> {
         for entry in manifest {
             let info = &entry.info;
-            let Some(stored) = self.tensor_len(&entry.sha256).await? else {
+            check_sha256(&format!("{field}: tensor {}", info.name), &entry.sha256)?;
+            let Some(stored) = self.len(&entry.sha256).await? else {
                 return Err(Error::InvalidArgument(format!(
                     "{field}: tensor {}: blob {} was never uploaded",
                     info.name, entry.sha256
                 )));
             };
-            let element = if info.dtype == "i64" { 8 } else { 4 };
-            let expected = info.shape.iter().product::<usize>() as u64 * element;
+            let expected = tensor_bytes(info);
             if stored != expected {
                 return Err(Error::InvalidArgument(format!(
                     "{field}: tensor {}: blob {} holds {stored} bytes, but {} {:?} takes {expected}",
@@ -163,97 +168,376 @@ impl Artifacts {
         Ok(())
     }
 
-    /// The stored tensor blob's length, if it is stored.
-    pub async fn tensor_len(&self, sha256: &str) -> Result<Option<u64>> {
-        match tokio::fs::metadata(self.blob_file(BlobKind::Tensor, sha256)?).await {
-            Ok(metadata) => Ok(Some(metadata.len())),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(err.into()),
-        }
-    }
-
-    /// Is the tensor stored? If so, marks it as just used, for garbage collection's age.
-    pub async fn touch_tensor(&self, sha256: &str) -> Result<bool> {
-        let path = self.blob_file(BlobKind::Tensor, sha256)?;
-        let touched = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::options().append(true).open(path)?;
-            file.set_modified(std::time::SystemTime::now())
-        })
-        .await
-        .map_err(|err| Error::Internal(format!("touching a blob: {err}")))?;
-        match touched {
-            Ok(()) => Ok(true),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(err) => Err(err.into()),
-        }
-    }
-
-    /// A file to receive an upload in, inside the store so the final rename is atomic.
-    pub fn upload_file(&self) -> PathBuf {
-        self.root
-            .join(STAGING)
-            .join(format!("{}.upload", uuid::Uuid::new_v4()))
-    }
-
-    /// Stores an uploaded tensor blob if its content hashes to `sha256`; otherwise
-    /// deletes it and refuses: nothing corrupted is ever stored.
-    pub async fn store_upload(&self, sha256: &str, upload: &Path) -> Result<()> {
-        let target = self.blob_file(BlobKind::Tensor, sha256)?;
-        let bytes = tokio::fs::read(upload).await?;
-        let actual = sha256_hex(&bytes);
-        if actual != sha256 {
-            let _ = tokio::fs::remove_file(upload).await;
+    /// Streams a blob from `offset`, in chunks of at most CHUNK_BYTES; returns its
+    /// length too. The whole blob is hashed on the way (from its start, even when the
+    /// stream starts later) and the stream ends in `DataLoss` if it no longer matches.
+    pub async fn download(&self, sha256: &str, offset: u64) -> Result<(u64, Chunks)> {
+        check_sha256("sha256", sha256)?;
+        let Some(total) = self.len(sha256).await? else {
+            return Err(Error::NotFound(format!("no blob {sha256} is stored")));
+        };
+        if offset > total {
             return Err(Error::InvalidArgument(format!(
-                "blob {sha256}: the uploaded bytes hash to {actual}; nothing was stored"
+                "offset: {offset} is past the end of the {total}-byte blob"
             )));
         }
-        tokio::fs::rename(upload, target).await?;
-        Ok(())
+        Ok((total, self.checked_chunks(sha256, total, 0, offset)))
     }
 
-    /// Deletes every stored blob whose hash `referenced` lacks and that is older than
+    /// The safetensors file of a manifest in canonical form — the same manifest always
+    /// gives the same bytes, whoever wrote the tensors — streamed from `offset`; returns
+    /// its length too. Every tensor that is sent is checked against its hash.
+    pub fn export(&self, manifest: &[ManifestEntry], offset: u64) -> Result<(u64, Chunks)> {
+        let header = Bytes::from(canonical_header(manifest)?);
+        let order = canonical_order(manifest);
+        let total = header.len() as u64 + order.iter().map(|e| tensor_bytes(&e.info)).sum::<u64>();
+        if offset > total {
+            return Err(Error::InvalidArgument(format!(
+                "offset: {offset} is past the end of the {total}-byte file"
+            )));
+        }
+        let mut parts: Vec<Chunks> = Vec::new();
+        let header_len = header.len() as u64;
+        if offset < header_len {
+            parts.push(stream::iter([Ok((offset, header.slice(offset as usize..)))]).boxed());
+        }
+        let mut start = header_len;
+        for entry in order {
+            let len = tensor_bytes(&entry.info);
+            if offset < start + len {
+                parts.push(self.checked_chunks(&entry.sha256, len, start, offset));
+            }
+            start += len;
+        }
+        Ok((total, stream::iter(parts).flatten().boxed()))
+    }
+
+    /// The canonical safetensors file's sha256 and length, computed by streaming it.
+    pub async fn canonical_digest(&self, manifest: &[ManifestEntry]) -> Result<(String, u64)> {
+        let (total, mut chunks) = self.export(manifest, 0)?;
+        let mut hasher = Sha256::new();
+        while let Some((_, data)) = chunks.try_next().await? {
+            hasher.update(&data);
+        }
+        Ok((hex::encode(hasher.finalize()), total))
+    }
+
+    /// The blob `sha256` of `len` bytes, placed at `base` in a larger file, as chunks from
+    /// file offset `from`: reads ahead, hashes every byte of the blob, and ends in
+    /// `DataLoss` when the hash does not match.
+    fn checked_chunks(&self, sha256: &str, len: u64, base: u64, from: u64) -> Chunks {
+        let store = self.store.clone();
+        let key = blob_key(sha256);
+        let sha256 = sha256.to_string();
+        let reads = (0..len.max(1)).step_by(CHUNK_BYTES).map(move |start| {
+            let (store, key) = (store.clone(), key.clone());
+            let end = (start + CHUNK_BYTES as u64).min(len);
+            async move {
+                let data = if start == end {
+                    Bytes::new()
+                } else {
+                    store
+                        .get_range(&key, start..end)
+                        .await
+                        .map_err(store_error)?
+                };
+                Ok::<_, Error>((start, data))
+            }
+        });
+        let hashed = stream::iter(reads).buffered(READ_AHEAD).scan(
+            Some(Sha256::new()),
+            move |hasher, read| {
+                let item = match read {
+                    Err(err) => Some(Err(err)),
+                    Ok((start, data)) => {
+                        let hasher_ref = hasher.as_mut().expect("the stream ends at an error");
+                        hasher_ref.update(&data);
+                        let last = start + data.len() as u64 >= len;
+                        if last && hex::encode(hasher.take().expect("one end").finalize()) != sha256
+                        {
+                            Some(Err(corrupted(&sha256)))
+                        } else {
+                            Some(Ok((base + start, data)))
+                        }
+                    }
+                };
+                std::future::ready(item)
+            },
+        );
+        // Only what lies at or past `from` is sent; what lies before was hashed only.
+        hashed
+            .try_filter_map(move |(at, data)| {
+                let end = at + data.len() as u64;
+                let piece = if at >= from {
+                    Some((at, data))
+                } else if end <= from {
+                    None
+                } else {
+                    Some((from, data.slice((from - at) as usize..)))
+                };
+                std::future::ready(Ok(piece))
+            })
+            .boxed()
+    }
+
+    /// Starts receiving a blob that must hash to `sha256`.
+    pub fn begin_upload(&self, sha256: &str) -> Result<Upload> {
+        check_sha256("sha256", sha256)?;
+        Ok(Upload {
+            store: self.store.clone(),
+            sha256: sha256.to_string(),
+            hasher: Sha256::new(),
+            written: 0,
+            pending: Pending::Buffered(Vec::new()),
+        })
+    }
+
+    /// Deletes every stored blob that `referenced` lacks and that is older than
     /// `min_age`; returns (deleted blobs, deleted bytes, kept blobs).
     pub async fn collect_garbage(
         &self,
-        referenced: &std::collections::HashSet<String>,
+        referenced: &HashSet<String>,
         min_age: std::time::Duration,
         dry_run: bool,
     ) -> Result<(u64, u64, u64)> {
         let (mut deleted, mut bytes, mut kept) = (0, 0, 0);
-        // staging/ holds uploads in flight and what failed ones left: old files there are
-        // referenced by nothing.
-        for dir in ["blobs", "datasets", "programs", STAGING] {
-            let mut entries = tokio::fs::read_dir(self.root.join(dir)).await?;
-            while let Some(entry) = entries.next_entry().await? {
-                let name = entry.file_name().to_string_lossy().to_string();
-                let sha256 = name.split('.').next().unwrap_or_default();
-                let metadata = entry.metadata().await?;
-                let age = metadata.modified()?.elapsed().unwrap_or_default();
-                if referenced.contains(sha256) || age < min_age {
-                    kept += 1;
-                    continue;
-                }
-                if !dry_run {
-                    tokio::fs::remove_file(entry.path()).await?;
-                }
-                deleted += 1;
-                bytes += metadata.len();
+        let now = chrono::Utc::now();
+        let mut listing = self.store.list(Some(&Path::from("blobs")));
+        while let Some(meta) = listing.try_next().await.map_err(store_error)? {
+            let sha256 = meta.location.filename().unwrap_or_default();
+            let age = (now - meta.last_modified).to_std().unwrap_or_default();
+            if referenced.contains(sha256) || age < min_age {
+                kept += 1;
+                continue;
             }
+            if !dry_run {
+                match self.store.delete(&meta.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(err) => return Err(store_error(err)),
+                }
+            }
+            deleted += 1;
+            bytes += meta.size;
         }
         Ok((deleted, bytes, kept))
     }
+}
 
-    async fn write_atomically(&self, relative: &str, bytes: &[u8]) -> Result<()> {
-        let target = self.root.join(relative);
-        if tokio::fs::try_exists(&target).await? {
-            return Ok(()); // content-addressed: the same name holds the same bytes
+fn corrupted(sha256: &str) -> Error {
+    Error::DataLoss(format!(
+        "the stored blob {sha256} no longer matches its hash"
+    ))
+}
+
+/// How many bytes a tensor of this dtype and shape takes.
+pub fn tensor_bytes(info: &TensorInfo) -> u64 {
+    let element = if info.dtype == "i64" { 8 } else { 4 };
+    info.shape.iter().product::<usize>() as u64 * element
+}
+
+fn dtype(info: &TensorInfo) -> Result<safetensors::Dtype> {
+    match info.dtype.as_str() {
+        "f32" => Ok(safetensors::Dtype::F32),
+        "i64" => Ok(safetensors::Dtype::I64),
+        other => Err(Error::Internal(format!("unexpected dtype {other}"))),
+    }
+}
+
+/// The order `safetensors::serialize` lays tensors out in: by descending dtype, then name.
+fn canonical_order(manifest: &[ManifestEntry]) -> Vec<&ManifestEntry> {
+    let mut order: Vec<&ManifestEntry> = manifest.iter().collect();
+    order.sort_by(|a, b| {
+        let (da, db) = (dtype(&a.info).ok(), dtype(&b.info).ok());
+        db.cmp(&da).then(a.info.name.cmp(&b.info.name))
+    });
+    order
+}
+
+/// The header `safetensors::serialize` would write for these tensors: its length as a
+/// little-endian u64, then the JSON padded with spaces to a multiple of 8 bytes.
+fn canonical_header(manifest: &[ManifestEntry]) -> Result<Vec<u8>> {
+    let mut offset = 0;
+    let mut tensors = Vec::with_capacity(manifest.len());
+    for entry in canonical_order(manifest) {
+        let len = tensor_bytes(&entry.info) as usize;
+        tensors.push((
+            entry.info.name.clone(),
+            safetensors::tensor::TensorInfo {
+                dtype: dtype(&entry.info)?,
+                shape: entry.info.shape.clone(),
+                data_offsets: (offset, offset + len),
+            },
+        ));
+        offset += len;
+    }
+    let metadata = safetensors::tensor::Metadata::new(None, tensors)
+        .map_err(|err| Error::Internal(format!("safetensors header: {err}")))?;
+    let mut json = serde_json::to_vec(&metadata)
+        .map_err(|err| Error::Internal(format!("safetensors header: {err}")))?;
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut header = (json.len() as u64).to_le_bytes().to_vec();
+    header.extend_from_slice(&json);
+    Ok(header)
+}
+
+/// A blob being received: hashed as it arrives, and stored only when its hash matches.
+pub struct Upload {
+    store: Arc<dyn ObjectStore>,
+    sha256: String,
+    hasher: Sha256,
+    written: u64,
+    pending: Pending,
+}
+
+enum Pending {
+    /// Small so far: kept in memory, stored with one put.
+    Buffered(Vec<Bytes>),
+    /// Large: streamed to the store in parts, which it shows nobody until `finish`.
+    Parts(WriteMultipart),
+}
+
+impl Upload {
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// How many bytes were received so far: the next chunk's offset.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    pub async fn write(&mut self, data: Bytes) -> Result<()> {
+        self.hasher.update(&data);
+        self.written += data.len() as u64;
+        match &mut self.pending {
+            Pending::Buffered(chunks) => {
+                chunks.push(data);
+                if self.written as usize > SINGLE_PUT_BYTES {
+                    let upload = self
+                        .store
+                        .put_multipart(&blob_key(&self.sha256))
+                        .await
+                        .map_err(store_error)?;
+                    let mut parts = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+                    for chunk in std::mem::take(chunks) {
+                        parts.put(chunk);
+                    }
+                    self.pending = Pending::Parts(parts);
+                }
+            }
+            Pending::Parts(parts) => {
+                parts
+                    .wait_for_capacity(READ_AHEAD)
+                    .await
+                    .map_err(store_error)?;
+                parts.put(data);
+            }
         }
-        let temporary = self
-            .root
-            .join(STAGING)
-            .join(format!("{}.partial", uuid::Uuid::new_v4()));
-        tokio::fs::write(&temporary, bytes).await?;
-        tokio::fs::rename(&temporary, &target).await?;
         Ok(())
+    }
+
+    /// Stores the blob if its bytes hash to its name; otherwise refuses, and nothing
+    /// corrupted is ever stored.
+    pub async fn finish(self) -> Result<()> {
+        let actual = hex::encode(self.hasher.finalize());
+        if actual != self.sha256 {
+            if let Pending::Parts(parts) = self.pending {
+                let _ = parts.abort().await;
+            }
+            return Err(Error::InvalidArgument(format!(
+                "blob {}: the uploaded bytes hash to {actual}; nothing was stored",
+                self.sha256
+            )));
+        }
+        match self.pending {
+            Pending::Buffered(chunks) => {
+                self.store
+                    .put(&blob_key(&self.sha256), PutPayload::from_iter(chunks))
+                    .await
+                    .map_err(store_error)?;
+            }
+            Pending::Parts(parts) => {
+                parts.finish().await.map_err(store_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives up on the blob: nothing of it is stored.
+    pub async fn abort(self) {
+        if let Pending::Parts(parts) = self.pending {
+            let _ = parts.abort().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+
+    fn entry(name: &str, dtype: &str, shape: Vec<usize>, data: &[u8]) -> ManifestEntry {
+        ManifestEntry {
+            info: TensorInfo {
+                name: name.into(),
+                dtype: dtype.into(),
+                shape,
+            },
+            sha256: heirloom_spec::sha256_hex(data),
+        }
+    }
+
+    #[tokio::test]
+    async fn exports_are_byte_for_byte_what_safetensors_writes_and_resume_anywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let artifacts = Artifacts::open(dir.path().to_str().unwrap()).unwrap();
+        let weight: Vec<u8> = (0..24u32).flat_map(|v| (v as f32).to_le_bytes()).collect();
+        let counter: Vec<u8> = 7i64.to_le_bytes().to_vec();
+        let bias: Vec<u8> = (0..3u32).flat_map(|v| (v as f32).to_le_bytes()).collect();
+        let manifest = vec![
+            entry("b.weight", "f32", vec![4, 6], &weight),
+            entry("a.num_batches_tracked", "i64", vec![], &counter),
+            entry("a.bias", "f32", vec![3], &bias),
+        ];
+        for (e, data) in manifest.iter().zip([&weight, &counter, &bias]) {
+            artifacts
+                .put(&e.sha256, Bytes::from(data.clone()))
+                .await
+                .unwrap();
+        }
+        fn view(dtype: safetensors::Dtype, shape: Vec<usize>, data: &[u8]) -> TensorView<'_> {
+            TensorView::new(dtype, shape, data).unwrap()
+        }
+        let expected = safetensors::serialize(
+            vec![
+                (
+                    "b.weight",
+                    view(safetensors::Dtype::F32, vec![4, 6], &weight),
+                ),
+                (
+                    "a.num_batches_tracked",
+                    view(safetensors::Dtype::I64, vec![], &counter),
+                ),
+                ("a.bias", view(safetensors::Dtype::F32, vec![3], &bias)),
+            ],
+            None,
+        )
+        .unwrap();
+        for offset in 0..=expected.len() as u64 {
+            let (total, chunks) = artifacts.export(&manifest, offset).unwrap();
+            assert_eq!(total, expected.len() as u64);
+            let pieces: Vec<(u64, Bytes)> = chunks.try_collect().await.unwrap();
+            let mut file = Vec::new();
+            for (at, data) in pieces {
+                assert_eq!(at, offset + file.len() as u64, "pieces are contiguous");
+                file.extend_from_slice(&data);
+            }
+            assert_eq!(file, expected[offset as usize..], "from offset {offset}");
+        }
+        let (sha256, len) = artifacts.canonical_digest(&manifest).await.unwrap();
+        assert_eq!(
+            (sha256, len),
+            (heirloom_spec::sha256_hex(&expected), expected.len() as u64)
+        );
     }
 }

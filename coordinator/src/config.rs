@@ -1,7 +1,6 @@
 //! The coordinator's settings, from flags or `HEIRLOOM_*` environment variables.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -16,9 +15,11 @@ pub struct Config {
     /// PostgreSQL connection URL.
     #[arg(long, env = "HEIRLOOM_DATABASE_URL")]
     pub database_url: String,
-    /// The artifact directory shared with the workers.
+    /// Where artifacts are stored: a directory, or `s3://bucket[/prefix]` for any
+    /// S3-compatible store (endpoint and credentials from the `AWS_*` variables).
+    /// Workers never see it: they reach artifacts over gRPC.
     #[arg(long, env = "HEIRLOOM_ARTIFACTS")]
-    pub artifacts: PathBuf,
+    pub artifacts: String,
     /// Log format: `human` or `json`.
     #[arg(long, env = "HEIRLOOM_LOG_FORMAT", default_value = "human")]
     pub log_format: String,

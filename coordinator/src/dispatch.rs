@@ -10,9 +10,7 @@ use crate::db::NewModel;
 use crate::domain::{Job, Metrics, TensorRecord};
 use crate::error::{Error, Result};
 use crate::notifier::Notification;
-use heirloom_spec::{
-    Claim, Origin, TensorInfo, TensorStatus, check_manifest, sha256_hex, verify_claims,
-};
+use heirloom_spec::{Claim, Origin, TensorInfo, TensorStatus, check_manifest, verify_claims};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
@@ -134,21 +132,22 @@ pub async fn record_output(
         }
         Err(err) => Err(err),
         Ok((manifest, tensors)) => {
-            let canonical = match services.artifacts.assemble(&manifest).await {
-                Ok(canonical) => canonical,
-                // Retrying cannot help: record why, instead of leaving the job to loop.
-                Err(err) => {
-                    let reason = format!("weights could not be assembled: {err}");
-                    return services
-                        .db
-                        .fail_job(worker_id, job_id, attempt, &reason)
-                        .await;
-                }
-            };
+            let (weights_sha256, weights_bytes) =
+                match services.artifacts.canonical_digest(&manifest).await {
+                    Ok(digest) => digest,
+                    // Retrying cannot help: record why, instead of leaving the job to loop.
+                    Err(err) => {
+                        let reason = format!("weights could not be assembled: {err}");
+                        return services
+                            .db
+                            .fail_job(worker_id, job_id, attempt, &reason)
+                            .await;
+                    }
+                };
             let model = NewModel {
                 id: Uuid::new_v4(),
-                weights_bytes: canonical.len() as u64,
-                weights_sha256: sha256_hex(&canonical),
+                weights_bytes,
+                weights_sha256,
                 metrics: output.metrics,
                 tensors,
             };

@@ -226,7 +226,6 @@ pub struct Dataset {
     pub num_examples: u64,
     pub num_features: u32,
     pub num_classes: u32,
-    pub path: String,
     pub created_at: DateTime<Utc>,
 }
 

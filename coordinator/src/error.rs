@@ -22,6 +22,8 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("artifact store: {0}")]
     Io(#[from] std::io::Error),
+    #[error("artifact store: {0}")]
+    Storage(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -45,7 +47,7 @@ impl From<Error> for Status {
                 tracing::error!(error = %error, "stored data is corrupted");
                 Code::DataLoss
             }
-            Error::Database(_) | Error::Io(_) | Error::Internal(_) => {
+            Error::Database(_) | Error::Io(_) | Error::Storage(_) | Error::Internal(_) => {
                 tracing::error!(error = %error, "internal error");
                 return Status::internal("internal error");
             }

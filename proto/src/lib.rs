@@ -1,9 +1,11 @@
 //! The `heirloom.v1` gRPC contract: generated messages, clients and servers.
 //!
-//! Beyond the generated code, only conversions to and from the shared spec types
-//! (`convert.rs`); the coordinator, worker and CLI convert the rest at their edges.
+//! Beyond the generated code, conversions to and from the shared spec types
+//! (`convert.rs`; the coordinator, worker and CLI convert the rest at their edges) and
+//! the client side of blob uploads that the worker and the CLI share (`transfer.rs`).
 
 mod convert;
+pub mod transfer;
 
 #[allow(clippy::all)]
 pub mod v1 {

@@ -95,22 +95,6 @@ pub struct ProgramParameter {
     pub shape: Vec<usize>,
 }
 
-impl Torchscript {
-    /// Where the program lives under the artifact root.
-    pub fn program_path(&self) -> String {
-        program_path(&self.program_sha256)
-    }
-}
-
-pub fn program_path(sha256: &str) -> String {
-    format!("programs/{sha256}.pt")
-}
-
-/// Where a tensor's bytes live under the artifact root.
-pub fn blob_path(sha256: &str) -> String {
-    format!("blobs/{sha256}")
-}
-
 /// How a fresh tensor starts: torchvision's initialisation for each layer kind.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Init {

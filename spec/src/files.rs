@@ -142,22 +142,35 @@ pub fn read_dataset_info(field: &str, bytes: &[u8]) -> Result<DatasetInfo, Inval
     })
 }
 
-/// Each tensor's sha256 over its raw little-endian bytes, by name.
-pub fn tensor_hashes(field: &str, bytes: &[u8]) -> Result<Vec<(TensorInfo, String)>, Invalid> {
+/// One tensor of a safetensors file: what it is, its sha256 over its raw little-endian
+/// bytes, and where those bytes lie in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashedTensor {
+    pub info: TensorInfo,
+    pub sha256: String,
+    pub range: std::ops::Range<usize>,
+}
+
+/// Every tensor of a safetensors file, hashed, by name.
+pub fn tensor_hashes(field: &str, bytes: &[u8]) -> Result<Vec<HashedTensor>, Invalid> {
     let tensors = SafeTensors::deserialize(bytes)
         .map_err(|err| Invalid::new(field, format!("not a safetensors file: {err}")))?;
-    let mut hashes: Vec<(TensorInfo, String)> = tensors
+    let mut hashes: Vec<HashedTensor> = tensors
         .tensors()
         .into_iter()
         .map(|(name, view)| {
-            let info = TensorInfo {
-                name,
-                dtype: format!("{:?}", view.dtype()).to_lowercase(),
-                shape: view.shape().to_vec(),
-            };
-            (info, sha256_hex(view.data()))
+            let start = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
+            HashedTensor {
+                info: TensorInfo {
+                    name,
+                    dtype: format!("{:?}", view.dtype()).to_lowercase(),
+                    shape: view.shape().to_vec(),
+                },
+                sha256: sha256_hex(view.data()),
+                range: start..start + view.data().len(),
+            }
         })
         .collect();
-    hashes.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    hashes.sort_by(|a, b| a.info.name.cmp(&b.info.name));
     Ok(hashes)
 }

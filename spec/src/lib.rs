@@ -14,11 +14,11 @@ mod report;
 
 pub use architecture::{
     Architecture, Init, Mlp, ProgramParameter, Resnet, SmallCnn, TensorSpec, Torchscript, Vgg,
-    VggLayer, blob_path, program_path, resnet_stages,
+    VggLayer, resnet_stages,
 };
 pub use files::{
-    DatasetInfo, TensorInfo, check_manifest, read_dataset_info, read_tensor_infos, sha256_hex,
-    tensor_hashes,
+    DatasetInfo, HashedTensor, TensorInfo, check_manifest, read_dataset_info, read_tensor_infos,
+    sha256_hex, tensor_hashes,
 };
 pub use hyperparameters::{Hyperparameters, Optimizer};
 pub use patterns::{TrainablePatterns, pattern_matches};

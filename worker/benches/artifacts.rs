@@ -21,11 +21,14 @@ fn noise(seed: u64, bytes: usize) -> Vec<u8> {
         .collect()
 }
 
-fn dir_bytes(path: &std::path::Path) -> u64 {
-    std::fs::read_dir(path)
+async fn stored_bytes(cluster: &Cluster) -> u64 {
+    use futures::TryStreamExt;
+    cluster
+        .store
+        .list(Some(&object_store::path::Path::from("blobs")))
+        .try_fold(0, |sum, meta| async move { Ok(sum + meta.size) })
+        .await
         .unwrap()
-        .map(|e| e.unwrap().metadata().unwrap().len())
-        .sum()
 }
 
 #[tokio::main]
@@ -41,12 +44,12 @@ async fn main() {
         num_classes: 10,
     });
     let specs = big.parameters();
-    let blobs: Vec<(String, Vec<u8>)> = specs
+    let blobs: Vec<(String, bytes::Bytes)> = specs
         .iter()
         .enumerate()
         .map(|(i, t)| {
             let bytes = noise(i as u64 + 1, t.shape.iter().product::<usize>() * 4);
-            (sha256_hex(&bytes), bytes)
+            (sha256_hex(&bytes), bytes.into())
         })
         .collect();
     let total = blobs.iter().map(|(_, b)| b.len()).sum::<usize>() as f64;
@@ -61,10 +64,7 @@ async fn main() {
     let downloader = Cache::open(downloader_dir.path(), cluster.channel.clone()).unwrap();
     let started = Instant::now();
     for (sha256, _) in &blobs {
-        downloader
-            .fetch(pb::BlobKind::Tensor, sha256)
-            .await
-            .unwrap();
+        downloader.fetch(sha256).await.unwrap();
     }
     let download = started.elapsed().as_secs_f64();
     let manifest: Vec<pb::ManifestTensor> = specs
@@ -155,21 +155,6 @@ async fn main() {
         })
         .collect();
     let weights = safetensors_file(&data);
-    let blobs_dir = cluster.artifact("blobs");
-    let before = dir_bytes(&blobs_dir);
-    let base = cluster
-        .models()
-        .import_model(pb::ImportModelRequest {
-            name: "resnet".into(),
-            architecture: Some((&architecture).into()),
-            weights,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .model
-        .unwrap();
     let mut rng = Rng::new(9);
     let rows = 32;
     let x: Vec<u8> = (0..rows * 3 * 32 * 32)
@@ -187,7 +172,21 @@ async fn main() {
             ]),
         )
         .await;
-    let after_base = dir_bytes(&blobs_dir);
+    let before = stored_bytes(&cluster).await;
+    let base = cluster
+        .models()
+        .import_model(pb::ImportModelRequest {
+            name: "resnet".into(),
+            architecture: Some((&architecture).into()),
+            weights: weights.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    let after_base = stored_bytes(&cluster).await;
     let mut parent = base.clone();
     for i in 1..=FINETUNES {
         parent = cluster
@@ -207,7 +206,7 @@ async fn main() {
             })
             .await;
     }
-    let after_chain = dir_bytes(&blobs_dir);
+    let after_chain = stored_bytes(&cluster).await;
     let stored = after_chain - before;
     let whole = base.weights_bytes * (FINETUNES as u64 + 1);
     let per_finetune = (after_chain - after_base) / FINETUNES as u64;

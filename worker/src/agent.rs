@@ -8,7 +8,9 @@ use crate::error::{Error, Result};
 use crate::train::{self, Blob, Device, Progress, TrainingJob, Weights};
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::worker_service_client::WorkerServiceClient;
-use heirloom_spec::{Adjustment, Architecture, Origin, TensorPlan, TensorStatus, tensor_hashes};
+use heirloom_spec::{
+    Adjustment, Architecture, HashedTensor, Origin, TensorPlan, TensorStatus, tensor_hashes,
+};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -291,21 +293,17 @@ async fn training_job(cache: &Cache, assignment: &pb::Assignment) -> Result<Trai
                 dtype: tensor.dtype.clone(),
                 shape: tensor.shape.iter().map(|&d| d as i64).collect(),
                 sha256: tensor.sha256.clone(),
-                path: cache.fetch(pb::BlobKind::Tensor, &tensor.sha256).await?,
+                path: cache.fetch(&tensor.sha256).await?,
             });
         }
         parents.push(Weights::Blobs(blobs));
     }
     let dataset = match assignment.dataset_sha256.as_str() {
         "" => None,
-        sha256 => Some(cache.fetch(pb::BlobKind::Dataset, sha256).await?),
+        sha256 => Some(cache.fetch(sha256).await?),
     };
     let program = match &architecture {
-        Architecture::Torchscript(script) => Some(
-            cache
-                .fetch(pb::BlobKind::Program, &script.program_sha256)
-                .await?,
-        ),
+        Architecture::Torchscript(script) => Some(cache.fetch(&script.program_sha256).await?),
         _ => None,
     };
     Ok(TrainingJob {
@@ -328,14 +326,17 @@ async fn job_output(
     assignment: &pb::Assignment,
     job: &TrainingJob,
 ) -> Result<pb::JobOutput> {
-    let bytes = tokio::fs::read(path).await?;
-    let file = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|err| Error::InvalidJob(format!("the trained weights are unreadable: {err}")))?;
+    let bytes = bytes::Bytes::from(tokio::fs::read(path).await?);
     let hashes =
         tensor_hashes("weights", &bytes).map_err(|err| Error::InvalidJob(err.to_string()))?;
     let mut blobs = Vec::new();
     let mut tensors = Vec::new();
-    for (info, sha256) in hashes {
+    for HashedTensor {
+        info,
+        sha256,
+        range,
+    } in hashes
+    {
         let plan = job
             .tensors
             .iter()
@@ -356,12 +357,7 @@ async fn job_output(
             TensorStatus::New => pb::TensorStatus::New,
             TensorStatus::Interpolated => pb::TensorStatus::Interpolated,
         };
-        let data = file
-            .tensor(&info.name)
-            .expect("hashed tensors exist")
-            .data()
-            .to_vec();
-        blobs.push((sha256.clone(), data));
+        blobs.push((sha256.clone(), bytes.slice(range)));
         tensors.push(pb::TensorProvenance {
             name: info.name,
             sha256,

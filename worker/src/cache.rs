@@ -4,6 +4,8 @@
 //! tensors the coordinator lacks.
 
 use crate::error::{Error, Result};
+use bytes::Bytes;
+use heirloom_proto::transfer::upload_missing;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
 use sha2::{Digest, Sha256};
@@ -11,25 +13,25 @@ use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
 use tonic::transport::Channel;
 
-/// Upload chunks: well under the gRPC message limit.
-const CHUNK_BYTES: usize = 1 << 20;
 /// How many times a broken download is resumed before the job fails.
 const RESUMES: u32 = 5;
 
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
+    channel: Channel,
     client: ArtifactServiceClient<Channel>,
 }
 
 impl Cache {
     pub fn open(root: &Path, channel: Channel) -> Result<Cache> {
-        for dir in ["tensor", "dataset", "program", "staging"] {
+        for dir in ["blobs", "staging"] {
             std::fs::create_dir_all(root.join(dir))?;
         }
         Ok(Cache {
             root: root.to_path_buf(),
-            client: ArtifactServiceClient::new(channel),
+            client: ArtifactServiceClient::new(channel.clone()),
+            channel,
         })
     }
 
@@ -39,12 +41,8 @@ impl Cache {
     }
 
     /// The blob's local path, downloading it first unless it is cached.
-    pub async fn fetch(&self, kind: pb::BlobKind, sha256: &str) -> Result<PathBuf> {
-        let folder = kind
-            .as_str_name()
-            .trim_start_matches("BLOB_KIND_")
-            .to_lowercase();
-        let path = self.root.join(folder).join(sha256);
+    pub async fn fetch(&self, sha256: &str) -> Result<PathBuf> {
+        let path = self.root.join("blobs").join(sha256);
         if tokio::fs::try_exists(&path).await? {
             return Ok(path);
         }
@@ -57,7 +55,6 @@ impl Cache {
         let mut resumes = 0;
         loop {
             let request = pb::DownloadBlobRequest {
-                kind: kind as i32,
                 sha256: sha256.to_string(),
                 offset,
             };
@@ -97,9 +94,9 @@ impl Cache {
     }
 
     /// Keeps tensor blobs this worker made, so later jobs need not download them.
-    pub async fn keep(&self, blobs: &[(String, Vec<u8>)]) -> Result<()> {
+    pub async fn keep(&self, blobs: &[(String, Bytes)]) -> Result<()> {
         for (sha256, bytes) in blobs {
-            let path = self.root.join("tensor").join(sha256);
+            let path = self.root.join("blobs").join(sha256);
             if !tokio::fs::try_exists(&path).await? {
                 let partial = path.with_extension(format!("{}.partial", std::process::id()));
                 tokio::fs::write(&partial, bytes).await?;
@@ -110,32 +107,7 @@ impl Cache {
     }
 
     /// Uploads the blobs the coordinator does not hold yet; returns how many bytes moved.
-    pub async fn upload(&self, blobs: &[(String, Vec<u8>)]) -> Result<u64> {
-        let mut client = self.client.clone();
-        let wanted = pb::MissingBlobsRequest {
-            sha256: blobs.iter().map(|(sha, _)| sha.clone()).collect(),
-        };
-        let missing = client.missing_blobs(wanted).await?.into_inner().sha256;
-        let mut chunks = Vec::new();
-        let mut moved = 0u64;
-        for (sha256, bytes) in blobs.iter().filter(|(sha, _)| missing.contains(sha)) {
-            moved += bytes.len() as u64;
-            let whole = bytes::Bytes::copy_from_slice(bytes);
-            let starts: Vec<usize> = (0..whole.len().max(1)).step_by(CHUNK_BYTES).collect();
-            let count = starts.len();
-            for (i, start) in starts.into_iter().enumerate() {
-                let end = (start + CHUNK_BYTES).min(whole.len());
-                chunks.push(pb::UploadBlobsRequest {
-                    sha256: sha256.clone(),
-                    offset: start as u64,
-                    data: whole.slice(start..end),
-                    last: i + 1 == count,
-                });
-            }
-        }
-        if !chunks.is_empty() {
-            client.upload_blobs(tokio_stream::iter(chunks)).await?;
-        }
-        Ok(moved)
+    pub async fn upload(&self, blobs: &[(String, Bytes)]) -> Result<u64> {
+        Ok(upload_missing(self.channel.clone(), blobs, |_, _| {}).await?)
     }
 }

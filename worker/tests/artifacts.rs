@@ -1,21 +1,46 @@
 //! The content-addressed store: tensors stored once, exports assembled byte for byte,
-//! resumable, and refused when a stored blob is corrupted.
+//! resumable, and refused when a stored blob is corrupted. Every test runs twice: on a
+//! local directory and on an S3-compatible server (moto, started by `scripts/test.sh`).
 
 mod support;
 
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
-use support::{Cluster, blobs, hyperparameters, mlp};
+use object_store::ObjectStoreExt;
+use support::{Backend, Cluster, blobs, hyperparameters, mlp};
 
-fn stored_blobs(cluster: &Cluster) -> usize {
-    std::fs::read_dir(cluster.artifact("blobs"))
-        .unwrap()
-        .count()
+/// Runs each named test once per backend, as `local::name` and `s3::name`.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Local).await
+                }
+            )*
+        }
+        mod s3 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::S3).await
+                }
+            )*
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tensors_are_stored_once_and_exports_resume_and_detect_corruption() {
-    let cluster = Cluster::start().await;
+on_every_backend!(
+    tensors_are_stored_once_and_exports_resume_and_detect_corruption,
+    an_upload_that_does_not_match_its_hash_is_refused_and_not_stored,
+    garbage_collection_deletes_only_what_nothing_references_or_holds,
+    a_model_of_any_size_is_imported_from_uploaded_tensors,
+    a_dataset_uploaded_first_is_registered_by_its_hash,
+);
+
+async fn tensors_are_stored_once_and_exports_resume_and_detect_corruption(backend: Backend) {
+    let cluster = Cluster::start_on(backend).await;
     let data = cluster.register_dataset("blobs", blobs(0..5, 40, 1)).await;
     let base = cluster
         .run(pb::JobSpec {
@@ -27,7 +52,11 @@ async fn tensors_are_stored_once_and_exports_resume_and_detect_corruption() {
             ..Default::default()
         })
         .await;
-    assert_eq!(stored_blobs(&cluster), 6, "one blob per tensor");
+    assert_eq!(
+        cluster.stored_blobs().await,
+        7,
+        "one blob per tensor, and the dataset"
+    );
 
     // A fine-tune that trains only the head stores only the head's two tensors.
     let tuned = cluster
@@ -41,7 +70,7 @@ async fn tensors_are_stored_once_and_exports_resume_and_detect_corruption() {
             ..Default::default()
         })
         .await;
-    assert_eq!(stored_blobs(&cluster), 8);
+    assert_eq!(cluster.stored_blobs().await, 9);
     // An exact copy stores nothing new and exports the same bytes.
     let copy = cluster
         .run(pb::JobSpec {
@@ -51,7 +80,7 @@ async fn tensors_are_stored_once_and_exports_resume_and_detect_corruption() {
             ..Default::default()
         })
         .await;
-    assert_eq!(stored_blobs(&cluster), 8);
+    assert_eq!(cluster.stored_blobs().await, 9);
     assert_eq!(cluster.export(&copy).await, cluster.export(&tuned).await);
 
     // A broken download resumes from where it stopped.
@@ -66,10 +95,18 @@ async fn tensors_are_stored_once_and_exports_resume_and_detect_corruption() {
 
     // A corrupted blob is detected and never served.
     let tensors = cluster.tensors_of("tuned").await;
-    let blob = cluster.artifact(&heirloom_spec::blob_path(&tensors["fc.bias"].sha256));
-    let mut bytes = std::fs::read(&blob).unwrap();
+    let blob = object_store::path::Path::from(format!("blobs/{}", tensors["fc.bias"].sha256));
+    let mut bytes = cluster
+        .store
+        .get(&blob)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .to_vec();
     bytes[0] ^= 0xff;
-    std::fs::write(&blob, bytes).unwrap();
+    cluster.store.put(&blob, bytes.into()).await.unwrap();
     let refused = cluster.export_from("tuned", 0).await.unwrap_err();
     assert_eq!(
         refused.code(),
@@ -82,9 +119,8 @@ async fn tensors_are_stored_once_and_exports_resume_and_detect_corruption() {
     cluster.export(&base).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_that_does_not_match_its_hash_is_refused_and_not_stored() {
-    let cluster = Cluster::coordinator_only().await;
+async fn an_upload_that_does_not_match_its_hash_is_refused_and_not_stored(backend: Backend) {
+    let cluster = Cluster::coordinator_on(backend).await;
     let mut client = ArtifactServiceClient::new(cluster.channel.clone());
     let data = b"the bytes of a tensor".to_vec();
     let honest = heirloom_spec::sha256_hex(&data);
@@ -136,7 +172,6 @@ async fn an_upload_that_does_not_match_its_hash_is_refused_and_not_stored() {
     assert_eq!(stored, std::slice::from_ref(&honest));
     let downloaded = client
         .download_blob(pb::DownloadBlobRequest {
-            kind: pb::BlobKind::Tensor as i32,
             sha256: honest,
             offset: 4,
         })
@@ -150,9 +185,8 @@ async fn an_upload_that_does_not_match_its_hash_is_refused_and_not_stored() {
     assert_eq!(downloaded.data, data[4..]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_collection_deletes_only_what_nothing_references() {
-    let cluster = Cluster::start().await;
+async fn garbage_collection_deletes_only_what_nothing_references_or_holds(backend: Backend) {
+    let cluster = Cluster::start_on(backend).await;
     let data = cluster.register_dataset("blobs", blobs(0..5, 40, 1)).await;
     let base = cluster
         .run(pb::JobSpec {
@@ -165,14 +199,27 @@ async fn garbage_collection_deletes_only_what_nothing_references() {
         })
         .await;
     let mut client = ArtifactServiceClient::new(cluster.channel.clone());
+    let upload = |data: &[u8]| pb::UploadBlobsRequest {
+        sha256: heirloom_spec::sha256_hex(data),
+        offset: 0,
+        data: data.to_vec().into(),
+        last: true,
+    };
     let orphan = b"a tensor nobody will claim".to_vec();
     client
-        .upload_blobs(tokio_stream::iter(vec![pb::UploadBlobsRequest {
-            sha256: heirloom_spec::sha256_hex(&orphan),
-            offset: 0,
-            data: orphan.clone().into(),
-            last: true,
-        }]))
+        .upload_blobs(tokio_stream::iter(vec![upload(&orphan)]))
+        .await
+        .unwrap();
+    // A blob a job is about to refer to: asked about first, as workers do, which holds it.
+    let awaited = b"a tensor a running job will claim".to_vec();
+    client
+        .missing_blobs(pb::MissingBlobsRequest {
+            sha256: vec![heirloom_spec::sha256_hex(&awaited)],
+        })
+        .await
+        .unwrap();
+    client
+        .upload_blobs(tokio_stream::iter(vec![upload(&awaited)]))
         .await
         .unwrap();
     let collect = |min_age_seconds, dry_run| {
@@ -196,18 +243,17 @@ async fn garbage_collection_deletes_only_what_nothing_references() {
         (dry.deleted_blobs, dry.deleted_bytes),
         (1, orphan.len() as u64)
     );
-    assert_eq!(stored_blobs(&cluster), 5, "a dry run deletes nothing");
+    assert_eq!(cluster.stored_blobs().await, 7, "a dry run deletes nothing");
     let done = collect(1, false).await;
     assert_eq!(done.deleted_blobs, 1);
-    // 4 tensors and the dataset stay.
-    assert_eq!(done.kept_blobs, 5);
-    assert_eq!(stored_blobs(&cluster), 4);
+    // 4 tensors, the dataset and the held blob stay.
+    assert_eq!(done.kept_blobs, 6);
+    assert_eq!(cluster.stored_blobs().await, 6);
     cluster.export(&base).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_model_of_any_size_is_imported_from_uploaded_tensors() {
-    let cluster = Cluster::coordinator_only().await;
+async fn a_model_of_any_size_is_imported_from_uploaded_tensors(backend: Backend) {
+    let cluster = Cluster::coordinator_on(backend).await;
     let weights = support::mlp_weights(64, 16, 5, [0.25, 0.5, 0.75, 1.0]);
     let file = safetensors::SafeTensors::deserialize(&weights).unwrap();
     let mut manifest = Vec::new();
@@ -231,7 +277,7 @@ async fn a_model_of_any_size_is_imported_from_uploaded_tensors() {
         |name: &str, tensors: Vec<pb::ManifestTensor>, weights: Vec<u8>| pb::ImportModelRequest {
             name: name.into(),
             architecture: Some(mlp(64, vec![16], 5)),
-            weights,
+            weights: weights.into(),
             tensors,
             ..Default::default()
         };
@@ -276,4 +322,67 @@ async fn a_model_of_any_size_is_imported_from_uploaded_tensors() {
         cluster.export(&uploaded).await,
         cluster.export(&inline).await
     );
+}
+
+async fn a_dataset_uploaded_first_is_registered_by_its_hash(backend: Backend) {
+    let cluster = Cluster::coordinator_on(backend).await;
+    let content = blobs(0..3, 10, 7);
+    let sha256 = heirloom_spec::sha256_hex(&content);
+    let register = |sha256: &str| pb::RegisterDatasetRequest {
+        name: "uploaded".into(),
+        content: Default::default(),
+        sha256: sha256.into(),
+    };
+    let refused = cluster
+        .datasets()
+        .register_dataset(register(&sha256))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("upload it first"),
+        "{}",
+        refused.message()
+    );
+    // Large enough to go in several chunks and, on the store, in several parts.
+    let big = vec![0u8; 40 << 20];
+    let blobs = [
+        (sha256.clone(), bytes::Bytes::from(content.clone())),
+        (heirloom_spec::sha256_hex(&big), bytes::Bytes::from(big)),
+    ];
+    let sent = heirloom_proto::transfer::upload_missing(cluster.channel.clone(), &blobs, |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(sent, (content.len() + (40 << 20)) as u64);
+    let again =
+        heirloom_proto::transfer::upload_missing(cluster.channel.clone(), &blobs, |_, _| {})
+            .await
+            .unwrap();
+    assert_eq!(again, 0, "stored blobs are not sent again");
+    let dataset = cluster
+        .datasets()
+        .register_dataset(register(&sha256))
+        .await
+        .unwrap()
+        .into_inner()
+        .dataset
+        .unwrap();
+    assert_eq!(
+        (dataset.num_examples, dataset.size_bytes),
+        (30, content.len() as u64)
+    );
+    // The multipart blob comes back whole.
+    let mut stream = ArtifactServiceClient::new(cluster.channel.clone())
+        .download_blob(pb::DownloadBlobRequest {
+            sha256: blobs[1].0.clone(),
+            offset: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut downloaded = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        downloaded.extend_from_slice(&chunk.data);
+    }
+    assert_eq!(heirloom_spec::sha256_hex(&downloaded), blobs[1].0);
 }

@@ -49,7 +49,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         .import_model(pb::ImportModelRequest {
             name: "root".into(),
             architecture: Some(mlp(64, vec![16], 5)),
-            weights: weights.clone(),
+            weights: weights.clone().into(),
             ..Default::default()
         })
         .await
@@ -257,7 +257,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         .import_model(pb::ImportModelRequest {
             name: "narrow".into(),
             architecture: Some(mlp(64, vec![4], 5)),
-            weights: support::mlp_weights(64, 4, 5, [0.0; 4]),
+            weights: support::mlp_weights(64, 4, 5, [0.0; 4]).into(),
             ..Default::default()
         })
         .await
@@ -351,7 +351,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         .import_model(pb::ImportModelRequest {
             name: "reserved".into(),
             architecture: Some(mlp(64, vec![16], 5)),
-            weights: support::mlp_weights(64, 16, 5, [0.5; 4]),
+            weights: support::mlp_weights(64, 16, 5, [0.5; 4]).into(),
             ..Default::default()
         })
         .await;
@@ -386,7 +386,7 @@ async fn bad_imports_and_datasets_are_refused() {
         |architecture: pb::Architecture, weights: Vec<u8>, name: &str| pb::ImportModelRequest {
             name: name.into(),
             architecture: Some(architecture),
-            weights,
+            weights: weights.into(),
             ..Default::default()
         };
     let wrong_shape = support::mlp_weights(32, 16, 5, [0.0; 4]);
@@ -446,7 +446,7 @@ async fn bad_imports_and_datasets_are_refused() {
         let request = pb::ImportModelRequest {
             name: "scripted".into(),
             architecture: Some(architecture),
-            weights: weights.clone(),
+            weights: weights.clone().into(),
             program,
             ..Default::default()
         };
@@ -466,7 +466,7 @@ async fn bad_imports_and_datasets_are_refused() {
         datasets
             .register_dataset(pb::RegisterDatasetRequest {
                 name: "d".into(),
-                content: content.clone(),
+                content: content.clone().into(),
                 sha256: "0".repeat(64),
             })
             .await,
@@ -482,7 +482,7 @@ async fn bad_imports_and_datasets_are_refused() {
             .register_dataset(pb::RegisterDatasetRequest {
                 name: "d".into(),
                 sha256: heirloom_spec::sha256_hex(&no_labels),
-                content: no_labels,
+                content: no_labels.into(),
             })
             .await,
         Code::InvalidArgument,
@@ -496,7 +496,7 @@ async fn bad_imports_and_datasets_are_refused() {
             .register_dataset(pb::RegisterDatasetRequest {
                 name: "d".into(),
                 sha256: heirloom_spec::sha256_hex(&content),
-                content,
+                content: content.into(),
             })
             .await,
         Code::AlreadyExists,

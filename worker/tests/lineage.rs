@@ -271,7 +271,7 @@ async fn imported_model_can_be_finetuned() {
         .import_model(pb::ImportModelRequest {
             name: "outside".into(),
             architecture: Some(mlp(64, vec![8], 3)),
-            weights: weights.clone(),
+            weights: weights.clone().into(),
             ..Default::default()
         })
         .await

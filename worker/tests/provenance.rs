@@ -64,7 +64,7 @@ async fn false_provenance_claims_fail_the_job_and_write_no_model() {
         .import_model(pb::ImportModelRequest {
             name: "parent".into(),
             architecture: Some(mlp(64, vec![8], 5)),
-            weights: parent_bytes,
+            weights: parent_bytes.into(),
             ..Default::default()
         })
         .await

@@ -133,7 +133,7 @@ async fn resnet18_from_pytorch_is_finetuned_and_gives_pytorchs_logits() {
         .import_model(pb::ImportModelRequest {
             name: "resnet".into(),
             architecture: Some((&architecture).into()),
-            weights: std::fs::read(&weights).unwrap(),
+            weights: std::fs::read(&weights).unwrap().into(),
             ..Default::default()
         })
         .await
@@ -229,7 +229,7 @@ async fn torchscript_module_is_finetuned_and_used_as_a_frozen_feature_extractor(
         .import_model(pb::ImportModelRequest {
             name: "scripted".into(),
             architecture: Some((&architecture).into()),
-            weights: std::fs::read(&weights).unwrap(),
+            weights: std::fs::read(&weights).unwrap().into(),
             program: std::fs::read(&program).unwrap(),
             ..Default::default()
         })

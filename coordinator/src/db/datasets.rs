@@ -14,7 +14,6 @@ struct DatasetRow {
     num_examples: i64,
     num_features: i32,
     num_classes: i32,
-    path: String,
     created_at: DateTime<Utc>,
 }
 
@@ -29,7 +28,6 @@ impl From<DatasetRow> for Dataset {
             num_examples: row.num_examples as u64,
             num_features: row.num_features as u32,
             num_classes: row.num_classes as u32,
-            path: row.path,
             created_at: row.created_at,
         }
     }
@@ -43,8 +41,8 @@ impl Db {
         for _ in 0..3 {
             let inserted = sqlx::query_as::<_, DatasetRow>(
                 "INSERT INTO datasets (id, name, version, sha256, size_bytes, num_examples,
-                                       num_features, num_classes, path)
-                 SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4, $5, $6, $7, $8
+                                       num_features, num_classes)
+                 SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4, $5, $6, $7
                    FROM datasets WHERE name = $2
                  RETURNING *",
             )
@@ -55,7 +53,6 @@ impl Db {
             .bind(dataset.num_examples as i64)
             .bind(dataset.num_features as i32)
             .bind(dataset.num_classes as i32)
-            .bind(&dataset.path)
             .fetch_one(&self.pool)
             .await;
             match inserted {

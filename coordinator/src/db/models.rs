@@ -8,8 +8,12 @@ use chrono::{DateTime, Utc};
 use heirloom_spec::{Architecture, TensorInfo, TensorStatus};
 use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 use uuid::Uuid;
+
+/// The advisory lock a garbage collection holds exclusively and MissingBlobs shares.
+const GARBAGE_COLLECTION_LOCK: i64 = 0x6865_6972_6c6f_6f6d; // "heirloom"
 
 #[derive(sqlx::FromRow)]
 struct ModelRow {
@@ -163,18 +167,53 @@ impl Db {
             .collect())
     }
 
-    /// Every blob the lineage references: tensor hashes, dataset hashes, program hashes.
-    pub async fn referenced_blobs(&self) -> Result<std::collections::HashSet<String>> {
-        // A UNION of the three kinds: blob names are hashes, so they cannot collide.
+    /// Starts a garbage collection: takes the collection lock (MissingBlobs waits while
+    /// it is held), drops expired holds, and returns every blob that the lineage
+    /// references or that a hold keeps. The lock lasts until the transaction ends.
+    pub async fn begin_garbage_collection(
+        &self,
+    ) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, HashSet<String>)> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(GARBAGE_COLLECTION_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM blob_holds WHERE held_until < now()")
+            .execute(&mut *tx)
+            .await?;
+        // Blob names are hashes, so the kinds cannot collide.
         let rows: Vec<(Option<String>,)> = sqlx::query_as(
             "SELECT sha256 FROM model_tensors
              UNION SELECT sha256 FROM datasets
              UNION SELECT architecture->'torchscript'->>'program_sha256' FROM models
-                    WHERE architecture ? 'torchscript'",
+                    WHERE architecture ? 'torchscript'
+             UNION SELECT sha256 FROM blob_holds",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(rows.into_iter().filter_map(|(sha,)| sha).collect())
+        Ok((tx, rows.into_iter().filter_map(|(sha,)| sha).collect()))
+    }
+
+    /// Holds these blobs from garbage collection for `duration` (waiting out a
+    /// collection in progress).
+    pub async fn hold_blobs(&self, sha256: &[String], duration: Duration) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(GARBAGE_COLLECTION_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO blob_holds (sha256, held_until)
+             SELECT DISTINCT unnest($1::text[]), now() + make_interval(secs => $2)
+             ON CONFLICT (sha256) DO UPDATE
+                SET held_until = greatest(blob_holds.held_until, excluded.held_until)",
+        )
+        .bind(sha256)
+        .bind(duration.as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// A model's tensor hashes by name.

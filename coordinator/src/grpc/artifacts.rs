@@ -1,41 +1,32 @@
 use crate::Services;
-use crate::artifacts::BlobKind;
+use crate::artifacts::{Chunks, Upload, check_sha256};
 use crate::error::Error;
+use futures::StreamExt;
 use heirloom_proto::v1 as pb;
-use heirloom_spec::sha256_hex;
 use std::pin::Pin;
-use tokio::io::AsyncWriteExt;
 use tokio_stream::Stream;
 use tonic::Streaming;
 use tonic::{Request, Response, Status};
-
-/// Well under the message limit, and large enough that per-message costs vanish.
-pub const CHUNK_BYTES: usize = 1 << 20;
 
 pub struct ArtifactApi(pub Services);
 
 /// Blobs younger than this are never collected: they may belong to a job still running.
 const DEFAULT_GARBAGE_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How long MissingBlobs keeps the blobs it was asked about from garbage collection.
+const HOLD: std::time::Duration = std::time::Duration::from_secs(3600);
 
 type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportModelResponse, Status>> + Send>>;
 type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadBlobResponse, Status>> + Send>>;
 
-/// Splits `file` from `offset` into chunks of at most CHUNK_BYTES, without copying.
-fn chunks_from(file: Vec<u8>, offset: u64) -> Result<Vec<(u64, bytes::Bytes)>, Error> {
-    let file = bytes::Bytes::from(file);
-    let total = file.len() as u64;
-    if offset > total {
-        return Err(Error::InvalidArgument(format!(
-            "offset: {offset} is past the end of the {total}-byte file"
-        )));
-    }
-    Ok((offset as usize..file.len())
-        .step_by(CHUNK_BYTES)
-        .map(|start| {
-            let end = (start + CHUNK_BYTES).min(file.len());
-            (start as u64, file.slice(start..end))
-        })
-        .collect())
+/// Turns the store's chunks into response messages; a store error ends the stream.
+fn responses<T: Send + 'static>(
+    chunks: Chunks,
+    message: impl Fn(u64, bytes::Bytes) -> T + Send + 'static,
+) -> Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>> {
+    Box::pin(chunks.map(move |chunk| match chunk {
+        Ok((offset, data)) => Ok(message(offset, data)),
+        Err(err) => Err(Status::from(err)),
+    }))
 }
 
 #[tonic::async_trait]
@@ -49,29 +40,23 @@ impl pb::artifact_service_server::ArtifactService for ArtifactApi {
         let request = request.into_inner();
         let model = self.0.db.find_model(&request.model).await?;
         let manifest = self.0.db.manifest(model.id).await?;
-        let file = self.0.artifacts.assemble(&manifest).await?;
-        if sha256_hex(&file) != model.weights_sha256 {
+        let (total, chunks) = self.0.artifacts.export(&manifest, request.offset)?;
+        if total != model.weights_bytes {
             return Err(Error::DataLoss(format!(
-                "model {}: its assembled weights no longer hash to {}",
-                model.name, model.weights_sha256
+                "model {}: its manifest gives a {total}-byte file, not {} bytes",
+                model.name, model.weights_bytes
             ))
             .into());
         }
-        let total = file.len() as u64;
         let sha256 = model.weights_sha256;
-        let chunks: Vec<Result<pb::ExportModelResponse, Status>> =
-            chunks_from(file, request.offset)?
-                .into_iter()
-                .map(|(offset, data)| {
-                    Ok(pb::ExportModelResponse {
-                        offset,
-                        data,
-                        total_bytes: total,
-                        sha256: sha256.clone(),
-                    })
-                })
-                .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        Ok(Response::new(responses(chunks, move |offset, data| {
+            pb::ExportModelResponse {
+                offset,
+                data,
+                total_bytes: total,
+                sha256: sha256.clone(),
+            }
+        })))
     }
 
     type DownloadBlobStream = DownloadStream;
@@ -81,41 +66,19 @@ impl pb::artifact_service_server::ArtifactService for ArtifactApi {
         request: Request<pb::DownloadBlobRequest>,
     ) -> Result<Response<DownloadStream>, Status> {
         let request = request.into_inner();
-        let kind = match pb::BlobKind::try_from(request.kind) {
-            Ok(pb::BlobKind::Tensor) => BlobKind::Tensor,
-            Ok(pb::BlobKind::Dataset) => BlobKind::Dataset,
-            Ok(pb::BlobKind::Program) => BlobKind::Program,
-            _ => {
-                return Err(Error::InvalidArgument(
-                    "kind: must be tensor, dataset or program".into(),
-                )
-                .into());
+        check_sha256("sha256", &request.sha256)?;
+        let (total, chunks) = self
+            .0
+            .artifacts
+            .download(&request.sha256, request.offset)
+            .await?;
+        Ok(Response::new(responses(chunks, move |offset, data| {
+            pb::DownloadBlobResponse {
+                offset,
+                data,
+                total_bytes: total,
             }
-        };
-        let path = self.0.artifacts.blob_file(kind, &request.sha256)?;
-        let file = tokio::fs::read(&path).await.map_err(|_| {
-            Error::NotFound(format!("no {kind:?} blob {} is stored", request.sha256).to_lowercase())
-        })?;
-        if sha256_hex(&file) != request.sha256 {
-            return Err(Error::DataLoss(format!(
-                "the stored blob {} no longer matches its hash",
-                request.sha256
-            ))
-            .into());
-        }
-        let total = file.len() as u64;
-        let chunks: Vec<Result<pb::DownloadBlobResponse, Status>> =
-            chunks_from(file, request.offset)?
-                .into_iter()
-                .map(|(offset, data)| {
-                    Ok(pb::DownloadBlobResponse {
-                        offset,
-                        data,
-                        total_bytes: total,
-                    })
-                })
-                .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        })))
     }
 
     async fn collect_garbage(
@@ -127,15 +90,15 @@ impl pb::artifact_service_server::ArtifactService for ArtifactApi {
             0 => DEFAULT_GARBAGE_AGE,
             seconds => std::time::Duration::from_secs(seconds),
         };
-        // References are read before the scan. A blob that becomes referenced after that
-        // read was uploaded, or reported present by MissingBlobs (which refreshes its
-        // age), within the job that references it: it is younger than min_age and kept.
-        let referenced = self.0.db.referenced_blobs().await?;
+        // The collection lock keeps MissingBlobs from reporting a blob present while it
+        // is being deleted; every blob held or referenced before it was taken is kept.
+        let (lock, referenced) = self.0.db.begin_garbage_collection().await?;
         let (deleted_blobs, deleted_bytes, kept_blobs) = self
             .0
             .artifacts
             .collect_garbage(&referenced, min_age, request.dry_run)
             .await?;
+        lock.commit().await.map_err(Error::from)?;
         tracing::info!(
             deleted_blobs,
             deleted_bytes,
@@ -154,11 +117,16 @@ impl pb::artifact_service_server::ArtifactService for ArtifactApi {
         &self,
         request: Request<pb::MissingBlobsRequest>,
     ) -> Result<Response<pb::MissingBlobsResponse>, Status> {
+        let wanted = request.into_inner().sha256;
+        for (i, sha256) in wanted.iter().enumerate() {
+            check_sha256(&format!("sha256[{i}]"), sha256)?;
+        }
+        // Held first, looked up after: a collection either saw the hold, or finished
+        // before the lookup (which then reports what it deleted as missing).
+        self.0.db.hold_blobs(&wanted, HOLD).await?;
         let mut missing = Vec::new();
-        for sha256 in request.into_inner().sha256 {
-            // A blob a worker will rely on instead of uploading is refreshed, so garbage
-            // collection spares it until the job that needs it is recorded.
-            if !self.0.artifacts.touch_tensor(&sha256).await? {
+        for sha256 in wanted {
+            if self.0.artifacts.len(&sha256).await?.is_none() {
                 missing.push(sha256);
             }
         }
@@ -176,69 +144,48 @@ impl pb::artifact_service_server::ArtifactService for ArtifactApi {
             while let Some(chunk) = stream.message().await.map_err(|status| {
                 Error::InvalidArgument(format!("the upload stream broke: {}", status.message()))
             })? {
-                // The blob in flight stays in `open` until it is stored, so that any
-                // failure on the way leaves its partial file to the cleanup below.
                 if let Some(upload) = &open
-                    && upload.sha256 != chunk.sha256
+                    && upload.sha256() != chunk.sha256
                 {
                     return Err(Error::InvalidArgument(format!(
                         "blob {} ended without a chunk marked last",
-                        upload.sha256
+                        upload.sha256()
                     )));
                 }
-                if open.is_none() {
-                    // Checks the hash's form before anything is written.
-                    self.0
-                        .artifacts
-                        .blob_file(BlobKind::Tensor, &chunk.sha256)?;
-                    let path = self.0.artifacts.upload_file();
-                    open = Some(Upload {
-                        file: tokio::fs::File::create(&path).await?,
-                        path,
-                        sha256: chunk.sha256.clone(),
-                        written: 0,
-                    });
-                }
-                let upload = open.as_mut().expect("a blob is open");
-                if chunk.offset != upload.written {
+                let upload = match &mut open {
+                    Some(upload) => upload,
+                    None => open.insert(self.0.artifacts.begin_upload(&chunk.sha256)?),
+                };
+                if chunk.offset != upload.written() {
                     return Err(Error::InvalidArgument(format!(
                         "blob {}: chunk at offset {}, expected {}",
-                        chunk.sha256, chunk.offset, upload.written
+                        chunk.sha256,
+                        chunk.offset,
+                        upload.written()
                     )));
                 }
-                upload.file.write_all(&chunk.data).await?;
-                upload.written += chunk.data.len() as u64;
+                upload.write(chunk.data).await?;
                 if chunk.last {
-                    upload.file.flush().await?;
-                    self.0
-                        .artifacts
-                        .store_upload(&upload.sha256, &upload.path)
-                        .await?;
-                    stored.push(upload.sha256.clone());
-                    open = None;
+                    let upload = open.take().expect("a blob is open");
+                    let sha256 = upload.sha256().to_string();
+                    upload.finish().await?;
+                    stored.push(sha256);
                 }
             }
             if let Some(upload) = &open {
                 return Err(Error::InvalidArgument(format!(
                     "the stream ended inside blob {}",
-                    upload.sha256
+                    upload.sha256()
                 )));
             }
             Ok(())
         }
         .await;
+        // Whatever failed on the way, a blob left open is never stored.
         if let Some(upload) = open {
-            let _ = tokio::fs::remove_file(&upload.path).await;
+            upload.abort().await;
         }
         result?;
         Ok(Response::new(pb::UploadBlobsResponse { stored }))
     }
-}
-
-/// A blob being received.
-struct Upload {
-    file: tokio::fs::File,
-    path: std::path::PathBuf,
-    sha256: String,
-    written: u64,
 }

@@ -1,5 +1,6 @@
 use super::convert;
 use crate::Services;
+use crate::artifacts::check_sha256;
 use crate::domain::{Dataset, check_name};
 use crate::error::Error;
 use heirloom_proto::v1 as pb;
@@ -17,7 +18,26 @@ impl pb::dataset_service_server::DatasetService for DatasetApi {
     ) -> Result<Response<pb::RegisterDatasetResponse>, Status> {
         let request = request.into_inner();
         check_name("name", &request.name).map_err(Error::from)?;
-        let sha256 = sha256_hex(&request.content);
+        // The file comes inline, or was uploaded first and is named by its sha256.
+        let content = if request.content.is_empty() {
+            check_sha256("sha256", &request.sha256)?;
+            match self.0.artifacts.read(&request.sha256).await {
+                Err(Error::NotFound(_)) => {
+                    return Err(Error::from(Invalid::new(
+                        "content",
+                        format!(
+                            "is empty and no blob {} was uploaded: send the file, or upload it first",
+                            request.sha256
+                        ),
+                    ))
+                    .into());
+                }
+                other => other?,
+            }
+        } else {
+            request.content
+        };
+        let sha256 = sha256_hex(&content);
         if request.sha256 != sha256 {
             return Err(Error::from(Invalid::new(
                 "sha256",
@@ -28,22 +48,17 @@ impl pb::dataset_service_server::DatasetService for DatasetApi {
             ))
             .into());
         }
-        let info = read_dataset_info("content", &request.content).map_err(Error::from)?;
-        let path = self
-            .0
-            .artifacts
-            .put_dataset(&sha256, &request.content)
-            .await?;
+        let info = read_dataset_info("content", &content).map_err(Error::from)?;
+        self.0.artifacts.put(&sha256, content.clone()).await?;
         let dataset = Dataset {
             id: Uuid::new_v4(),
             name: request.name,
             version: 0, // the database assigns it
             sha256,
-            size_bytes: request.content.len() as u64,
+            size_bytes: content.len() as u64,
             num_examples: info.num_examples,
             num_features: info.num_features,
             num_classes: info.num_classes,
-            path,
             created_at: chrono::Utc::now(),
         };
         let dataset = self.0.db.insert_dataset(&dataset).await?;

@@ -27,14 +27,17 @@ impl pb::model_service_server::ModelService for ModelApi {
                 .ok_or_else(|| Error::from(Invalid::new("architecture", "is required")))?;
         // The tensors come inline (`weights`) or were uploaded first (`tensors`).
         let manifest = match (request.weights.is_empty(), request.tensors.is_empty()) {
-            (false, true) => {
-                let hashes = heirloom_spec::tensor_hashes("weights", &request.weights)
-                    .map_err(Error::from)?;
-                hashes
-                    .into_iter()
-                    .map(|(info, sha256)| ManifestEntry { info, sha256 })
-                    .collect::<Vec<_>>()
-            }
+            (false, true) => heirloom_spec::tensor_hashes("weights", &request.weights)
+                .map_err(Error::from)?
+                .into_iter()
+                .map(|tensor| {
+                    let entry = ManifestEntry {
+                        info: tensor.info,
+                        sha256: tensor.sha256,
+                    };
+                    (entry, Some(tensor.range))
+                })
+                .collect::<Vec<_>>(),
             (true, false) => {
                 let mut manifest: Vec<ManifestEntry> = request
                     .tensors
@@ -50,7 +53,7 @@ impl pb::model_service_server::ModelService for ModelApi {
                     .collect();
                 manifest.sort_by(|a, b| a.info.name.cmp(&b.info.name));
                 self.0.artifacts.check_stored("tensors", &manifest).await?;
-                manifest
+                manifest.into_iter().map(|entry| (entry, None)).collect()
             }
             (true, true) => {
                 return Err(Error::from(Invalid::new(
@@ -67,13 +70,18 @@ impl pb::model_service_server::ModelService for ModelApi {
                 .into());
             }
         };
+        // Each entry with where its bytes lie in `weights`, when they came inline.
+        let (manifest, inline): (Vec<ManifestEntry>, Vec<_>) = manifest.into_iter().unzip();
         let infos: Vec<heirloom_spec::TensorInfo> =
             manifest.iter().map(|e| e.info.clone()).collect();
         if let Architecture::Torchscript(script) = &mut architecture {
             describe_program(script, &request.program, &infos)?;
             self.0
                 .artifacts
-                .put_program(&script.program_sha256, &request.program)
+                .put(
+                    &script.program_sha256,
+                    bytes::Bytes::from(request.program.clone()),
+                )
                 .await?;
         } else if !request.program.is_empty() {
             return Err(Error::from(Invalid::new(
@@ -83,20 +91,20 @@ impl pb::model_service_server::ModelService for ModelApi {
             .into());
         }
         check_manifest("weights", &infos, &architecture).map_err(Error::from)?;
-        if !request.weights.is_empty() {
-            self.0
-                .artifacts
-                .put_tensors(&request.weights, &manifest)
-                .await?;
+        for (entry, range) in manifest.iter().zip(inline) {
+            if let Some(range) = range {
+                let data = request.weights.slice(range);
+                self.0.artifacts.put(&entry.sha256, data).await?;
+            }
         }
-        let canonical = self.0.artifacts.assemble(&manifest).await?;
+        let (weights_sha256, weights_bytes) = self.0.artifacts.canonical_digest(&manifest).await?;
         let tensors = new_tensors(manifest);
         let model = Model {
             id: Uuid::new_v4(),
             name: request.name,
             architecture,
-            weights_sha256: sha256_hex(&canonical),
-            weights_bytes: canonical.len() as u64,
+            weights_sha256,
+            weights_bytes,
             source: "import".into(),
             job_id: None,
             dataset: None,

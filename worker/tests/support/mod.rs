@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+use futures::TryStreamExt;
 use heirloom_coordinator::{Config, Coordinator};
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
@@ -11,17 +12,31 @@ use heirloom_proto::v1::dataset_service_client::DatasetServiceClient;
 use heirloom_proto::v1::job_service_client::JobServiceClient;
 use heirloom_proto::v1::model_service_client::ModelServiceClient;
 use heirloom_spec::sha256_hex;
+use object_store::ObjectStore;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+/// Where the coordinator keeps artifacts in a test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A temporary directory.
+    Local,
+    /// A fresh prefix in the S3-compatible server that `scripts/test.sh` starts (moto),
+    /// reached through the `AWS_*` variables it sets.
+    S3,
+}
+
 pub struct Cluster {
     pub address: String,
-    pub artifacts: tempfile::TempDir,
+    /// The store the coordinator uses, for tests that reach under the API.
+    pub store: Arc<dyn ObjectStore>,
+    artifacts: tempfile::TempDir,
     pub pool: PgPool,
     pub channel: Channel,
     worker_cache: tempfile::TempDir,
@@ -33,6 +48,13 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+fn s3_bucket() -> String {
+    std::env::var("HEIRLOOM_TEST_S3_BUCKET").expect(
+        "HEIRLOOM_TEST_S3_BUCKET is not set: run the tests with ./scripts/test.sh, which \
+         starts an S3-compatible server (moto) and sets it with the AWS_* variables",
+    )
 }
 
 fn admin_url() -> String {
@@ -68,6 +90,17 @@ impl Cluster {
     }
 
     pub async fn coordinator_only() -> Cluster {
+        Cluster::coordinator_on(Backend::Local).await
+    }
+
+    /// A coordinator with one worker connected, storing artifacts on `backend`.
+    pub async fn start_on(backend: Backend) -> Cluster {
+        let mut cluster = Cluster::coordinator_on(backend).await;
+        cluster.start_worker();
+        cluster
+    }
+
+    pub async fn coordinator_on(backend: Backend) -> Cluster {
         if std::env::var_os("TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
         }
@@ -80,9 +113,15 @@ impl Cluster {
         let config = Config {
             listen: listener.local_addr().expect("address"),
             database_url: database_url.clone(),
-            artifacts: artifacts.path().to_path_buf(),
+            artifacts: match backend {
+                Backend::Local => artifacts.path().to_str().expect("a UTF-8 path").into(),
+                Backend::S3 => format!("s3://{}/{}", s3_bucket(), uuid::Uuid::new_v4()),
+            },
             log_format: "human".into(),
         };
+        let store = heirloom_coordinator::artifacts::Artifacts::open(&config.artifacts)
+            .expect("open the artifact store")
+            .store();
         let coordinator = Coordinator::build(&config)
             .await
             .expect("coordinator starts");
@@ -100,6 +139,7 @@ impl Cluster {
             .expect("connect to the test database");
         Cluster {
             address,
+            store,
             artifacts,
             pool,
             channel,
@@ -144,8 +184,14 @@ impl Cluster {
         DatasetServiceClient::new(self.channel.clone())
     }
 
-    pub fn artifact(&self, relative: &str) -> PathBuf {
-        self.artifacts.path().join(relative)
+    /// How many blobs the store holds.
+    pub async fn stored_blobs(&self) -> usize {
+        self.store
+            .list(Some(&object_store::path::Path::from("blobs")))
+            .try_collect::<Vec<_>>()
+            .await
+            .expect("list the store")
+            .len()
     }
 
     pub async fn register_dataset(&self, name: &str, content: Vec<u8>) -> pb::Dataset {
@@ -153,7 +199,7 @@ impl Cluster {
         self.datasets()
             .register_dataset(pb::RegisterDatasetRequest {
                 name: name.into(),
-                content,
+                content: content.into(),
                 sha256,
             })
             .await

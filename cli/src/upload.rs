@@ -1,0 +1,34 @@
+//! Moving bytes with a progress bar on a terminal: uploads (the CLI's side of
+//! `heirloom_proto::transfer`) and the bar that exports share.
+
+use bytes::Bytes;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use tonic::transport::Channel;
+
+/// A byte-count bar on standard error, hidden when that is not a terminal.
+pub fn bytes_bar() -> ProgressBar {
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("  {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+            .expect("valid template"),
+    );
+    bar
+}
+
+/// Uploads those of `blobs` (sha256, bytes) the coordinator lacks; returns the bytes sent.
+pub async fn upload(channel: Channel, blobs: &[(String, Bytes)]) -> anyhow::Result<u64> {
+    let bar = bytes_bar();
+    let progress = bar.clone();
+    let sent = heirloom_proto::transfer::upload_missing(channel, blobs, move |so_far, total| {
+        progress.set_length(total);
+        progress.set_position(so_far);
+    })
+    .await?;
+    bar.finish_and_clear();
+    Ok(sent)
+}
