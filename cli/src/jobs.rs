@@ -109,6 +109,18 @@ pub struct Common {
     /// Makes the submission idempotent: the same id returns the same job.
     #[arg(long, default_value = "")]
     request_id: String,
+    /// Run only on a worker with this device kind: `cpu` or `cuda`.
+    #[arg(long, default_value = "")]
+    device: String,
+    /// Run only on a worker with a device of at least this many bytes of memory.
+    #[arg(long, default_value_t = 0)]
+    min_device_memory: u64,
+    /// Run only on a worker with this label, as key=value; repeat for more.
+    #[arg(long = "require-label")]
+    require_labels: Vec<String>,
+    /// How many attempts may fail (retryable errors, lost workers) before the job does.
+    #[arg(long, default_value_t = 0)]
+    max_attempts: u32,
     /// Follow the job until it ends.
     #[arg(long)]
     watch: bool,
@@ -275,6 +287,23 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
             spec: Some(spec),
             priority: common.priority,
             request_id: common.request_id,
+            requirements: Some(pb::Requirements {
+                device: common.device,
+                min_device_memory_bytes: common.min_device_memory,
+                labels: common
+                    .require_labels
+                    .iter()
+                    .map(|label| {
+                        label
+                            .split_once('=')
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .ok_or_else(|| {
+                                anyhow::anyhow!("--require-label {label:?}: write key=value")
+                            })
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+            }),
+            max_attempts: common.max_attempts,
         })
         .await?
         .into_inner()
@@ -320,6 +349,20 @@ fn print_job(job: &pb::Job) {
         print!("  error: {}", job.error);
     }
     println!();
+    for attempt in &job.attempts {
+        print!(
+            "  attempt {} on worker {}: {} (started {}",
+            attempt.attempt, attempt.worker_id, attempt.outcome, attempt.started_at
+        );
+        if !attempt.ended_at.is_empty() {
+            print!(", ended {}", attempt.ended_at);
+        }
+        print!(")");
+        if !attempt.error.is_empty() {
+            print!(" {}", attempt.error);
+        }
+        println!();
+    }
 }
 
 /// Prints state changes and shows training progress until the job ends; fails when the

@@ -20,6 +20,17 @@ pub struct Config {
     /// Workers never see it: they reach artifacts over gRPC.
     #[arg(long, env = "HEIRLOOM_ARTIFACTS")]
     pub artifacts: String,
+    /// How long a job's lease lasts unless its worker renews it (progress, heartbeats
+    /// and checkpoints renew it); a worker silent this long loses the job.
+    #[arg(long, env = "HEIRLOOM_LEASE_SECONDS", default_value_t = 30.0)]
+    pub lease_seconds: f64,
+    /// The delay before a failed attempt's retry; it doubles with every failure (with
+    /// ±50% jitter), up to five minutes.
+    #[arg(long, env = "HEIRLOOM_RETRY_BACKOFF_SECONDS", default_value_t = 2.0)]
+    pub retry_backoff_seconds: f64,
+    /// Workers checkpoint a training job every this many steps (0: never).
+    #[arg(long, env = "HEIRLOOM_CHECKPOINT_EVERY", default_value_t = 200)]
+    pub checkpoint_every: u64,
     /// Log format: `human` or `json`.
     #[arg(long, env = "HEIRLOOM_LOG_FORMAT", default_value = "human")]
     pub log_format: String,

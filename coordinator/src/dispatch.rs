@@ -1,8 +1,9 @@
 //! Hands queued jobs to connected workers and takes their results back.
 //!
 //! Each worker's open assignment stream has one task that claims a job whenever the
-//! worker is idle and a job is queued, waking on notifications (and polling in case one
-//! is lost). When the stream closes, the worker's unfinished job goes back to the queue.
+//! worker has room and a job that fits it is queued, waking on notifications (and polling
+//! in case one is lost). A closed stream gives nothing back: leases expire instead, so a
+//! worker that reconnects within its lease keeps its jobs.
 
 use crate::Services;
 use crate::artifacts::ManifestEntry;
@@ -18,8 +19,11 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
-/// How often an idle worker's task looks for work on its own.
-const CLAIM_POLL: Duration = Duration::from_secs(2);
+/// How often an idle worker's task looks for work on its own (a retried job's backoff
+/// ends without a notification).
+const CLAIM_POLL: Duration = Duration::from_millis(500);
+/// How often each replica looks for expired leases.
+const EXPIRY_SCAN: Duration = Duration::from_millis(500);
 
 /// A job leased to a worker, with the files it needs.
 #[derive(Debug, Clone)]
@@ -28,6 +32,7 @@ pub struct Assignment {
     pub dataset_sha256: Option<String>,
     /// Each parent's id and manifest, in the order of the job's spec.
     pub parents: Vec<(Uuid, Vec<ManifestEntry>)>,
+    pub checkpoint_every: u64,
 }
 
 /// What a worker reports it produced.
@@ -51,12 +56,9 @@ pub fn assignments(services: Services, worker_id: Uuid) -> impl Stream<Item = Re
     tokio::spawn(async move {
         let mut wake = services.notifier.subscribe();
         tracing::info!(worker_id = %worker_id, "worker connected");
-        // What this stream leased: on close, only these go back to the queue.
-        let mut leases: Vec<(Uuid, i32)> = Vec::new();
         loop {
             match claim(&services, worker_id).await {
                 Ok(Some(assignment)) => {
-                    leases.push((assignment.job.id, assignment.job.attempt));
                     tracing::info!(job_id = %assignment.job.id, worker_id = %worker_id, "job leased");
                     if sender.send(Ok(assignment)).await.is_err() {
                         break;
@@ -72,18 +74,35 @@ pub fn assignments(services: Services, worker_id: Uuid) -> impl Stream<Item = Re
                 _ = tokio::time::sleep(CLAIM_POLL) => {}
             }
         }
-        match services.db.requeue_leases(worker_id, &leases).await {
-            Ok(ids) => {
-                tracing::info!(worker_id = %worker_id, requeued = ids.len(), "worker disconnected")
-            }
-            Err(err) => tracing::error!(worker_id = %worker_id, error = %err, "requeue failed"),
-        }
+        // Its leases stay: a worker cut off briefly reconnects and goes on; one that
+        // does not come back loses them when they expire.
+        tracing::info!(worker_id = %worker_id, "worker disconnected");
     });
     ReceiverStream::new(receiver)
 }
 
+/// Takes back the jobs of workers whose leases expired, every `EXPIRY_SCAN`, until
+/// `shutdown`. Every replica runs one; they never take back the same job twice.
+pub async fn expire_leases(services: Services, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        match services.db.expire_leases(&services.policy).await {
+            Ok(0) => {}
+            Ok(count) => tracing::warn!(count, "leases expired; jobs taken back"),
+            Err(err) => tracing::warn!(error = %err, "could not scan for expired leases"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(EXPIRY_SCAN) => {}
+        }
+    }
+}
+
 async fn claim(services: &Services, worker_id: Uuid) -> Result<Option<Assignment>> {
-    let Some(claimed) = services.db.claim_job(worker_id).await? else {
+    let Some(claimed) = services
+        .db
+        .claim_job(worker_id, services.policy.lease)
+        .await?
+    else {
         return Ok(None);
     };
     let job = claimed.job;
@@ -99,6 +118,7 @@ async fn claim(services: &Services, worker_id: Uuid) -> Result<Option<Assignment
         job,
         dataset_sha256,
         parents,
+        checkpoint_every: services.policy.checkpoint_every,
     }))
 }
 

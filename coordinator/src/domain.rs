@@ -188,6 +188,75 @@ pub struct Job {
     pub model_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub requirements: Requirements,
+    pub max_attempts: i32,
+    /// Attempts that ended in a retryable error or an expired lease.
+    pub failures: i32,
+    /// Where the last attempt got to, for the next one to resume from.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// What a worker must offer to be given a job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Requirements {
+    /// `cpu` or `cuda`; empty for any.
+    #[serde(default)]
+    pub device: String,
+    #[serde(default)]
+    pub min_device_memory_bytes: u64,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// Where an attempt got to: its tensors (stored as blobs) and its position.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub step: u64,
+    pub loss_sum: f64,
+    pub correct: u64,
+    pub tensors: Vec<CheckpointTensor>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointTensor {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    pub sha256: String,
+}
+
+/// One attempt at a job.
+#[derive(Debug, Clone)]
+pub struct JobAttempt {
+    pub attempt: i32,
+    pub worker_id: Uuid,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// running, succeeded, failed, retried, lease_expired, released or cancelled.
+    pub outcome: String,
+    pub error: Option<String>,
+}
+
+/// How long leases last and how retries back off; the coordinator's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub lease: std::time::Duration,
+    /// The first retry's delay; each later one doubles it (with jitter), up to `MAX_BACKOFF`.
+    pub retry_backoff: std::time::Duration,
+    /// Workers checkpoint every this many steps (0: never).
+    pub checkpoint_every: u64,
+}
+
+impl Policy {
+    pub const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(300);
+
+    /// The delay before the retry that follows `failures` failed attempts, before jitter.
+    pub fn backoff(&self, failures: i32) -> std::time::Duration {
+        let doublings = failures.saturating_sub(1).clamp(0, 20) as u32;
+        self.retry_backoff
+            .saturating_mul(1 << doublings)
+            .min(Self::MAX_BACKOFF)
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -30,6 +30,7 @@ pub struct Services {
     db: Db,
     artifacts: Artifacts,
     notifier: Notifier,
+    policy: domain::Policy,
 }
 
 pub struct Coordinator {
@@ -43,6 +44,11 @@ impl Coordinator {
         let db = Db::connect(&config.database_url).await?;
         db.migrate().await?;
         let artifacts = Artifacts::open(&config.artifacts)?;
+        let policy = domain::Policy {
+            lease: std::time::Duration::from_secs_f64(config.lease_seconds),
+            retry_backoff: std::time::Duration::from_secs_f64(config.retry_backoff_seconds),
+            checkpoint_every: config.checkpoint_every,
+        };
         let shutdown = CancellationToken::new();
         let notifier = Notifier::start(db.pool().clone(), shutdown.child_token());
         Ok(Coordinator {
@@ -50,6 +56,7 @@ impl Coordinator {
                 db,
                 artifacts,
                 notifier,
+                policy,
             },
             shutdown,
         })
@@ -63,6 +70,10 @@ impl Coordinator {
     ) -> anyhow::Result<()> {
         let address = listener.local_addr()?;
         tracing::info!(%address, "coordinator listening");
+        tokio::spawn(dispatch::expire_leases(
+            self.services.clone(),
+            self.shutdown.child_token(),
+        ));
         let result = grpc::serve(self.services, listener, shutdown).await;
         self.shutdown.cancel();
         Ok(result?)

@@ -1,125 +1,279 @@
-//! The worker's conversation with the coordinator: connect out, register, take one
-//! assignment at a time from the stream, train it on a blocking thread while progress
-//! flows back, and complete it. Reconnects by itself when the coordinator goes away.
+//! The worker's conversation with the coordinator: connect out, register, take
+//! assignments from the stream (as many at once as the worker's concurrency), train each
+//! on a blocking thread while progress, heartbeats and checkpoints flow back, and
+//! complete it. Reconnects by itself, with backoff, when the coordinator goes away, and
+//! keeps training meanwhile: its leases outlive a short outage. On a drain (SIGTERM) it
+//! takes nothing new, checkpoints what runs and hands it back.
 
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::train::{self, Blob, Device, Progress, TrainingJob, Weights};
+use crate::train::{self, Blob, Control, Device, Position, Progress, Resume, TrainingJob, Weights};
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::worker_service_client::WorkerServiceClient;
 use heirloom_spec::{
     Adjustment, Architecture, HashedTensor, Origin, TensorPlan, TensorStatus, tensor_hashes,
 };
-use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
-const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// Reconnection delays: from the first to the largest, doubling, with jitter.
+const RECONNECT_FIRST: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
-/// Runs until the process is stopped.
-pub async fn run(config: Config) -> Result<()> {
-    train::set_threads(config.threads);
-    let device = train::pick_device(&config.device)?;
-    let mut worker_id: Option<String> = None;
-    loop {
-        match serve(&config, device, &mut worker_id).await {
-            Ok(()) => tracing::info!("assignment stream closed; reconnecting"),
-            Err(err) => tracing::warn!(error = %err, "lost the coordinator; reconnecting"),
+/// The jobs this worker holds: their fencing tokens, and how to stop them.
+#[derive(Debug, Clone, Default)]
+struct Held(Arc<Mutex<HashMap<String, (u32, Control)>>>);
+
+impl Held {
+    fn insert(&self, job_id: &str, attempt: u32, control: Control) {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .insert(job_id.to_string(), (attempt, control));
+    }
+
+    /// Forgets the job, unless a later attempt at it has taken its place.
+    fn remove(&self, job_id: &str, attempt: u32) {
+        let mut held = self.0.lock().expect("not poisoned");
+        if held
+            .get(job_id)
+            .is_some_and(|(held_attempt, _)| *held_attempt == attempt)
+        {
+            held.remove(job_id);
         }
-        tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+
+    fn leases(&self) -> Vec<pb::JobLease> {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(job_id, (attempt, _))| pb::JobLease {
+                job_id: job_id.clone(),
+                attempt: *attempt,
+            })
+            .collect()
+    }
+
+    fn control(&self, job_id: &str) -> Option<Control> {
+        let held = self.0.lock().expect("not poisoned");
+        held.get(job_id).map(|(_, control)| control.clone())
+    }
+
+    fn drain_all(&self) {
+        for (_, control) in self.0.lock().expect("not poisoned").values() {
+            control.drain();
+        }
     }
 }
 
-async fn serve(config: &Config, device: Device, worker_id: &mut Option<String>) -> Result<()> {
+/// Who this worker is to the coordinator, once registered.
+#[derive(Debug, Clone)]
+struct Registration {
+    worker_id: String,
+    lease: Duration,
+}
+
+/// What every job task shares.
+#[derive(Clone)]
+struct Context {
+    client: WorkerServiceClient<Channel>,
+    cache: Cache,
+    device: Device,
+    held: Held,
+    /// How long a lease lasts: reports are retried this long before giving up.
+    lease: Duration,
+}
+
+/// Runs until the process is stopped, or until `drain` fires and every job it held has
+/// been checkpointed and handed back.
+pub async fn run(config: Config, drain: CancellationToken) -> Result<()> {
+    train::set_threads(config.threads);
+    let device = train::pick_device(&config.device)?;
+    // One channel for the process: it reconnects by itself after the coordinator returns.
     let channel = Endpoint::from_shared(config.coordinator.clone())
         .map_err(|err| Error::InvalidJob(format!("--coordinator: {err}")))?
         .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10))
         // Large flow-control windows: blobs stream at loopback speed, not 64 KiB at a time.
         .initial_stream_window_size(16 << 20)
         .initial_connection_window_size(64 << 20)
-        .connect()
-        .await?;
-    let cache = Cache::open(&config.cache, channel.clone())?;
-    let mut client = WorkerServiceClient::new(channel);
-    let id = match worker_id.clone() {
-        Some(id) => id,
-        None => register(&mut client, config, device).await?,
+        .connect_lazy();
+    let mut context = Context {
+        client: WorkerServiceClient::new(channel.clone()),
+        cache: Cache::open(&config.cache, channel)?,
+        device,
+        held: Held::default(),
+        lease: Duration::from_secs(30),
     };
-    *worker_id = Some(id.clone());
-    let request = pb::StreamAssignmentsRequest {
-        worker_id: id.clone(),
-    };
-    let mut assignments = match client.stream_assignments(request).await {
-        Ok(stream) => stream.into_inner(),
-        Err(status) if status.code() == Code::NotFound => {
-            *worker_id = None; // the coordinator forgot us: register again
-            return Err(status.into());
+    let (id_sender, id) = watch::channel(None::<Registration>);
+    let heartbeats = tokio::spawn(heartbeat(context.clone(), id.clone()));
+    let mut jobs = JoinSet::new();
+    let mut delay = RECONNECT_FIRST;
+    while !drain.is_cancelled() {
+        match session(&config, &mut context, &id_sender, &mut jobs, &drain).await {
+            Ok(()) => {
+                tracing::info!("assignment stream closed; reconnecting");
+                delay = RECONNECT_FIRST;
+            }
+            Err(err) => tracing::warn!(error = %err, "lost the coordinator; reconnecting"),
         }
-        Err(status) => return Err(status.into()),
-    };
-    tracing::info!(worker_id = %id, "waiting for assignments");
-    while let Some(assignment) = assignments.message().await? {
-        run_assignment(&mut client, &cache, device, &id, assignment).await?;
+        let jittered = delay.mul_f64(0.5 + jitter());
+        delay = (delay * 2).min(RECONNECT_MAX);
+        tokio::select! {
+            _ = drain.cancelled() => {}
+            _ = tokio::time::sleep(jittered) => {}
+        }
     }
+    tracing::info!(
+        jobs = jobs.len(),
+        "draining: checkpointing and handing back what runs"
+    );
+    context.held.drain_all();
+    while jobs.join_next().await.is_some() {}
+    heartbeats.abort();
     Ok(())
 }
 
-async fn register(
-    client: &mut WorkerServiceClient<Channel>,
+/// One connection's worth of work: (re-)register, then take assignments until the
+/// stream ends or a drain begins.
+async fn session(
     config: &Config,
-    device: Device,
-) -> Result<String> {
-    let devices = train::devices(device)
+    context: &mut Context,
+    id: &watch::Sender<Option<Registration>>,
+    jobs: &mut JoinSet<()>,
+    drain: &CancellationToken,
+) -> Result<()> {
+    let devices = train::devices(context.device)
         .into_iter()
         .map(|(name, memory_bytes)| pb::Device { name, memory_bytes })
         .collect();
-    let response = client
+    let registered = context
+        .client
         .register_worker(pb::RegisterWorkerRequest {
             name: config.name.clone(),
             devices,
-            labels: Default::default(),
+            labels: config.labels.iter().cloned().collect(),
+            concurrency: config.concurrency,
+            // A worker coming back keeps its id, and so its leases.
+            worker_id: id
+                .borrow()
+                .as_ref()
+                .map(|known| known.worker_id.clone())
+                .unwrap_or_default(),
         })
         .await?
         .into_inner();
-    tracing::info!(worker_id = %response.worker_id, "registered");
-    Ok(response.worker_id)
+    context.lease = Duration::from_secs(u64::from(registered.lease_seconds.max(1)));
+    let worker_id = registered.worker_id;
+    id.send_replace(Some(Registration {
+        worker_id: worker_id.clone(),
+        lease: context.lease,
+    }));
+    tracing::info!(worker_id = %worker_id, "registered; waiting for assignments");
+    let mut assignments = context
+        .client
+        .stream_assignments(pb::StreamAssignmentsRequest {
+            worker_id: worker_id.clone(),
+        })
+        .await?
+        .into_inner();
+    loop {
+        let assignment = tokio::select! {
+            _ = drain.cancelled() => return Ok(()),
+            message = assignments.message() => match message? {
+                Some(assignment) => assignment,
+                None => return Ok(()),
+            },
+        };
+        let control = Control::default();
+        context
+            .held
+            .insert(&assignment.job_id, assignment.attempt, control.clone());
+        let (context, worker_id) = (context.clone(), worker_id.clone());
+        jobs.spawn(async move {
+            let (job_id, attempt) = (assignment.job_id.clone(), assignment.attempt);
+            if let Err(err) = run_assignment(&context, &worker_id, assignment, control).await {
+                tracing::warn!(job_id = %job_id, error = %err, "job abandoned; its lease will expire");
+            }
+            context.held.remove(&job_id, attempt);
+        });
+    }
+}
+
+/// Renews the leases of every job this worker holds, three times per lease, and stops
+/// the jobs the coordinator says are no longer this worker's (or were cancelled).
+async fn heartbeat(context: Context, mut id: watch::Receiver<Option<Registration>>) {
+    loop {
+        let Some(Registration { worker_id, lease }) = id.borrow_and_update().clone() else {
+            let _ = id.changed().await;
+            continue;
+        };
+        tokio::time::sleep(lease / 3).await;
+        let leases = context.held.leases();
+        if leases.is_empty() {
+            continue;
+        }
+        let request = pb::HeartbeatRequest { worker_id, leases };
+        match context.client.clone().heartbeat(request).await {
+            Ok(response) => {
+                for job_id in response.into_inner().stop {
+                    if let Some(control) = context.held.control(&job_id) {
+                        tracing::warn!(job_id = %job_id, "lease lost or job cancelled; stopping");
+                        control.cancel();
+                    }
+                }
+            }
+            Err(status) => tracing::debug!(%status, "heartbeat failed"),
+        }
+    }
+}
+
+/// A number in [0, 1), different on every call.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(
+        std::time::SystemTime::now()
+            .elapsed()
+            .unwrap_or_default()
+            .as_nanos() as u64,
+    );
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 async fn run_assignment(
-    client: &mut WorkerServiceClient<Channel>,
-    cache: &Cache,
-    device: Device,
+    context: &Context,
     worker_id: &str,
     assignment: pb::Assignment,
+    control: Control,
 ) -> Result<()> {
     let job_id = assignment.job_id.clone();
     let attempt = assignment.attempt;
     tracing::info!(job_id = %job_id, attempt, "job started");
-    let output = cache
+    let output = context
+        .cache
         .staging()
         .join(format!("{job_id}-{attempt}.safetensors"));
     let report = Reporter {
-        client: client.clone(),
+        client: context.client.clone(),
         worker_id: worker_id.to_string(),
         job_id: job_id.clone(),
         attempt,
+        patience: context.lease,
     };
-    let job = match training_job(cache, &assignment).await {
+    let job = match training_job(&context.cache, &assignment).await {
         Ok(job) => job,
-        Err(err) => {
-            return report
-                .complete(
-                    pb::complete_job_request::Result::Error(err.to_string()),
-                    &output,
-                )
-                .await;
-        }
+        Err(err) => return report.complete(failure(&err), &output).await,
     };
     // The first report moves the job to running, and may already say it was cancelled.
     match report.progress(Progress::default()).await {
@@ -130,26 +284,41 @@ async fn run_assignment(
         }
         _ => {}
     }
-    let cancel = Arc::new(AtomicBool::new(false));
     let (progress_sender, mut progress) = watch::channel(Progress::default());
+    let (checkpoint_sender, mut checkpoints) = mpsc::unbounded_channel::<(PathBuf, Position)>();
     let training = {
-        let (job, cancel, output) = (job.clone(), cancel.clone(), output.clone());
+        let (job, control, output, device) =
+            (job.clone(), control.clone(), output.clone(), context.device);
         tokio::task::spawn_blocking(move || {
-            train::train(&job, device, &output, &cancel, |p| {
-                let _ = progress_sender.send(p.clone());
-            })
+            train::train(
+                &job,
+                device,
+                &output,
+                &control,
+                |p| {
+                    let _ = progress_sender.send(p.clone());
+                },
+                |path, position| {
+                    let _ = checkpoint_sender.send((path.to_path_buf(), position));
+                },
+            )
         })
     };
     tokio::pin!(training);
 
-    // Forward the latest progress until training ends; each report's answer says
-    // whether the job was cancelled.
+    // Forward the latest progress and every checkpoint until training ends; each
+    // report's answer says whether the job was cancelled.
     let mut last_reported = None;
     let result = loop {
         tokio::select! {
             joined = &mut training => break joined.unwrap_or_else(|err| {
                 Err(Error::InvalidJob(format!("training panicked: {err}")))
             }),
+            Some((path, position)) = checkpoints.recv() => {
+                if let Err(err) = save_checkpoint(context, &report, &path, position).await {
+                    tracing::warn!(job_id = %job_id, error = %err, "checkpoint not saved");
+                }
+            }
             changed = progress.changed() => {
                 if changed.is_err() {
                     continue;
@@ -157,48 +326,136 @@ async fn run_assignment(
                 let latest = progress.borrow_and_update().clone();
                 last_reported = Some(latest.clone());
                 match report.progress(latest).await {
-                    Ok(true) => cancel.store(true, Ordering::Relaxed),
+                    Ok(true) => control.cancel(),
                     Ok(false) => {}
                     Err(status) if status.code() == Code::FailedPrecondition => {
                         tracing::warn!(job_id = %job_id, %status, "lease lost; stopping");
-                        cancel.store(true, Ordering::Relaxed);
+                        control.cancel();
                     }
                     Err(status) => tracing::warn!(job_id = %job_id, %status, "progress report failed"),
                 }
             }
         }
     };
+    // A checkpoint made on the way out (a drain) is saved before the job is handed back.
+    while let Ok((path, position)) = checkpoints.try_recv() {
+        if let Err(err) = save_checkpoint(context, &report, &path, position).await {
+            tracing::warn!(job_id = %job_id, error = %err, "checkpoint not saved");
+        }
+    }
     let latest = progress.borrow().clone();
     if result.is_ok() && last_reported.is_some() && last_reported.as_ref() != Some(&latest) {
         // The last epoch's figures, so watchers see the end of training.
         let _ = report.progress(latest).await;
     }
-    let result = match result {
+    let (outcome, retryable) = match result {
         Err(Error::Cancelled) => {
-            tracing::info!(job_id = %job_id, "job cancelled; stopped");
+            tracing::info!(job_id = %job_id, "job cancelled or lost; stopped");
             let _ = tokio::fs::remove_file(&output).await;
             return Ok(());
         }
-        Ok(metrics) => pb::complete_job_request::Result::Output(
-            job_output(cache, &output, metrics, &assignment, &job).await?,
+        Err(Error::Drained) => (
+            pb::complete_job_request::Result::Release("the worker is draining".into()),
+            false,
         ),
+        Ok(metrics) => {
+            match job_output(&context.cache, &output, metrics, &assignment, &job).await {
+                Ok(output) => (pb::complete_job_request::Result::Output(output), false),
+                Err(err) => (failure(&err), err.is_retryable()),
+            }
+        }
         Err(err) => {
-            tracing::warn!(job_id = %job_id, error = %err, "job failed");
-            pb::complete_job_request::Result::Error(err.to_string())
+            tracing::warn!(job_id = %job_id, error = %err, "attempt failed");
+            (failure(&err), err.is_retryable())
         }
     };
-    report.complete(result, &output).await
+    report.complete_with(outcome, retryable, &output).await
 }
 
-/// Speaks for one leased job: progress and completion, with its fencing token.
+fn failure(err: &Error) -> pb::complete_job_request::Result {
+    pb::complete_job_request::Result::Error(err.to_string())
+}
+
+/// Uploads the checkpoint's tensors the coordinator lacks (a frozen tensor is stored
+/// already) and records it; the file is not kept.
+async fn save_checkpoint(
+    context: &Context,
+    report: &Reporter,
+    path: &Path,
+    position: Position,
+) -> Result<()> {
+    let bytes = bytes::Bytes::from(tokio::fs::read(path).await?);
+    let _ = tokio::fs::remove_file(path).await;
+    let hashes =
+        tensor_hashes("checkpoint", &bytes).map_err(|err| Error::InvalidJob(err.to_string()))?;
+    let blobs: Vec<(String, bytes::Bytes)> = hashes
+        .iter()
+        .map(|t| (t.sha256.clone(), bytes.slice(t.range.clone())))
+        .collect();
+    context.cache.upload(&blobs).await?;
+    let checkpoint = pb::Checkpoint {
+        step: position.step,
+        loss_sum: position.loss_sum,
+        correct: position.correct,
+        tensors: hashes
+            .into_iter()
+            .map(|t| pb::ManifestTensor {
+                name: t.info.name,
+                dtype: t.info.dtype,
+                shape: t.info.shape.iter().map(|&d| d as u64).collect(),
+                sha256: t.sha256,
+            })
+            .collect(),
+    };
+    report.checkpoint(checkpoint).await?;
+    tracing::info!(job_id = %report.job_id, step = position.step, "checkpoint saved");
+    Ok(())
+}
+
+/// Speaks for one leased job with its fencing token: progress, checkpoints and
+/// completion. Calls that fail because the coordinator is away are retried for as long
+/// as the lease could last.
 struct Reporter {
     client: WorkerServiceClient<Channel>,
     worker_id: String,
     job_id: String,
     attempt: u32,
+    patience: Duration,
+}
+
+/// Whether a failed call might succeed once the coordinator (or its database) is back.
+fn is_transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Internal
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+    )
 }
 
 impl Reporter {
+    /// Retries `call` while it fails transiently, for up to `patience`.
+    async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(WorkerServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.patience;
+        let mut delay = RECONNECT_FIRST;
+        loop {
+            match call(self.client.clone()).await {
+                Err(status) if is_transient(&status) && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(job_id = %self.job_id, %status, "coordinator unreachable; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RECONNECT_MAX);
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Returns whether the job was cancelled.
     async fn progress(&self, progress: Progress) -> Result<bool, tonic::Status> {
         let request = pb::ReportProgressRequest {
@@ -207,8 +464,24 @@ impl Reporter {
             attempt: self.attempt,
             progress: Some((&progress).into()),
         };
+        // Progress is not retried: the next report carries newer figures anyway.
         let response = self.client.clone().report_progress(request).await?;
         Ok(response.get_ref().cancelled)
+    }
+
+    async fn checkpoint(&self, checkpoint: pb::Checkpoint) -> Result<(), tonic::Status> {
+        let request = pb::SaveCheckpointRequest {
+            worker_id: self.worker_id.clone(),
+            job_id: self.job_id.clone(),
+            attempt: self.attempt,
+            checkpoint: Some(checkpoint),
+        };
+        self.retrying(|mut client| {
+            let request = request.clone();
+            async move { client.save_checkpoint(request).await }
+        })
+        .await?;
+        Ok(())
     }
 
     async fn complete(
@@ -216,13 +489,30 @@ impl Reporter {
         result: pb::complete_job_request::Result,
         output: &Path,
     ) -> Result<()> {
+        let retryable = false; // a job refused before it ran: its assignment is bad
+        self.complete_with(result, retryable, output).await
+    }
+
+    async fn complete_with(
+        &self,
+        result: pb::complete_job_request::Result,
+        retryable: bool,
+        output: &Path,
+    ) -> Result<()> {
         let request = pb::CompleteJobRequest {
             worker_id: self.worker_id.clone(),
             job_id: self.job_id.clone(),
             attempt: self.attempt,
             result: Some(result),
+            retryable,
         };
-        match self.client.clone().complete_job(request).await {
+        let completed = self
+            .retrying(|mut client| {
+                let request = request.clone();
+                async move { client.complete_job(request).await }
+            })
+            .await;
+        match completed {
             Ok(response) => {
                 let state = response
                     .get_ref()
@@ -286,17 +576,7 @@ async fn training_job(cache: &Cache, assignment: &pb::Assignment) -> Result<Trai
         });
     let mut parents = Vec::new();
     for parent in &assignment.parents {
-        let mut blobs = Vec::new();
-        for tensor in &parent.tensors {
-            blobs.push(Blob {
-                name: tensor.name.clone(),
-                dtype: tensor.dtype.clone(),
-                shape: tensor.shape.iter().map(|&d| d as i64).collect(),
-                sha256: tensor.sha256.clone(),
-                path: cache.fetch(&tensor.sha256).await?,
-            });
-        }
-        parents.push(Weights::Blobs(blobs));
+        parents.push(fetch_weights(cache, &parent.tensors).await?);
     }
     let dataset = match assignment.dataset_sha256.as_str() {
         "" => None,
@@ -306,6 +586,17 @@ async fn training_job(cache: &Cache, assignment: &pb::Assignment) -> Result<Trai
         Architecture::Torchscript(script) => Some(cache.fetch(&script.program_sha256).await?),
         _ => None,
     };
+    let resume = match &assignment.checkpoint {
+        Some(checkpoint) => Some(Resume {
+            weights: fetch_weights(cache, &checkpoint.tensors).await?,
+            position: Position {
+                step: checkpoint.step,
+                loss_sum: checkpoint.loss_sum,
+                correct: checkpoint.correct,
+            },
+        }),
+        None => None,
+    };
     Ok(TrainingJob {
         architecture,
         hyperparameters,
@@ -314,7 +605,24 @@ async fn training_job(cache: &Cache, assignment: &pb::Assignment) -> Result<Trai
         adjustment,
         dataset,
         program,
+        resume,
+        checkpoint_every: assignment.checkpoint_every,
     })
+}
+
+/// Weights tensor by tensor, every blob in the local cache.
+async fn fetch_weights(cache: &Cache, tensors: &[pb::ManifestTensor]) -> Result<Weights> {
+    let mut blobs = Vec::new();
+    for tensor in tensors {
+        blobs.push(Blob {
+            name: tensor.name.clone(),
+            dtype: tensor.dtype.clone(),
+            shape: tensor.shape.iter().map(|&d| d as i64).collect(),
+            sha256: tensor.sha256.clone(),
+            path: cache.fetch(&tensor.sha256).await?,
+        });
+    }
+    Ok(Weights::Blobs(blobs))
 }
 
 /// Uploads the tensors the coordinator lacks, then describes every tensor: its hash,

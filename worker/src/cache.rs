@@ -16,6 +16,15 @@ use tonic::transport::Channel;
 /// How many times a broken download is resumed before the job fails.
 const RESUMES: u32 = 5;
 
+/// A file to write `path` into before renaming it there: named per process and per
+/// write, so neither other workers sharing the cache nor this worker's other jobs
+/// fetching the same blob ever write into it.
+fn partial_path(path: &Path) -> PathBuf {
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    path.with_extension(format!("{}-{write}.partial", std::process::id()))
+}
+
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
@@ -47,7 +56,7 @@ impl Cache {
             return Ok(path);
         }
         // Named per process: workers sharing a cache never write into each other's files.
-        let partial = path.with_extension(format!("{}.partial", std::process::id()));
+        let partial = partial_path(&path);
         let mut file = tokio::fs::File::create(&partial).await?;
         // Hashed as it arrives, so the blob is checked without reading it back.
         let mut hasher = Sha256::new();
@@ -98,7 +107,7 @@ impl Cache {
         for (sha256, bytes) in blobs {
             let path = self.root.join("blobs").join(sha256);
             if !tokio::fs::try_exists(&path).await? {
-                let partial = path.with_extension(format!("{}.partial", std::process::id()));
+                let partial = partial_path(&path);
                 tokio::fs::write(&partial, bytes).await?;
                 tokio::fs::rename(&partial, &path).await?;
             }

@@ -24,6 +24,12 @@ pub struct Config {
     /// `auto` (CUDA when present), `cpu`, or `cuda`.
     #[arg(long, env = "HEIRLOOM_DEVICE", default_value = "auto")]
     pub device: String,
+    /// How many jobs this worker runs at once.
+    #[arg(long, env = "HEIRLOOM_CONCURRENCY", default_value_t = 1)]
+    pub concurrency: u32,
+    /// A label jobs can require, as key=value (repeat the flag for more).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
     /// Log format: `human` or `json`.
     #[arg(long, env = "HEIRLOOM_LOG_FORMAT", default_value = "human")]
     pub log_format: String,
@@ -35,4 +41,10 @@ fn default_cache() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
         .unwrap_or_else(std::env::temp_dir);
     base.join("heirloom").join("worker")
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .ok_or_else(|| format!("{text:?}: write a label as key=value"))
 }

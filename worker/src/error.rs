@@ -8,6 +8,9 @@ pub enum Error {
     InvalidJob(String),
     #[error("job cancelled")]
     Cancelled,
+    /// The worker is draining: the job checkpointed (if it trained at all) and stopped.
+    #[error("job handed back: the worker is draining")]
+    Drained,
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
     #[error("artifact directory: {0}")]
@@ -19,3 +22,10 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether another attempt, perhaps on another worker, could succeed.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Error::InvalidJob(_))
+    }
+}

@@ -69,28 +69,43 @@ async fn cancel_stops_a_running_job_and_frees_the_worker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_repeated_request_id_returns_the_first_job() {
+async fn concurrent_submissions_with_one_request_id_make_one_job() {
     let cluster = Cluster::coordinator_only().await;
     let dataset = cluster.register_dataset("blobs", blobs(0..5, 10, 1)).await;
-    let submit = |request_id: &str| {
-        let mut jobs = cluster.jobs();
-        let request = pb::SubmitJobRequest {
-            spec: Some(train("once", &dataset.id, 1)),
-            priority: 0,
-            request_id: request_id.into(),
-        };
-        async move {
-            jobs.submit_job(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .job
-                .unwrap()
-        }
+    let request = |epochs: u32| pb::SubmitJobRequest {
+        spec: Some(train("once", &dataset.id, epochs)),
+        request_id: "request-1".into(),
+        ..Default::default()
     };
-    let first = submit("request-1").await;
-    let second = submit("request-1").await;
-    assert_eq!(first.id, second.id);
+    let submissions: Vec<_> = (0..100)
+        .map(|_| {
+            let (mut jobs, request) = (cluster.jobs(), request(1));
+            tokio::spawn(async move { jobs.submit_job(request).await })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    for submission in submissions {
+        let job = submission
+            .await
+            .unwrap()
+            .expect("every submission is answered");
+        ids.insert(job.into_inner().job.unwrap().id);
+    }
+    assert_eq!(ids.len(), 1, "all 100 got the same job");
+    let (jobs,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs")
+        .fetch_one(&cluster.pool)
+        .await
+        .unwrap();
+    assert_eq!(jobs, 1);
+
+    // The same request id with different parameters is refused, and writes nothing.
+    let refused = cluster.jobs().submit_job(request(2)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists);
+    assert!(
+        refused.message().contains("different submission"),
+        "{}",
+        refused.message()
+    );
     let (jobs,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs")
         .fetch_one(&cluster.pool)
         .await
@@ -109,7 +124,7 @@ async fn higher_priority_jobs_are_leased_first() {
             .submit_job(pb::SubmitJobRequest {
                 spec: Some(train(name, &dataset.id, 1)),
                 priority,
-                request_id: String::new(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -141,8 +156,8 @@ async fn a_retried_submission_returns_its_job_even_after_it_succeeded() {
         let mut jobs = cluster.jobs();
         let request = pb::SubmitJobRequest {
             spec: Some(train("retried", &dataset.id, 1)),
-            priority: 0,
             request_id: "request-7".into(),
+            ..Default::default()
         };
         async move { jobs.submit_job(request).await }
     };

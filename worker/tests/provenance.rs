@@ -188,6 +188,7 @@ async fn false_provenance_claims_fail_the_job_and_write_no_model() {
                     metrics: None,
                     tensors: claims,
                 })),
+                retryable: false,
             })
             .await
             .unwrap()

@@ -1,7 +1,8 @@
 use super::models::name_taken;
 use super::{Db, EVENTS_CHANNEL, JOBS_CHANNEL};
 use crate::domain::{
-    Job, JobEvent, JobEventKind, JobKind, JobSpec, JobState, Metrics, Progress, TensorRecord,
+    Checkpoint, Job, JobAttempt, JobEvent, JobEventKind, JobKind, JobSpec, JobState, Metrics,
+    Policy, Progress, Requirements, TensorRecord,
 };
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
@@ -22,6 +23,11 @@ struct JobRow {
     model_id: Option<Uuid>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    requirements: Json<Requirements>,
+    max_attempts: i32,
+    failures: i32,
+    checkpoint: Option<Json<Checkpoint>>,
+    request_fingerprint: Option<String>,
 }
 
 impl TryFrom<JobRow> for Job {
@@ -41,8 +47,33 @@ impl TryFrom<JobRow> for Job {
             model_id: row.model_id,
             created_at: row.created_at,
             updated_at: row.updated_at,
+            requirements: row.requirements.0,
+            max_attempts: row.max_attempts,
+            failures: row.failures,
+            checkpoint: row.checkpoint.map(|json| json.0),
         })
     }
+}
+
+#[derive(sqlx::FromRow)]
+struct AttemptRow {
+    attempt: i32,
+    worker_id: Uuid,
+    started_at: DateTime<Utc>,
+    ended_at: Option<DateTime<Utc>>,
+    outcome: String,
+    error: Option<String>,
+}
+
+/// What a submission asks for, beyond its spec.
+#[derive(Debug, Clone)]
+pub struct Submission<'a> {
+    pub priority: i32,
+    pub request_id: Option<&'a str>,
+    /// The sha256 of everything submitted but the request id.
+    pub fingerprint: &'a str,
+    pub requirements: &'a Requirements,
+    pub max_attempts: i32,
 }
 
 #[derive(sqlx::FromRow)]
@@ -73,41 +104,37 @@ pub struct NewModel {
 }
 
 impl Db {
-    /// Queues a job; with a request id seen before, returns that job instead.
-    pub async fn insert_job(
-        &self,
-        spec: &JobSpec,
-        priority: i32,
-        request_id: Option<&str>,
-    ) -> Result<Job> {
-        if let Some(request_id) = request_id
-            && let Some(job) = self.job_by_request_id(request_id).await?
-        {
+    /// Queues a job; with a request id seen before, returns that job instead (or refuses
+    /// when it was submitted with different parameters).
+    pub async fn insert_job(&self, spec: &JobSpec, submission: &Submission<'_>) -> Result<Job> {
+        if let Some(job) = self.job_for_request(submission).await? {
             return Ok(job);
         }
         let id = Uuid::new_v4();
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO jobs (id, kind, spec, model_name, dataset_id, priority, request_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO jobs (id, kind, spec, model_name, dataset_id, priority, request_id,
+                               request_fingerprint, requirements, max_attempts)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(id)
         .bind(spec.kind.as_str())
         .bind(Json(spec))
         .bind(&spec.model_name)
         .bind(spec.dataset_id)
-        .bind(priority)
-        .bind(request_id)
+        .bind(submission.priority)
+        .bind(submission.request_id)
+        .bind(submission.fingerprint)
+        .bind(Json(submission.requirements))
+        .bind(submission.max_attempts)
         .execute(&mut *tx)
         .await;
         if let Err(err) = inserted {
-            if let Some(request_id) = request_id
-                && crate::error::is_unique_violation(&err, "jobs_request_id_unique")
-            {
+            if crate::error::is_unique_violation(&err, "jobs_request_id_unique") {
                 // A concurrent submission with the same request id won the race.
                 drop(tx);
                 return self
-                    .job_by_request_id(request_id)
+                    .job_for_request(submission)
                     .await?
                     .ok_or_else(|| Error::Internal("request id vanished".into()));
             }
@@ -119,12 +146,27 @@ impl Db {
         self.job(id).await
     }
 
-    pub async fn job_by_request_id(&self, request_id: &str) -> Result<Option<Job>> {
+    /// The job a submission's request id already stands for, if any; refuses a request
+    /// id reused for a different submission.
+    pub async fn job_for_request(&self, submission: &Submission<'_>) -> Result<Option<Job>> {
+        let Some(request_id) = submission.request_id else {
+            return Ok(None);
+        };
         let row: Option<JobRow> = sqlx::query_as("SELECT * FROM jobs WHERE request_id = $1")
             .bind(request_id)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(Job::try_from).transpose()
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if row.request_fingerprint.as_deref() != Some(submission.fingerprint) {
+            return Err(Error::AlreadyExists(format!(
+                "request_id: {request_id:?} was used for a different submission (job {}); \
+                 resend exactly that submission, or use a new request id",
+                row.id
+            )));
+        }
+        Job::try_from(row).map(Some)
     }
 
     pub async fn job(&self, id: Uuid) -> Result<Job> {
@@ -147,34 +189,65 @@ impl Db {
         rows.into_iter().map(Job::try_from).collect()
     }
 
-    /// Leases the next queued job to an idle worker: highest priority, then oldest.
-    pub async fn claim_job(&self, worker_id: Uuid) -> Result<Option<Claimed>> {
+    /// Leases to the worker the next queued job that fits it (its devices, memory and
+    /// labels meet the job's requirements, its backoff has passed), highest priority
+    /// first, then oldest; none while the worker runs as many jobs as its concurrency.
+    pub async fn claim_job(
+        &self,
+        worker_id: Uuid,
+        lease: std::time::Duration,
+    ) -> Result<Option<Claimed>> {
         let mut tx = self.pool.begin().await?;
         // SKIP LOCKED lets concurrent dispatchers (other workers, other replicas) pass
         // over a row another transaction is claiming instead of queueing behind it.
         let row: Option<JobRow> = sqlx::query_as(
-            "WITH next AS (
-                 SELECT id FROM jobs
-                  WHERE state = 'queued'
-                    AND NOT EXISTS (SELECT 1 FROM jobs busy
-                                     WHERE busy.worker_id = $1
-                                       AND busy.state IN ('leased', 'running'))
-                  ORDER BY priority DESC, created_at, id
+            "WITH worker AS (SELECT * FROM workers WHERE id = $1),
+             next AS (
+                 SELECT j.id FROM jobs j, worker w
+                  WHERE j.state = 'queued' AND j.not_before <= now()
+                    AND (SELECT count(*) FROM jobs busy
+                          WHERE busy.worker_id = $1
+                            AND busy.state IN ('leased', 'running')) < w.concurrency
+                    AND w.labels @> coalesce(j.requirements->'labels', '{}')
+                    AND (coalesce(j.requirements->>'device', '') = ''
+                         AND coalesce((j.requirements->>'min_device_memory_bytes')::numeric, 0) = 0
+                         OR EXISTS (
+                            SELECT 1 FROM jsonb_array_elements(w.devices) d
+                             WHERE (coalesce(j.requirements->>'device', '') = ''
+                                    OR split_part(d->>'name', ':', 1) = j.requirements->>'device')
+                               AND coalesce((d->>'memory_bytes')::numeric, 0)
+                                   >= coalesce((j.requirements->>'min_device_memory_bytes')::numeric, 0)))
+                  ORDER BY j.priority DESC, j.created_at, j.id
                   LIMIT 1
-                  FOR UPDATE SKIP LOCKED)
+                  FOR UPDATE OF j SKIP LOCKED)
              UPDATE jobs SET state = 'leased', worker_id = $1, attempt = attempt + 1,
+                             lease_expires_at = now() + make_interval(secs => $2),
                              updated_at = now()
                FROM next WHERE jobs.id = next.id
              RETURNING jobs.*",
         )
         .bind(worker_id)
+        .bind(lease.as_secs_f64())
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
             return Ok(None);
         };
         let job = Job::try_from(row)?;
-        let message = format!("leased to worker {worker_id}, attempt {}", job.attempt);
+        sqlx::query("INSERT INTO job_attempts (job_id, attempt, worker_id) VALUES ($1, $2, $3)")
+            .bind(job.id)
+            .bind(job.attempt)
+            .bind(worker_id)
+            .execute(&mut *tx)
+            .await?;
+        let resume = match &job.checkpoint {
+            Some(checkpoint) => format!(", resuming from step {}", checkpoint.step),
+            None => String::new(),
+        };
+        let message = format!(
+            "leased to worker {worker_id}, attempt {}{resume}",
+            job.attempt
+        );
         insert_state_event(&mut tx, job.id, JobState::Leased.as_str(), &message).await?;
         tx.commit().await?;
         Ok(Some(Claimed { job }))
@@ -188,6 +261,7 @@ impl Db {
         job_id: Uuid,
         attempt: i32,
         progress: &Progress,
+        lease: std::time::Duration,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         let job = match lock_leased_job(&mut tx, worker_id, job_id, attempt).await {
@@ -199,6 +273,7 @@ impl Db {
             set_state(&mut tx, job_id, JobState::Running, None).await?;
             insert_state_event(&mut tx, job_id, JobState::Running.as_str(), "").await?;
         }
+        renew_lease(&mut tx, job_id, lease).await?;
         sqlx::query("INSERT INTO job_events (job_id, progress) VALUES ($1, $2)")
             .bind(job_id)
             .bind(Json(progress))
@@ -275,13 +350,15 @@ impl Db {
         }
         super::models::insert_tensors(&mut tx, model.id, &model.tensors).await?;
         sqlx::query(
-            "UPDATE jobs SET state = 'succeeded', model_id = $2, updated_at = now()
+            "UPDATE jobs SET state = 'succeeded', model_id = $2, updated_at = now(),
+                             lease_expires_at = NULL, checkpoint = NULL
               WHERE id = $1",
         )
         .bind(job_id)
         .bind(model.id)
         .execute(&mut *tx)
         .await?;
+        end_attempt(&mut tx, job_id, attempt, "succeeded", None).await?;
         let message = format!("model {} created", model.id);
         insert_state_event(&mut tx, job_id, JobState::Succeeded.as_str(), &message).await?;
         notify_jobs(&mut tx).await?;
@@ -300,10 +377,148 @@ impl Db {
         let mut tx = self.pool.begin().await?;
         lock_leased_job(&mut tx, worker_id, job_id, attempt).await?;
         set_state(&mut tx, job_id, JobState::Failed, Some(error)).await?;
+        end_attempt(&mut tx, job_id, attempt, "failed", Some(error)).await?;
         insert_state_event(&mut tx, job_id, JobState::Failed.as_str(), error).await?;
         notify_jobs(&mut tx).await?;
         tx.commit().await?;
         self.job(job_id).await
+    }
+
+    /// Ends a worker's attempt with a retryable error: queued again after a backoff, or
+    /// failed once the job has used its attempts.
+    pub async fn retry_job(
+        &self,
+        worker_id: Uuid,
+        job_id: Uuid,
+        attempt: i32,
+        error: &str,
+        policy: &Policy,
+    ) -> Result<Job> {
+        let mut tx = self.pool.begin().await?;
+        let job = lock_leased_job(&mut tx, worker_id, job_id, attempt).await?;
+        retry_or_fail(&mut tx, &job, "retried", error, policy).await?;
+        tx.commit().await?;
+        self.job(job_id).await
+    }
+
+    /// A draining worker hands its job back unfinished: queued again at once, keeping its
+    /// checkpoint, and not counted as a failure.
+    pub async fn release_job(
+        &self,
+        worker_id: Uuid,
+        job_id: Uuid,
+        attempt: i32,
+        reason: &str,
+    ) -> Result<Job> {
+        let mut tx = self.pool.begin().await?;
+        lock_leased_job(&mut tx, worker_id, job_id, attempt).await?;
+        requeue(&mut tx, job_id, std::time::Duration::ZERO).await?;
+        end_attempt(&mut tx, job_id, attempt, "released", Some(reason)).await?;
+        let message = format!("handed back by worker {worker_id}: {reason}");
+        insert_state_event(&mut tx, job_id, JobState::Queued.as_str(), &message).await?;
+        notify_jobs(&mut tx).await?;
+        tx.commit().await?;
+        self.job(job_id).await
+    }
+
+    /// Renews the leases a worker still holds; returns the job ids it must stop working
+    /// on (cancelled, or no longer its lease).
+    pub async fn heartbeat(
+        &self,
+        worker_id: Uuid,
+        leases: &[(Uuid, i32)],
+        lease: std::time::Duration,
+    ) -> Result<Vec<Uuid>> {
+        let (ids, attempts): (Vec<Uuid>, Vec<i32>) = leases.iter().copied().unzip();
+        let renewed: Vec<(Uuid,)> = sqlx::query_as(
+            "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $4)
+              WHERE worker_id = $1 AND state IN ('leased', 'running')
+                AND (id, attempt) IN (SELECT * FROM unnest($2::uuid[], $3::int4[]))
+             RETURNING id",
+        )
+        .bind(worker_id)
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(lease.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        sqlx::query("UPDATE workers SET last_seen_at = now() WHERE id = $1")
+            .bind(worker_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(ids
+            .into_iter()
+            .filter(|id| !renewed.iter().any(|(renewed,)| renewed == id))
+            .collect())
+    }
+
+    /// Records an attempt's checkpoint (its blobs stored already) and renews its lease.
+    pub async fn save_checkpoint(
+        &self,
+        worker_id: Uuid,
+        job_id: Uuid,
+        attempt: i32,
+        checkpoint: &Checkpoint,
+        lease: std::time::Duration,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        lock_leased_job(&mut tx, worker_id, job_id, attempt).await?;
+        sqlx::query("UPDATE jobs SET checkpoint = $2 WHERE id = $1")
+            .bind(job_id)
+            .bind(Json(checkpoint))
+            .execute(&mut *tx)
+            .await?;
+        renew_lease(&mut tx, job_id, lease).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Takes back every job whose lease has expired (its worker died, or was cut off):
+    /// queued again after a backoff, or failed once it has used its attempts. Safe to
+    /// run on every replica at once. Returns how many it took back.
+    pub async fn expire_leases(&self, policy: &Policy) -> Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<JobRow> = sqlx::query_as(
+            "SELECT * FROM jobs
+              WHERE state IN ('leased', 'running') AND lease_expires_at < now()
+              FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let count = rows.len();
+        for row in rows {
+            let job = Job::try_from(row)?;
+            let error = format!(
+                "the lease of worker {} expired (attempt {})",
+                job.worker_id.map(|id| id.to_string()).unwrap_or_default(),
+                job.attempt
+            );
+            retry_or_fail(&mut tx, &job, "lease_expired", &error, policy).await?;
+        }
+        tx.commit().await?;
+        Ok(count)
+    }
+
+    /// Every attempt at a job, oldest first.
+    pub async fn attempts(&self, job_id: Uuid) -> Result<Vec<JobAttempt>> {
+        let rows: Vec<AttemptRow> = sqlx::query_as(
+            "SELECT attempt, worker_id, started_at, ended_at, outcome, error
+               FROM job_attempts WHERE job_id = $1 ORDER BY attempt",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| JobAttempt {
+                attempt: row.attempt,
+                worker_id: row.worker_id,
+                started_at: row.started_at,
+                ended_at: row.ended_at,
+                outcome: row.outcome,
+                error: row.error,
+            })
+            .collect())
     }
 
     pub async fn cancel_job(&self, job_id: Uuid) -> Result<Job> {
@@ -325,6 +540,17 @@ impl Db {
             )));
         }
         set_state(&mut tx, job_id, JobState::Cancelled, None).await?;
+        sqlx::query("UPDATE jobs SET lease_expires_at = NULL, checkpoint = NULL WHERE id = $1")
+            .bind(job_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE job_attempts SET outcome = 'cancelled', ended_at = now()
+              WHERE job_id = $1 AND outcome = 'running'",
+        )
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
         insert_state_event(
             &mut tx,
             job_id,
@@ -477,4 +703,105 @@ async fn notify_jobs(tx: &mut Transaction<'_, Postgres>) -> Result<()> {
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+async fn renew_lease(
+    tx: &mut Transaction<'_, Postgres>,
+    job_id: Uuid,
+    lease: std::time::Duration,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $2) WHERE id = $1",
+    )
+    .bind(job_id)
+    .bind(lease.as_secs_f64())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Puts a job back in the queue, leasable after `delay`; it keeps its checkpoint.
+async fn requeue(
+    tx: &mut Transaction<'_, Postgres>,
+    job_id: Uuid,
+    delay: std::time::Duration,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET state = 'queued', worker_id = NULL, lease_expires_at = NULL,
+                         not_before = now() + make_interval(secs => $2), updated_at = now()
+          WHERE id = $1",
+    )
+    .bind(job_id)
+    .bind(delay.as_secs_f64())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn end_attempt(
+    tx: &mut Transaction<'_, Postgres>,
+    job_id: Uuid,
+    attempt: i32,
+    outcome: &str,
+    error: Option<&str>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE job_attempts SET outcome = $3, error = $4, ended_at = now()
+          WHERE job_id = $1 AND attempt = $2",
+    )
+    .bind(job_id)
+    .bind(attempt)
+    .bind(outcome)
+    .bind(error)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Ends the job's current attempt as a failure that may be retried: queued again after an
+/// exponential backoff with jitter while attempts remain, failed otherwise.
+async fn retry_or_fail(
+    tx: &mut Transaction<'_, Postgres>,
+    job: &Job,
+    outcome: &str,
+    error: &str,
+    policy: &Policy,
+) -> Result<()> {
+    let failures = job.failures + 1;
+    sqlx::query("UPDATE jobs SET failures = $2 WHERE id = $1")
+        .bind(job.id)
+        .bind(failures)
+        .execute(&mut **tx)
+        .await?;
+    end_attempt(tx, job.id, job.attempt, outcome, Some(error)).await?;
+    if failures >= job.max_attempts {
+        let reason = format!("gave up after {failures} failed attempts; the last: {error}");
+        set_state(tx, job.id, JobState::Failed, Some(&reason)).await?;
+        sqlx::query("UPDATE jobs SET lease_expires_at = NULL, checkpoint = NULL WHERE id = $1")
+            .bind(job.id)
+            .execute(&mut **tx)
+            .await?;
+        insert_state_event(tx, job.id, JobState::Failed.as_str(), &reason).await?;
+    } else {
+        // Jitter of ±50% keeps jobs that failed together from retrying together.
+        let jitter = 0.5 + rand_unit(job.id, job.attempt);
+        let delay = policy.backoff(failures).mul_f64(jitter);
+        requeue(tx, job.id, delay).await?;
+        let message = format!(
+            "attempt {} failed ({error}); retrying in {:.1} s ({failures} of {} attempts failed)",
+            job.attempt,
+            delay.as_secs_f64(),
+            job.max_attempts
+        );
+        insert_state_event(tx, job.id, JobState::Queued.as_str(), &message).await?;
+    }
+    notify_jobs(tx).await
+}
+
+/// A number in [0, 1) that differs from job to job and attempt to attempt.
+fn rand_unit(job_id: Uuid, attempt: i32) -> f64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    (job_id, attempt).hash(&mut hasher);
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }

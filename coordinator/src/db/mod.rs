@@ -8,7 +8,7 @@ mod jobs;
 mod models;
 mod workers;
 
-pub use jobs::{Claimed, NewModel};
+pub use jobs::{Claimed, NewModel, Submission};
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;

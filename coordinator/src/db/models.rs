@@ -168,8 +168,8 @@ impl Db {
     }
 
     /// Starts a garbage collection: takes the collection lock (MissingBlobs waits while
-    /// it is held), drops expired holds, and returns every blob that the lineage
-    /// references or that a hold keeps. The lock lasts until the transaction ends.
+    /// it is held), drops expired holds, and returns every blob that the lineage or an
+    /// unfinished job's checkpoint references, or that a hold keeps. The lock lasts until the transaction ends.
     pub async fn begin_garbage_collection(
         &self,
     ) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, HashSet<String>)> {
@@ -187,7 +187,10 @@ impl Db {
              UNION SELECT sha256 FROM datasets
              UNION SELECT architecture->'torchscript'->>'program_sha256' FROM models
                     WHERE architecture ? 'torchscript'
-             UNION SELECT sha256 FROM blob_holds",
+             UNION SELECT sha256 FROM blob_holds
+             UNION SELECT tensor->>'sha256' FROM jobs,
+                          jsonb_array_elements(checkpoint->'tensors') AS tensor
+                    WHERE state IN ('queued', 'leased', 'running')",
         )
         .fetch_all(&mut *tx)
         .await?;

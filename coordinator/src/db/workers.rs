@@ -1,24 +1,35 @@
-use super::{Db, JOBS_CHANNEL};
+use super::Db;
 use crate::domain::Device;
 use crate::error::Result;
 use std::collections::HashMap;
 use uuid::Uuid;
 
 impl Db {
-    pub async fn insert_worker(
+    /// Registers a worker, or updates the one with `id` (a worker reconnecting keeps its
+    /// id, and so its leases).
+    pub async fn upsert_worker(
         &self,
+        id: Option<Uuid>,
         name: &str,
         devices: &[Device],
         labels: &HashMap<String, String>,
+        concurrency: i32,
     ) -> Result<Uuid> {
-        let id = Uuid::new_v4();
-        sqlx::query("INSERT INTO workers (id, name, devices, labels) VALUES ($1, $2, $3, $4)")
-            .bind(id)
-            .bind(name)
-            .bind(sqlx::types::Json(devices))
-            .bind(sqlx::types::Json(labels))
-            .execute(&self.pool)
-            .await?;
+        let id = id.unwrap_or_else(Uuid::new_v4);
+        sqlx::query(
+            "INSERT INTO workers (id, name, devices, labels, concurrency)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO UPDATE
+                SET name = excluded.name, devices = excluded.devices, labels = excluded.labels,
+                    concurrency = excluded.concurrency, last_seen_at = now()",
+        )
+        .bind(id)
+        .bind(name)
+        .bind(sqlx::types::Json(devices))
+        .bind(sqlx::types::Json(labels))
+        .bind(concurrency)
+        .execute(&self.pool)
+        .await?;
         Ok(id)
     }
 
@@ -28,44 +39,5 @@ impl Db {
             .fetch_optional(&self.pool)
             .await?;
         Ok(found.is_some())
-    }
-
-    /// Gives back to the queue the jobs leased on one assignment stream that has closed
-    /// (`leases`: job id and attempt), unless they have moved on since; returns their ids.
-    /// Only that stream's leases: the worker may already be running a job it was given on
-    /// a newer stream.
-    pub async fn requeue_leases(
-        &self,
-        worker_id: Uuid,
-        leases: &[(Uuid, i32)],
-    ) -> Result<Vec<Uuid>> {
-        let (ids, attempts): (Vec<Uuid>, Vec<i32>) = leases.iter().copied().unzip();
-        let mut tx = self.pool.begin().await?;
-        let ids: Vec<(Uuid,)> = sqlx::query_as(
-            "UPDATE jobs SET state = 'queued', worker_id = NULL, updated_at = now()
-             WHERE worker_id = $1 AND state IN ('leased', 'running')
-               AND (id, attempt) IN (SELECT * FROM unnest($2::uuid[], $3::int4[]))
-            RETURNING id",
-        )
-        .bind(worker_id)
-        .bind(&ids)
-        .bind(&attempts)
-        .fetch_all(&mut *tx)
-        .await?;
-        for (id,) in &ids {
-            super::jobs::insert_state_event(
-                &mut tx,
-                *id,
-                "queued",
-                "worker disconnected; job requeued",
-            )
-            .await?;
-        }
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(JOBS_CHANNEL)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(ids.into_iter().map(|(id,)| id).collect())
     }
 }

@@ -1,10 +1,12 @@
 //! The only place in the coordinator that touches prost types: protobuf messages to
 //! domain types (checking every field on the way in) and back.
 
+use crate::artifacts::ManifestEntry;
 use crate::dispatch::{Assignment, ClaimedTensor};
 use crate::domain::{
-    Dataset, Device, Job, JobEvent, JobEventKind, JobKind, JobState, LineageEntry, Metrics, Model,
-    ModuleMapping, Progress, Relation, TensorProvenance,
+    Checkpoint, CheckpointTensor, Dataset, Device, Job, JobAttempt, JobEvent, JobEventKind,
+    JobKind, JobState, LineageEntry, Metrics, Model, ModuleMapping, Progress, Relation,
+    Requirements, TensorProvenance,
 };
 use crate::error::{Error, Result};
 use crate::planning::JobDraft;
@@ -174,7 +176,99 @@ pub fn job_to_proto(job: &Job) -> pb::Job {
         created_at: timestamp(job.created_at),
         updated_at: timestamp(job.updated_at),
         request_id: job.request_id.clone().unwrap_or_default(),
+        requirements: Some(requirements_to_proto(&job.requirements)),
+        max_attempts: job.max_attempts as u32,
+        failures: job.failures as u32,
+        attempts: Vec::new(),
+        checkpoint_step: job.checkpoint.as_ref().map_or(0, |c| c.step),
     }
+}
+
+pub fn requirements_from_proto(proto: Option<pb::Requirements>) -> Requirements {
+    let proto = proto.unwrap_or_default();
+    Requirements {
+        device: proto.device,
+        min_device_memory_bytes: proto.min_device_memory_bytes,
+        labels: proto.labels.into_iter().collect(),
+    }
+}
+
+fn requirements_to_proto(requirements: &Requirements) -> pb::Requirements {
+    pb::Requirements {
+        device: requirements.device.clone(),
+        min_device_memory_bytes: requirements.min_device_memory_bytes,
+        labels: requirements.labels.clone().into_iter().collect(),
+    }
+}
+
+pub fn attempt_to_proto(attempt: &JobAttempt) -> pb::JobAttempt {
+    pb::JobAttempt {
+        attempt: attempt.attempt as u32,
+        worker_id: attempt.worker_id.to_string(),
+        started_at: timestamp(attempt.started_at),
+        ended_at: attempt.ended_at.map(timestamp).unwrap_or_default(),
+        outcome: attempt.outcome.clone(),
+        error: attempt.error.clone().unwrap_or_default(),
+    }
+}
+
+pub fn checkpoint_from_proto(proto: Option<pb::Checkpoint>) -> Result<Checkpoint> {
+    let proto = proto.ok_or_else(|| Error::from(Invalid::new("checkpoint", "is required")))?;
+    if !proto.loss_sum.is_finite() {
+        return Err(Invalid::new("checkpoint.loss_sum", "must be finite").into());
+    }
+    if proto.tensors.is_empty() {
+        return Err(Invalid::new("checkpoint.tensors", "must list the model's tensors").into());
+    }
+    Ok(Checkpoint {
+        step: proto.step,
+        loss_sum: proto.loss_sum,
+        correct: proto.correct,
+        tensors: proto
+            .tensors
+            .into_iter()
+            .map(|t| CheckpointTensor {
+                name: t.name,
+                dtype: t.dtype,
+                shape: t.shape,
+                sha256: t.sha256,
+            })
+            .collect(),
+    })
+}
+
+fn checkpoint_to_proto(checkpoint: &Checkpoint) -> pb::Checkpoint {
+    pb::Checkpoint {
+        step: checkpoint.step,
+        loss_sum: checkpoint.loss_sum,
+        correct: checkpoint.correct,
+        tensors: checkpoint
+            .tensors
+            .iter()
+            .map(|t| pb::ManifestTensor {
+                name: t.name.clone(),
+                dtype: t.dtype.clone(),
+                shape: t.shape.clone(),
+                sha256: t.sha256.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// A checkpoint's tensors as a manifest, to check they are stored.
+pub fn checkpoint_manifest(checkpoint: &Checkpoint) -> Vec<ManifestEntry> {
+    checkpoint
+        .tensors
+        .iter()
+        .map(|t| ManifestEntry {
+            info: heirloom_spec::TensorInfo {
+                name: t.name.clone(),
+                dtype: t.dtype.clone(),
+                shape: t.shape.iter().map(|&d| d as usize).collect(),
+            },
+            sha256: t.sha256.clone(),
+        })
+        .collect()
 }
 
 pub fn progress_from_proto(proto: Option<pb::Progress>) -> Result<Progress> {
@@ -400,5 +494,7 @@ pub fn assignment_to_proto(assignment: &Assignment) -> pb::Assignment {
             })
             .collect(),
         adjustment,
+        checkpoint: job.checkpoint.as_ref().map(checkpoint_to_proto),
+        checkpoint_every: assignment.checkpoint_every,
     }
 }

@@ -1,6 +1,7 @@
 use super::convert;
 use crate::Services;
-use crate::domain::JobEventKind;
+use crate::db::Submission;
+use crate::domain::{JobEventKind, Requirements};
 use crate::error::Error;
 use crate::notifier::Notification;
 use crate::planning::plan_job;
@@ -18,6 +19,25 @@ const WATCH_POLL: Duration = Duration::from_secs(1);
 
 pub struct JobApi(pub Services);
 
+/// How many attempts may fail before a job does, unless the submission says.
+const DEFAULT_MAX_ATTEMPTS: i32 = 3;
+
+/// The sha256 of everything a submission asks for but its request id: a request id
+/// reused with a different fingerprint is refused.
+fn fingerprint(request: &pb::SubmitJobRequest, requirements: &Requirements) -> String {
+    use prost::Message;
+    // The requirements' labels are a map, which protobuf encodes in no fixed order: they
+    // go in as sorted JSON instead.
+    let rest = pb::SubmitJobRequest {
+        request_id: String::new(),
+        requirements: None,
+        ..request.clone()
+    };
+    let mut bytes = rest.encode_to_vec();
+    bytes.extend(serde_json::to_vec(requirements).expect("requirements serialize"));
+    heirloom_spec::sha256_hex(&bytes)
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchJobResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -33,22 +53,29 @@ impl pb::job_service_server::JobService for JobApi {
             );
         }
         let request_id = Some(request.request_id.as_str()).filter(|id| !id.is_empty());
+        let max_attempts = match request.max_attempts {
+            0 => DEFAULT_MAX_ATTEMPTS,
+            n => i32::try_from(n.min(100)).expect("at most 100"),
+        };
+        let requirements = convert::requirements_from_proto(request.requirements.clone());
+        let fingerprint = fingerprint(&request, &requirements);
+        let submission = Submission {
+            priority: request.priority,
+            request_id,
+            fingerprint: &fingerprint,
+            requirements: &requirements,
+            max_attempts,
+        };
         // A retry of a submission returns its job, even once that job has succeeded and
         // its model holds the name.
-        if let Some(request_id) = request_id
-            && let Some(job) = self.0.db.job_by_request_id(request_id).await?
-        {
+        if let Some(job) = self.0.db.job_for_request(&submission).await? {
             return Ok(Response::new(pb::SubmitJobResponse {
                 job: Some(convert::job_to_proto(&job)),
             }));
         }
         let draft = convert::job_draft_from_proto(request.spec)?;
         let spec = plan_job(&self.0.db, draft).await?;
-        let job = self
-            .0
-            .db
-            .insert_job(&spec, request.priority, request_id)
-            .await?;
+        let job = self.0.db.insert_job(&spec, &submission).await?;
         self.0.notifier.wake(Notification::Jobs);
         tracing::info!(job_id = %job.id, kind = job.spec.kind.as_str(), "job submitted");
         Ok(Response::new(pb::SubmitJobResponse {
@@ -62,9 +89,16 @@ impl pb::job_service_server::JobService for JobApi {
     ) -> Result<Response<pb::GetJobResponse>, Status> {
         let id = convert::parse_id("job_id", &request.into_inner().job_id)?;
         let job = self.0.db.job(id).await?;
-        Ok(Response::new(pb::GetJobResponse {
-            job: Some(convert::job_to_proto(&job)),
-        }))
+        let mut proto = convert::job_to_proto(&job);
+        proto.attempts = self
+            .0
+            .db
+            .attempts(id)
+            .await?
+            .iter()
+            .map(convert::attempt_to_proto)
+            .collect();
+        Ok(Response::new(pb::GetJobResponse { job: Some(proto) }))
     }
 
     async fn list_jobs(

@@ -38,16 +38,76 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
         let request = request.into_inner();
         check_name("name", &request.name).map_err(Error::from)?;
+        let known_id = match request.worker_id.as_str() {
+            "" => None,
+            id => Some(convert::parse_id("worker_id", id)?),
+        };
+        let concurrency = i32::try_from(request.concurrency.max(1))
+            .map_err(|_| Error::from(Invalid::new("concurrency", "is out of range")))?;
         let devices = convert::devices_from_proto(request.devices);
         let id = self
             .0
             .db
-            .insert_worker(&request.name, &devices, &request.labels)
+            .upsert_worker(
+                known_id,
+                &request.name,
+                &devices,
+                &request.labels,
+                concurrency,
+            )
             .await?;
-        tracing::info!(worker_id = %id, name = %request.name, "worker registered");
+        tracing::info!(worker_id = %id, name = %request.name, reconnected = known_id.is_some(), "worker registered");
         Ok(Response::new(pb::RegisterWorkerResponse {
             worker_id: id.to_string(),
+            lease_seconds: self.0.policy.lease.as_secs().max(1) as u32,
         }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        let worker_id = self.known_worker("worker_id", &request.worker_id).await?;
+        let leases = request
+            .leases
+            .iter()
+            .enumerate()
+            .map(|(i, lease)| {
+                let job_id = convert::parse_id(&format!("leases[{i}].job_id"), &lease.job_id)?;
+                Ok((job_id, attempt(lease.attempt)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let stop = self
+            .0
+            .db
+            .heartbeat(worker_id, &leases, self.0.policy.lease)
+            .await?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            stop: stop.iter().map(Uuid::to_string).collect(),
+        }))
+    }
+
+    async fn save_checkpoint(
+        &self,
+        request: Request<pb::SaveCheckpointRequest>,
+    ) -> Result<Response<pb::SaveCheckpointResponse>, Status> {
+        let request = request.into_inner();
+        let worker_id = self.known_worker("worker_id", &request.worker_id).await?;
+        let job_id = convert::parse_id("job_id", &request.job_id)?;
+        let attempt = attempt(request.attempt)?;
+        let checkpoint = convert::checkpoint_from_proto(request.checkpoint)?;
+        let manifest = convert::checkpoint_manifest(&checkpoint);
+        self.0
+            .artifacts
+            .check_stored("checkpoint.tensors", &manifest)
+            .await?;
+        self.0
+            .db
+            .save_checkpoint(worker_id, job_id, attempt, &checkpoint, self.0.policy.lease)
+            .await?;
+        tracing::info!(job_id = %job_id, step = checkpoint.step, "checkpoint saved");
+        Ok(Response::new(pb::SaveCheckpointResponse {}))
     }
 
     type StreamAssignmentsStream = AssignmentStream;
@@ -78,7 +138,13 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let cancelled = self
             .0
             .db
-            .report_progress(worker_id, job_id, attempt(request.attempt)?, &progress)
+            .report_progress(
+                worker_id,
+                job_id,
+                attempt(request.attempt)?,
+                &progress,
+                self.0.policy.lease,
+            )
             .await?;
         Ok(Response::new(pb::ReportProgressResponse { cancelled }))
     }
@@ -99,6 +165,13 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                 };
                 dispatch::record_output(&self.0, worker_id, job_id, attempt, output).await?
             }
+            Some(pb::complete_job_request::Result::Error(error)) if request.retryable => {
+                tracing::warn!(job_id = %job_id, error = %error, "attempt failed on the worker; retrying");
+                self.0
+                    .db
+                    .retry_job(worker_id, job_id, attempt, &error, &self.0.policy)
+                    .await?
+            }
             Some(pb::complete_job_request::Result::Error(error)) => {
                 tracing::warn!(job_id = %job_id, error = %error, "job failed on the worker");
                 self.0
@@ -106,8 +179,19 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                     .fail_job(worker_id, job_id, attempt, &error)
                     .await?
             }
+            Some(pb::complete_job_request::Result::Release(reason)) => {
+                tracing::info!(job_id = %job_id, reason = %reason, "job handed back");
+                self.0
+                    .db
+                    .release_job(worker_id, job_id, attempt, &reason)
+                    .await?
+            }
             None => {
-                return Err(Error::from(Invalid::new("result", "set `output` or `error`")).into());
+                return Err(Error::from(Invalid::new(
+                    "result",
+                    "set `output`, `error` or `release`",
+                ))
+                .into());
             }
         };
         Ok(Response::new(pb::CompleteJobResponse {

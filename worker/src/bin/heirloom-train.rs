@@ -9,8 +9,6 @@ use heirloom_spec::{
 };
 use heirloom_worker::train::{self, TrainingJob, Weights};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 #[derive(Parser)]
 #[command(
@@ -143,14 +141,17 @@ fn main() -> anyhow::Result<()> {
                 adjustment: None,
                 dataset: Some(dataset),
                 program: None,
+                resume: None,
+                checkpoint_every: 0,
             };
             let started = std::time::Instant::now();
             let metrics = train::train(
                 &job,
                 device,
                 &out,
-                &Arc::new(AtomicBool::new(false)),
+                &train::Control::default(),
                 |_| {},
+                |_, _| {},
             )?
             .expect("a job with a dataset is scored");
             println!(

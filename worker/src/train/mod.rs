@@ -16,7 +16,7 @@ use network::Network;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tch::{COptimizer, Kind, Tensor};
 
@@ -41,6 +41,52 @@ pub struct TrainingJob {
     pub dataset: Option<PathBuf>,
     /// The TorchScript program, for that architecture.
     pub program: Option<PathBuf>,
+    /// Where an earlier attempt got to: training goes on from there.
+    pub resume: Option<Resume>,
+    /// Checkpoint every this many steps (0: never).
+    pub checkpoint_every: u64,
+}
+
+/// A position in training: how many steps are done, and the running sums of the epoch
+/// under way (so its loss and accuracy cover all of it, across a resume).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Position {
+    pub step: u64,
+    pub loss_sum: f64,
+    pub correct: u64,
+}
+
+/// A checkpoint to resume from: every tensor of the network, and the position.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    pub weights: Weights,
+    pub position: Position,
+}
+
+/// What the agent asks of a training job in flight.
+#[derive(Debug, Clone, Default)]
+pub struct Control(Arc<std::sync::atomic::AtomicU8>);
+
+impl Control {
+    const RUN: u8 = 0;
+    const CANCEL: u8 = 1;
+    const DRAIN: u8 = 2;
+
+    /// Stop as soon as possible, keeping nothing.
+    pub fn cancel(&self) {
+        self.0.store(Self::CANCEL, Ordering::Relaxed);
+    }
+
+    /// Checkpoint where training is and stop, so another worker goes on from there.
+    pub fn drain(&self) {
+        let _ =
+            self.0
+                .compare_exchange(Self::RUN, Self::DRAIN, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u8 {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 /// Where a model's weights come from.
@@ -116,16 +162,19 @@ pub fn devices(device: Device) -> Vec<(String, u64)> {
     }
 }
 
-/// Carries out `job`: assembles the starting weights, trains the trainable tensors
-/// (calling `report` after every epoch), applies the adjustment, scores the held-out
-/// split, and writes the weights to `output`. Returns the metrics when there was data.
-/// Stops with [`Error::Cancelled`] soon after `cancel` is set.
+/// Carries out `job`: assembles the starting weights (or resumes from its checkpoint),
+/// trains the trainable tensors (calling `report` at least every second and after every
+/// epoch, and `checkpoint` with a weights file every `job.checkpoint_every` steps),
+/// applies the adjustment, scores the held-out split, and writes the weights to
+/// `output`. Returns the metrics when there was data. Stops with [`Error::Cancelled`]
+/// soon after a cancel, and with [`Error::Drained`] after checkpointing on a drain.
 pub fn train(
     job: &TrainingJob,
     device: Device,
     output: &Path,
-    cancel: &Arc<AtomicBool>,
+    control: &Control,
     mut report: impl FnMut(&Progress),
+    mut checkpoint: impl FnMut(&Path, Position),
 ) -> Result<Option<Metrics>> {
     let hp = &job.hyperparameters;
     let dataset = match &job.dataset {
@@ -155,6 +204,19 @@ pub fn train(
         &parents,
         device,
     )?;
+    let start = match &job.resume {
+        Some(resume) => {
+            network.restore(&resume.weights.load()?)?;
+            resume.position
+        }
+        None => Position::default(),
+    };
+    let mut save_checkpoint = |network: &Network, position: Position| -> Result<()> {
+        let path = output.with_extension(format!("step{}.safetensors", position.step));
+        network.save(&path)?;
+        checkpoint(&path, position);
+        Ok(())
+    };
     let trains = job.tensors.iter().any(|tensor| tensor.trainable);
     let mut metrics = Metrics::default();
     if trains {
@@ -165,13 +227,16 @@ pub fn train(
         };
         metrics = fit(
             &mut network,
-            &job.tensors,
-            hp,
+            job,
             dataset,
             train_rows,
             device,
-            cancel,
-            &mut report,
+            Run {
+                start,
+                control,
+                report: &mut report,
+                checkpoint: &mut save_checkpoint,
+            },
         )?;
     }
     if let Some(adjustment) = job.adjustment {
@@ -219,17 +284,33 @@ pub fn predict(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn fit(
+/// How one run of `fit` goes: where it starts, and who it answers to.
+struct Run<'a, R, C> {
+    start: Position,
+    control: &'a Control,
+    report: &'a mut R,
+    checkpoint: &'a mut C,
+}
+
+fn fit<R, C>(
     network: &mut Network,
-    plan: &[TensorPlan],
-    hp: &Hyperparameters,
+    job: &TrainingJob,
     dataset: &Dataset,
     train_rows: &Tensor,
     device: Device,
-    cancel: &Arc<AtomicBool>,
-    report: &mut impl FnMut(&Progress),
-) -> Result<Metrics> {
+    run: Run<'_, R, C>,
+) -> Result<Metrics>
+where
+    R: FnMut(&Progress),
+    C: FnMut(&Network, Position) -> Result<()>,
+{
+    let (plan, hp) = (&job.tensors, &job.hyperparameters);
+    let Run {
+        start,
+        control,
+        report,
+        checkpoint,
+    } = run;
     let mut optimizer = match hp.optimizer {
         Optimizer::Adam => COptimizer::adam(hp.learning_rate, 0.9, 0.999, 0.0, 1e-8, false)?,
         Optimizer::Sgd => COptimizer::sgd(hp.learning_rate, 0.9, 0.0, 0.0, false)?,
@@ -249,24 +330,59 @@ fn fit(
     let batches_per_epoch = (train_count + batch_size - 1) / batch_size;
     let total_steps = batches_per_epoch as u64 * u64::from(hp.epochs);
     let started = Instant::now();
-    let mut step = 0u64;
+    let mut step = start.step;
     let mut progress = Progress {
         epochs: hp.epochs,
         total_steps,
+        step,
         ..Progress::default()
     };
     report(&progress);
     let mut last_report = Instant::now();
-    for epoch in 1..=hp.epochs {
+    let first_epoch = (start.step / batches_per_epoch.max(1) as u64) as u32 + 1;
+    for epoch in first_epoch..=hp.epochs {
+        // Each epoch's order depends on the seed and the epoch alone, so a resumed run
+        // sees the rows a run without faults would.
+        tch::manual_seed(hp.seed as i64 ^ (i64::from(epoch) << 32));
         let order =
             train_rows.index_select(0, &Tensor::randperm(train_count, (Kind::Int64, device)));
-        // Summed on the device and read once per epoch: a read per step would stall
-        // a GPU on every step.
-        let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
-        let mut correct = Tensor::zeros([], (Kind::Int64, device));
-        for batch in 0..batches_per_epoch {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(Error::Cancelled);
+        let resumed = epoch == first_epoch && start.step > 0;
+        let first_batch = if resumed {
+            (start.step % batches_per_epoch as u64) as i64
+        } else {
+            0
+        };
+        // Summed on the device and read once per epoch (and per checkpoint): a read per
+        // step would stall a GPU on every step.
+        let (mut loss_sum, mut correct) = if resumed {
+            (
+                Tensor::from(start.loss_sum as f32).to_device(device),
+                Tensor::from(start.correct as i64).to_device(device),
+            )
+        } else {
+            (
+                Tensor::zeros([], (Kind::Float, device)),
+                Tensor::zeros([], (Kind::Int64, device)),
+            )
+        };
+        for batch in first_batch..batches_per_epoch {
+            let position = |step| Position {
+                step,
+                loss_sum: loss_sum.double_value(&[]),
+                correct: correct.int64_value(&[]) as u64,
+            };
+            match control.get() {
+                Control::CANCEL => return Err(Error::Cancelled),
+                Control::DRAIN => {
+                    if step > start.step {
+                        checkpoint(network, position(step))?;
+                    }
+                    return Err(Error::Drained);
+                }
+                _ => {}
+            }
+            if job.checkpoint_every > 0 && step > start.step && step % job.checkpoint_every == 0 {
+                checkpoint(network, position(step))?;
             }
             let first = batch * batch_size;
             let rows = order.narrow(0, first, batch_size.min(train_count - first));

@@ -145,6 +145,26 @@ impl Network {
         Ok(network)
     }
 
+    /// Overwrites every tensor with its saved value from a checkpoint, in place.
+    pub fn restore(&mut self, saved: &HashMap<String, Tensor>) -> Result<()> {
+        tch::no_grad(|| {
+            for (name, tensor) in &mut self.tensors {
+                let value = saved.get(name).ok_or_else(|| {
+                    Error::InvalidJob(format!("the checkpoint has no tensor {name}"))
+                })?;
+                if value.size() != tensor.size() {
+                    return Err(Error::InvalidJob(format!(
+                        "the checkpoint's {name} is {:?}, the network's {:?}",
+                        value.size(),
+                        tensor.size()
+                    )));
+                }
+                tensor.copy_(value);
+            }
+            Ok(())
+        })
+    }
+
     pub fn parameters_mut(&mut self) -> impl Iterator<Item = (&str, &mut Tensor)> {
         self.tensors
             .iter_mut()

@@ -117,6 +117,10 @@ impl Cluster {
                 Backend::Local => artifacts.path().to_str().expect("a UTF-8 path").into(),
                 Backend::S3 => format!("s3://{}/{}", s3_bucket(), uuid::Uuid::new_v4()),
             },
+            // Short, so that the fault-tolerance tests see leases expire quickly.
+            lease_seconds: 3.0,
+            retry_backoff_seconds: 0.2,
+            checkpoint_every: 20,
             log_format: "human".into(),
         };
         let store = heirloom_coordinator::artifacts::Artifacts::open(&config.artifacts)
