@@ -29,6 +29,8 @@ impl Db {
     pub async fn connect(url: &str) -> Result<Self, sqlx::Error> {
         let pool = PgPoolOptions::new()
             .max_connections(16)
+            // Fail fast while the database is away, instead of queueing every call.
+            .acquire_timeout(std::time::Duration::from_secs(5))
             .connect(url)
             .await?;
         Ok(Self { pool })
@@ -36,6 +38,11 @@ impl Db {
 
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         MIGRATOR.run(&self.pool).await
+    }
+
+    /// Answers when the database does.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -15,7 +15,8 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-/// Imported weights and registered datasets travel inside one message for now.
+/// Weights and datasets sent inline travel in one message of at most this size; larger
+/// ones are uploaded in chunks first (ArtifactService.UploadBlobs).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// HTTP/2 flow-control windows for bulk transfers; clients use the same.
 pub const STREAM_WINDOW_BYTES: u32 = 16 << 20;
@@ -27,17 +28,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    for name in [
-        "heirloom.v1.ModelService",
-        "heirloom.v1.DatasetService",
-        "heirloom.v1.JobService",
-        "heirloom.v1.WorkerService",
-        "heirloom.v1.ArtifactService",
-    ] {
-        health_reporter
-            .set_service_status(name, tonic_health::ServingStatus::Serving)
-            .await;
-    }
+    tokio::spawn(report_database_health(
+        services.db.clone(),
+        health_reporter,
+        shutdown.child_token(),
+    ));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -71,4 +66,47 @@ pub async fn serve(
         ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await
+}
+
+/// Every service, and the server as a whole (""), as health checks name them.
+const HEALTH_NAMES: [&str; 6] = [
+    "",
+    "heirloom.v1.ModelService",
+    "heirloom.v1.DatasetService",
+    "heirloom.v1.JobService",
+    "heirloom.v1.WorkerService",
+    "heirloom.v1.ArtifactService",
+];
+
+/// Health follows the database: NOT_SERVING while PostgreSQL cannot be reached (every
+/// call needs it), SERVING again once it answers — the pool reconnects by itself.
+async fn report_database_health(
+    db: crate::db::Db,
+    reporter: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut serving = None;
+    loop {
+        let reachable = tokio::time::timeout(Duration::from_secs(2), db.ping())
+            .await
+            .is_ok_and(|result| result.is_ok());
+        if serving != Some(reachable) {
+            let status = if reachable {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            if serving.is_some() {
+                tracing::warn!(database_reachable = reachable, "health changed");
+            }
+            for name in HEALTH_NAMES {
+                reporter.set_service_status(name, status).await;
+            }
+            serving = Some(reachable);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
 }
