@@ -71,6 +71,7 @@ async fn connect(address: &str) -> anyhow::Result<Channel> {
     endpoint
         .initial_stream_window_size(16 << 20)
         .initial_connection_window_size(64 << 20)
+        .max_frame_size(4 << 20)
         .connect()
         .await
         .map_err(|err| anyhow::anyhow!("cannot reach the coordinator at {address}: {err}"))

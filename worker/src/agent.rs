@@ -107,6 +107,7 @@ pub async fn run(config: Config, drain: CancellationToken) -> Result<()> {
         // Large flow-control windows: blobs stream at loopback speed, not 64 KiB at a time.
         .initial_stream_window_size(16 << 20)
         .initial_connection_window_size(64 << 20)
+        .max_frame_size(4 << 20)
         .connect_lazy();
     let mut context = Context {
         client: WorkerServiceClient::new(channel.clone()),
@@ -314,7 +315,12 @@ async fn run_assignment(
             joined = &mut training => break joined.unwrap_or_else(|err| {
                 Err(Error::InvalidJob(format!("training panicked: {err}")))
             }),
-            Some((path, position)) = checkpoints.recv() => {
+            Some((mut path, mut position)) = checkpoints.recv() => {
+                // Only the newest checkpoint matters: older ones still waiting are dropped.
+                while let Ok((newer_path, newer_position)) = checkpoints.try_recv() {
+                    let _ = tokio::fs::remove_file(&path).await;
+                    (path, position) = (newer_path, newer_position);
+                }
                 if let Err(err) = save_checkpoint(context, &report, &path, position).await {
                     tracing::warn!(job_id = %job_id, error = %err, "checkpoint not saved");
                 }

@@ -42,7 +42,10 @@ impl Db {
 
     /// Answers when the database does.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -21,6 +21,8 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 /// HTTP/2 flow-control windows for bulk transfers; clients use the same.
 pub const STREAM_WINDOW_BYTES: u32 = 16 << 20;
 pub const CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
+/// The largest HTTP/2 frame this server accepts; clients use the same.
+pub const MAX_FRAME_BYTES: u32 = 4 << 20;
 
 pub async fn serve(
     services: Services,
@@ -41,6 +43,8 @@ pub async fn serve(
         // HTTP/2's default 64 KiB windows cap a loopback stream far below the disk's speed.
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
+        // Frames as large as a chunk: a 2 MiB message crosses in one frame, not 128.
+        .max_frame_size(Some(MAX_FRAME_BYTES))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)

@@ -39,8 +39,8 @@ pub struct Cluster {
     artifacts: tempfile::TempDir,
     pub pool: PgPool,
     pub channel: Channel,
-    worker_cache: tempfile::TempDir,
-    worker: Option<Child>,
+    /// Each worker process with its own cache.
+    workers: Vec<(Child, tempfile::TempDir)>,
     shutdown: CancellationToken,
 }
 
@@ -48,6 +48,41 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// A `heirloom-worker` process on `address` with its own cache, one CPU thread.
+pub fn worker_process(address: &str, cache: &std::path::Path, flags: &[&str]) -> Child {
+    let log = std::env::var_os("TEST_LOG").is_some();
+    Command::new(env!("CARGO_BIN_EXE_heirloom-worker"))
+        .args([
+            "--coordinator",
+            address,
+            "--threads",
+            "1",
+            "--device",
+            "cpu",
+        ])
+        // The worker shares no directory with the coordinator: its own cache only.
+        .arg("--cache")
+        .arg(cache)
+        .args(flags)
+        .env("RUST_LOG", if log { "info" } else { "warn" })
+        .stdout(if log { Stdio::inherit() } else { Stdio::null() })
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the worker binary")
+}
+
+/// Sends a signal (`TERM`, `KILL`, `STOP`, `CONT`) to a child process.
+pub fn signal(child: &Child, name: &str) {
+    let pid = child.id().expect("the process is running");
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid}");
 }
 
 fn s3_bucket() -> String {
@@ -120,7 +155,7 @@ impl Cluster {
             // Short, so that the fault-tolerance tests see leases expire quickly.
             lease_seconds: 3.0,
             retry_backoff_seconds: 0.2,
-            checkpoint_every: 20,
+            checkpoint_every: 100,
             log_format: "human".into(),
         };
         let store = heirloom_coordinator::artifacts::Artifacts::open(&config.artifacts)
@@ -135,6 +170,7 @@ impl Cluster {
             .expect("valid address")
             .initial_stream_window_size(16 << 20)
             .initial_connection_window_size(64 << 20)
+            .max_frame_size(4 << 20)
             .connect()
             .await
             .expect("connect to the coordinator");
@@ -147,33 +183,40 @@ impl Cluster {
             artifacts,
             pool,
             channel,
-            worker_cache: tempfile::tempdir().expect("temp dir"),
-            worker: None,
+            workers: Vec::new(),
             shutdown,
         }
     }
 
-    pub fn start_worker(&mut self) {
-        let log = std::env::var_os("TEST_LOG").is_some();
-        let child = Command::new(env!("CARGO_BIN_EXE_heirloom-worker"))
-            .args([
-                "--coordinator",
-                &self.address,
-                "--threads",
-                "1",
-                "--device",
-                "cpu",
-            ])
-            // The worker shares no directory with the coordinator: its own cache only.
-            .arg("--cache")
-            .arg(self.worker_cache.path())
-            .env("RUST_LOG", if log { "info" } else { "warn" })
-            .stdout(if log { Stdio::inherit() } else { Stdio::null() })
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the worker binary");
-        self.worker = Some(child);
+    /// Starts another worker process; returns its index for `kill_worker` and
+    /// `terminate_worker`.
+    pub fn start_worker(&mut self) -> usize {
+        self.start_worker_with(&[])
+    }
+
+    /// Starts a worker with extra flags (labels, concurrency).
+    pub fn start_worker_with(&mut self, flags: &[&str]) -> usize {
+        let cache = tempfile::tempdir().expect("temp dir");
+        let child = worker_process(&self.address, cache.path(), flags);
+        self.workers.push((child, cache));
+        self.workers.len() - 1
+    }
+
+    /// SIGKILL: the worker dies mid-whatever, without a word to the coordinator.
+    pub async fn kill_worker(&mut self, index: usize) {
+        let child = &mut self.workers[index].0;
+        child.start_kill().expect("kill the worker");
+        child.wait().await.expect("the worker exits");
+    }
+
+    /// SIGTERM: the worker drains (checkpoints, hands its jobs back) and exits.
+    pub async fn terminate_worker(&mut self, index: usize) -> std::process::ExitStatus {
+        let child = &mut self.workers[index].0;
+        signal(child, "TERM");
+        tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .expect("the worker drains within a minute")
+            .expect("the worker exits")
     }
 
     pub fn models(&self) -> ModelServiceClient<Channel> {
