@@ -24,8 +24,14 @@ pg_start() {
     chmod a+x "$(dirname "$dir")" # mktemp makes it 0700; postgres must reach $dir
   fi
   as_pg_owner "$bin/initdb" -D "$dir" -U postgres --auth=trust >"$dir.initdb.log" 2>&1
+  pg_run "$dir" "$port"
+}
+
+# pg_run DIR PORT: starts the existing cluster in DIR again (after pg_stop).
+pg_run() {
+  local dir=$1 port=$2
   # fsync off: these clusters are throwaway and speed matters more than crash safety.
-  as_pg_owner "$bin/pg_ctl" -D "$dir" -l "$dir/server.log" -w \
+  as_pg_owner "$(pg_bin)/pg_ctl" -D "$dir" -l "$dir/server.log" -w \
     -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" \
     start >/dev/null
 }

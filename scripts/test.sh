@@ -10,4 +10,7 @@ source scripts/lib.sh
 start_test_postgres
 start_test_s3
 
+# The chaos suite runs the coordinator's binary as a process of its own: build every
+# binary first, so the one it starts is never stale.
+cargo build --workspace --bins
 cargo test --workspace --no-fail-fast "$@"

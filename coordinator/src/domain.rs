@@ -252,10 +252,8 @@ impl Policy {
 
     /// The delay before the retry that follows `failures` failed attempts, before jitter.
     pub fn backoff(&self, failures: i32) -> std::time::Duration {
-        let doublings = failures.saturating_sub(1).clamp(0, 20) as u32;
-        self.retry_backoff
-            .saturating_mul(1 << doublings)
-            .min(Self::MAX_BACKOFF)
+        let failures = u32::try_from(failures).unwrap_or(0);
+        heirloom_spec::backoff::backoff(self.retry_backoff, Self::MAX_BACKOFF, failures)
     }
 }
 

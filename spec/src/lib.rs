@@ -6,6 +6,7 @@
 //! `INVALID_ARGUMENT` that says what to fix.
 
 mod architecture;
+pub mod backoff;
 mod files;
 mod hyperparameters;
 mod patterns;

@@ -12,7 +12,8 @@ use crate::train::{self, Blob, Control, Device, Position, Progress, Resume, Trai
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::worker_service_client::WorkerServiceClient;
 use heirloom_spec::{
-    Adjustment, Architecture, HashedTensor, Origin, TensorPlan, TensorStatus, tensor_hashes,
+    Adjustment, Architecture, HashedTensor, Origin, TensorPlan, TensorStatus, backoff,
+    tensor_hashes,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -119,20 +120,20 @@ pub async fn run(config: Config, drain: CancellationToken) -> Result<()> {
     let (id_sender, id) = watch::channel(None::<Registration>);
     let heartbeats = tokio::spawn(heartbeat(context.clone(), id.clone()));
     let mut jobs = JoinSet::new();
-    let mut delay = RECONNECT_FIRST;
+    let mut failures = 0;
     while !drain.is_cancelled() {
         match session(&config, &mut context, &id_sender, &mut jobs, &drain).await {
             Ok(()) => {
                 tracing::info!("assignment stream closed; reconnecting");
-                delay = RECONNECT_FIRST;
+                failures = 0;
             }
             Err(err) => tracing::warn!(error = %err, "lost the coordinator; reconnecting"),
         }
-        let jittered = delay.mul_f64(0.5 + jitter());
-        delay = (delay * 2).min(RECONNECT_MAX);
+        failures += 1;
+        let delay = backoff::jittered(backoff::backoff(RECONNECT_FIRST, RECONNECT_MAX, failures));
         tokio::select! {
             _ = drain.cancelled() => {}
-            _ = tokio::time::sleep(jittered) => {}
+            _ = tokio::time::sleep(delay) => {}
         }
     }
     tracing::info!(
@@ -237,19 +238,6 @@ async fn heartbeat(context: Context, mut id: watch::Receiver<Option<Registration
             Err(status) => tracing::debug!(%status, "heartbeat failed"),
         }
     }
-}
-
-/// A number in [0, 1), different on every call.
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(
-        std::time::SystemTime::now()
-            .elapsed()
-            .unwrap_or_default()
-            .as_nanos() as u64,
-    );
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 async fn run_assignment(
@@ -449,13 +437,14 @@ impl Reporter {
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let deadline = tokio::time::Instant::now() + self.patience;
-        let mut delay = RECONNECT_FIRST;
+        let mut failures = 0;
         loop {
             match call(self.client.clone()).await {
                 Err(status) if is_transient(&status) && tokio::time::Instant::now() < deadline => {
                     tracing::debug!(job_id = %self.job_id, %status, "coordinator unreachable; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RECONNECT_MAX);
+                    failures += 1;
+                    let delay = backoff::backoff(RECONNECT_FIRST, RECONNECT_MAX, failures);
+                    tokio::time::sleep(backoff::jittered(delay)).await;
                 }
                 other => return other,
             }

@@ -165,7 +165,14 @@ struct Scripted {
 
 impl Scripted {
     async fn connect(cluster: &Cluster, register: pb::RegisterWorkerRequest) -> Scripted {
-        let mut client = WorkerServiceClient::new(cluster.channel.clone());
+        Scripted::connect_to(cluster.channel.clone(), register).await
+    }
+
+    async fn connect_to(
+        channel: tonic::transport::Channel,
+        register: pb::RegisterWorkerRequest,
+    ) -> Scripted {
+        let mut client = WorkerServiceClient::new(channel);
         let id = client
             .register_worker(register)
             .await
@@ -326,7 +333,7 @@ async fn a_stale_attempt_is_refused_and_writes_nothing() {
         .stop;
     assert_eq!(
         stop,
-        [job.id.clone()],
+        std::slice::from_ref(&job.id),
         "a heartbeat for a stale lease says stop"
     );
     // Nothing the stale attempt sent was written anywhere.
@@ -506,4 +513,60 @@ async fn jobs_go_only_to_workers_that_fit_and_up_to_their_concurrency() {
     assert_eq!(cluster.job(&third_a.id).await.state(), pb::JobState::Queued);
     // No worker has 100 GiB on one device: that job waits.
     assert_eq!(cluster.job(&big_gpu.id).await.state(), pb::JobState::Queued);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_coordinator_replicas_never_lease_one_job_twice() {
+    let cluster = Cluster::coordinator_only().await;
+    let replica = cluster.replica().await;
+    let dataset = cluster.register_dataset("blobs", blobs(0..5, 10, 1)).await;
+    // Four workers, two on each replica, with room for every job between them.
+    let mut workers = Vec::new();
+    for i in 0..4 {
+        let channel = if i % 2 == 0 {
+            cluster.channel.clone()
+        } else {
+            replica.clone()
+        };
+        let register = pb::RegisterWorkerRequest {
+            concurrency: 6,
+            ..plain_worker(&format!("w{i}"))
+        };
+        workers.push(Scripted::connect_to(channel, register).await);
+    }
+    let mut submitted = Vec::new();
+    for i in 0..12 {
+        let job = cluster
+            .submit(short_training(&format!("j{i}"), &dataset.id))
+            .await;
+        submitted.push(job.id);
+    }
+    // All four listen at once, well within the 3 s lease.
+    let listening: Vec<_> = workers
+        .into_iter()
+        .map(|mut worker| {
+            tokio::spawn(async move {
+                let mut leased = Vec::new();
+                while let Some(assignment) = worker.next(Duration::from_millis(700)).await {
+                    leased.push(assignment.job_id);
+                }
+                leased
+            })
+        })
+        .collect();
+    let mut leased = Vec::new();
+    for worker in listening {
+        leased.extend(worker.await.unwrap());
+    }
+    leased.sort();
+    submitted.sort();
+    assert_eq!(
+        leased, submitted,
+        "every job leased exactly once across both replicas"
+    );
+    let (attempts,): (i64,) = sqlx::query_as("SELECT count(*) FROM job_attempts")
+        .fetch_one(&cluster.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 12);
 }

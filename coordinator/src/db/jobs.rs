@@ -783,9 +783,7 @@ async fn retry_or_fail(
             .await?;
         insert_state_event(tx, job.id, JobState::Failed.as_str(), &reason).await?;
     } else {
-        // Jitter of ±50% keeps jobs that failed together from retrying together.
-        let jitter = 0.5 + rand_unit(job.id, job.attempt);
-        let delay = policy.backoff(failures).mul_f64(jitter);
+        let delay = heirloom_spec::backoff::jittered(policy.backoff(failures));
         requeue(tx, job.id, delay).await?;
         let message = format!(
             "attempt {} failed ({error}); retrying in {:.1} s ({failures} of {} attempts failed)",
@@ -796,12 +794,4 @@ async fn retry_or_fail(
         insert_state_event(tx, job.id, JobState::Queued.as_str(), &message).await?;
     }
     notify_jobs(tx).await
-}
-
-/// A number in [0, 1) that differs from job to job and attempt to attempt.
-fn rand_unit(job_id: Uuid, attempt: i32) -> f64 {
-    use std::hash::{BuildHasher, Hash, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    (job_id, attempt).hash(&mut hasher);
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }

@@ -41,6 +41,7 @@ pub struct Cluster {
     pub channel: Channel,
     /// Each worker process with its own cache.
     workers: Vec<(Child, tempfile::TempDir)>,
+    config: Config,
     shutdown: CancellationToken,
 }
 
@@ -97,6 +98,27 @@ fn admin_url() -> String {
         "HEIRLOOM_TEST_DATABASE_URL is not set: run the tests with ./scripts/test.sh, which \
          starts a private PostgreSQL, or point it at a server you may create databases in",
     )
+}
+
+/// Runs a coordinator on `listener` until `shutdown`; returns a channel to it.
+async fn serve(
+    config: &Config,
+    listener: tokio::net::TcpListener,
+    shutdown: &CancellationToken,
+) -> Channel {
+    let address = format!("http://{}", listener.local_addr().expect("address"));
+    let coordinator = Coordinator::build(config)
+        .await
+        .expect("coordinator starts");
+    tokio::spawn(coordinator.run(listener, shutdown.clone()));
+    Channel::from_shared(address)
+        .expect("valid address")
+        .initial_stream_window_size(16 << 20)
+        .initial_connection_window_size(64 << 20)
+        .max_frame_size(4 << 20)
+        .connect()
+        .await
+        .expect("connect to the coordinator")
 }
 
 /// A new, empty database; returns its URL.
@@ -161,19 +183,8 @@ impl Cluster {
         let store = heirloom_coordinator::artifacts::Artifacts::open(&config.artifacts)
             .expect("open the artifact store")
             .store();
-        let coordinator = Coordinator::build(&config)
-            .await
-            .expect("coordinator starts");
         let shutdown = CancellationToken::new();
-        tokio::spawn(coordinator.run(listener, shutdown.clone()));
-        let channel = Channel::from_shared(address.clone())
-            .expect("valid address")
-            .initial_stream_window_size(16 << 20)
-            .initial_connection_window_size(64 << 20)
-            .max_frame_size(4 << 20)
-            .connect()
-            .await
-            .expect("connect to the coordinator");
+        let channel = serve(&config, listener, &shutdown).await;
         let pool = PgPool::connect(&database_url)
             .await
             .expect("connect to the test database");
@@ -185,7 +196,20 @@ impl Cluster {
             channel,
             workers: Vec::new(),
             shutdown,
+            config,
         }
+    }
+
+    /// Another coordinator replica on the same database and store; returns a channel to it.
+    pub async fn replica(&self) -> Channel {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let config = Config {
+            listen: listener.local_addr().expect("address"),
+            ..self.config.clone()
+        };
+        serve(&config, listener, &self.shutdown).await
     }
 
     /// Starts another worker process; returns its index for `kill_worker` and
@@ -242,18 +266,7 @@ impl Cluster {
     }
 
     pub async fn register_dataset(&self, name: &str, content: Vec<u8>) -> pb::Dataset {
-        let sha256 = sha256_hex(&content);
-        self.datasets()
-            .register_dataset(pb::RegisterDatasetRequest {
-                name: name.into(),
-                content: content.into(),
-                sha256,
-            })
-            .await
-            .expect("register the dataset")
-            .into_inner()
-            .dataset
-            .expect("a dataset")
+        register_dataset_at(&self.channel, name, content).await
     }
 
     pub async fn submit(&self, spec: pb::JobSpec) -> pb::Job {
@@ -531,4 +544,75 @@ pub fn mlp_weights(input: usize, hidden: usize, classes: usize, fills: [f32; 4])
         tensor("fc.weight", vec![classes, hidden], fills[2]),
         tensor("fc.bias", vec![classes], fills[3]),
     ])
+}
+
+/// Registers a dataset with the coordinator at the other end of `channel`.
+pub async fn register_dataset_at(channel: &Channel, name: &str, content: Vec<u8>) -> pb::Dataset {
+    let sha256 = sha256_hex(&content);
+    DatasetServiceClient::new(channel.clone())
+        .register_dataset(pb::RegisterDatasetRequest {
+            name: name.into(),
+            content: content.into(),
+            sha256,
+        })
+        .await
+        .expect("register the dataset")
+        .into_inner()
+        .dataset
+        .expect("a dataset")
+}
+
+/// Imports a model with the coordinator at the other end of `channel`.
+pub async fn import_model_at(
+    channel: &Channel,
+    name: &str,
+    architecture: pb::Architecture,
+    weights: Vec<u8>,
+) -> pb::Model {
+    ModelServiceClient::new(channel.clone())
+        .import_model(pb::ImportModelRequest {
+            name: name.into(),
+            architecture: Some(architecture),
+            weights: weights.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("import the model")
+        .into_inner()
+        .model
+        .expect("a model")
+}
+
+/// Random weights for an MLP `input → hidden… → classes` (torch's state-dict names).
+pub fn random_mlp_weights(input: usize, hidden: &[usize], classes: usize, seed: u64) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let mut tensor = |name: String, shape: Vec<usize>| {
+        let fan_in = *shape.last().expect("a shape") as f32;
+        let count: usize = shape.iter().product();
+        let values: Vec<u8> = (0..count)
+            .flat_map(|_| (rng.normal() / fan_in.sqrt()).to_le_bytes())
+            .collect();
+        (name, shape, values)
+    };
+    let mut tensors = Vec::new();
+    let mut width = input;
+    for (i, &size) in hidden.iter().enumerate() {
+        tensors.push(tensor(format!("hidden.{i}.weight"), vec![size, width]));
+        tensors.push(tensor(format!("hidden.{i}.bias"), vec![size]));
+        width = size;
+    }
+    tensors.push(tensor("fc.weight".into(), vec![classes, width]));
+    tensors.push(tensor("fc.bias".into(), vec![classes]));
+    let named: Vec<(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, shape, values)| {
+            (
+                name.as_str(),
+                safetensors::Dtype::F32,
+                shape.clone(),
+                values.clone(),
+            )
+        })
+        .collect();
+    safetensors_file(&named)
 }
