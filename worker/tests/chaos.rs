@@ -103,6 +103,7 @@ impl Drop for Postgres {
 /// The coordinator's binary, as a process of its own on a fixed port.
 struct Coordinator {
     port: u16,
+    lease_seconds: String,
     database_url: String,
     artifacts: tempfile::TempDir,
     process: Option<Child>,
@@ -120,9 +121,10 @@ impl Coordinator {
         binary
     }
 
-    async fn start(database_url: String) -> Coordinator {
+    async fn start(database_url: String, lease_seconds: &str) -> Coordinator {
         let mut coordinator = Coordinator {
             port: free_port(),
+            lease_seconds: lease_seconds.to_string(),
             database_url,
             artifacts: tempfile::tempdir().expect("temp dir"),
             process: None,
@@ -142,7 +144,7 @@ impl Coordinator {
             .args(["--database-url", &self.database_url])
             .arg("--artifacts")
             .arg(self.artifacts.path())
-            .args(["--lease-seconds", LEASE_SECONDS])
+            .args(["--lease-seconds", &self.lease_seconds])
             .args(["--retry-backoff-seconds", "0.2", "--checkpoint-every", "50"])
             .env("RUST_LOG", if log { "info" } else { "warn" })
             .stdout(if log { Stdio::inherit() } else { Stdio::null() })
@@ -337,7 +339,7 @@ async fn jobs_survive_killed_workers_coordinators_and_databases_and_cut_networks
         .and_then(|rounds| rounds.parse().ok())
         .unwrap_or(1);
     let postgres = Postgres::start();
-    let mut coordinator = Coordinator::start(postgres.url()).await;
+    let mut coordinator = Coordinator::start(postgres.url(), LEASE_SECONDS).await;
     let pool = PgPool::connect(&postgres.url()).await.expect("connect");
     let proxy = Proxy::start(coordinator.port).await;
     let mut workers = Workers {
@@ -498,6 +500,68 @@ async fn jobs_survive_killed_workers_coordinators_and_databases_and_cut_networks
     assert_eq!(
         succeeded as usize, tally.jobs,
         "every job succeeds within its 20 attempts: {states:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_keeps_its_lease_across_a_coordinator_restart_shorter_than_the_lease() {
+    let postgres = Postgres::start();
+    let mut coordinator = Coordinator::start(postgres.url(), "10").await;
+    let pool = PgPool::connect(&postgres.url()).await.expect("connect");
+    let channel = Channel::from_shared(coordinator.address())
+        .unwrap()
+        .connect_lazy();
+    let dataset = support::register_dataset_at(&channel, "blobs", blobs(0..5, 100, 1)).await;
+    let mut workers = Workers {
+        coordinator: coordinator.address(),
+        proxied: coordinator.address(),
+        processes: Vec::new(),
+    };
+    workers.start(false);
+    let job = jobs_client(&coordinator.address())
+        .await
+        .submit_job(pb::SubmitJobRequest {
+            spec: Some(pb::JobSpec {
+                kind: pb::JobKind::Train as i32,
+                architecture: Some(mlp(64, vec![128, 128], 5)),
+                ..chaos_job("outlives", &dataset.id)
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .job
+        .unwrap();
+    let job_id: uuid::Uuid = job.id.parse().unwrap();
+    let state = |pool: PgPool| async move {
+        let (state,): (String,) = sqlx::query_as("SELECT state FROM jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        state
+    };
+    while state(pool.clone()).await != "running" {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Down for 3 s of a 10 s lease, while the worker trains on.
+    coordinator.kill().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    coordinator.spawn().await;
+    while !["succeeded", "failed"].contains(&state(pool.clone()).await.as_str()) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let attempts: Vec<(i32, String)> =
+        sqlx::query_as("SELECT attempt, outcome FROM job_attempts WHERE job_id = $1")
+            .bind(job_id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        attempts,
+        [(1, "succeeded".to_string())],
+        "one attempt, never taken back: the worker kept its lease"
     );
 }
 
