@@ -63,6 +63,7 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
                 .iter()
                 .map(|t| (t.sha256.clone(), file.slice(t.range.clone())))
                 .collect();
+            let tensor_bytes: usize = blobs.iter().map(|(_, data)| data.len()).sum();
             let sent = crate::upload::upload(channel.clone(), &blobs).await?;
             let manifest = tensors
                 .into_iter()
@@ -90,10 +91,9 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
                 .model
                 .unwrap_or_default();
             println!(
-                "imported model {} ({}); uploaded {sent} of {} bytes, the rest was stored already",
-                model.name,
-                model.id,
-                file.len()
+                "imported model {} ({}); uploaded {sent} of {tensor_bytes} tensor bytes \
+                 (the store had the rest)",
+                model.name, model.id
             );
         }
         Command::Show { model } => {
