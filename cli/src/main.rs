@@ -4,6 +4,7 @@
 mod datasets;
 mod export;
 mod jobs;
+mod lineage;
 mod models;
 mod tree;
 mod upload;
@@ -41,6 +42,9 @@ enum Command {
     /// Submit, watch, list and cancel jobs.
     #[command(subcommand)]
     Job(jobs::Command),
+    /// Ask lineage questions: ancestors, descendants, path, common, graph, blame, impact.
+    #[command(subcommand)]
+    Lineage(lineage::Command),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -62,6 +66,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(command) => models::run(channel, command).await,
         Command::Dataset(command) => datasets::run(channel, command).await,
         Command::Job(command) => jobs::run(channel, command).await,
+        Command::Lineage(command) => lineage::run(channel, command).await,
     }
 }
 

@@ -138,6 +138,8 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
                 .list_ancestors(pb::ListAncestorsRequest {
                     model: root.id.clone(),
                     max_depth: depth,
+                    page_size: 10_000,
+                    ..Default::default()
                 })
                 .await?
                 .into_inner()
@@ -146,6 +148,8 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
                 .list_descendants(pb::ListDescendantsRequest {
                     model: root.id.clone(),
                     max_depth: depth,
+                    page_size: 10_000,
+                    ..Default::default()
                 })
                 .await?
                 .into_inner()

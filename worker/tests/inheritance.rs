@@ -251,7 +251,7 @@ async fn every_inheritance_method_records_verified_provenance() {
         .models()
         .list_ancestors(pb::ListAncestorsRequest {
             model: "composed".into(),
-            max_depth: 0,
+            ..Default::default()
         })
         .await
         .unwrap()

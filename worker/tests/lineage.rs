@@ -214,6 +214,7 @@ async fn train_transfer_finetune_chain_records_exact_lineage() {
         .list_ancestors(pb::ListAncestorsRequest {
             model: "finetune".into(),
             max_depth: 0,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -232,6 +233,7 @@ async fn train_transfer_finetune_chain_records_exact_lineage() {
         .list_descendants(pb::ListDescendantsRequest {
             model: base.id.clone(),
             max_depth: 1,
+            ..Default::default()
         })
         .await
         .unwrap()

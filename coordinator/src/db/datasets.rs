@@ -80,6 +80,34 @@ impl Db {
             .ok_or_else(|| Error::NotFound(format!("dataset {id} does not exist")))
     }
 
+    /// A dataset by id, `name@version`, or name (its latest version).
+    pub async fn find_dataset(&self, reference: &str) -> Result<Dataset> {
+        if let Ok(id) = Uuid::parse_str(reference) {
+            return self.dataset(id).await;
+        }
+        let (name, version) = match reference.rsplit_once('@') {
+            Some((name, version)) => {
+                let version: i32 = version.parse().map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "dataset: {reference:?}: the version after @ must be a number"
+                    ))
+                })?;
+                (name, Some(version))
+            }
+            None => (reference, None),
+        };
+        sqlx::query_as::<_, DatasetRow>(
+            "SELECT * FROM datasets WHERE name = $1 AND ($2::int4 IS NULL OR version = $2)
+              ORDER BY version DESC LIMIT 1",
+        )
+        .bind(name)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(Dataset::from)
+        .ok_or_else(|| Error::NotFound(format!("no dataset is {reference:?}")))
+    }
+
     pub async fn datasets(&self) -> Result<Vec<Dataset>> {
         let rows: Vec<DatasetRow> = sqlx::query_as("SELECT * FROM datasets ORDER BY name, version")
             .fetch_all(&self.pool)

@@ -5,10 +5,12 @@
 
 mod datasets;
 mod jobs;
+mod lineage;
 mod models;
 mod workers;
 
 pub use jobs::{Claimed, NewModel, Submission};
+pub use lineage::{BlameStep, Graph, Page};
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;

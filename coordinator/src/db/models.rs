@@ -1,7 +1,7 @@
 use super::Db;
 use crate::artifacts::ManifestEntry;
 use crate::domain::{
-    DatasetRef, LineageEntry, Metrics, Model, ParentEdge, Relation, TensorProvenance, TensorRecord,
+    DatasetRef, Metrics, Model, ParentEdge, Relation, TensorProvenance, TensorRecord,
 };
 use crate::error::{Error, Result, is_unique_violation};
 use chrono::{DateTime, Utc};
@@ -65,24 +65,22 @@ macro_rules! select_models {
     };
 }
 
-/// A recursive lineage walk from `$1` to depth `$2` (0 = no limit), given the first step
-/// and the join condition that takes one more step from `walk`.
-macro_rules! walk {
-    ($first:literal, $next:literal) => {
-        // UNION (not UNION ALL) drops (model, depth) pairs seen before; the graph is
-        // acyclic, so depth is bounded by the longest path.
-        concat!(
-            "WITH RECURSIVE walk(id, depth) AS (",
-            $first,
-            " UNION ",
-            $next,
-            " WHERE $2 = 0 OR w.depth < $2)
-             SELECT id, min(depth)::int4 AS depth FROM walk GROUP BY id"
-        )
-    };
-}
-
 impl Db {
+    /// The models with these ids, by id.
+    pub async fn models_with_ids(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Model>> {
+        let rows: Vec<ModelRow> =
+            sqlx::query_as(concat!(select_models!(), " WHERE m.id = ANY($1)"))
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(self
+            .with_parents(rows)
+            .await?
+            .into_iter()
+            .map(|model| (model.id, model))
+            .collect())
+    }
+
     pub async fn insert_imported_model(
         &self,
         model: &Model,
@@ -270,66 +268,6 @@ impl Db {
         .fetch_all(&self.pool)
         .await?;
         self.with_parents(rows).await
-    }
-
-    /// Every ancestor of a model with its shortest distance, nearest first.
-    pub async fn ancestors(&self, id: Uuid, max_depth: u32) -> Result<Vec<LineageEntry>> {
-        let query = walk!(
-            "SELECT parent_id, 1 FROM model_parents WHERE child_id = $1",
-            "SELECT e.parent_id, w.depth + 1 FROM model_parents e JOIN walk w ON e.child_id = w.id"
-        );
-        self.walk(query, id, max_depth).await
-    }
-
-    /// Every descendant of a model with its shortest distance, nearest first.
-    pub async fn descendants(&self, id: Uuid, max_depth: u32) -> Result<Vec<LineageEntry>> {
-        let query = walk!(
-            "SELECT child_id, 1 FROM model_parents WHERE parent_id = $1",
-            "SELECT e.child_id, w.depth + 1 FROM model_parents e JOIN walk w ON e.parent_id = w.id"
-        );
-        self.walk(query, id, max_depth).await
-    }
-
-    async fn walk(
-        &self,
-        query: &'static str,
-        id: Uuid,
-        max_depth: u32,
-    ) -> Result<Vec<LineageEntry>> {
-        let reached: Vec<(Uuid, i32)> = sqlx::query_as(query)
-            .bind(id)
-            .bind(max_depth as i32)
-            .fetch_all(&self.pool)
-            .await?;
-        let ids: Vec<Uuid> = reached.iter().map(|(id, _)| *id).collect();
-        let rows: Vec<ModelRow> =
-            sqlx::query_as(concat!(select_models!(), " WHERE m.id = ANY($1)"))
-                .bind(&ids)
-                .fetch_all(&self.pool)
-                .await?;
-        let mut models: HashMap<Uuid, Model> = self
-            .with_parents(rows)
-            .await?
-            .into_iter()
-            .map(|model| (model.id, model))
-            .collect();
-        let mut entries: Vec<LineageEntry> = reached
-            .into_iter()
-            .filter_map(|(id, depth)| {
-                Some(LineageEntry {
-                    model: models.remove(&id)?,
-                    depth: depth as u32,
-                })
-            })
-            .collect();
-        entries.sort_by(|a, b| {
-            (a.depth, a.model.created_at, a.model.id).cmp(&(
-                b.depth,
-                b.model.created_at,
-                b.model.id,
-            ))
-        });
-        Ok(entries)
     }
 
     async fn with_parents(&self, rows: Vec<ModelRow>) -> Result<Vec<Model>> {

@@ -333,7 +333,7 @@ pub fn claims_from_proto(tensors: Vec<pb::TensorProvenance>) -> Result<Vec<Claim
         .collect()
 }
 
-fn tensor_status_to_proto(status: TensorStatus) -> pb::TensorStatus {
+pub fn tensor_status_to_proto(status: TensorStatus) -> pb::TensorStatus {
     match status {
         TensorStatus::Inherited => pb::TensorStatus::Inherited,
         TensorStatus::Trained => pb::TensorStatus::Trained,

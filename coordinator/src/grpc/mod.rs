@@ -5,6 +5,7 @@ mod artifacts;
 mod convert;
 mod datasets;
 mod jobs;
+mod lineage;
 mod models;
 mod workers;
 

@@ -1,4 +1,4 @@
-use super::convert;
+use super::{convert, lineage};
 use crate::Services;
 use crate::artifacts::ManifestEntry;
 use crate::domain::TensorRecord;
@@ -144,10 +144,145 @@ impl pb::model_service_server::ModelService for ModelApi {
         request: Request<pb::ListAncestorsRequest>,
     ) -> Result<Response<pb::ListAncestorsResponse>, Status> {
         let request = request.into_inner();
+        let relations = lineage::relations(&request.relations)?;
+        let (offset, size) = lineage::paging(&request.page_token, request.page_size)?;
         let model = self.0.db.find_model(&request.model).await?;
-        let entries = self.0.db.ancestors(model.id, request.max_depth).await?;
+        let page = self
+            .0
+            .db
+            .ancestors(
+                model.id,
+                request.max_depth,
+                relations.as_deref(),
+                offset,
+                size,
+            )
+            .await?;
         Ok(Response::new(pb::ListAncestorsResponse {
-            entries: convert::lineage_to_proto(&entries),
+            entries: convert::lineage_to_proto(&page.entries),
+            next_page_token: lineage::next_token(page.next),
+        }))
+    }
+
+    async fn find_path(
+        &self,
+        request: Request<pb::FindPathRequest>,
+    ) -> Result<Response<pb::FindPathResponse>, Status> {
+        let request = request.into_inner();
+        let from = self.0.db.find_model(&request.from).await?;
+        let to = self.0.db.find_model(&request.to).await?;
+        let (steps, reversed) = match self.0.db.path(from.id, to.id).await? {
+            Some(steps) => (steps, false),
+            None => match self.0.db.path(to.id, from.id).await? {
+                Some(steps) => (steps, true),
+                None => {
+                    return Err(Error::NotFound(format!(
+                        "neither {} nor {} descends from the other; CommonAncestors finds \
+                         what they share",
+                        from.name, to.name
+                    ))
+                    .into());
+                }
+            },
+        };
+        let ids: Vec<Uuid> = steps.iter().map(|(id, _)| *id).collect();
+        let mut models = self.0.db.models_with_ids(&ids).await?;
+        let steps = steps
+            .into_iter()
+            .filter_map(|(id, relation)| {
+                Some(pb::PathStep {
+                    model: Some(convert::model_to_proto(&models.remove(&id)?)),
+                    relation: relation.unwrap_or_default(),
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::FindPathResponse { steps, reversed }))
+    }
+
+    async fn common_ancestors(
+        &self,
+        request: Request<pb::CommonAncestorsRequest>,
+    ) -> Result<Response<pb::CommonAncestorsResponse>, Status> {
+        let request = request.into_inner();
+        let a = self.0.db.find_model(&request.a).await?;
+        let b = self.0.db.find_model(&request.b).await?;
+        let common = self.0.db.common_ancestors(a.id, b.id).await?;
+        let ids: Vec<Uuid> = common.iter().map(|(id, _, _)| *id).collect();
+        let mut models = self.0.db.models_with_ids(&ids).await?;
+        let ancestors = common
+            .into_iter()
+            .filter_map(|(id, depth_from_a, depth_from_b)| {
+                Some(pb::CommonAncestor {
+                    model: Some(convert::model_to_proto(&models.remove(&id)?)),
+                    depth_from_a,
+                    depth_from_b,
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::CommonAncestorsResponse { ancestors }))
+    }
+
+    async fn lineage_graph(
+        &self,
+        request: Request<pb::LineageGraphRequest>,
+    ) -> Result<Response<pb::LineageGraphResponse>, Status> {
+        let request = request.into_inner();
+        let format = pb::GraphFormat::try_from(request.format)
+            .map_err(|_| Error::from(Invalid::new("format", "use json, dot or mermaid")))?;
+        let model = self.0.db.find_model(&request.model).await?;
+        let graph = self
+            .0
+            .db
+            .graph(model.id, request.ancestors_depth, request.descendants_depth)
+            .await?;
+        let (nodes, edges) = lineage::nodes_and_edges(&graph, model.id);
+        let rendered = lineage::render(format, &nodes, &edges);
+        Ok(Response::new(pb::LineageGraphResponse {
+            nodes,
+            edges,
+            rendered,
+        }))
+    }
+
+    async fn blame_tensor(
+        &self,
+        request: Request<pb::BlameTensorRequest>,
+    ) -> Result<Response<pb::BlameTensorResponse>, Status> {
+        let request = request.into_inner();
+        let model = self.0.db.find_model(&request.model).await?;
+        let steps = self.0.db.blame(model.id, &request.tensor).await?;
+        if steps.is_empty() {
+            return Err(Error::NotFound(format!(
+                "model {} has no tensor {:?}; `heirloom model tensors {}` lists them",
+                model.name, request.tensor, model.name
+            ))
+            .into());
+        }
+        Ok(Response::new(pb::BlameTensorResponse {
+            steps: steps
+                .into_iter()
+                .map(|step| pb::BlameStep {
+                    model_id: step.model_id.to_string(),
+                    model_name: step.model_name,
+                    tensor: step.tensor,
+                    status: convert::tensor_status_to_proto(step.status) as i32,
+                    sha256: step.sha256,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn dataset_impact(
+        &self,
+        request: Request<pb::DatasetImpactRequest>,
+    ) -> Result<Response<pb::DatasetImpactResponse>, Status> {
+        let request = request.into_inner();
+        let (offset, size) = lineage::paging(&request.page_token, request.page_size)?;
+        let dataset = self.0.db.find_dataset(&request.dataset).await?;
+        let page = self.0.db.dataset_impact(dataset.id, offset, size).await?;
+        Ok(Response::new(pb::DatasetImpactResponse {
+            entries: convert::lineage_to_proto(&page.entries),
+            next_page_token: lineage::next_token(page.next),
         }))
     }
 
@@ -167,10 +302,23 @@ impl pb::model_service_server::ModelService for ModelApi {
         request: Request<pb::ListDescendantsRequest>,
     ) -> Result<Response<pb::ListDescendantsResponse>, Status> {
         let request = request.into_inner();
+        let relations = lineage::relations(&request.relations)?;
+        let (offset, size) = lineage::paging(&request.page_token, request.page_size)?;
         let model = self.0.db.find_model(&request.model).await?;
-        let entries = self.0.db.descendants(model.id, request.max_depth).await?;
+        let page = self
+            .0
+            .db
+            .descendants(
+                model.id,
+                request.max_depth,
+                relations.as_deref(),
+                offset,
+                size,
+            )
+            .await?;
         Ok(Response::new(pb::ListDescendantsResponse {
-            entries: convert::lineage_to_proto(&entries),
+            entries: convert::lineage_to_proto(&page.entries),
+            next_page_token: lineage::next_token(page.next),
         }))
     }
 }

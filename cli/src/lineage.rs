@@ -1,0 +1,359 @@
+//! `heirloom lineage …`: every lineage question in one call each, printed for people or
+//! as JSON, DOT or Mermaid for tools.
+
+use clap::{Subcommand, ValueEnum};
+use heirloom_proto::v1 as pb;
+use heirloom_proto::v1::model_service_client::ModelServiceClient;
+use std::path::PathBuf;
+use tonic::transport::Channel;
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Readable lines.
+    Text,
+    Json,
+    Dot,
+    Mermaid,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Every ancestor of a model, nearest first.
+    Ancestors {
+        model: String,
+        /// How many generations (0 = all).
+        #[arg(long, default_value_t = 0)]
+        depth: u32,
+        /// Follow only edges of this relation (finetune, transfer, direct, module); repeat.
+        #[arg(long = "relation")]
+        relations: Vec<String>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Every descendant of a model, nearest first.
+    Descendants {
+        model: String,
+        #[arg(long, default_value_t = 0)]
+        depth: u32,
+        #[arg(long = "relation")]
+        relations: Vec<String>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// A shortest line of descent between two models.
+    Path {
+        from: String,
+        to: String,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// The nearest common ancestors of two models.
+    Common {
+        a: String,
+        b: String,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// The graph around a model as JSON, DOT or Mermaid; an image with Graphviz installed.
+    Graph {
+        model: String,
+        /// Generations of ancestors (0 = all).
+        #[arg(long, default_value_t = 0)]
+        up: u32,
+        /// Generations of descendants (0 = all).
+        #[arg(long, default_value_t = 0)]
+        down: u32,
+        #[arg(long, value_enum, default_value_t = Format::Dot)]
+        format: Format,
+        /// Also draw it with Graphviz's `dot` into this .svg or .png file.
+        #[arg(long)]
+        image: Option<PathBuf>,
+    },
+    /// Where a model's tensor last changed, hop by hop through its provenance.
+    Blame {
+        model: String,
+        tensor: String,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Every model trained on a dataset (id, name@version or name), and all their descendants.
+    Impact {
+        dataset: String,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
+    let mut client = ModelServiceClient::new(channel);
+    match command {
+        Command::Ancestors {
+            model,
+            depth,
+            relations,
+            format,
+        } => {
+            let mut entries = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_ancestors(pb::ListAncestorsRequest {
+                        model: model.clone(),
+                        max_depth: depth,
+                        relations: relations.clone(),
+                        page_size: 10_000,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                entries.extend(page.entries);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            print_entries(&entries, format)?;
+        }
+        Command::Descendants {
+            model,
+            depth,
+            relations,
+            format,
+        } => {
+            let mut entries = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_descendants(pb::ListDescendantsRequest {
+                        model: model.clone(),
+                        max_depth: depth,
+                        relations: relations.clone(),
+                        page_size: 10_000,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                entries.extend(page.entries);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            print_entries(&entries, format)?;
+        }
+        Command::Path { from, to, format } => {
+            let path = client
+                .find_path(pb::FindPathRequest { from, to })
+                .await?
+                .into_inner();
+            if format == Format::Json {
+                let steps: Vec<serde_json::Value> = path
+                    .steps
+                    .iter()
+                    .map(|step| {
+                        let model = step.model.clone().unwrap_or_default();
+                        serde_json::json!({"id": model.id, "name": model.name, "relation": step.relation})
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"steps": steps, "reversed": path.reversed})
+                );
+            } else {
+                for step in &path.steps {
+                    let model = step.model.clone().unwrap_or_default();
+                    match step.relation.as_str() {
+                        "" => println!("{}", model.name),
+                        relation => println!("  └─{relation}→ {}", model.name),
+                    }
+                }
+            }
+        }
+        Command::Common { a, b, format } => {
+            let common = client
+                .common_ancestors(pb::CommonAncestorsRequest { a, b })
+                .await?
+                .into_inner()
+                .ancestors;
+            if format == Format::Json {
+                let rows: Vec<serde_json::Value> = common
+                    .iter()
+                    .map(|c| {
+                        let model = c.model.clone().unwrap_or_default();
+                        serde_json::json!({"id": model.id, "name": model.name,
+                            "depth_from_a": c.depth_from_a, "depth_from_b": c.depth_from_b})
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else if common.is_empty() {
+                println!("no common ancestor");
+            } else {
+                for c in &common {
+                    let model = c.model.clone().unwrap_or_default();
+                    println!(
+                        "{}  ({} up from the first, {} up from the second)",
+                        model.name, c.depth_from_a, c.depth_from_b
+                    );
+                }
+            }
+        }
+        Command::Graph {
+            model,
+            up,
+            down,
+            format,
+            image,
+        } => {
+            let graph_format = match format {
+                Format::Json => pb::GraphFormat::Json,
+                Format::Mermaid => pb::GraphFormat::Mermaid,
+                Format::Dot | Format::Text => pb::GraphFormat::Dot,
+            };
+            let graph = client
+                .lineage_graph(pb::LineageGraphRequest {
+                    model: model.clone(),
+                    ancestors_depth: up,
+                    descendants_depth: down,
+                    format: graph_format as i32,
+                })
+                .await?
+                .into_inner();
+            print!("{}", graph.rendered);
+            if let Some(image) = image {
+                draw(&model, &mut client, up, down, &image).await?;
+            }
+        }
+        Command::Blame {
+            model,
+            tensor,
+            format,
+        } => {
+            let steps = client
+                .blame_tensor(pb::BlameTensorRequest { model, tensor })
+                .await?
+                .into_inner()
+                .steps;
+            if format == Format::Json {
+                let rows: Vec<serde_json::Value> = steps
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({"model_id": s.model_id, "model": s.model_name,
+                            "tensor": s.tensor, "status": crate::tree::status(s.status()),
+                            "sha256": s.sha256})
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                let last = steps.len().saturating_sub(1);
+                for (i, step) in steps.iter().enumerate() {
+                    let note = if i == last {
+                        "  ← last changed here"
+                    } else {
+                        ""
+                    };
+                    println!(
+                        "{:<32} {:<24} {:<12} {}{note}",
+                        step.model_name,
+                        step.tensor,
+                        crate::tree::status(step.status()),
+                        &step.sha256[..12.min(step.sha256.len())]
+                    );
+                }
+            }
+        }
+        Command::Impact { dataset, format } => {
+            let mut entries = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .dataset_impact(pb::DatasetImpactRequest {
+                        dataset: dataset.clone(),
+                        page_size: 10_000,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                entries.extend(page.entries);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            print_entries(&entries, format)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_entries(entries: &[pb::LineageEntry], format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Json => {
+            let rows: Vec<serde_json::Value> = entries
+                .iter()
+                .map(|entry| {
+                    let model = entry.model.clone().unwrap_or_default();
+                    serde_json::json!({"id": model.id, "name": model.name, "depth": entry.depth,
+                        "source": model.source})
+                })
+                .collect();
+            println!("{}", serde_json::Value::Array(rows));
+        }
+        Format::Text => {
+            println!("depth  model  [made by]  id");
+            for entry in entries {
+                let model = entry.model.clone().unwrap_or_default();
+                println!(
+                    "{:>5}  {}  [{}]  {}",
+                    entry.depth, model.name, model.source, model.id
+                );
+            }
+        }
+        Format::Dot | Format::Mermaid => {
+            anyhow::bail!("--format dot and mermaid are for `heirloom lineage graph`")
+        }
+    }
+    Ok(())
+}
+
+/// Draws the graph with Graphviz's `dot` into `image` (.svg or .png).
+async fn draw(
+    model: &str,
+    client: &mut ModelServiceClient<Channel>,
+    up: u32,
+    down: u32,
+    image: &std::path::Path,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let kind = match image.extension().and_then(|e| e.to_str()) {
+        Some("svg") => "svg",
+        Some("png") => "png",
+        _ => anyhow::bail!("--image {}: name an .svg or .png file", image.display()),
+    };
+    let dot = client
+        .lineage_graph(pb::LineageGraphRequest {
+            model: model.to_string(),
+            ancestors_depth: up,
+            descendants_depth: down,
+            format: pb::GraphFormat::Dot as i32,
+        })
+        .await?
+        .into_inner()
+        .rendered;
+    let mut child = std::process::Command::new("dot")
+        .arg(format!("-T{kind}"))
+        .arg("-o")
+        .arg(image)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|err| {
+            anyhow::anyhow!("--image needs Graphviz's `dot` (apt-get install graphviz): {err}")
+        })?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(dot.as_bytes())?;
+    anyhow::ensure!(child.wait()?.success(), "dot failed");
+    eprintln!("drew {}", image.display());
+    Ok(())
+}
