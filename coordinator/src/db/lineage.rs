@@ -265,7 +265,7 @@ impl Db {
         .fetch_all(&self.pool)
         .await?;
         let mut nodes: Vec<Model> = self.models_with_ids(&ids).await?.into_values().collect();
-        nodes.sort_by(|a, b| (a.created_at, a.id).cmp(&(b.created_at, b.id)));
+        nodes.sort_by_key(|model| (model.created_at, model.id));
         Ok(Graph { nodes, edges })
     }
 

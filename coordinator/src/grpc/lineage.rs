@@ -37,7 +37,7 @@ pub fn relations(relations: &[String]) -> Result<Option<Vec<String>>> {
     for (i, relation) in relations.iter().enumerate() {
         if Relation::parse(relation).is_none() {
             return Err(Invalid::new(
-                &format!("relations[{i}]"),
+                format!("relations[{i}]"),
                 format!("{relation:?} is not a relation: use finetune, transfer, direct or module"),
             )
             .into());
