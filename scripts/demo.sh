@@ -3,7 +3,8 @@
 # model trained on digits 0-4, transferred to digits 5-9, fine-tuned twice (one with a
 # WiSE-FT blend), the two siblings interpolated, and a model composed from two parents;
 # then the lineage tree with each model's held-out accuracy and what it inherited,
-# trained or added. Everything stops at the end.
+# trained or added, and the lineage questions (blame, path, common ancestors, dataset
+# impact, filtered ancestors, the graph). Everything stops at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh
@@ -74,6 +75,20 @@ echo "== lineage, with what each model inherited, trained or added"
 heirloom model tree digits-base
 echo
 heirloom model tensors digits-5-9-composed
+
+echo "== lineage questions, one call each"
+echo "-- where did the blend's first layer last change?"
+heirloom lineage blame digits-5-9-blend hidden.0.weight
+echo "-- the line of descent from the base to the blend"
+heirloom lineage path digits-base digits-5-9-blend
+echo "-- what the two sibling fine-tunes share"
+heirloom lineage common digits-5-9-wise digits-5-9-head
+echo "-- everything that trained on digits 0-4, and everything below it"
+heirloom lineage impact digits-0-4
+echo "-- the blend's ancestors along direct and finetune edges only"
+heirloom lineage ancestors digits-5-9-blend --relation direct --relation finetune
+echo "-- the graph around the transfer, as Mermaid (also --format dot|json, --image graph.svg)"
+heirloom lineage graph digits-5-9-transfer --up 1 --down 1 --format mermaid
 
 echo "== export it as safetensors and load it with PyTorch"
 heirloom model export digits-5-9-composed --out "$work/composed.safetensors"

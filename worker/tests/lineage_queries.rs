@@ -464,3 +464,101 @@ async fn lineage_questions_about_unknown_things_are_refused_precisely() {
         bad_token.message()
     );
 }
+
+/// Runs the `heirloom` CLI against the cluster; returns what it printed.
+fn cli(cluster: &Cluster, args: &[&str]) -> String {
+    let binary =
+        std::path::Path::new(env!("CARGO_BIN_EXE_heirloom-worker")).with_file_name("heirloom");
+    assert!(
+        binary.exists(),
+        "{} is missing: run the tests with ./scripts/test.sh, which builds every binary",
+        binary.display()
+    );
+    let output = std::process::Command::new(binary)
+        .arg("--coordinator")
+        .arg(&cluster.address)
+        .args(args)
+        .output()
+        .expect("run the CLI");
+    assert!(
+        output.status.success(),
+        "heirloom {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_answers_every_lineage_question() {
+    let graph = known_graph().await;
+    let cluster = &graph.cluster;
+    let blame = cli(cluster, &["lineage", "blame", "f", "hidden.0.weight"]);
+    let lines: Vec<&str> = blame.lines().collect();
+    assert_eq!(lines.len(), 3, "{blame}");
+    assert!(
+        lines[2].starts_with('c') && lines[2].contains("last changed here"),
+        "{blame}"
+    );
+
+    let path = cli(cluster, &["lineage", "path", "root", "f"]);
+    assert!(
+        path.starts_with("root\n") && path.trim_end().ends_with("f"),
+        "{path}"
+    );
+    assert!(path.contains("finetune→ e"), "{path}");
+
+    let common: serde_json::Value = serde_json::from_str(&cli(
+        cluster,
+        &["lineage", "common", "e", "d", "--format", "json"],
+    ))
+    .unwrap();
+    let names: Vec<&str> = common
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+
+    let ancestors: serde_json::Value = serde_json::from_str(&cli(
+        cluster,
+        &[
+            "lineage",
+            "ancestors",
+            "f",
+            "--relation",
+            "direct",
+            "--format",
+            "json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(ancestors.as_array().unwrap().len(), 1);
+    let descendants = cli(cluster, &["lineage", "descendants", "root", "--depth", "1"]);
+    assert_eq!(
+        descendants.lines().count(),
+        3,
+        "a header and a, b: {descendants}"
+    );
+
+    let dot = cli(
+        cluster,
+        &["lineage", "graph", "c", "--up", "1", "--down", "1"],
+    );
+    assert!(
+        dot.starts_with("digraph lineage {") && dot.matches(" -> ").count() == 3,
+        "{dot}"
+    );
+    let mermaid = cli(cluster, &["lineage", "graph", "c", "--format", "mermaid"]);
+    assert!(mermaid.starts_with("graph TD"), "{mermaid}");
+
+    let impact = cli(
+        cluster,
+        &[
+            "lineage",
+            "impact",
+            &format!("blobs@{}", graph.dataset.version),
+        ],
+    );
+    assert_eq!(impact.lines().count(), 3, "a header and e, f: {impact}");
+}

@@ -228,9 +228,9 @@ impl Db {
     }
 
     pub async fn model(&self, id: Uuid) -> Result<Model> {
-        self.models_matching(Some(id), None)
+        self.models_with_ids(&[id])
             .await?
-            .pop()
+            .remove(&id)
             .ok_or_else(|| Error::NotFound(format!("model {id} does not exist")))
     }
 
@@ -239,10 +239,15 @@ impl Db {
         if let Ok(id) = Uuid::parse_str(id_or_name) {
             return self.model(id).await;
         }
-        self.models_matching(None, Some(id_or_name))
-            .await?
-            .pop()
-            .ok_or_else(|| Error::NotFound(format!("no model is named {id_or_name:?}")))
+        // Its own statement, so the plan uses models_name_unique: a statement that takes
+        // either an id or a name scans the table.
+        let row: Option<ModelRow> = sqlx::query_as(concat!(select_models!(), " WHERE m.name = $1"))
+            .bind(id_or_name)
+            .fetch_optional(&self.pool)
+            .await?;
+        let row =
+            row.ok_or_else(|| Error::NotFound(format!("no model is named {id_or_name:?}")))?;
+        Ok(self.with_parents(vec![row]).await?.remove(0))
     }
 
     pub async fn model_name_exists(&self, name: &str) -> Result<bool> {
@@ -254,19 +259,10 @@ impl Db {
     }
 
     pub async fn all_models(&self) -> Result<Vec<Model>> {
-        self.models_matching(None, None).await
-    }
-
-    async fn models_matching(&self, id: Option<Uuid>, name: Option<&str>) -> Result<Vec<Model>> {
-        let rows: Vec<ModelRow> = sqlx::query_as(concat!(
-            select_models!(),
-            " WHERE ($1::uuid IS NULL OR m.id = $1) AND ($2::text IS NULL OR m.name = $2)
-              ORDER BY m.created_at, m.id"
-        ))
-        .bind(id)
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<ModelRow> =
+            sqlx::query_as(concat!(select_models!(), " ORDER BY m.created_at, m.id"))
+                .fetch_all(&self.pool)
+                .await?;
         self.with_parents(rows).await
     }
 
