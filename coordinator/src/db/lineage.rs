@@ -41,6 +41,9 @@ pub struct BlameStep {
     pub sha256: String,
 }
 
+/// The first depth bound of an iteratively deepened walk.
+const FIRST_BOUND: u32 = 16;
+
 /// Which way a walk goes.
 #[derive(Debug, Clone, Copy)]
 enum Direction {
@@ -101,6 +104,11 @@ impl Db {
             .await
     }
 
+    /// One page of a walk, by iterative deepening: the walk is bounded at 16 generations,
+    /// then 64, 256, … until it holds more models than the page needs (every model within
+    /// the bound has its true shortest distance, so the first `offset + limit` in order are
+    /// exact), or reaches the caller's depth limit, or runs out of graph. A page near a
+    /// bushy DAG's root then costs a few thousand rows, not the whole subgraph.
     async fn walk(
         &self,
         direction: Direction,
@@ -110,21 +118,39 @@ impl Db {
         offset: u64,
         limit: u32,
     ) -> Result<Page> {
-        // One row more than asked for says whether another page follows.
+        // One row more than asked for says whether another page follows; the window
+        // functions say how much the bounded walk found and how deep it got.
         let sql = format!(
-            "{} SELECT r.id, r.depth::int4 FROM reached r JOIN models m ON m.id = r.id
-                ORDER BY r.depth, m.created_at, m.id LIMIT $4 OFFSET $5",
+            "{} SELECT r.id, r.depth::int4, count(*) OVER (), max(r.depth) OVER ()::int4
+                  FROM reached r JOIN models m ON m.id = r.id
+                 ORDER BY r.depth, m.created_at, m.id LIMIT $4 OFFSET $5",
             walk_sql(direction)
         );
-        let reached: Vec<(Uuid, i32)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .bind(max_depth as i32)
-            .bind(relations)
-            .bind(i64::from(limit) + 1)
-            .bind(offset as i64)
-            .fetch_all(&self.pool)
-            .await?;
-        self.page(reached, offset, limit).await
+        let wanted = offset + u64::from(limit);
+        let mut bound = FIRST_BOUND;
+        loop {
+            let capped = max_depth != 0 && bound >= max_depth;
+            let depth = if capped { max_depth } else { bound };
+            let rows: Vec<(Uuid, i32, i64, i32)> =
+                sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                    .bind(id)
+                    .bind(depth as i32)
+                    .bind(relations)
+                    .bind(i64::from(limit) + 1)
+                    .bind(offset as i64)
+                    .fetch_all(&self.pool)
+                    .await?;
+            let (found, deepest) = rows.first().map_or((0, 0), |row| (row.2, row.3));
+            let exhausted = (deepest as u32) < depth;
+            if capped || exhausted || found as u64 > wanted {
+                let reached = rows
+                    .into_iter()
+                    .map(|(id, depth, _, _)| (id, depth))
+                    .collect();
+                return self.page(reached, offset, limit).await;
+            }
+            bound = bound.saturating_mul(4);
+        }
     }
 
     /// Turns (id, depth) rows, one more than `limit` if another page follows, into a page.

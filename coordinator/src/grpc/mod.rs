@@ -13,8 +13,8 @@ use crate::Services;
 use heirloom_proto::v1 as pb;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 /// Weights and datasets sent inline travel in one message of at most this size; larger
 /// ones are uploaded in chunks first (ArtifactService.UploadBlobs).
@@ -69,7 +69,11 @@ pub async fn serve(
         .add_service(pb::worker_service_server::WorkerServiceServer::new(
             workers::WorkerApi(services),
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        // TCP_NODELAY: without it, small answers wait out the peer's delayed ACK (40 ms).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.cancelled_owned(),
+        )
         .await
 }
 
