@@ -93,25 +93,21 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
             relations,
             format,
         } => {
-            let mut entries = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .list_ancestors(pb::ListAncestorsRequest {
-                        model: model.clone(),
-                        max_depth: depth,
-                        relations: relations.clone(),
-                        page_size: 10_000,
-                        page_token,
-                    })
-                    .await?
-                    .into_inner();
-                entries.extend(page.entries);
-                if page.next_page_token.is_empty() {
-                    break;
+            let entries = all_pages(|page_token| {
+                let mut client = client.clone();
+                let request = pb::ListAncestorsRequest {
+                    model: model.clone(),
+                    max_depth: depth,
+                    relations: relations.clone(),
+                    page_size: 10_000,
+                    page_token,
+                };
+                async move {
+                    let page = client.list_ancestors(request).await?.into_inner();
+                    Ok((page.entries, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             print_entries(&entries, format)?;
         }
         Command::Descendants {
@@ -120,25 +116,21 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
             relations,
             format,
         } => {
-            let mut entries = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .list_descendants(pb::ListDescendantsRequest {
-                        model: model.clone(),
-                        max_depth: depth,
-                        relations: relations.clone(),
-                        page_size: 10_000,
-                        page_token,
-                    })
-                    .await?
-                    .into_inner();
-                entries.extend(page.entries);
-                if page.next_page_token.is_empty() {
-                    break;
+            let entries = all_pages(|page_token| {
+                let mut client = client.clone();
+                let request = pb::ListDescendantsRequest {
+                    model: model.clone(),
+                    max_depth: depth,
+                    relations: relations.clone(),
+                    page_size: 10_000,
+                    page_token,
+                };
+                async move {
+                    let page = client.list_descendants(request).await?.into_inner();
+                    Ok((page.entries, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             print_entries(&entries, format)?;
         }
         Command::Path { from, to, format } => {
@@ -262,27 +254,42 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Impact { dataset, format } => {
-            let mut entries = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .dataset_impact(pb::DatasetImpactRequest {
-                        dataset: dataset.clone(),
-                        page_size: 10_000,
-                        page_token,
-                    })
-                    .await?
-                    .into_inner();
-                entries.extend(page.entries);
-                if page.next_page_token.is_empty() {
-                    break;
+            let entries = all_pages(|page_token| {
+                let mut client = client.clone();
+                let request = pb::DatasetImpactRequest {
+                    dataset: dataset.clone(),
+                    page_size: 10_000,
+                    page_token,
+                };
+                async move {
+                    let page = client.dataset_impact(request).await?.into_inner();
+                    Ok((page.entries, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await?;
             print_entries(&entries, format)?;
         }
     }
     Ok(())
+}
+
+/// Every page of a paged answer, in order: `fetch` takes a page token and returns the
+/// page's entries and the next token (empty after the last page).
+async fn all_pages<F, Fut>(mut fetch: F) -> anyhow::Result<Vec<pb::LineageEntry>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<pb::LineageEntry>, String), tonic::Status>>,
+{
+    let mut entries = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let (page, next) = fetch(page_token).await?;
+        entries.extend(page);
+        if next.is_empty() {
+            return Ok(entries);
+        }
+        page_token = next;
+    }
 }
 
 fn print_entries(entries: &[pb::LineageEntry], format: Format) -> anyhow::Result<()> {

@@ -65,15 +65,7 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
                 .collect();
             let tensor_bytes: usize = blobs.iter().map(|(_, data)| data.len()).sum();
             let sent = crate::upload::upload(channel.clone(), &blobs).await?;
-            let manifest = tensors
-                .into_iter()
-                .map(|t| pb::ManifestTensor {
-                    name: t.info.name,
-                    dtype: t.info.dtype,
-                    shape: t.info.shape.iter().map(|&d| d as u64).collect(),
-                    sha256: t.sha256,
-                })
-                .collect();
+            let manifest = tensors.into_iter().map(pb::ManifestTensor::from).collect();
             let model = client
                 .import_model(pb::ImportModelRequest {
                     name,

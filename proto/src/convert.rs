@@ -217,3 +217,15 @@ impl pb::Metrics {
         Ok(metrics)
     }
 }
+
+/// A hashed tensor of a file, as a manifest names it.
+impl From<heirloom_spec::HashedTensor> for pb::ManifestTensor {
+    fn from(tensor: heirloom_spec::HashedTensor) -> Self {
+        pb::ManifestTensor {
+            name: tensor.info.name,
+            dtype: tensor.info.dtype,
+            shape: tensor.info.shape.iter().map(|&d| d as u64).collect(),
+            sha256: tensor.sha256,
+        }
+    }
+}

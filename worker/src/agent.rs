@@ -391,15 +391,7 @@ async fn save_checkpoint(
         step: position.step,
         loss_sum: position.loss_sum,
         correct: position.correct,
-        tensors: hashes
-            .into_iter()
-            .map(|t| pb::ManifestTensor {
-                name: t.info.name,
-                dtype: t.info.dtype,
-                shape: t.info.shape.iter().map(|&d| d as u64).collect(),
-                sha256: t.sha256,
-            })
-            .collect(),
+        tensors: hashes.into_iter().map(pb::ManifestTensor::from).collect(),
     };
     report.checkpoint(checkpoint).await?;
     tracing::info!(job_id = %report.job_id, step = position.step, "checkpoint saved");

@@ -42,7 +42,7 @@ pub struct BlameStep {
 }
 
 /// The first depth bound of an iteratively deepened walk.
-const FIRST_BOUND: u32 = 16;
+const FIRST_BOUND: u32 = 4;
 
 /// Which way a walk goes.
 #[derive(Debug, Clone, Copy)]
@@ -104,8 +104,8 @@ impl Db {
             .await
     }
 
-    /// One page of a walk, by iterative deepening: the walk is bounded at 16 generations,
-    /// then 64, 256, … until it holds more models than the page needs (every model within
+    /// One page of a walk, by iterative deepening: the walk is bounded at 4 generations,
+    /// then 8, 16, … until it holds more models than the page needs (every model within
     /// the bound has its true shortest distance, so the first `offset + limit` in order are
     /// exact), or reaches the caller's depth limit, or runs out of graph. A page near a
     /// bushy DAG's root then costs a few thousand rows, not the whole subgraph.
@@ -149,7 +149,7 @@ impl Db {
                     .collect();
                 return self.page(reached, offset, limit).await;
             }
-            bound = bound.saturating_mul(4);
+            bound = bound.saturating_mul(2);
         }
     }
 

@@ -255,10 +255,10 @@ fn checkpoint_to_proto(checkpoint: &Checkpoint) -> pb::Checkpoint {
     }
 }
 
-/// A checkpoint's tensors as a manifest, to check they are stored.
-pub fn checkpoint_manifest(checkpoint: &Checkpoint) -> Vec<ManifestEntry> {
-    checkpoint
-        .tensors
+/// Manifest entries from their messages (shapes and hashes are checked where the blobs
+/// are looked up).
+pub fn manifest_from_proto(tensors: &[pb::ManifestTensor]) -> Vec<ManifestEntry> {
+    tensors
         .iter()
         .map(|t| ManifestEntry {
             info: heirloom_spec::TensorInfo {

@@ -39,18 +39,7 @@ impl pb::model_service_server::ModelService for ModelApi {
                 })
                 .collect::<Vec<_>>(),
             (true, false) => {
-                let mut manifest: Vec<ManifestEntry> = request
-                    .tensors
-                    .iter()
-                    .map(|t| ManifestEntry {
-                        info: heirloom_spec::TensorInfo {
-                            name: t.name.clone(),
-                            dtype: t.dtype.clone(),
-                            shape: t.shape.iter().map(|&d| d as usize).collect(),
-                        },
-                        sha256: t.sha256.clone(),
-                    })
-                    .collect();
+                let mut manifest = convert::manifest_from_proto(&request.tensors);
                 manifest.sort_by(|a, b| a.info.name.cmp(&b.info.name));
                 self.0.artifacts.check_stored("tensors", &manifest).await?;
                 manifest.into_iter().map(|entry| (entry, None)).collect()

@@ -96,8 +96,13 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let worker_id = self.known_worker("worker_id", &request.worker_id).await?;
         let job_id = convert::parse_id("job_id", &request.job_id)?;
         let attempt = attempt(request.attempt)?;
+        let manifest = convert::manifest_from_proto(
+            request
+                .checkpoint
+                .as_ref()
+                .map_or(&[][..], |c| &c.tensors[..]),
+        );
         let checkpoint = convert::checkpoint_from_proto(request.checkpoint)?;
-        let manifest = convert::checkpoint_manifest(&checkpoint);
         self.0
             .artifacts
             .check_stored("checkpoint.tensors", &manifest)
