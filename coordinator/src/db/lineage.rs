@@ -104,7 +104,7 @@ impl Db {
             .await
     }
 
-    /// One page of a walk, by iterative deepening: the walk is bounded at 4 generations,
+    /// One page of a walk; downward by iterative deepening: the walk is bounded at 4 generations,
     /// then 8, 16, … until it holds more models than the page needs (every model within
     /// the bound has its true shortest distance, so the first `offset + limit` in order are
     /// exact), or reaches the caller's depth limit, or runs out of graph. A page near a
@@ -127,21 +127,27 @@ impl Db {
             walk_sql(direction)
         );
         let wanted = offset + u64::from(limit);
-        let mut bound = FIRST_BOUND;
+        // Upward, models have a parent or two: the whole walk is small, deepening would
+        // only repeat it. Downward, fan-out makes it pay.
+        let mut bound = match direction {
+            Direction::Up => u32::MAX,
+            Direction::Down => FIRST_BOUND,
+        };
         loop {
             let capped = max_depth != 0 && bound >= max_depth;
             let depth = if capped { max_depth } else { bound };
+            let unbounded = depth == u32::MAX;
             let rows: Vec<(Uuid, i32, i64, i32)> =
                 sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
                     .bind(id)
-                    .bind(depth as i32)
+                    .bind(if unbounded { 0 } else { depth as i32 })
                     .bind(relations)
                     .bind(i64::from(limit) + 1)
                     .bind(offset as i64)
                     .fetch_all(&self.pool)
                     .await?;
             let (found, deepest) = rows.first().map_or((0, 0), |row| (row.2, row.3));
-            let exhausted = (deepest as u32) < depth;
+            let exhausted = unbounded || (deepest as u32) < depth;
             if capped || exhausted || found as u64 > wanted {
                 let reached = rows
                     .into_iter()
