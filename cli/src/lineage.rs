@@ -101,6 +101,8 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
                     relations: relations.clone(),
                     page_size: 10_000,
                     page_token,
+                    // Names, sources and depths are all it prints.
+                    view: pb::LineageView::Basic as i32,
                 };
                 async move {
                     let page = client.list_ancestors(request).await?.into_inner();
@@ -124,6 +126,8 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
                     relations: relations.clone(),
                     page_size: 10_000,
                     page_token,
+                    // Names, sources and depths are all it prints.
+                    view: pb::LineageView::Basic as i32,
                 };
                 async move {
                     let page = client.list_descendants(request).await?.into_inner();
@@ -260,6 +264,8 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
                     dataset: dataset.clone(),
                     page_size: 10_000,
                     page_token,
+                    // Names, sources and depths are all it prints.
+                    view: pb::LineageView::Basic as i32,
                 };
                 async move {
                     let page = client.dataset_impact(request).await?.into_inner();

@@ -180,6 +180,26 @@ async fn main() {
         },
     )
     .await;
+    measure(
+        "… the same, basic view (ids, names, sources, depths)",
+        || {
+            let mut client = client.clone();
+            async move {
+                client
+                    .list_ancestors(pb::ListAncestorsRequest {
+                        model: deepest.into(),
+                        view: pb::LineageView::Basic as i32,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .entries
+                    .len()
+            }
+        },
+    )
+    .await;
     measure("descendants of a chain's root (all 999)", || {
         let mut client = client.clone();
         async move {
@@ -214,6 +234,23 @@ async fn main() {
             }
         },
     )
+    .await;
+    measure("… the same, basic view", || {
+        let mut client = client.clone();
+        async move {
+            client
+                .list_descendants(pb::ListDescendantsRequest {
+                    model: "dag-1".into(),
+                    view: pb::LineageView::Basic as i32,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .entries
+                .len()
+        }
+    })
     .await;
     measure(
         "descendants of a DAG model 3 levels down, 3 generations",

@@ -322,13 +322,6 @@ pub struct DatasetRef {
     pub role: String,
 }
 
-/// A model reached by a lineage walk.
-#[derive(Debug, Clone)]
-pub struct LineageEntry {
-    pub model: Model,
-    pub depth: u32,
-}
-
 /// A device a worker offers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Device {

@@ -129,6 +129,22 @@ async fn lineage_questions_have_exact_answers() {
         up(models.list_ancestors(ancestors("c", 0, &[])).await.unwrap()),
         pairs(&[("a", 1), ("b", 1), ("root", 2)])
     );
+    let basic = models
+        .list_ancestors(pb::ListAncestorsRequest {
+            view: pb::LineageView::Basic as i32,
+            ..ancestors("c", 0, &[])
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(names(&basic), pairs(&[("a", 1), ("b", 1), ("root", 2)]));
+    assert!(
+        basic
+            .iter()
+            .all(|e| e.model.as_ref().unwrap().architecture.is_none()),
+        "the basic view leaves the rest of each model out"
+    );
     assert_eq!(
         up(models.list_ancestors(ancestors("f", 2, &[])).await.unwrap()),
         pairs(&[("e", 1), ("c", 2)])

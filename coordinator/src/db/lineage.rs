@@ -9,18 +9,30 @@
 //! so every walk ends.
 
 use super::Db;
-use crate::domain::{LineageEntry, Model};
+use crate::domain::Model;
 use crate::error::{Error, Result};
+use chrono::{DateTime, Utc};
 use heirloom_spec::TensorStatus;
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
-/// One page of a lineage walk.
+/// One page of a lineage walk: what each model is called and how far away it is; the
+/// whole models come from `Db::models_with_ids` when they are wanted.
 #[derive(Debug, Clone)]
 pub struct Page {
-    pub entries: Vec<LineageEntry>,
+    pub entries: Vec<Reached>,
     /// Where the next page starts; `None` on the last page.
     pub next: Option<u64>,
+}
+
+/// A model a walk reached, at its shortest distance.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Reached {
+    pub id: Uuid,
+    pub name: String,
+    pub source: String,
+    pub created_at: DateTime<Utc>,
+    pub depth: i32,
 }
 
 /// The graph around a model: its nodes and the edges among them.
@@ -121,7 +133,8 @@ impl Db {
         // One row more than asked for says whether another page follows; the window
         // functions say how much the bounded walk found and how deep it got.
         let sql = format!(
-            "{} SELECT r.id, r.depth::int4, count(*) OVER (), max(r.depth) OVER ()::int4
+            "{} SELECT r.id, m.name, m.source, m.created_at, r.depth::int4,
+                       count(*) OVER () AS found, max(r.depth) OVER ()::int4 AS deepest
                   FROM reached r JOIN models m ON m.id = r.id
                  ORDER BY r.depth, m.created_at, m.id LIMIT $4 OFFSET $5",
             walk_sql(direction)
@@ -137,47 +150,22 @@ impl Db {
             let capped = max_depth != 0 && bound >= max_depth;
             let depth = if capped { max_depth } else { bound };
             let unbounded = depth == u32::MAX;
-            let rows: Vec<(Uuid, i32, i64, i32)> =
-                sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
-                    .bind(id)
-                    .bind(if unbounded { 0 } else { depth as i32 })
-                    .bind(relations)
-                    .bind(i64::from(limit) + 1)
-                    .bind(offset as i64)
-                    .fetch_all(&self.pool)
-                    .await?;
-            let (found, deepest) = rows.first().map_or((0, 0), |row| (row.2, row.3));
+            let rows: Vec<BoundedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(id)
+                .bind(if unbounded { 0 } else { depth as i32 })
+                .bind(relations)
+                .bind(i64::from(limit) + 1)
+                .bind(offset as i64)
+                .fetch_all(&self.pool)
+                .await?;
+            let (found, deepest) = rows.first().map_or((0, 0), |row| (row.found, row.deepest));
             let exhausted = unbounded || (deepest as u32) < depth;
             if capped || exhausted || found as u64 > wanted {
-                let reached = rows
-                    .into_iter()
-                    .map(|(id, depth, _, _)| (id, depth))
-                    .collect();
-                return self.page(reached, offset, limit).await;
+                let reached = rows.into_iter().map(|row| row.reached).collect();
+                return Ok(page(reached, offset, limit));
             }
             bound = bound.saturating_mul(2);
         }
-    }
-
-    /// Turns (id, depth) rows, one more than `limit` if another page follows, into a page.
-    async fn page(&self, mut reached: Vec<(Uuid, i32)>, offset: u64, limit: u32) -> Result<Page> {
-        let more = reached.len() > limit as usize;
-        reached.truncate(limit as usize);
-        let ids: Vec<Uuid> = reached.iter().map(|(id, _)| *id).collect();
-        let mut models = self.models_with_ids(&ids).await?;
-        let entries = reached
-            .into_iter()
-            .filter_map(|(id, depth)| {
-                Some(LineageEntry {
-                    model: models.remove(&id)?,
-                    depth: depth as u32,
-                })
-            })
-            .collect::<Vec<_>>();
-        Ok(Page {
-            next: more.then(|| offset + entries.len() as u64),
-            entries,
-        })
     }
 
     /// A shortest line of descent from `ancestor` to `descendant` (both included), with
@@ -338,13 +326,14 @@ impl Db {
     /// The models trained on a dataset (depth 0) and all their descendants, nearest first,
     /// one page of `limit` from `offset`.
     pub async fn dataset_impact(&self, dataset_id: Uuid, offset: u64, limit: u32) -> Result<Page> {
-        let reached: Vec<(Uuid, i32)> = sqlx::query_as(
+        let reached: Vec<Reached> = sqlx::query_as(
             "WITH RECURSIVE walk(id, depth) AS (
                  SELECT model_id, 0 FROM model_datasets WHERE dataset_id = $1 AND role = 'train'
                  UNION
                  SELECT e.child_id, w.depth + 1 FROM model_parents e JOIN walk w ON e.parent_id = w.id),
              reached AS (SELECT id, min(depth) AS depth FROM walk GROUP BY id)
-             SELECT r.id, r.depth::int4 FROM reached r JOIN models m ON m.id = r.id
+             SELECT r.id, m.name, m.source, m.created_at, r.depth::int4
+               FROM reached r JOIN models m ON m.id = r.id
               ORDER BY r.depth, m.created_at, m.id LIMIT $2 OFFSET $3",
         )
         .bind(dataset_id)
@@ -352,6 +341,25 @@ impl Db {
         .bind(offset as i64)
         .fetch_all(&self.pool)
         .await?;
-        self.page(reached, offset, limit).await
+        Ok(page(reached, offset, limit))
+    }
+}
+
+/// A bounded walk's row: what it reached, and how much and how deep the walk got.
+#[derive(sqlx::FromRow)]
+struct BoundedRow {
+    #[sqlx(flatten)]
+    reached: Reached,
+    found: i64,
+    deepest: i32,
+}
+
+/// Rows fetched one beyond `limit` (if another page follows) as a page.
+fn page(mut reached: Vec<Reached>, offset: u64, limit: u32) -> Page {
+    let more = reached.len() > limit as usize;
+    reached.truncate(limit as usize);
+    Page {
+        next: more.then(|| offset + reached.len() as u64),
+        entries: reached,
     }
 }

@@ -5,8 +5,8 @@ use crate::artifacts::ManifestEntry;
 use crate::dispatch::{Assignment, ClaimedTensor};
 use crate::domain::{
     Checkpoint, CheckpointTensor, Dataset, Device, Job, JobAttempt, JobEvent, JobEventKind,
-    JobKind, JobState, LineageEntry, Metrics, Model, ModuleMapping, Progress, Relation,
-    Requirements, TensorProvenance,
+    JobKind, JobState, Metrics, Model, ModuleMapping, Progress, Relation, Requirements,
+    TensorProvenance,
 };
 use crate::error::{Error, Result};
 use crate::planning::JobDraft;
@@ -31,7 +31,7 @@ fn optional_id(field: &str, text: &str) -> Result<Option<Uuid>> {
     }
 }
 
-fn timestamp(at: DateTime<Utc>) -> String {
+pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
@@ -408,16 +408,6 @@ pub fn model_to_proto(model: &Model) -> pb::Model {
         source: model.source.clone(),
         created_at: timestamp(model.created_at),
     }
-}
-
-pub fn lineage_to_proto(entries: &[LineageEntry]) -> Vec<pb::LineageEntry> {
-    entries
-        .iter()
-        .map(|entry| pb::LineageEntry {
-            model: Some(model_to_proto(&entry.model)),
-            depth: entry.depth,
-        })
-        .collect()
 }
 
 pub fn dataset_to_proto(dataset: &Dataset) -> pb::Dataset {

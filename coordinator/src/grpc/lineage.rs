@@ -1,7 +1,8 @@
 //! What the lineage RPCs share: page tokens and sizes, relation filters, and the graph
 //! written as JSON, Graphviz DOT or Mermaid.
 
-use crate::db::Graph;
+use super::convert;
+use crate::db::{Db, Graph, Page};
 use crate::domain::Relation;
 use crate::error::{Error, Result};
 use heirloom_proto::v1 as pb;
@@ -134,4 +135,34 @@ pub fn render(format: pb::GraphFormat, nodes: &[pb::GraphNode], edges: &[pb::Gra
                 .expect("JSON values serialize")
         }
     }
+}
+
+/// A page's entries as messages: whole models, or (the basic view) only their names.
+pub async fn entries(db: &Db, page: &Page, view: i32) -> Result<Vec<pb::LineageEntry>> {
+    let view = pb::LineageView::try_from(view)
+        .map_err(|_| Error::from(Invalid::new("view", "use full or basic")))?;
+    let mut models = match view {
+        pb::LineageView::Basic => Default::default(),
+        pb::LineageView::Full | pb::LineageView::Unspecified => {
+            let ids: Vec<uuid::Uuid> = page.entries.iter().map(|entry| entry.id).collect();
+            db.models_with_ids(&ids).await?
+        }
+    };
+    Ok(page
+        .entries
+        .iter()
+        .map(|entry| pb::LineageEntry {
+            model: Some(match models.remove(&entry.id) {
+                Some(model) => convert::model_to_proto(&model),
+                None => pb::Model {
+                    id: entry.id.to_string(),
+                    name: entry.name.clone(),
+                    source: entry.source.clone(),
+                    created_at: convert::timestamp(entry.created_at),
+                    ..Default::default()
+                },
+            }),
+            depth: entry.depth as u32,
+        })
+        .collect())
 }

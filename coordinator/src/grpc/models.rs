@@ -148,7 +148,7 @@ impl pb::model_service_server::ModelService for ModelApi {
             )
             .await?;
         Ok(Response::new(pb::ListAncestorsResponse {
-            entries: convert::lineage_to_proto(&page.entries),
+            entries: lineage::entries(&self.0.db, &page, request.view).await?,
             next_page_token: lineage::next_token(page.next),
         }))
     }
@@ -270,7 +270,7 @@ impl pb::model_service_server::ModelService for ModelApi {
         let dataset = self.0.db.find_dataset(&request.dataset).await?;
         let page = self.0.db.dataset_impact(dataset.id, offset, size).await?;
         Ok(Response::new(pb::DatasetImpactResponse {
-            entries: convert::lineage_to_proto(&page.entries),
+            entries: lineage::entries(&self.0.db, &page, request.view).await?,
             next_page_token: lineage::next_token(page.next),
         }))
     }
@@ -306,7 +306,7 @@ impl pb::model_service_server::ModelService for ModelApi {
             )
             .await?;
         Ok(Response::new(pb::ListDescendantsResponse {
-            entries: convert::lineage_to_proto(&page.entries),
+            entries: lineage::entries(&self.0.db, &page, request.view).await?,
             next_page_token: lineage::next_token(page.next),
         }))
     }
