@@ -10,7 +10,6 @@ use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use tokio::io::AsyncWriteExt;
 use tonic::transport::Channel;
 
 /// How many times a broken download is resumed before the job fails.
@@ -57,9 +56,22 @@ impl Cache {
         }
         // Named per process: workers sharing a cache never write into each other's files.
         let partial = partial_path(&path);
-        let mut file = tokio::fs::File::create(&partial).await?;
-        // Hashed as it arrives, so the blob is checked without reading it back.
-        let mut hasher = Sha256::new();
+        // A thread of its own hashes and writes what arrives while the next chunk is
+        // received, so the blob is checked without reading it back.
+        let (chunks, mut arriving) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+        let writer = {
+            let partial = partial.clone();
+            tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+                use std::io::Write;
+                let mut file = std::fs::File::create(&partial)?;
+                let mut hasher = Sha256::new();
+                while let Some(chunk) = arriving.blocking_recv() {
+                    hasher.update(&chunk);
+                    file.write_all(&chunk)?;
+                }
+                Ok(hex::encode(hasher.finalize()))
+            })
+        };
         let mut offset = 0u64;
         let mut resumes = 0;
         loop {
@@ -75,9 +87,10 @@ impl Cache {
                     .await?
                     .into_inner();
                 while let Some(chunk) = stream.message().await? {
-                    file.write_all(&chunk.data).await?;
-                    hasher.update(&chunk.data);
                     offset += chunk.data.len() as u64;
+                    if chunks.send(chunk.data).await.is_err() {
+                        break; // the writer failed; its error is reported below
+                    }
                 }
                 Ok(())
             }
@@ -88,11 +101,19 @@ impl Cache {
                     resumes += 1;
                     tracing::warn!(sha256, offset, %status, "download broke; resuming");
                 }
-                Err(status) => return Err(status.into()),
+                Err(status) => {
+                    drop(chunks);
+                    let _ = writer.await;
+                    let _ = tokio::fs::remove_file(&partial).await;
+                    return Err(status.into());
+                }
             }
         }
-        file.flush().await?;
-        if hex::encode(hasher.finalize()) != sha256 {
+        drop(chunks);
+        let written = writer
+            .await
+            .map_err(|err| Error::InvalidJob(format!("the blob writer panicked: {err}")))?;
+        if written? != sha256 {
             let _ = tokio::fs::remove_file(&partial).await;
             return Err(Error::InvalidJob(format!(
                 "blob {sha256} arrived corrupted"
