@@ -77,8 +77,8 @@ echo
 heirloom model tensors digits-5-9-composed
 
 echo "== lineage questions, one call each"
-echo "-- where did the blend's first layer last change?"
-heirloom lineage blame digits-5-9-blend hidden.0.weight
+echo "-- where did the composed model's second layer last change?"
+heirloom lineage blame digits-5-9-composed hidden.1.weight
 echo "-- the line of descent from the base to the blend"
 heirloom lineage path digits-base digits-5-9-blend
 echo "-- what the two sibling fine-tunes share"
