@@ -92,6 +92,10 @@ struct Context {
     held: Held,
     /// How long a lease lasts: reports are retried this long before giving up.
     lease: Duration,
+    /// One permit per job the worker runs at once. The coordinator counts a cancelled
+    /// job as gone at once, so the next may arrive while the cancelled one is still
+    /// stopping (up to a second): it waits here, its lease renewed, not on the device.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Runs until the process is stopped, or until `drain` fires and every job it held has
@@ -116,6 +120,9 @@ pub async fn run(config: Config, drain: CancellationToken) -> Result<()> {
         device,
         held: Held::default(),
         lease: Duration::from_secs(30),
+        slots: Arc::new(tokio::sync::Semaphore::new(
+            config.concurrency.max(1) as usize
+        )),
     };
     let (id_sender, id) = watch::channel(None::<Registration>);
     let heartbeats = tokio::spawn(heartbeat(context.clone(), id.clone()));
@@ -204,6 +211,7 @@ async fn session(
         let (context, worker_id) = (context.clone(), worker_id.clone());
         jobs.spawn(async move {
             let (job_id, attempt) = (assignment.job_id.clone(), assignment.attempt);
+            let _slot = context.slots.clone().acquire_owned().await;
             if let Err(err) = run_assignment(&context, &worker_id, assignment, control).await {
                 tracing::warn!(job_id = %job_id, error = %err, "job abandoned; its lease will expire");
             }
