@@ -23,6 +23,8 @@ use std::sync::Arc;
 pub const CHUNK_BYTES: usize = 2 << 20;
 /// Reads kept in flight while streaming, so the store and the network overlap.
 const READ_AHEAD: usize = 4;
+/// Existence checks kept in flight at once.
+const LOOKUPS_IN_FLIGHT: usize = 16;
 /// Uploads up to this size are stored with one put; larger ones in parts.
 const SINGLE_PUT_BYTES: usize = 16 << 20;
 /// Parts of a multipart upload (S3 needs at least 5 MiB for every part but the last).
@@ -145,13 +147,36 @@ impl Artifacts {
         }
     }
 
+    /// The stored lengths of many blobs, in order, looked up concurrently: on S3 each
+    /// lookup is a round trip, and a model has hundreds of tensors.
+    pub async fn lens(&self, hashes: &[String]) -> Result<Vec<Option<u64>>> {
+        let lookups: Vec<_> = hashes
+            .iter()
+            .map(|sha256| {
+                let artifacts = self.clone();
+                let sha256 = sha256.clone();
+                async move { artifacts.len(&sha256).await }
+            })
+            .collect();
+        stream::iter(lookups)
+            .buffered(LOOKUPS_IN_FLIGHT)
+            .try_collect()
+            .await
+    }
+
     /// Checks that every tensor of a manifest is stored with the size its dtype and shape
     /// need (its bytes matched its hash when they were stored).
     pub async fn check_stored(&self, field: &str, manifest: &[ManifestEntry]) -> Result<()> {
         for entry in manifest {
+            check_sha256(
+                &format!("{field}: tensor {}", entry.info.name),
+                &entry.sha256,
+            )?;
+        }
+        let hashes: Vec<String> = manifest.iter().map(|e| e.sha256.clone()).collect();
+        for (entry, stored) in manifest.iter().zip(self.lens(&hashes).await?) {
             let info = &entry.info;
-            check_sha256(&format!("{field}: tensor {}", info.name), &entry.sha256)?;
-            let Some(stored) = self.len(&entry.sha256).await? else {
+            let Some(stored) = stored else {
                 return Err(Error::InvalidArgument(format!(
                     "{field}: tensor {}: blob {} was never uploaded",
                     info.name, entry.sha256

@@ -570,3 +570,43 @@ async fn two_coordinator_replicas_never_lease_one_job_twice() {
         .unwrap();
     assert_eq!(attempts, 12);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_worker_takes_only_jobs_its_labels_fit() {
+    let mut cluster = Cluster::coordinator_only().await;
+    let dataset = cluster.register_dataset("blobs", blobs(0..5, 10, 1)).await;
+    cluster.start_worker_with(&["--label", "zone=b", "--name", "in-b"]);
+    let job = cluster
+        .jobs()
+        .submit_job(pb::SubmitJobRequest {
+            spec: Some(short_training("zoned", &dataset.id)),
+            requirements: Some(pb::Requirements {
+                labels: [("zone".to_string(), "a".to_string())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        cluster.job(&job.id).await.state(),
+        pb::JobState::Queued,
+        "the zone-b worker leaves it alone"
+    );
+    cluster.start_worker_with(&["--label", "zone=a", "--name", "in-a"]);
+    let (_, done) = cluster.wait(&job.id).await;
+    assert_eq!(done.state(), pb::JobState::Succeeded, "{}", done.error);
+    let (name,): (String,) = sqlx::query_as(
+        "SELECT w.name FROM job_attempts a JOIN workers w ON w.id = a.worker_id
+          WHERE a.job_id = $1::uuid",
+    )
+    .bind(&job.id)
+    .fetch_one(&cluster.pool)
+    .await
+    .unwrap();
+    assert_eq!(name, "in-a");
+}

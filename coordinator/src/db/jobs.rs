@@ -350,6 +350,8 @@ impl Db {
         }
         super::models::insert_tensors(&mut tx, model.id, &model.tensors).await?;
         sqlx::query(
+            // State and model together (jobs_succeeded_has_model); like set_state, an
+            // ended job holds no lease and no checkpoint.
             "UPDATE jobs SET state = 'succeeded', model_id = $2, updated_at = now(),
                              lease_expires_at = NULL, checkpoint = NULL
               WHERE id = $1",
@@ -540,10 +542,6 @@ impl Db {
             )));
         }
         set_state(&mut tx, job_id, JobState::Cancelled, None).await?;
-        sqlx::query("UPDATE jobs SET lease_expires_at = NULL, checkpoint = NULL WHERE id = $1")
-            .bind(job_id)
-            .execute(&mut *tx)
-            .await?;
         sqlx::query(
             "UPDATE job_attempts SET outcome = 'cancelled', ended_at = now()
               WHERE job_id = $1 AND outcome = 'running'",
@@ -663,12 +661,19 @@ async fn set_state(
     state: JobState,
     error: Option<&str>,
 ) -> Result<()> {
-    sqlx::query("UPDATE jobs SET state = $2, error = $3, updated_at = now() WHERE id = $1")
-        .bind(job_id)
-        .bind(state.as_str())
-        .bind(error)
-        .execute(&mut **tx)
-        .await?;
+    // A job that ends holds no lease, and its checkpoint (kept for retries) goes.
+    sqlx::query(
+        "UPDATE jobs SET state = $2, error = $3, updated_at = now(),
+                lease_expires_at = CASE WHEN $4 THEN NULL ELSE lease_expires_at END,
+                checkpoint = CASE WHEN $4 THEN NULL ELSE checkpoint END
+          WHERE id = $1",
+    )
+    .bind(job_id)
+    .bind(state.as_str())
+    .bind(error)
+    .bind(state.is_final())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -777,10 +782,6 @@ async fn retry_or_fail(
     if failures >= job.max_attempts {
         let reason = format!("gave up after {failures} failed attempts; the last: {error}");
         set_state(tx, job.id, JobState::Failed, Some(&reason)).await?;
-        sqlx::query("UPDATE jobs SET lease_expires_at = NULL, checkpoint = NULL WHERE id = $1")
-            .bind(job.id)
-            .execute(&mut **tx)
-            .await?;
         insert_state_event(tx, job.id, JobState::Failed.as_str(), &reason).await?;
     } else {
         let delay = heirloom_spec::backoff::jittered(policy.backoff(failures));

@@ -124,12 +124,12 @@ impl pb::artifact_service_server::ArtifactService for ArtifactApi {
         // Held first, looked up after: a collection either saw the hold, or finished
         // before the lookup (which then reports what it deleted as missing).
         self.0.db.hold_blobs(&wanted, HOLD).await?;
-        let mut missing = Vec::new();
-        for sha256 in wanted {
-            if self.0.artifacts.len(&sha256).await?.is_none() {
-                missing.push(sha256);
-            }
-        }
+        let stored = self.0.artifacts.lens(&wanted).await?;
+        let missing = wanted
+            .into_iter()
+            .zip(stored)
+            .filter_map(|(sha256, stored)| stored.is_none().then_some(sha256))
+            .collect();
         Ok(Response::new(pb::MissingBlobsResponse { sha256: missing }))
     }
 
