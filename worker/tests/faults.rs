@@ -154,6 +154,11 @@ async fn a_draining_worker_checkpoints_and_hands_its_job_back() {
             .any(|e| e.message.contains("resuming from step")),
         "the second worker resumed from the drained checkpoint"
     );
+    assert_eq!(
+        cluster.job(&done.id).await.checkpoint_step,
+        0,
+        "an ended job keeps no checkpoint"
+    );
 }
 
 /// A worker the test speaks for, over gRPC.
