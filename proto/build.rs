@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "heirloom/v1/jobs.proto",
         "heirloom/v1/workers.proto",
         "heirloom/v1/artifacts.proto",
+        "heirloom/v1/tokens.proto",
     ];
     let descriptors = protox::compile(files, ["."])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);

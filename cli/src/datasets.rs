@@ -4,7 +4,7 @@ use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::dataset_service_client::DatasetServiceClient;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
-use tonic::transport::Channel;
+use heirloom_proto::connection::Connection;
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -14,7 +14,7 @@ pub enum Command {
     List,
 }
 
-pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
+pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
     let mut client = DatasetServiceClient::new(channel.clone());
     match command {
         Command::Register { name, file } => {
@@ -67,7 +67,7 @@ fn print_dataset(dataset: &pb::Dataset) {
 }
 
 /// A dataset id from an id, `name@version`, or a name (its latest version).
-pub async fn resolve(channel: Channel, dataset: &str) -> anyhow::Result<String> {
+pub async fn resolve(channel: Connection, dataset: &str) -> anyhow::Result<String> {
     let datasets = DatasetServiceClient::new(channel)
         .list_datasets(pb::ListDatasetsRequest {})
         .await?

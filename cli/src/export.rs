@@ -7,12 +7,12 @@ use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::Path;
-use tonic::transport::Channel;
+use heirloom_proto::connection::Connection;
 
 /// How many times a broken stream is resumed before giving up.
 const RESUMES: u32 = 5;
 
-pub async fn run(channel: Channel, model: &str, out: &Path) -> anyhow::Result<()> {
+pub async fn run(channel: Connection, model: &str, out: &Path) -> anyhow::Result<()> {
     let mut client = ArtifactServiceClient::new(channel);
     let partial = out.with_extension("partial");
     let mut file = std::fs::File::create(&partial)

@@ -5,7 +5,7 @@ use heirloom_proto::v1::job_service_client::JobServiceClient;
 use heirloom_proto::v1::model_service_client::ModelServiceClient;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
-use tonic::transport::Channel;
+use heirloom_proto::connection::Connection;
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -126,7 +126,7 @@ pub struct Common {
     watch: bool,
 }
 
-pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
+pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
     let mut client = JobServiceClient::new(channel.clone());
     let (common, spec) = match command {
         Command::Train { common, arch } => {
@@ -316,7 +316,7 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn model_id(channel: &Channel, model: &str) -> anyhow::Result<String> {
+async fn model_id(channel: &Connection, model: &str) -> anyhow::Result<String> {
     let mut client = ModelServiceClient::new(channel.clone());
     Ok(models::get(&mut client, model).await?.id)
 }
@@ -367,7 +367,7 @@ fn print_job(job: &pb::Job) {
 
 /// Prints state changes and shows training progress until the job ends; fails when the
 /// job does not succeed.
-async fn watch(client: &mut JobServiceClient<Channel>, job_id: &str) -> anyhow::Result<()> {
+async fn watch(client: &mut JobServiceClient<Connection>, job_id: &str) -> anyhow::Result<()> {
     let mut events = client
         .watch_job(pb::WatchJobRequest {
             job_id: job_id.to_string(),

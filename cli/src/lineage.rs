@@ -5,7 +5,7 @@ use clap::{Subcommand, ValueEnum};
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::model_service_client::ModelServiceClient;
 use std::path::PathBuf;
-use tonic::transport::Channel;
+use heirloom_proto::connection::Connection;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -84,7 +84,7 @@ pub enum Command {
     },
 }
 
-pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
+pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
     let mut client = ModelServiceClient::new(channel);
     match command {
         Command::Ancestors {
@@ -331,7 +331,7 @@ fn print_entries(entries: &[pb::LineageEntry], format: Format) -> anyhow::Result
 /// Draws the graph with Graphviz's `dot` into `image` (.svg or .png).
 async fn draw(
     model: &str,
-    client: &mut ModelServiceClient<Channel>,
+    client: &mut ModelServiceClient<Connection>,
     up: u32,
     down: u32,
     image: &std::path::Path,

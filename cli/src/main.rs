@@ -6,11 +6,12 @@ mod export;
 mod jobs;
 mod lineage;
 mod models;
+mod tokens;
 mod tree;
 mod upload;
 
 use clap::{Parser, Subcommand};
-use tonic::transport::{Channel, Endpoint};
+use heirloom_proto::connection::ConnectArgs;
 
 #[derive(Parser)]
 #[command(
@@ -19,14 +20,8 @@ use tonic::transport::{Channel, Endpoint};
     about = "Build models by inheriting the ones you have"
 )]
 struct Cli {
-    /// The coordinator's gRPC address.
-    #[arg(
-        long,
-        global = true,
-        env = "HEIRLOOM_COORDINATOR",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    coordinator: String,
+    #[command(flatten)]
+    connect: ConnectArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,6 +40,11 @@ enum Command {
     /// Ask lineage questions: ancestors, descendants, path, common, graph, blame, impact.
     #[command(subcommand)]
     Lineage(lineage::Command),
+    /// Create, list and revoke access tokens (admins), or show your own.
+    #[command(subcommand)]
+    Token(tokens::Command),
+    /// Write a private CA, a coordinator certificate and a worker client certificate.
+    Certs(tokens::Certs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -61,25 +61,18 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let channel = connect(&cli.coordinator).await?;
+    if let Command::Certs(certs) = &cli.command {
+        return tokens::write_certificates(certs);
+    }
+    let channel = cli.connect.connect().await?;
     match cli.command {
         Command::Model(command) => models::run(channel, command).await,
         Command::Dataset(command) => datasets::run(channel, command).await,
         Command::Job(command) => jobs::run(channel, command).await,
         Command::Lineage(command) => lineage::run(channel, command).await,
+        Command::Token(command) => tokens::run(channel, command).await,
+        Command::Certs(_) => unreachable!("handled above"),
     }
-}
-
-async fn connect(address: &str) -> anyhow::Result<Channel> {
-    let endpoint = Endpoint::from_shared(address.to_string())
-        .map_err(|err| anyhow::anyhow!("--coordinator {address:?}: {err}"))?;
-    endpoint
-        .initial_stream_window_size(16 << 20)
-        .initial_connection_window_size(64 << 20)
-        .max_frame_size(4 << 20)
-        .connect()
-        .await
-        .map_err(|err| anyhow::anyhow!("cannot reach the coordinator at {address}: {err}"))
 }
 
 /// A TorchScript program travels inline with its import; the coordinator accepts up to

@@ -4,7 +4,7 @@ use clap::Subcommand;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::model_service_client::ModelServiceClient;
 use std::path::PathBuf;
-use tonic::transport::Channel;
+use heirloom_proto::connection::Connection;
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -41,7 +41,7 @@ pub enum Command {
     },
 }
 
-pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
+pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
     let mut client = ModelServiceClient::new(channel.clone())
         .max_encoding_message_size(crate::MAX_MESSAGE_BYTES);
     match command {
@@ -171,7 +171,7 @@ pub async fn run(channel: Channel, command: Command) -> anyhow::Result<()> {
 }
 
 pub async fn get(
-    client: &mut ModelServiceClient<Channel>,
+    client: &mut ModelServiceClient<Connection>,
     model: &str,
 ) -> anyhow::Result<pb::Model> {
     Ok(client

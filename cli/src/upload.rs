@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
-use tonic::transport::Channel;
+use heirloom_proto::connection::Connection;
 
 /// A byte-count bar on standard error, hidden when that is not a terminal.
 pub fn bytes_bar() -> ProgressBar {
@@ -21,7 +21,7 @@ pub fn bytes_bar() -> ProgressBar {
 }
 
 /// Uploads those of `blobs` (sha256, bytes) the coordinator lacks; returns the bytes sent.
-pub async fn upload(channel: Channel, blobs: &[(String, Bytes)]) -> anyhow::Result<u64> {
+pub async fn upload(channel: Connection, blobs: &[(String, Bytes)]) -> anyhow::Result<u64> {
     let bar = bytes_bar();
     let progress = bar.clone();
     let sent = heirloom_proto::transfer::upload_missing(channel, blobs, move |so_far, total| {

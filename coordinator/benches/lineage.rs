@@ -10,7 +10,8 @@ use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::model_service_client::ModelServiceClient;
 use sqlx::{Connection, PgConnection};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
+use heirloom_proto::certificates;
+use heirloom_proto::connection::ConnectArgs;
 
 const CHAINS: i64 = 500;
 const CHAIN_DEPTH: i64 = 1_000;
@@ -122,9 +123,18 @@ async fn main() {
         lease_seconds: 30.0,
         retry_backoff_seconds: 2.0,
         checkpoint_every: 0,
+        // As deployed: TLS on, every call with a token.
+        tls_cert: Some(artifacts.path().join(certificates::SERVER_CERT)),
+        tls_key: Some(artifacts.path().join(certificates::SERVER_KEY)),
+        worker_client_ca: None,
+        insecure_plaintext: false,
+        admin_token_file: Some(artifacts.path().join("admin.token")),
         log_format: "human".into(),
     };
-    let address = format!("http://{}", listener.local_addr().unwrap());
+    certificates::write_all(artifacts.path(), &["127.0.0.1".into()]).unwrap();
+    let mut connect = ConnectArgs::to(format!("https://{}", listener.local_addr().unwrap()));
+    connect.ca_cert = Some(artifacts.path().join(certificates::CA_CERT));
+    connect.token_file = config.admin_token_file.clone();
     let coordinator = Coordinator::build(&config).await.unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
     tokio::spawn(coordinator.run(listener, shutdown.clone()));
@@ -152,11 +162,7 @@ async fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    let channel = Channel::from_shared(address)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = connect.connect().await.unwrap();
     let client = ModelServiceClient::new(channel).max_decoding_message_size(64 << 20);
     println!("| question | answer size | p50 | p99 |");
     println!("|---|---|---|---|");

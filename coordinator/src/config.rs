@@ -1,6 +1,7 @@
 //! The coordinator's settings, from flags or `HEIRLOOM_*` environment variables.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -31,6 +32,26 @@ pub struct Config {
     /// Workers checkpoint a training job every this many steps (0: never).
     #[arg(long, env = "HEIRLOOM_CHECKPOINT_EVERY", default_value_t = 200)]
     pub checkpoint_every: u64,
+    /// The coordinator's TLS certificate chain (PEM); with `--tls-key`. TLS is on unless
+    /// `--insecure-plaintext` is given.
+    #[arg(long, env = "HEIRLOOM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "HEIRLOOM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS for workers: a CA certificate (PEM); every call with a worker token
+    /// must then come with a client certificate it signed.
+    #[arg(long, env = "HEIRLOOM_WORKER_CLIENT_CA", requires = "tls_cert")]
+    pub worker_client_ca: Option<PathBuf>,
+    /// Serve without TLS: tokens and weights cross the network readable by anyone on
+    /// it. For a loopback-only setup; a warning is logged.
+    #[arg(long, env = "HEIRLOOM_INSECURE_PLAINTEXT", conflicts_with = "tls_cert")]
+    pub insecure_plaintext: bool,
+    /// A file holding an admin token: added to the database if new. If the file does
+    /// not exist, a new admin token is made and written there (readable by its owner
+    /// only) — the way to get the first token.
+    #[arg(long, env = "HEIRLOOM_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Log format: `human` or `json`.
     #[arg(long, env = "HEIRLOOM_LOG_FORMAT", default_value = "human")]
     pub log_format: String,

@@ -12,6 +12,9 @@ pub enum Error {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller's token may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The caller no longer holds the job's lease: it must stop working on it.
     #[error("{0}")]
     LeaseLost(String),
@@ -42,6 +45,7 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::FailedPrecondition(_) | Error::LeaseLost(_) => Code::FailedPrecondition,
             Error::DataLoss(_) => {
                 tracing::error!(error = %error, "stored data is corrupted");

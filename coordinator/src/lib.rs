@@ -6,6 +6,7 @@
 //! against one database.
 
 pub mod artifacts;
+pub mod auth;
 pub mod config;
 pub mod db;
 mod dispatch;
@@ -35,14 +36,19 @@ pub struct Services {
 
 pub struct Coordinator {
     services: Services,
+    transport: grpc::Transport,
     shutdown: CancellationToken,
 }
 
 impl Coordinator {
     /// Connects to the database, applies the migrations and opens the artifact directory.
     pub async fn build(config: &Config) -> anyhow::Result<Coordinator> {
+        let transport = grpc::Transport::from_config(config)?;
         let db = Db::connect(&config.database_url).await?;
         db.migrate().await?;
+        if let Some(path) = &config.admin_token_file {
+            bootstrap_admin(&db, path).await?;
+        }
         let artifacts = Artifacts::open(&config.artifacts)?;
         let policy = domain::Policy {
             lease: std::time::Duration::from_secs_f64(config.lease_seconds),
@@ -58,6 +64,7 @@ impl Coordinator {
                 notifier,
                 policy,
             },
+            transport,
             shutdown,
         })
     }
@@ -74,8 +81,47 @@ impl Coordinator {
             self.services.clone(),
             self.shutdown.child_token(),
         ));
-        let result = grpc::serve(self.services, listener, shutdown).await;
+        let result = grpc::serve(self.services, self.transport, listener, shutdown).await;
         self.shutdown.cancel();
         Ok(result?)
     }
+}
+
+/// Makes sure the admin token in `path` works, writing a new one there first if the
+/// file does not exist.
+async fn bootstrap_admin(db: &Db, path: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = path.display();
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Ok(mut file) => {
+            file.write_all(auth::new_secret().as_bytes())?;
+            tracing::info!(file = %shown, "wrote a new admin token");
+        }
+        // Another replica may have written it a moment ago: use that one.
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(err) => anyhow::bail!("--admin-token-file {shown}: {err}"),
+    }
+    let secret = std::fs::read_to_string(path)
+        .map_err(|err| anyhow::anyhow!("--admin-token-file {shown}: {err}"))?;
+    let secret = secret.trim();
+    anyhow::ensure!(
+        secret.len() >= 32,
+        "--admin-token-file {shown}: holds no token of at least 32 characters"
+    );
+    let hash = auth::secret_sha256(secret);
+    if db
+        .ensure_admin_token(&hash, &format!("bootstrap-admin-{}", &hash[..8]))
+        .await?
+    {
+        tracing::info!(file = %shown, "admin token added");
+    } else if db.caller(&hash).await?.is_none() {
+        tracing::warn!(file = %shown, "the admin token in this file was revoked or expired");
+    }
+    Ok(())
 }

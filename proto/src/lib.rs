@@ -2,8 +2,12 @@
 //!
 //! Beyond the generated code, conversions to and from the shared spec types
 //! (`convert.rs`; the coordinator, worker and CLI convert the rest at their edges) and
-//! the client side of blob uploads that the worker and the CLI share (`transfer.rs`).
+//! the client side of blob uploads that the worker and the CLI share (`transfer.rs`),
+//! how they connect (`connection.rs`: TLS, token) and local certificates
+//! (`certificates.rs`).
 
+pub mod certificates;
+pub mod connection;
 mod convert;
 pub mod transfer;
 

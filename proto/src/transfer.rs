@@ -6,7 +6,7 @@ use crate::v1 as pb;
 use crate::v1::artifact_service_client::ArtifactServiceClient;
 use bytes::Bytes;
 use futures::StreamExt;
-use tonic::transport::Channel;
+use crate::connection::Connection;
 
 /// Bytes per upload message: half the default 4 MiB gRPC message limit.
 pub const CHUNK_BYTES: usize = 2 << 20;
@@ -15,7 +15,7 @@ pub const CHUNK_BYTES: usize = 2 << 20;
 /// (bytes sent so far, bytes to send in all) as each chunk goes out. Returns the bytes
 /// sent.
 pub async fn upload_missing(
-    channel: Channel,
+    channel: Connection,
     blobs: &[(String, Bytes)],
     mut on_chunk: impl FnMut(u64, u64) + Send + 'static,
 ) -> Result<u64, tonic::Status> {

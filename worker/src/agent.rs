@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use heirloom_proto::connection::Connection;
 
 /// Reconnection delays: from the first to the largest, doubling, with jitter.
 const RECONNECT_FIRST: Duration = Duration::from_millis(200);
@@ -86,7 +86,7 @@ struct Registration {
 /// What every job task shares.
 #[derive(Clone)]
 struct Context {
-    client: WorkerServiceClient<Channel>,
+    client: WorkerServiceClient<Connection>,
     cache: Cache,
     device: Device,
     held: Held,
@@ -104,16 +104,10 @@ pub async fn run(config: Config, drain: CancellationToken) -> Result<()> {
     train::set_threads(config.threads);
     let device = train::pick_device(&config.device)?;
     // One channel for the process: it reconnects by itself after the coordinator returns.
-    let channel = Endpoint::from_shared(config.coordinator.clone())
-        .map_err(|err| Error::InvalidJob(format!("--coordinator: {err}")))?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(10))
-        // Large flow-control windows: blobs stream at loopback speed, not 64 KiB at a time.
-        .initial_stream_window_size(16 << 20)
-        .initial_connection_window_size(64 << 20)
-        .max_frame_size(4 << 20)
-        .connect_lazy();
+    let channel = config
+        .connect
+        .connect_lazy()
+        .map_err(|err| Error::InvalidJob(err.to_string()))?;
     let mut context = Context {
         client: WorkerServiceClient::new(channel.clone()),
         cache: Cache::open(&config.cache, channel)?,
@@ -133,6 +127,15 @@ pub async fn run(config: Config, drain: CancellationToken) -> Result<()> {
             Ok(()) => {
                 tracing::info!("assignment stream closed; reconnecting");
                 failures = 0;
+            }
+            // A token refused will be refused again: stop and say so.
+            Err(Error::Rpc(status))
+                if matches!(
+                    status.code(),
+                    Code::Unauthenticated | Code::PermissionDenied
+                ) =>
+            {
+                return Err(Error::Rpc(status));
             }
             Err(err) => tracing::warn!(error = %err, "lost the coordinator; reconnecting"),
         }
@@ -410,7 +413,7 @@ async fn save_checkpoint(
 /// completion. Calls that fail because the coordinator is away are retried for as long
 /// as the lease could last.
 struct Reporter {
-    client: WorkerServiceClient<Channel>,
+    client: WorkerServiceClient<Connection>,
     worker_id: String,
     job_id: String,
     attempt: u32,
@@ -433,7 +436,7 @@ impl Reporter {
     /// Retries `call` while it fails transiently, for up to `patience`.
     async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T, tonic::Status>
     where
-        F: FnMut(WorkerServiceClient<Channel>) -> Fut,
+        F: FnMut(WorkerServiceClient<Connection>) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let deadline = tokio::time::Instant::now() + self.patience;

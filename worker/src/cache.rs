@@ -10,7 +10,7 @@ use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use tonic::transport::Channel;
+use heirloom_proto::connection::Connection;
 
 /// How many times a broken download is resumed before the job fails.
 const RESUMES: u32 = 5;
@@ -27,12 +27,12 @@ fn partial_path(path: &Path) -> PathBuf {
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
-    channel: Channel,
-    client: ArtifactServiceClient<Channel>,
+    channel: Connection,
+    client: ArtifactServiceClient<Connection>,
 }
 
 impl Cache {
-    pub fn open(root: &Path, channel: Channel) -> Result<Cache> {
+    pub fn open(root: &Path, channel: Connection) -> Result<Cache> {
         for dir in ["blobs", "staging"] {
             std::fs::create_dir_all(root.join(dir))?;
         }

@@ -1,17 +1,14 @@
 //! The worker's settings, from flags or `HEIRLOOM_*` environment variables.
 
+use heirloom_proto::connection::ConnectArgs;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "heirloom-worker", version, about = "The Heirloom worker")]
 pub struct Config {
-    /// The coordinator's gRPC address.
-    #[arg(
-        long,
-        env = "HEIRLOOM_COORDINATOR",
-        default_value = "http://127.0.0.1:7070"
-    )]
-    pub coordinator: String,
+    /// How to reach the coordinator: address, TLS and token.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// Where downloaded blobs are cached, by hash, across jobs and restarts.
     #[arg(long, env = "HEIRLOOM_CACHE_DIR", default_value_os_t = default_cache())]
     pub cache: PathBuf,

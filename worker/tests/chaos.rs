@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use support::{blobs, mlp, signal, worker_process};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
-use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -134,7 +133,17 @@ impl Coordinator {
     }
 
     fn address(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The admin token the coordinator wrote at its first start.
+    fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.artifacts.path().join("admin.token"))
+            .expect("the coordinator wrote its admin token")
+    }
+
+    fn admin(&self) -> support::Connection {
+        support::connect_as(&self.address(), Some(&self.admin_token()))
     }
 
     async fn spawn(&mut self) {
@@ -146,6 +155,9 @@ impl Coordinator {
             .arg(self.artifacts.path())
             .args(["--lease-seconds", &self.lease_seconds])
             .args(["--retry-backoff-seconds", "0.2", "--checkpoint-every", "50"])
+            .args(support::coordinator_tls_flags())
+            .arg("--admin-token-file")
+            .arg(self.artifacts.path().join("admin.token"))
             .env("RUST_LOG", if log { "info" } else { "warn" })
             .stdout(if log { Stdio::inherit() } else { Stdio::null() })
             .stderr(Stdio::inherit())
@@ -155,11 +167,9 @@ impl Coordinator {
         self.process = Some(child);
         // Ready when it answers.
         for _ in 0..200 {
-            if let Ok(channel) = Channel::from_shared(self.address())
-                .unwrap()
-                .connect()
-                .await
-                && ModelServiceClient::new(channel)
+            if let Ok(token) =
+                std::fs::read_to_string(self.artifacts.path().join("admin.token"))
+                && ModelServiceClient::new(support::connect_as(&self.address(), Some(&token)))
                     .list_models(pb::ListModelsRequest {})
                     .await
                     .is_ok()
@@ -223,12 +233,14 @@ impl Proxy {
     }
 
     fn address(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("https://127.0.0.1:{}", self.port)
     }
 }
 
 struct Workers {
     coordinator: String,
+    /// The worker token they all act with.
+    token: String,
     proxied: String,
     /// Each worker process, its name (how the database knows it) and its cache.
     processes: Vec<(Child, String, tempfile::TempDir)>,
@@ -249,7 +261,7 @@ impl Workers {
             &self.coordinator
         };
         let name = format!("chaos-{}", self.processes.len());
-        let child = worker_process(address, cache.path(), &["--name", &name]);
+        let child = worker_process(address, &self.token, cache.path(), &["--name", &name]);
         self.processes.push((child, name, cache));
         self.processes.len() - 1
     }
@@ -305,10 +317,8 @@ where
 
 /// Waits until the coordinator's health check reports `wanted` for the whole server.
 async fn wait_for_health(address: &str, wanted: ServingStatus) {
-    let channel = Channel::from_shared(address.to_string())
-        .unwrap()
-        .connect_lazy();
-    let mut health = HealthClient::new(channel);
+    // Health is open: no token.
+    let mut health = HealthClient::new(support::connect_as(address, None));
     for _ in 0..200 {
         let status = health
             .check(HealthCheckRequest {
@@ -324,12 +334,8 @@ async fn wait_for_health(address: &str, wanted: ServingStatus) {
     panic!("health never reported {wanted:?}");
 }
 
-async fn jobs_client(address: &str) -> JobServiceClient<Channel> {
-    JobServiceClient::new(
-        Channel::from_shared(address.to_string())
-            .unwrap()
-            .connect_lazy(),
-    )
+async fn jobs_client(coordinator: &Coordinator) -> JobServiceClient<support::Connection> {
+    JobServiceClient::new(coordinator.admin())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,14 +348,13 @@ async fn jobs_survive_killed_workers_coordinators_and_databases_and_cut_networks
     let mut coordinator = Coordinator::start(postgres.url(), LEASE_SECONDS).await;
     let pool = PgPool::connect(&postgres.url()).await.expect("connect");
     let proxy = Proxy::start(coordinator.port).await;
+    let channel = coordinator.admin();
     let mut workers = Workers {
         coordinator: coordinator.address(),
+        token: support::create_token(&channel, "chaos-workers", pb::Role::Worker).await,
         proxied: proxy.address(),
         processes: Vec::new(),
     };
-    let channel = Channel::from_shared(coordinator.address())
-        .unwrap()
-        .connect_lazy();
     let dataset = support::register_dataset_at(&channel, "blobs", blobs(0..5, 100, 1)).await;
     let base = support::import_model_at(
         &channel,
@@ -366,7 +371,7 @@ async fn jobs_survive_killed_workers_coordinators_and_databases_and_cut_networks
 
     for round in 0..rounds {
         // Half train from scratch, half fine-tune the base: the lineage has edges to check.
-        let mut client = jobs_client(&coordinator.address()).await;
+        let mut client = jobs_client(&coordinator).await;
         for i in 0..6 {
             let name = format!("r{round}-j{i}");
             let spec = if i % 2 == 0 {
@@ -508,17 +513,16 @@ async fn a_worker_keeps_its_lease_across_a_coordinator_restart_shorter_than_the_
     let postgres = Postgres::start();
     let mut coordinator = Coordinator::start(postgres.url(), "10").await;
     let pool = PgPool::connect(&postgres.url()).await.expect("connect");
-    let channel = Channel::from_shared(coordinator.address())
-        .unwrap()
-        .connect_lazy();
+    let channel = coordinator.admin();
     let dataset = support::register_dataset_at(&channel, "blobs", blobs(0..5, 100, 1)).await;
     let mut workers = Workers {
         coordinator: coordinator.address(),
+        token: support::create_token(&channel, "chaos-workers", pb::Role::Worker).await,
         proxied: coordinator.address(),
         processes: Vec::new(),
     };
     workers.start(false);
-    let job = jobs_client(&coordinator.address())
+    let job = jobs_client(&coordinator)
         .await
         .submit_job(pb::SubmitJobRequest {
             spec: Some(pb::JobSpec {

@@ -163,18 +163,18 @@ async fn a_draining_worker_checkpoints_and_hands_its_job_back() {
 
 /// A worker the test speaks for, over gRPC.
 struct Scripted {
-    client: WorkerServiceClient<tonic::transport::Channel>,
+    client: WorkerServiceClient<support::Connection>,
     id: String,
     assignments: Streaming<pb::Assignment>,
 }
 
 impl Scripted {
     async fn connect(cluster: &Cluster, register: pb::RegisterWorkerRequest) -> Scripted {
-        Scripted::connect_to(cluster.channel.clone(), register).await
+        Scripted::connect_to(cluster.worker_connection(), register).await
     }
 
     async fn connect_to(
-        channel: tonic::transport::Channel,
+        channel: support::Connection,
         register: pb::RegisterWorkerRequest,
     ) -> Scripted {
         let mut client = WorkerServiceClient::new(channel);
@@ -529,9 +529,9 @@ async fn two_coordinator_replicas_never_lease_one_job_twice() {
     let mut workers = Vec::new();
     for i in 0..4 {
         let channel = if i % 2 == 0 {
-            cluster.channel.clone()
+            cluster.worker_connection()
         } else {
-            replica.clone()
+            support::connect_as(&replica, Some(&cluster.worker_token))
         };
         let register = pb::RegisterWorkerRequest {
             concurrency: 6,

@@ -72,7 +72,7 @@ async fn false_provenance_claims_fail_the_job_and_write_no_model() {
         .into_inner()
         .model
         .unwrap();
-    let mut worker = WorkerServiceClient::new(cluster.channel.clone());
+    let mut worker = WorkerServiceClient::new(cluster.worker_connection());
     let worker_id = worker
         .register_worker(pb::RegisterWorkerRequest {
             name: "liar".into(),

@@ -7,10 +7,12 @@ mod datasets;
 mod jobs;
 mod lineage;
 mod models;
+mod tokens;
 mod workers;
 
 pub use jobs::{Claimed, NewModel, Submission};
 pub use lineage::{BlameStep, Graph, Page};
+pub use tokens::TokenRecord;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;

@@ -1,14 +1,15 @@
 use super::Db;
 use crate::domain::Device;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use std::collections::HashMap;
 use uuid::Uuid;
 
 impl Db {
-    /// Registers a worker, or updates the one with `id` (a worker reconnecting keeps its
-    /// id, and so its leases).
+    /// Registers a worker owned by `token_id`, or updates the one with `id` (a worker
+    /// reconnecting keeps its id, and so its leases) if that token owns it.
     pub async fn upsert_worker(
         &self,
+        token_id: Uuid,
         id: Option<Uuid>,
         name: &str,
         devices: &[Device],
@@ -16,28 +17,74 @@ impl Db {
         concurrency: i32,
     ) -> Result<Uuid> {
         let id = id.unwrap_or_else(Uuid::new_v4);
-        sqlx::query(
-            "INSERT INTO workers (id, name, devices, labels, concurrency)
-             VALUES ($1, $2, $3, $4, $5)
+        let written = sqlx::query(
+            "INSERT INTO workers (id, name, devices, labels, concurrency, token_id)
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (id) DO UPDATE
                 SET name = excluded.name, devices = excluded.devices, labels = excluded.labels,
-                    concurrency = excluded.concurrency, last_seen_at = now()",
+                    concurrency = excluded.concurrency, last_seen_at = now()
+                WHERE workers.token_id = excluded.token_id",
         )
         .bind(id)
         .bind(name)
         .bind(sqlx::types::Json(devices))
         .bind(sqlx::types::Json(labels))
         .bind(concurrency)
+        .bind(token_id)
         .execute(&self.pool)
-        .await?;
+        .await?
+        .rows_affected();
+        if written == 0 {
+            return Err(not_yours(id));
+        }
         Ok(id)
     }
 
-    pub async fn worker_exists(&self, id: Uuid) -> Result<bool> {
-        let found: Option<(Uuid,)> = sqlx::query_as("SELECT id FROM workers WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(found.is_some())
+    /// Checks that worker `id` exists and that `token_id` registered it.
+    pub async fn check_worker_owner(&self, id: Uuid, token_id: Uuid) -> Result<()> {
+        let found: Option<(Option<Uuid>,)> =
+            sqlx::query_as("SELECT token_id FROM workers WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        match found {
+            None => Err(Error::NotFound(format!(
+                "worker {id} is not registered; call RegisterWorker first"
+            ))),
+            Some((owner,)) if owner != Some(token_id) => Err(not_yours(id)),
+            Some(_) => Ok(()),
+        }
     }
+
+    /// Whether a job leased to a worker of `token_id` needs this blob: a parent's
+    /// tensor or program, its dataset, or its checkpoint's tensors.
+    pub async fn lease_needs_blob(&self, token_id: Uuid, sha256: &str) -> Result<bool> {
+        let (needed,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (
+                SELECT 1 FROM jobs j JOIN workers w ON w.id = j.worker_id
+                WHERE w.token_id = $1 AND j.state IN ('leased', 'running') AND (
+                    EXISTS (SELECT 1 FROM datasets d
+                            WHERE d.id = j.dataset_id AND d.sha256 = $2)
+                    OR EXISTS (SELECT 1 FROM jsonb_array_elements(j.checkpoint->'tensors') t
+                               WHERE t->>'sha256' = $2)
+                    OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(j.spec->'parents') p
+                               JOIN model_tensors mt ON mt.model_id = p::uuid
+                               WHERE mt.sha256 = $2)
+                    OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(j.spec->'parents') p
+                               JOIN models m ON m.id = p::uuid
+                               WHERE m.architecture->'torchscript'->>'program_sha256' = $2)))",
+        )
+        .bind(token_id)
+        .bind(sha256)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(needed)
+    }
+}
+
+fn not_yours(id: Uuid) -> Error {
+    Error::PermissionDenied(format!(
+        "worker {id} was registered with another token: a worker token acts only for the \
+         workers it registered"
+    ))
 }

@@ -1,4 +1,5 @@
 use crate::Services;
+use crate::auth::{Caller, Role};
 use crate::artifacts::{Chunks, Upload, check_sha256};
 use crate::error::Error;
 use futures::StreamExt;
@@ -65,8 +66,23 @@ impl pb::artifact_service_server::ArtifactService for ArtifactApi {
         &self,
         request: Request<pb::DownloadBlobRequest>,
     ) -> Result<Response<DownloadStream>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         check_sha256("sha256", &request.sha256)?;
+        if caller.role == Role::Worker
+            && !self
+                .0
+                .db
+                .lease_needs_blob(caller.token_id, &request.sha256)
+                .await?
+        {
+            return Err(Error::PermissionDenied(format!(
+                "sha256: blob {} is not needed by any job leased to this token's workers; \
+                 a worker downloads only what its leases need",
+                request.sha256
+            ))
+            .into());
+        }
         let (total, chunks) = self
             .0
             .artifacts

@@ -2,6 +2,8 @@
 //! domain types (checking every field on the way in) and back.
 
 use crate::artifacts::ManifestEntry;
+use crate::auth::Role;
+use crate::db::TokenRecord;
 use crate::dispatch::{Assignment, ClaimedTensor};
 use crate::domain::{
     Checkpoint, CheckpointTensor, Dataset, Device, Job, JobAttempt, JobEvent, JobEventKind,
@@ -486,5 +488,33 @@ pub fn assignment_to_proto(assignment: &Assignment) -> pb::Assignment {
         adjustment,
         checkpoint: job.checkpoint.as_ref().map(checkpoint_to_proto),
         checkpoint_every: assignment.checkpoint_every,
+    }
+}
+
+pub fn role_from_proto(value: i32) -> Result<Role> {
+    match pb::Role::try_from(value) {
+        Ok(pb::Role::Admin) => Ok(Role::Admin),
+        Ok(pb::Role::Submitter) => Ok(Role::Submitter),
+        Ok(pb::Role::Reader) => Ok(Role::Reader),
+        Ok(pb::Role::Worker) => Ok(Role::Worker),
+        _ => Err(Invalid::new("role", "must be admin, submitter, reader or worker").into()),
+    }
+}
+
+pub fn token_to_proto(token: TokenRecord) -> pb::Token {
+    let role = match token.role {
+        Role::Admin => pb::Role::Admin,
+        Role::Submitter => pb::Role::Submitter,
+        Role::Reader => pb::Role::Reader,
+        Role::Worker => pb::Role::Worker,
+    };
+    pb::Token {
+        id: token.id.to_string(),
+        name: token.name,
+        role: role.into(),
+        created_at: timestamp(token.created_at),
+        expires_at: token.expires_at.map(timestamp).unwrap_or_default(),
+        revoked_at: token.revoked_at.map(timestamp).unwrap_or_default(),
+        created_by: token.created_by.unwrap_or_default(),
     }
 }

@@ -7,14 +7,19 @@ mod datasets;
 mod jobs;
 mod lineage;
 mod models;
+mod tokens;
 mod workers;
 
 use crate::Services;
+use crate::auth::AuthLayer;
+use crate::config::Config;
+use heirloom_proto::connection::CALL_DEADLINE;
 use heirloom_proto::v1 as pb;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{ServerTlsConfig, TcpIncoming};
+use tonic::transport::{Certificate, Identity};
 
 /// Weights and datasets sent inline travel in one message of at most this size; larger
 /// ones are uploaded in chunks first (ArtifactService.UploadBlobs).
@@ -25,8 +30,53 @@ pub const CONNECTION_WINDOW_BYTES: u32 = 64 << 20;
 /// The largest HTTP/2 frame this server accepts; clients use the same.
 pub const MAX_FRAME_BYTES: u32 = 4 << 20;
 
+/// How the server meets its clients: TLS (mutual for workers, optionally), or plain
+/// text when asked for explicitly.
+pub struct Transport {
+    tls: Option<ServerTlsConfig>,
+    require_worker_certificates: bool,
+}
+
+impl Transport {
+    pub fn from_config(config: &Config) -> anyhow::Result<Transport> {
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|err| anyhow::anyhow!("{flag} {}: {err}", path.display()))
+        };
+        let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+            anyhow::ensure!(
+                config.insecure_plaintext,
+                "TLS is required: pass --tls-cert and --tls-key (`heirloom certs DIR` makes \
+                 a local CA and certificates), or --insecure-plaintext to serve without it"
+            );
+            tracing::warn!(
+                "serving WITHOUT TLS (--insecure-plaintext): tokens and weights cross the \
+                 network in the clear"
+            );
+            return Ok(Transport {
+                tls: None,
+                require_worker_certificates: false,
+            });
+        };
+        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+            read("--tls-cert", cert)?,
+            read("--tls-key", key)?,
+        ));
+        if let Some(ca) = &config.worker_client_ca {
+            // Other clients (people, with tokens) need no certificate; worker tokens do.
+            tls = tls
+                .client_ca_root(Certificate::from_pem(read("--worker-client-ca", ca)?))
+                .client_auth_optional(true);
+        }
+        Ok(Transport {
+            tls: Some(tls),
+            require_worker_certificates: config.worker_client_ca.is_some(),
+        })
+    }
+}
+
 pub async fn serve(
     services: Services,
+    transport: Transport,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
@@ -40,7 +90,12 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("the compiled descriptor set is valid");
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = transport.tls {
+        server = server.tls_config(tls)?;
+    }
+    server
+        .timeout(CALL_DEADLINE)
         // HTTP/2's default 64 KiB windows cap a loopback stream far below the disk's speed.
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
@@ -48,6 +103,10 @@ pub async fn serve(
         .max_frame_size(Some(MAX_FRAME_BYTES))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(AuthLayer {
+            db: services.db.clone(),
+            require_worker_certificates: transport.require_worker_certificates,
+        })
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
@@ -67,7 +126,10 @@ pub async fn serve(
             artifacts::ArtifactApi(services.clone()),
         ))
         .add_service(pb::worker_service_server::WorkerServiceServer::new(
-            workers::WorkerApi(services),
+            workers::WorkerApi(services.clone()),
+        ))
+        .add_service(pb::token_service_server::TokenServiceServer::new(
+            tokens::TokenApi(services),
         ))
         // TCP_NODELAY: without it, small answers wait out the peer's delayed ACK (40 ms).
         .serve_with_incoming_shutdown(
@@ -78,13 +140,14 @@ pub async fn serve(
 }
 
 /// Every service, and the server as a whole (""), as health checks name them.
-const HEALTH_NAMES: [&str; 6] = [
+const HEALTH_NAMES: [&str; 7] = [
     "",
     "heirloom.v1.ModelService",
     "heirloom.v1.DatasetService",
     "heirloom.v1.JobService",
     "heirloom.v1.WorkerService",
     "heirloom.v1.ArtifactService",
+    "heirloom.v1.TokenService",
 ];
 
 /// Health follows the database: NOT_SERVING while PostgreSQL cannot be reached (every

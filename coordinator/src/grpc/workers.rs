@@ -1,5 +1,6 @@
 use super::convert;
 use crate::Services;
+use crate::auth::Caller;
 use crate::dispatch;
 use crate::domain::check_name;
 use crate::error::{Error, Result};
@@ -15,13 +16,11 @@ pub struct WorkerApi(pub Services);
 type AssignmentStream = Pin<Box<dyn Stream<Item = Result<pb::Assignment, Status>> + Send>>;
 
 impl WorkerApi {
-    async fn known_worker(&self, field: &str, id: &str) -> Result<Uuid> {
-        let id = convert::parse_id(field, id)?;
-        if !self.0.db.worker_exists(id).await? {
-            return Err(Error::NotFound(format!(
-                "worker {id} is not registered; call RegisterWorker first"
-            )));
-        }
+    /// The worker named in a request, if the caller's token registered it: a worker
+    /// token acts for its own workers only.
+    async fn own_worker(&self, caller: &Caller, id: &str) -> Result<Uuid> {
+        let id = convert::parse_id("worker_id", id)?;
+        self.0.db.check_worker_owner(id, caller.token_id).await?;
         Ok(id)
     }
 }
@@ -36,6 +35,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         &self,
         request: Request<pb::RegisterWorkerRequest>,
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         check_name("name", &request.name).map_err(Error::from)?;
         let known_id = match request.worker_id.as_str() {
@@ -49,6 +49,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
             .0
             .db
             .upsert_worker(
+                caller.token_id,
                 known_id,
                 &request.name,
                 &devices,
@@ -67,8 +68,9 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
-        let worker_id = self.known_worker("worker_id", &request.worker_id).await?;
+        let worker_id = self.own_worker(&caller, &request.worker_id).await?;
         let leases = request
             .leases
             .iter()
@@ -92,8 +94,9 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         &self,
         request: Request<pb::SaveCheckpointRequest>,
     ) -> Result<Response<pb::SaveCheckpointResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
-        let worker_id = self.known_worker("worker_id", &request.worker_id).await?;
+        let worker_id = self.own_worker(&caller, &request.worker_id).await?;
         let job_id = convert::parse_id("job_id", &request.job_id)?;
         let attempt = attempt(request.attempt)?;
         let manifest = convert::manifest_from_proto(
@@ -121,8 +124,9 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         &self,
         request: Request<pb::StreamAssignmentsRequest>,
     ) -> Result<Response<AssignmentStream>, Status> {
+        let caller = Caller::of(&request)?;
         let worker_id = self
-            .known_worker("worker_id", &request.into_inner().worker_id)
+            .own_worker(&caller, &request.into_inner().worker_id)
             .await?;
         let stream = dispatch::assignments(self.0.clone(), worker_id).map(|assignment| {
             assignment
@@ -136,8 +140,9 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         &self,
         request: Request<pb::ReportProgressRequest>,
     ) -> Result<Response<pb::ReportProgressResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
-        let worker_id = self.known_worker("worker_id", &request.worker_id).await?;
+        let worker_id = self.own_worker(&caller, &request.worker_id).await?;
         let job_id = convert::parse_id("job_id", &request.job_id)?;
         let progress = convert::progress_from_proto(request.progress)?;
         let cancelled = self
@@ -158,8 +163,9 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         &self,
         request: Request<pb::CompleteJobRequest>,
     ) -> Result<Response<pb::CompleteJobResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
-        let worker_id = self.known_worker("worker_id", &request.worker_id).await?;
+        let worker_id = self.own_worker(&caller, &request.worker_id).await?;
         let job_id = convert::parse_id("job_id", &request.job_id)?;
         let attempt = attempt(request.attempt)?;
         let job = match request.result {

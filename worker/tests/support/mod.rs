@@ -13,14 +13,16 @@ use heirloom_proto::v1::job_service_client::JobServiceClient;
 use heirloom_proto::v1::model_service_client::ModelServiceClient;
 use heirloom_spec::sha256_hex;
 use object_store::ObjectStore;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection as _, PgConnection, PgPool};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use heirloom_proto::certificates;
+pub use heirloom_proto::connection::{ConnectArgs, Connection};
+use heirloom_proto::v1::token_service_client::TokenServiceClient;
 
 /// Where the coordinator keeps artifacts in a test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +40,11 @@ pub struct Cluster {
     pub store: Arc<dyn ObjectStore>,
     artifacts: tempfile::TempDir,
     pub pool: PgPool,
-    pub channel: Channel,
+    /// Connected as admin.
+    pub channel: Connection,
+    pub admin_token: String,
+    /// The token of the workers `start_worker` starts.
+    pub worker_token: String,
     /// Each worker process with its own cache.
     workers: Vec<(Child, tempfile::TempDir)>,
     config: Config,
@@ -51,9 +57,77 @@ impl Drop for Cluster {
     }
 }
 
-/// A `heirloom-worker` process on `address` with its own cache, one CPU thread.
-pub fn worker_process(address: &str, cache: &std::path::Path, flags: &[&str]) -> Child {
+/// The TLS material of every coordinator a test binary starts: a CA, a certificate for
+/// 127.0.0.1 and a worker client certificate, made once.
+pub fn certificates() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        certificates::write_all(dir.path(), &["127.0.0.1".into(), "localhost".into()])
+            .expect("write test certificates");
+        dir
+    })
+    .path()
+}
+
+/// The coordinator's TLS flags: TLS on, and mutual TLS for workers.
+pub fn coordinator_tls_flags() -> Vec<String> {
+    let dir = certificates();
+    let path = |name: &str| dir.join(name).to_str().expect("UTF-8 path").to_string();
+    vec![
+        "--tls-cert".into(),
+        path(certificates::SERVER_CERT),
+        "--tls-key".into(),
+        path(certificates::SERVER_KEY),
+        "--worker-client-ca".into(),
+        path(certificates::CA_CERT),
+    ]
+}
+
+/// How a client reaches a test coordinator at `address` (`https://…`), trusting the
+/// test CA and, with `client_certificate`, presenting the worker certificate.
+pub fn connect_args(address: &str, client_certificate: bool) -> ConnectArgs {
+    let dir = certificates();
+    let mut args = ConnectArgs::to(address);
+    args.ca_cert = Some(dir.join(certificates::CA_CERT));
+    if client_certificate {
+        args.client_cert = Some(dir.join(certificates::CLIENT_CERT));
+        args.client_key = Some(dir.join(certificates::CLIENT_KEY));
+    }
+    args
+}
+
+/// A connection to `address` that carries `token` (none: no token at all).
+pub fn connect_as(address: &str, token: Option<&str>) -> Connection {
+    connect_args(address, token.is_some())
+        .connect_lazy_as(token)
+        .expect("valid connection settings")
+}
+
+/// Makes a token with `role` through the admin connection; returns its secret.
+pub async fn create_token(admin: &Connection, name: &str, role: pb::Role) -> String {
+    TokenServiceClient::new(admin.clone())
+        .create_token(pb::CreateTokenRequest {
+            name: name.into(),
+            role: role.into(),
+            ttl_seconds: 0,
+        })
+        .await
+        .expect("create a token")
+        .into_inner()
+        .secret
+}
+
+/// A `heirloom-worker` process on `address` with its own cache, one CPU thread, acting
+/// with the worker token `token` over mutual TLS.
+pub fn worker_process(
+    address: &str,
+    token: &str,
+    cache: &std::path::Path,
+    flags: &[&str],
+) -> Child {
     let log = std::env::var_os("TEST_LOG").is_some();
+    let dir = certificates();
     Command::new(env!("CARGO_BIN_EXE_heirloom-worker"))
         .args([
             "--coordinator",
@@ -63,6 +137,13 @@ pub fn worker_process(address: &str, cache: &std::path::Path, flags: &[&str]) ->
             "--device",
             "cpu",
         ])
+        .arg("--ca-cert")
+        .arg(dir.join(certificates::CA_CERT))
+        .arg("--client-cert")
+        .arg(dir.join(certificates::CLIENT_CERT))
+        .arg("--client-key")
+        .arg(dir.join(certificates::CLIENT_KEY))
+        .env("HEIRLOOM_TOKEN", token)
         // The worker shares no directory with the coordinator: its own cache only.
         .arg("--cache")
         .arg(cache)
@@ -100,25 +181,27 @@ fn admin_url() -> String {
     )
 }
 
-/// Runs a coordinator on `listener` until `shutdown`; returns a channel to it.
+/// Runs a coordinator on `listener` until `shutdown`; returns an admin connection to it.
 async fn serve(
     config: &Config,
     listener: tokio::net::TcpListener,
     shutdown: &CancellationToken,
-) -> Channel {
-    let address = format!("http://{}", listener.local_addr().expect("address"));
+) -> Connection {
+    let address = format!("https://{}", listener.local_addr().expect("address"));
     let coordinator = Coordinator::build(config)
         .await
         .expect("coordinator starts");
     tokio::spawn(coordinator.run(listener, shutdown.clone()));
-    Channel::from_shared(address)
-        .expect("valid address")
-        .initial_stream_window_size(16 << 20)
-        .initial_connection_window_size(64 << 20)
-        .max_frame_size(4 << 20)
-        .connect()
-        .await
-        .expect("connect to the coordinator")
+    let admin = admin_token(config);
+    connect_args(&address, false)
+        .connect_lazy_as(Some(&admin))
+        .expect("valid connection settings")
+}
+
+/// The admin token the coordinator wrote at its first start.
+fn admin_token(config: &Config) -> String {
+    let path = config.admin_token_file.as_ref().expect("an admin token file");
+    std::fs::read_to_string(path).expect("the coordinator wrote its admin token")
 }
 
 /// A new, empty database; returns its URL.
@@ -166,7 +249,8 @@ impl Cluster {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let address = format!("http://{}", listener.local_addr().expect("address"));
+        let address = format!("https://{}", listener.local_addr().expect("address"));
+        let dir = certificates();
         let config = Config {
             listen: listener.local_addr().expect("address"),
             database_url: database_url.clone(),
@@ -178,6 +262,11 @@ impl Cluster {
             lease_seconds: 3.0,
             retry_backoff_seconds: 0.2,
             checkpoint_every: 100,
+            tls_cert: Some(dir.join(certificates::SERVER_CERT)),
+            tls_key: Some(dir.join(certificates::SERVER_KEY)),
+            worker_client_ca: Some(dir.join(certificates::CA_CERT)),
+            insecure_plaintext: false,
+            admin_token_file: Some(artifacts.path().join("admin.token")),
             log_format: "human".into(),
         };
         let store = heirloom_coordinator::artifacts::Artifacts::open(&config.artifacts)
@@ -185,6 +274,8 @@ impl Cluster {
             .store();
         let shutdown = CancellationToken::new();
         let channel = serve(&config, listener, &shutdown).await;
+        let admin_token = admin_token(&config);
+        let worker_token = create_token(&channel, "test-workers", pb::Role::Worker).await;
         let pool = PgPool::connect(&database_url)
             .await
             .expect("connect to the test database");
@@ -194,14 +285,22 @@ impl Cluster {
             artifacts,
             pool,
             channel,
+            admin_token,
+            worker_token,
             workers: Vec::new(),
             shutdown,
             config,
         }
     }
 
-    /// Another coordinator replica on the same database and store; returns a channel to it.
-    pub async fn replica(&self) -> Channel {
+    /// A connection as the cluster's workers: the worker token, with the client
+    /// certificate.
+    pub fn worker_connection(&self) -> Connection {
+        connect_as(&self.address, Some(&self.worker_token))
+    }
+
+    /// Another coordinator replica on the same database and store; returns its address.
+    pub async fn replica(&self) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -209,7 +308,9 @@ impl Cluster {
             listen: listener.local_addr().expect("address"),
             ..self.config.clone()
         };
-        serve(&config, listener, &self.shutdown).await
+        let address = format!("https://{}", config.listen);
+        serve(&config, listener, &self.shutdown).await;
+        address
     }
 
     /// Starts another worker process; returns its index for `kill_worker` and
@@ -221,7 +322,7 @@ impl Cluster {
     /// Starts a worker with extra flags (labels, concurrency).
     pub fn start_worker_with(&mut self, flags: &[&str]) -> usize {
         let cache = tempfile::tempdir().expect("temp dir");
-        let child = worker_process(&self.address, cache.path(), flags);
+        let child = worker_process(&self.address, &self.worker_token, cache.path(), flags);
         self.workers.push((child, cache));
         self.workers.len() - 1
     }
@@ -243,15 +344,15 @@ impl Cluster {
             .expect("the worker exits")
     }
 
-    pub fn models(&self) -> ModelServiceClient<Channel> {
+    pub fn models(&self) -> ModelServiceClient<Connection> {
         ModelServiceClient::new(self.channel.clone())
     }
 
-    pub fn jobs(&self) -> JobServiceClient<Channel> {
+    pub fn jobs(&self) -> JobServiceClient<Connection> {
         JobServiceClient::new(self.channel.clone())
     }
 
-    pub fn datasets(&self) -> DatasetServiceClient<Channel> {
+    pub fn datasets(&self) -> DatasetServiceClient<Connection> {
         DatasetServiceClient::new(self.channel.clone())
     }
 
@@ -547,7 +648,7 @@ pub fn mlp_weights(input: usize, hidden: usize, classes: usize, fills: [f32; 4])
 }
 
 /// Registers a dataset with the coordinator at the other end of `channel`.
-pub async fn register_dataset_at(channel: &Channel, name: &str, content: Vec<u8>) -> pb::Dataset {
+pub async fn register_dataset_at(channel: &Connection, name: &str, content: Vec<u8>) -> pb::Dataset {
     let sha256 = sha256_hex(&content);
     DatasetServiceClient::new(channel.clone())
         .register_dataset(pb::RegisterDatasetRequest {
@@ -564,7 +665,7 @@ pub async fn register_dataset_at(channel: &Channel, name: &str, content: Vec<u8>
 
 /// Imports a model with the coordinator at the other end of `channel`.
 pub async fn import_model_at(
-    channel: &Channel,
+    channel: &Connection,
     name: &str,
     architecture: pb::Architecture,
     weights: Vec<u8>,
