@@ -27,24 +27,40 @@ trap cleanup EXIT
 echo "== starting PostgreSQL, a coordinator and a worker (files in $work)"
 pg_port=$(free_port)
 pg_start "$work/pg" "$pg_port"
-export HEIRLOOM_COORDINATOR="http://127.0.0.1:$(free_port)"
+# TLS everywhere: a private CA, a certificate for the coordinator, one for the worker
+# (mutual TLS). The coordinator writes the first admin token to a file of its own.
+"$bin/heirloom" certs "$work/tls" >/dev/null
+port=$(free_port)
+export HEIRLOOM_COORDINATOR="https://127.0.0.1:$port" HEIRLOOM_CA_CERT="$work/tls/ca.pem"
 export HEIRLOOM_ARTIFACTS="$work/artifacts"
 mkdir -p "$HEIRLOOM_ARTIFACTS"
-"$bin/heirloom-coordinator" --listen "${HEIRLOOM_COORDINATOR#http://}" \
-  --database-url "postgres://postgres@127.0.0.1:$pg_port/postgres" >"$work/coordinator.log" 2>&1 &
+"$bin/heirloom-coordinator" --listen "127.0.0.1:$port" \
+  --database-url "postgres://postgres@127.0.0.1:$pg_port/postgres" \
+  --tls-cert "$work/tls/coordinator.pem" --tls-key "$work/tls/coordinator.key" \
+  --worker-client-ca "$work/tls/ca.pem" --admin-token-file "$work/admin.token" \
+  >"$work/coordinator.log" 2>&1 &
 pids+=($!)
-until "$bin/heirloom" model list >/dev/null 2>&1; do
+until [ -s "$work/admin.token" ] && HEIRLOOM_TOKEN_FILE="$work/admin.token" \
+  "$bin/heirloom" token whoami >/dev/null 2>&1; do
   kill -0 "${pids[0]}" 2>/dev/null || { cat "$work/coordinator.log"; exit 1; }
   sleep 0.2
 done
+heirloom() { "$bin/heirloom" "$@"; }
+echo "-- tokens: the admin makes one for people (submitter) and one for the worker"
+export HEIRLOOM_TOKEN_FILE="$work/admin.token"
+heirloom token create demo-user --role submitter >"$work/user.token"
+heirloom token create demo-worker --role worker >"$work/worker.token"
+export HEIRLOOM_TOKEN_FILE="$work/user.token"
+heirloom token whoami
 # The worker shares no directory with the coordinator: blobs come over gRPC into its cache.
 "$bin/heirloom-worker" --name demo-worker --threads "${HEIRLOOM_THREADS:-2}" \
-  --cache "$work/worker-cache" >"$work/worker.log" 2>&1 &
+  --cache "$work/worker-cache" --token-file "$work/worker.token" \
+  --client-cert "$work/tls/worker.pem" --client-key "$work/tls/worker.key" \
+  >"$work/worker.log" 2>&1 &
 pids+=($!)
 
 echo "== datasets from scikit-learn's 8x8 digits"
 python3 scripts/make_digits.py "$work/data"
-heirloom() { "$bin/heirloom" "$@"; }
 heirloom dataset register digits-0-4 "$work/data/digits-0-4.safetensors"
 heirloom dataset register digits-5-9 "$work/data/digits-5-9.safetensors"
 
@@ -100,3 +116,11 @@ model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.
 model.load_state_dict({k.replace("hidden.0", "0").replace("hidden.1", "2").replace("fc", "4"): v for k, v in state.items()})
 print("PyTorch loaded", ", ".join(f"{k} {list(v.shape)}" for k, v in state.items()))
 PY
+
+echo "== security: a reader may look but not submit"
+HEIRLOOM_TOKEN_FILE="$work/admin.token" heirloom token create demo-reader --role reader >"$work/reader.token" 2>/dev/null
+HEIRLOOM_TOKEN_FILE="$work/reader.token" heirloom model list | head -3
+if HEIRLOOM_TOKEN_FILE="$work/reader.token" heirloom job train not-allowed --dataset digits-0-4 \
+  --arch '{"mlp": {"input_features": 64, "hidden": [8], "num_classes": 5}}'; then
+  echo "a reader submitted a job" >&2; exit 1
+fi

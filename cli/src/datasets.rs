@@ -1,10 +1,10 @@
 use anyhow::Context;
 use clap::Subcommand;
+use heirloom_proto::connection::Connection;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::dataset_service_client::DatasetServiceClient;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
-use heirloom_proto::connection::Connection;
 
 #[derive(Subcommand)]
 pub enum Command {

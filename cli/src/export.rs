@@ -2,12 +2,12 @@
 //! stream broke, and checked against the model's hash at the end.
 
 use anyhow::Context;
+use heirloom_proto::connection::Connection;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::Path;
-use heirloom_proto::connection::Connection;
 
 /// How many times a broken stream is resumed before giving up.
 const RESUMES: u32 = 5;

@@ -1,11 +1,11 @@
 use crate::{datasets, models};
 use clap::{Args, Subcommand};
+use heirloom_proto::connection::Connection;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::job_service_client::JobServiceClient;
 use heirloom_proto::v1::model_service_client::ModelServiceClient;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
-use heirloom_proto::connection::Connection;
 
 #[derive(Subcommand)]
 pub enum Command {

@@ -2,10 +2,10 @@
 //! as JSON, DOT or Mermaid for tools.
 
 use clap::{Subcommand, ValueEnum};
+use heirloom_proto::connection::Connection;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::model_service_client::ModelServiceClient;
 use std::path::PathBuf;
-use heirloom_proto::connection::Connection;
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {

@@ -1,10 +1,10 @@
 use crate::tree;
 use anyhow::Context;
 use clap::Subcommand;
+use heirloom_proto::connection::Connection;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::model_service_client::ModelServiceClient;
 use std::path::PathBuf;
-use heirloom_proto::connection::Connection;
 
 #[derive(Subcommand)]
 pub enum Command {

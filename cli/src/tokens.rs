@@ -51,7 +51,10 @@ pub fn write_certificates(certs: &Certs) -> anyhow::Result<()> {
     certificates::write_all(&certs.dir, &certs.hosts)
         .map_err(|err| anyhow::anyhow!("writing certificates to {}: {err}", certs.dir.display()))?;
     let dir = certs.dir.display();
-    println!("wrote a new CA and certificates for {} into {dir}", certs.hosts.join(", "));
+    println!(
+        "wrote a new CA and certificates for {} into {dir}",
+        certs.hosts.join(", ")
+    );
     println!(
         "coordinator: --tls-cert {dir}/{} --tls-key {dir}/{} [--worker-client-ca {dir}/{}]",
         certificates::SERVER_CERT,
@@ -125,7 +128,12 @@ pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
                 .into_inner()
                 .token
                 .unwrap_or_default();
-            println!("{} (role {}, token {})", token.name, role_name(token.role), token.id);
+            println!(
+                "{} (role {}, token {})",
+                token.name,
+                role_name(token.role),
+                token.id
+            );
         }
     }
     Ok(())

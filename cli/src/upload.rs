@@ -2,9 +2,9 @@
 //! `heirloom_proto::transfer`) and the bar that exports share.
 
 use bytes::Bytes;
+use heirloom_proto::connection::Connection;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
-use heirloom_proto::connection::Connection;
 
 /// A byte-count bar on standard error, hidden when that is not a terminal.
 pub fn bytes_bar() -> ProgressBar {

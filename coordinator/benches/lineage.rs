@@ -6,12 +6,12 @@
 //! p50/p99. Run with `bench/lineage.sh` (it starts PostgreSQL).
 
 use heirloom_coordinator::{Config, Coordinator};
+use heirloom_proto::certificates;
+use heirloom_proto::connection::ConnectArgs;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::model_service_client::ModelServiceClient;
 use sqlx::{Connection, PgConnection};
 use std::time::{Duration, Instant};
-use heirloom_proto::certificates;
-use heirloom_proto::connection::ConnectArgs;
 
 const CHAINS: i64 = 500;
 const CHAIN_DEPTH: i64 = 1_000;

@@ -47,17 +47,7 @@ pub type Chunks = BoxStream<'static, Result<(u64, Bytes)>>;
 
 /// Refuses anything but a lowercase hex sha256, the only names blobs have.
 pub fn check_sha256(field: &str, sha256: &str) -> Result<()> {
-    let hex = sha256.len() == 64
-        && sha256
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if hex {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(format!(
-            "{field}: {sha256:?} is not a lowercase hex sha256"
-        )))
-    }
+    Ok(heirloom_spec::limits::check_sha256(field, sha256)?)
 }
 
 fn blob_key(sha256: &str) -> Path {
@@ -357,7 +347,11 @@ fn corrupted(sha256: &str) -> Error {
 /// How many bytes a tensor of this dtype and shape takes.
 pub fn tensor_bytes(info: &TensorInfo) -> u64 {
     let element = if info.dtype == "i64" { 8 } else { 4 };
-    info.shape.iter().product::<usize>() as u64 * element
+    // Shapes are bounded at the edge (limits::check_tensor); saturate all the same.
+    info.shape
+        .iter()
+        .fold(1u64, |product, &d| product.saturating_mul(d as u64))
+        .saturating_mul(element)
 }
 
 fn dtype(info: &TensorInfo) -> Result<safetensors::Dtype> {

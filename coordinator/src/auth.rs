@@ -158,7 +158,9 @@ async fn authenticate<B>(
             caller.role.as_str()
         )));
     }
-    if caller.role == Role::Worker && require_worker_certificates && !has_client_certificate(request)
+    if caller.role == Role::Worker
+        && require_worker_certificates
+        && !has_client_certificate(request)
     {
         return Err(Status::permission_denied(
             "workers must connect with a client certificate signed by the coordinator's \
@@ -182,9 +184,7 @@ fn bearer_token(headers: &http::HeaderMap) -> Result<&str, Status> {
         .and_then(|text| text.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|token| !token.is_empty())
-        .ok_or_else(|| {
-            Status::unauthenticated("the authorization header must be `Bearer <token>`")
-        })
+        .ok_or_else(|| Status::unauthenticated("the authorization header must be `Bearer <token>`"))
 }
 
 fn has_client_certificate<B>(request: &http::Request<B>) -> bool {
@@ -243,8 +243,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let layer = self.layer.clone();
         Box::pin(async move {
-            match authenticate(&layer.db, layer.require_worker_certificates, &mut request).await
-            {
+            match authenticate(&layer.db, layer.require_worker_certificates, &mut request).await {
                 Ok(()) => inner.call(request).await,
                 Err(status) => Ok(status.into_http()),
             }
@@ -266,12 +265,7 @@ mod tests {
         for file in descriptors.file {
             for service in &file.service {
                 for method in &service.method {
-                    let path = format!(
-                        "/{}.{}/{}",
-                        file.package(),
-                        service.name(),
-                        method.name()
-                    );
+                    let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
                     let roles = allowed_roles(&path);
                     assert!(
                         roles.is_some_and(|roles| !roles.is_empty()),
@@ -283,7 +277,10 @@ mod tests {
         }
         assert!(checked >= 30, "only {checked} methods found");
         assert_eq!(allowed_roles("/grpc.health.v1.Health/Check"), Some(&[][..]));
-        assert_eq!(allowed_roles("/heirloom.v1.ModelService/DropEverything"), None);
+        assert_eq!(
+            allowed_roles("/heirloom.v1.ModelService/DropEverything"),
+            None
+        );
         assert_eq!(allowed_roles("no-slash"), None);
     }
 

@@ -332,10 +332,15 @@ pub struct Device {
 /// Names of models and datasets: what a person types, so nothing that needs quoting.
 pub fn check_name(field: &str, name: &str) -> Result<(), heirloom_spec::Invalid> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if name.is_empty() || name.len() > 128 || !name.chars().all(allowed) {
+    let starts_well = name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if name.len() > 128 || !starts_well || !name.chars().all(allowed) {
+        let shown: String = name.chars().take(40).collect();
         return Err(heirloom_spec::Invalid::new(
             field,
-            format!("{name:?} must be 1-128 characters of letters, digits, '-', '_' or '.'"),
+            format!(
+                "{shown:?} must be 1-128 characters of letters, digits, '-', '_' or '.', \
+                 starting with a letter or digit"
+            ),
         ));
     }
     Ok(())

@@ -50,7 +50,9 @@ impl Authority {
     fn sign(&self, names: &[String], usage: ExtendedKeyUsagePurpose) -> Result<Pem, rcgen::Error> {
         let mut params = CertificateParams::new(names.to_vec())?;
         if let Some(first) = names.first() {
-            params.distinguished_name.push(DnType::CommonName, first.as_str());
+            params
+                .distinguished_name
+                .push(DnType::CommonName, first.as_str());
         }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![usage];

@@ -38,10 +38,20 @@ pub struct ConnectArgs {
     #[arg(long, global = true, env = "HEIRLOOM_TLS_SERVER_NAME")]
     pub tls_server_name: Option<String>,
     /// This client's certificate (PEM), for mutual TLS; with `--client-key`.
-    #[arg(long, global = true, env = "HEIRLOOM_CLIENT_CERT", requires = "client_key")]
+    #[arg(
+        long,
+        global = true,
+        env = "HEIRLOOM_CLIENT_CERT",
+        requires = "client_key"
+    )]
     pub client_cert: Option<PathBuf>,
     /// The private key (PEM) of `--client-cert`.
-    #[arg(long, global = true, env = "HEIRLOOM_CLIENT_KEY", requires = "client_cert")]
+    #[arg(
+        long,
+        global = true,
+        env = "HEIRLOOM_CLIENT_KEY",
+        requires = "client_cert"
+    )]
     pub client_key: Option<PathBuf>,
     /// A file holding the bearer token (else the `HEIRLOOM_TOKEN` variable holds it).
     #[arg(long, global = true, env = "HEIRLOOM_TOKEN_FILE")]
@@ -98,8 +108,8 @@ impl ConnectArgs {
                          signed the coordinator's with --ca-cert (or HEIRLOOM_CA_CERT)"
                     ))
                 })?;
-                let mut tls =
-                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--ca-cert", ca)?));
+                let mut tls = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(read("--ca-cert", ca)?));
                 if let Some(name) = &self.tls_server_name {
                     tls = tls.domain_name(name.clone());
                 }
@@ -185,9 +195,14 @@ impl Bearer {
 }
 
 impl Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }

@@ -2,11 +2,11 @@
 //! which blobs it lacks (which also holds them from garbage collection), then stream only
 //! those, in chunks, one blob after another.
 
+use crate::connection::Connection;
 use crate::v1 as pb;
 use crate::v1::artifact_service_client::ArtifactServiceClient;
 use bytes::Bytes;
 use futures::StreamExt;
-use crate::connection::Connection;
 
 /// Bytes per upload message: half the default 4 MiB gRPC message limit.
 pub const CHUNK_BYTES: usize = 2 << 20;

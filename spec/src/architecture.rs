@@ -228,6 +228,39 @@ impl Architecture {
                 for (i, &d) in script.input_shape.iter().enumerate() {
                     positive(&format!("{field}.input_shape[{i}]"), d)?;
                 }
+                if script
+                    .input_shape
+                    .iter()
+                    .map(|&d| u64::from(d))
+                    .product::<u64>()
+                    > u64::from(u32::MAX)
+                {
+                    return Err(Invalid::new(
+                        format!("{field}.input_shape"),
+                        "one example may have at most 2^32 values",
+                    ));
+                }
+                // Set by the coordinator from an imported program; a job may only name
+                // one by its hash, which is never a path.
+                if !script.program_sha256.is_empty() {
+                    crate::limits::check_sha256(
+                        &format!("{field}.program_sha256"),
+                        &script.program_sha256,
+                    )?;
+                }
+                crate::limits::check_count(
+                    &format!("{field}.parameters"),
+                    script.parameters.len(),
+                    crate::limits::MAX_TENSORS,
+                )?;
+                for (i, parameter) in script.parameters.iter().enumerate() {
+                    let shape: Vec<u64> = parameter.shape.iter().map(|&d| d as u64).collect();
+                    crate::limits::check_tensor(
+                        &format!("{field}.parameters[{i}]"),
+                        &parameter.name,
+                        &shape,
+                    )?;
+                }
                 positive(&format!("{field}.output_size"), script.output_size)?;
                 if let Some(head) = script.head {
                     positive(&format!("{field}.head"), head)?;

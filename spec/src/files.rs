@@ -29,6 +29,11 @@ pub fn read_tensor_infos(field: &str, bytes: &[u8]) -> Result<Vec<TensorInfo>, I
             shape: view.shape().to_vec(),
         })
         .collect();
+    crate::limits::check_count(field, infos.len(), crate::limits::MAX_TENSORS)?;
+    for info in &infos {
+        let shape: Vec<u64> = info.shape.iter().map(|&d| d as u64).collect();
+        crate::limits::check_tensor(&format!("{field}: tensor"), &info.name, &shape)?;
+    }
     infos.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(infos)
 }
@@ -40,9 +45,18 @@ pub fn check_manifest(
     architecture: &Architecture,
 ) -> Result<(), Invalid> {
     let expected = architecture.parameters();
+    let mut given = std::collections::HashMap::with_capacity(infos.len());
+    for info in infos {
+        if given.insert(info.name.as_str(), info).is_some() {
+            return Err(Invalid::new(
+                field,
+                format!("tensor {} is listed twice", info.name),
+            ));
+        }
+    }
     for tensor in &expected {
         let name = &tensor.name;
-        let Some(info) = infos.iter().find(|info| &info.name == name) else {
+        let Some(info) = given.get(name.as_str()) else {
             return Err(Invalid::new(
                 field,
                 format!(
@@ -61,9 +75,11 @@ pub fn check_manifest(
             ));
         }
     }
+    let wanted: std::collections::HashSet<&str> =
+        expected.iter().map(|t| t.name.as_str()).collect();
     if let Some(extra) = infos
         .iter()
-        .find(|info| !expected.iter().any(|t| t.name == info.name))
+        .find(|info| !wanted.contains(info.name.as_str()))
     {
         return Err(Invalid::new(
             field,

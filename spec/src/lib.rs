@@ -9,6 +9,7 @@ mod architecture;
 pub mod backoff;
 mod files;
 mod hyperparameters;
+pub mod limits;
 mod patterns;
 mod plan;
 mod report;

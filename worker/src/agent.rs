@@ -9,6 +9,7 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::train::{self, Blob, Control, Device, Position, Progress, Resume, TrainingJob, Weights};
+use heirloom_proto::connection::Connection;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::worker_service_client::WorkerServiceClient;
 use heirloom_spec::{
@@ -23,7 +24,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use heirloom_proto::connection::Connection;
 
 /// Reconnection delays: from the first to the largest, doubling, with jitter.
 const RECONNECT_FIRST: Duration = Duration::from_millis(200);

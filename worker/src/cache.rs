@@ -5,12 +5,12 @@
 
 use crate::error::{Error, Result};
 use bytes::Bytes;
+use heirloom_proto::connection::Connection;
 use heirloom_proto::transfer::upload_missing;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use heirloom_proto::connection::Connection;
 
 /// How many times a broken download is resumed before the job fails.
 const RESUMES: u32 = 5;
@@ -43,6 +43,14 @@ impl Cache {
         })
     }
 
+    /// Where a blob lives in the cache. Its name must be a sha256: an assignment that
+    /// names anything else (a path) is refused before it touches the file system.
+    fn blob_path(&self, sha256: &str) -> Result<PathBuf> {
+        heirloom_spec::limits::check_sha256("blob", sha256)
+            .map_err(|err| Error::InvalidJob(err.to_string()))?;
+        Ok(self.root.join("blobs").join(sha256))
+    }
+
     /// Where the worker writes what it trains before uploading it.
     pub fn staging(&self) -> PathBuf {
         self.root.join("staging")
@@ -50,7 +58,7 @@ impl Cache {
 
     /// The blob's local path, downloading it first unless it is cached.
     pub async fn fetch(&self, sha256: &str) -> Result<PathBuf> {
-        let path = self.root.join("blobs").join(sha256);
+        let path = self.blob_path(sha256)?;
         if tokio::fs::try_exists(&path).await? {
             return Ok(path);
         }
@@ -126,7 +134,7 @@ impl Cache {
     /// Keeps tensor blobs this worker made, so later jobs need not download them.
     pub async fn keep(&self, blobs: &[(String, Bytes)]) -> Result<()> {
         for (sha256, bytes) in blobs {
-            let path = self.root.join("blobs").join(sha256);
+            let path = self.blob_path(sha256)?;
             if !tokio::fs::try_exists(&path).await? {
                 let partial = partial_path(&path);
                 tokio::fs::write(&partial, bytes).await?;

@@ -9,12 +9,12 @@ use tonic::Code;
 /// Asserts the status code, that the message names `fragment`, and that no row changed.
 async fn check<T: std::fmt::Debug>(
     cluster: &Cluster,
-    result: Result<T, tonic::Status>,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
     code: Code,
     fragment: &str,
 ) {
     let before = cluster.row_counts().await;
-    let status = result.expect_err("the request is refused");
+    let status = call.await.expect_err("the request is refused");
     assert_eq!(status.code(), code, "{fragment}: {}", status.message());
     assert!(
         status.message().contains(fragment),
@@ -83,22 +83,15 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         submit(pb::JobSpec {
             architecture: None,
             ..finetune(&unknown)
-        })
-        .await,
+        }),
         Code::NotFound,
         &unknown,
     )
     .await;
+    check(&cluster, submit(train(&unknown)), Code::NotFound, &unknown).await;
     check(
         &cluster,
-        submit(train(&unknown)).await,
-        Code::NotFound,
-        &unknown,
-    )
-    .await;
-    check(
-        &cluster,
-        submit(train("not-an-id")).await,
+        submit(train("not-an-id")),
         Code::InvalidArgument,
         "spec.dataset_id",
     )
@@ -108,8 +101,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         submit(pb::JobSpec {
             architecture: Some(mlp(64, vec![16, 0], 5)),
             ..train(&dataset.id)
-        })
-        .await,
+        }),
         Code::InvalidArgument,
         "spec.architecture.mlp.hidden[1]",
     )
@@ -119,8 +111,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         submit(pb::JobSpec {
             architecture: Some(pb::Architecture { kind: None }),
             ..train(&dataset.id)
-        })
-        .await,
+        }),
         Code::InvalidArgument,
         "spec.architecture",
     )
@@ -130,8 +121,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         submit(pb::JobSpec {
             architecture: None,
             ..train(&dataset.id)
-        })
-        .await,
+        }),
         Code::InvalidArgument,
         "spec.architecture",
     )
@@ -141,8 +131,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         submit(pb::JobSpec {
             hyperparameters: hyperparameters(1, -0.5),
             ..train(&dataset.id)
-        })
-        .await,
+        }),
         Code::InvalidArgument,
         "spec.hyperparameters.learning_rate",
     )
@@ -155,8 +144,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
                 ..Default::default()
             }),
             ..train(&dataset.id)
-        })
-        .await,
+        }),
         Code::InvalidArgument,
         "spec.hyperparameters.holdout_fraction",
     )
@@ -166,8 +154,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         submit(pb::JobSpec {
             kind: 0,
             ..train(&dataset.id)
-        })
-        .await,
+        }),
         Code::InvalidArgument,
         "spec.kind",
     )
@@ -177,8 +164,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         submit(pb::JobSpec {
             model_name: "has space".into(),
             ..train(&dataset.id)
-        })
-        .await,
+        }),
         Code::InvalidArgument,
         "spec.model_name",
     )
@@ -188,8 +174,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         submit(pb::JobSpec {
             model_name: "root".into(),
             ..train(&dataset.id)
-        })
-        .await,
+        }),
         Code::AlreadyExists,
         "root",
     )
@@ -199,8 +184,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         submit(pb::JobSpec {
             parent_id: root.id.clone(),
             ..train(&dataset.id)
-        })
-        .await,
+        }),
         Code::InvalidArgument,
         "spec.parent_id",
     )
@@ -210,8 +194,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         submit(pb::JobSpec {
             architecture: Some(mlp(32, vec![16], 5)),
             ..train(&dataset.id)
-        })
-        .await,
+        }),
         Code::FailedPrecondition,
         "64 features",
     )
@@ -221,8 +204,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         submit(pb::JobSpec {
             trainable: vec!["layer4.*".into()],
             ..no_architecture.clone()
-        })
-        .await,
+        }),
         Code::InvalidArgument,
         "spec.trainable[0]",
     )
@@ -232,8 +214,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         submit(pb::JobSpec {
             kind: pb::JobKind::Transfer as i32,
             ..no_architecture.clone()
-        })
-        .await,
+        }),
         Code::InvalidArgument,
         "spec.num_classes",
     )
@@ -244,8 +225,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
             kind: pb::JobKind::Transfer as i32,
             num_classes: 2,
             ..no_architecture.clone()
-        })
-        .await,
+        }),
         Code::FailedPrecondition,
         "2 classes",
     )
@@ -278,7 +258,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     };
     check(
         &cluster,
-        submit(interpolate_with(&narrow)).await,
+        submit(interpolate_with(&narrow)),
         Code::InvalidArgument,
         "architectures differ",
     )
@@ -288,8 +268,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         submit(pb::JobSpec {
             alpha: 0.5,
             ..direct.clone()
-        })
-        .await,
+        }),
         Code::InvalidArgument,
         "spec.alpha",
     )
@@ -310,14 +289,14 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     let head = vec!["fc.*".to_string()];
     check(
         &cluster,
-        submit(compose(&narrow, head)).await,
+        submit(compose(&narrow, head)),
         Code::InvalidArgument,
         "shape mismatch",
     )
     .await;
     check(
         &cluster,
-        submit(compose(&root, vec![])).await,
+        submit(compose(&root, vec![])),
         Code::InvalidArgument,
         "no module provides fc.weight",
     )
@@ -329,8 +308,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
             num_classes: 5,
             unfreeze_blocks: 3,
             ..no_architecture.clone()
-        })
-        .await,
+        }),
         Code::InvalidArgument,
         "spec.unfreeze_blocks",
     )
@@ -346,15 +324,13 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     .into_inner()
     .job
     .unwrap();
-    let import_reserved = cluster
-        .models()
-        .import_model(pb::ImportModelRequest {
-            name: "reserved".into(),
-            architecture: Some(mlp(64, vec![16], 5)),
-            weights: support::mlp_weights(64, 16, 5, [0.5; 4]).into(),
-            ..Default::default()
-        })
-        .await;
+    let mut models = cluster.models();
+    let import_reserved = models.import_model(pb::ImportModelRequest {
+        name: "reserved".into(),
+        architecture: Some(mlp(64, vec![16], 5)),
+        weights: support::mlp_weights(64, 16, 5, [0.5; 4]).into(),
+        ..Default::default()
+    });
     check(&cluster, import_reserved, Code::AlreadyExists, &queued.id).await;
 
     let mut jobs = cluster.jobs();
@@ -362,16 +338,14 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         &cluster,
         jobs.get_job(pb::GetJobRequest {
             job_id: unknown.clone(),
-        })
-        .await,
+        }),
         Code::NotFound,
         &unknown,
     )
     .await;
     check(
         &cluster,
-        jobs.cancel_job(pb::CancelJobRequest { job_id: "x".into() })
-            .await,
+        jobs.cancel_job(pb::CancelJobRequest { job_id: "x".into() }),
         Code::InvalidArgument,
         "job_id",
     )
@@ -392,33 +366,27 @@ async fn bad_imports_and_datasets_are_refused() {
     let wrong_shape = support::mlp_weights(32, 16, 5, [0.0; 4]);
     check(
         &cluster,
-        models
-            .import_model(import(mlp(64, vec![16], 5), wrong_shape, "m"))
-            .await,
+        models.import_model(import(mlp(64, vec![16], 5), wrong_shape, "m")),
         Code::InvalidArgument,
         "hidden.0.weight",
     )
     .await;
     check(
         &cluster,
-        models
-            .import_model(import(
-                mlp(64, vec![16], 5),
-                b"not safetensors".to_vec(),
-                "m",
-            ))
-            .await,
+        models.import_model(import(
+            mlp(64, vec![16], 5),
+            b"not safetensors".to_vec(),
+            "m",
+        )),
         Code::InvalidArgument,
         "weights: not a safetensors file",
     )
     .await;
     check(
         &cluster,
-        models
-            .get_model(pb::GetModelRequest {
-                model: "nobody".into(),
-            })
-            .await,
+        models.get_model(pb::GetModelRequest {
+            model: "nobody".into(),
+        }),
         Code::NotFound,
         "nobody",
     )
@@ -452,7 +420,7 @@ async fn bad_imports_and_datasets_are_refused() {
         };
         check(
             &cluster,
-            models.import_model(request).await,
+            models.import_model(request),
             Code::InvalidArgument,
             fragment,
         )
@@ -463,13 +431,11 @@ async fn bad_imports_and_datasets_are_refused() {
     let content = blobs(0..2, 5, 1);
     check(
         &cluster,
-        datasets
-            .register_dataset(pb::RegisterDatasetRequest {
-                name: "d".into(),
-                content: content.clone().into(),
-                sha256: "0".repeat(64),
-            })
-            .await,
+        datasets.register_dataset(pb::RegisterDatasetRequest {
+            name: "d".into(),
+            content: content.clone().into(),
+            sha256: "0".repeat(64),
+        }),
         Code::InvalidArgument,
         "sha256",
     )
@@ -478,13 +444,11 @@ async fn bad_imports_and_datasets_are_refused() {
         support::safetensors_file(&[("x", safetensors::Dtype::F32, vec![2, 2], vec![0; 16])]);
     check(
         &cluster,
-        datasets
-            .register_dataset(pb::RegisterDatasetRequest {
-                name: "d".into(),
-                sha256: heirloom_spec::sha256_hex(&no_labels),
-                content: no_labels.into(),
-            })
-            .await,
+        datasets.register_dataset(pb::RegisterDatasetRequest {
+            name: "d".into(),
+            sha256: heirloom_spec::sha256_hex(&no_labels),
+            content: no_labels.into(),
+        }),
         Code::InvalidArgument,
         "content: has no tensor `y`",
     )
@@ -492,13 +456,11 @@ async fn bad_imports_and_datasets_are_refused() {
     cluster.register_dataset("d", content.clone()).await;
     check(
         &cluster,
-        datasets
-            .register_dataset(pb::RegisterDatasetRequest {
-                name: "d".into(),
-                sha256: heirloom_spec::sha256_hex(&content),
-                content: content.into(),
-            })
-            .await,
+        datasets.register_dataset(pb::RegisterDatasetRequest {
+            name: "d".into(),
+            sha256: heirloom_spec::sha256_hex(&content),
+            content: content.into(),
+        }),
         Code::AlreadyExists,
         "\"d\"",
     )

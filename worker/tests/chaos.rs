@@ -167,8 +167,7 @@ impl Coordinator {
         self.process = Some(child);
         // Ready when it answers.
         for _ in 0..200 {
-            if let Ok(token) =
-                std::fs::read_to_string(self.artifacts.path().join("admin.token"))
+            if let Ok(token) = std::fs::read_to_string(self.artifacts.path().join("admin.token"))
                 && ModelServiceClient::new(support::connect_as(&self.address(), Some(&token)))
                     .list_models(pb::ListModelsRequest {})
                     .await

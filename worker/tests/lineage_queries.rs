@@ -493,6 +493,9 @@ fn cli(cluster: &Cluster, args: &[&str]) -> String {
     let output = std::process::Command::new(binary)
         .arg("--coordinator")
         .arg(&cluster.address)
+        .arg("--ca-cert")
+        .arg(support::certificates().join(heirloom_proto::certificates::CA_CERT))
+        .env("HEIRLOOM_TOKEN", &cluster.admin_token)
         .args(args)
         .output()
         .expect("run the CLI");

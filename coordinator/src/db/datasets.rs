@@ -82,6 +82,7 @@ impl Db {
 
     /// A dataset by id, `name@version`, or name (its latest version).
     pub async fn find_dataset(&self, reference: &str) -> Result<Dataset> {
+        super::check_reference(reference)?;
         if let Ok(id) = Uuid::parse_str(reference) {
             return self.dataset(id).await;
         }

@@ -89,6 +89,11 @@ fn walk_sql(direction: Direction) -> &'static str {
     }
 }
 
+/// Depths past this are "no limit" in practice, and stay in SQL's int4.
+const MAX_DEPTH: u32 = 1 << 20;
+/// The most models one LineageGraph answer carries.
+const MAX_GRAPH_MODELS: usize = 10_000;
+
 impl Db {
     /// Ancestors, nearest first, one page of `limit` from `offset`.
     pub async fn ancestors(
@@ -130,6 +135,7 @@ impl Db {
         offset: u64,
         limit: u32,
     ) -> Result<Page> {
+        let max_depth = max_depth.min(MAX_DEPTH);
         // One row more than asked for says whether another page follows; the window
         // functions say how much the bounded walk found and how deep it got.
         let sql = format!(
@@ -269,11 +275,19 @@ impl Db {
         for (direction, depth) in [(Direction::Up, up), (Direction::Down, down)] {
             let reached: Vec<(Uuid, i32)> = sqlx::query_as(sqlx::AssertSqlSafe(sql(direction)))
                 .bind(id)
-                .bind(depth as i32)
+                .bind(depth.min(MAX_DEPTH) as i32)
                 .bind(None::<Vec<String>>)
                 .fetch_all(&self.pool)
                 .await?;
             ids.extend(reached.into_iter().map(|(id, _)| id));
+        }
+        if ids.len() > MAX_GRAPH_MODELS {
+            return Err(crate::Error::InvalidArgument(format!(
+                "the graph around model {id} holds {} models, more than the {MAX_GRAPH_MODELS} \
+                 one answer may carry: set ancestors_depth and descendants_depth lower, or \
+                 page with ListAncestors and ListDescendants",
+                ids.len()
+            )));
         }
         let ids: Vec<Uuid> = ids.into_iter().collect();
         let edges: Vec<(Uuid, Uuid, String)> = sqlx::query_as(

@@ -56,3 +56,19 @@ impl Db {
         &self.pool
     }
 }
+
+/// A model or dataset as a request names it (id or name): bounded before it reaches SQL
+/// or an error message.
+fn check_reference(reference: &str) -> crate::Result<()> {
+    if reference.is_empty() {
+        return Err(crate::Error::InvalidArgument(
+            "give a model or dataset by name or id".into(),
+        ));
+    }
+    heirloom_spec::limits::check_length(
+        "reference",
+        reference,
+        heirloom_spec::limits::MAX_REFERENCE_BYTES,
+    )?;
+    Ok(())
+}

@@ -1,4 +1,4 @@
-use super::Db;
+use super::{Db, check_reference};
 use crate::artifacts::ManifestEntry;
 use crate::domain::{
     DatasetRef, Metrics, Model, ParentEdge, Relation, TensorProvenance, TensorRecord,
@@ -236,6 +236,7 @@ impl Db {
 
     /// A model by id or, failing that, by name.
     pub async fn find_model(&self, id_or_name: &str) -> Result<Model> {
+        check_reference(id_or_name)?;
         if let Ok(id) = Uuid::parse_str(id_or_name) {
             return self.model(id).await;
         }

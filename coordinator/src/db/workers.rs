@@ -57,7 +57,8 @@ impl Db {
     }
 
     /// Whether a job leased to a worker of `token_id` needs this blob: a parent's
-    /// tensor or program, its dataset, or its checkpoint's tensors.
+    /// tensor or program, its own architecture's program, its dataset, or its
+    /// checkpoint's tensors.
     pub async fn lease_needs_blob(&self, token_id: Uuid, sha256: &str) -> Result<bool> {
         let (needed,): (bool,) = sqlx::query_as(
             "SELECT EXISTS (
@@ -65,6 +66,7 @@ impl Db {
                 WHERE w.token_id = $1 AND j.state IN ('leased', 'running') AND (
                     EXISTS (SELECT 1 FROM datasets d
                             WHERE d.id = j.dataset_id AND d.sha256 = $2)
+                    OR j.spec->'architecture'->'torchscript'->>'program_sha256' = $2
                     OR EXISTS (SELECT 1 FROM jsonb_array_elements(j.checkpoint->'tensors') t
                                WHERE t->>'sha256' = $2)
                     OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(j.spec->'parents') p

@@ -1,6 +1,6 @@
 use crate::Services;
-use crate::auth::{Caller, Role};
 use crate::artifacts::{Chunks, Upload, check_sha256};
+use crate::auth::{Caller, Role};
 use crate::error::Error;
 use futures::StreamExt;
 use heirloom_proto::v1 as pb;

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::planning::JobDraft;
 use chrono::{DateTime, SecondsFormat, Utc};
 use heirloom_proto::v1 as pb;
-use heirloom_spec::{Adjustment, Architecture, Invalid, TensorInfo, TensorStatus};
+use heirloom_spec::{Adjustment, Architecture, Invalid, TensorInfo, TensorStatus, limits};
 use uuid::Uuid;
 
 pub fn parse_id(field: &str, text: &str) -> Result<Uuid> {
@@ -60,11 +60,31 @@ pub fn job_draft_from_proto(spec: Option<pb::JobSpec>) -> Result<JobDraft> {
             .into());
         }
     };
+    limits::check_count("spec.modules", spec.modules.len(), limits::MAX_MODULES)?;
+    limits::check_count("spec.trainable", spec.trainable.len(), limits::MAX_PATTERNS)?;
+    for (i, pattern) in spec.trainable.iter().enumerate() {
+        limits::check_length(
+            &format!("spec.trainable[{i}]"),
+            pattern,
+            limits::MAX_PATTERN_BYTES,
+        )?;
+    }
     let modules = spec
         .modules
         .iter()
         .enumerate()
         .map(|(i, module)| {
+            let field = format!("spec.modules[{i}]");
+            limits::check_length(
+                &format!("{field}.target_prefix"),
+                &module.target_prefix,
+                limits::MAX_TENSOR_NAME_BYTES,
+            )?;
+            limits::check_length(
+                &format!("{field}.source_prefix"),
+                &module.source_prefix,
+                limits::MAX_TENSOR_NAME_BYTES,
+            )?;
             Ok(ModuleMapping {
                 target_prefix: module.target_prefix.clone(),
                 parent_id: parse_id(&format!("spec.modules[{i}].parent_id"), &module.parent_id)?,
@@ -186,13 +206,24 @@ pub fn job_to_proto(job: &Job) -> pb::Job {
     }
 }
 
-pub fn requirements_from_proto(proto: Option<pb::Requirements>) -> Requirements {
+pub fn requirements_from_proto(proto: Option<pb::Requirements>) -> Result<Requirements> {
     let proto = proto.unwrap_or_default();
-    Requirements {
+    if !matches!(proto.device.as_str(), "" | "cpu" | "cuda") {
+        return Err(Invalid::new(
+            "requirements.device",
+            format!(
+                "{:.40?} is not a device kind: use cpu or cuda, or leave it empty",
+                proto.device
+            ),
+        )
+        .into());
+    }
+    limits::check_labels("requirements.labels", &proto.labels)?;
+    Ok(Requirements {
         device: proto.device,
         min_device_memory_bytes: proto.min_device_memory_bytes,
         labels: proto.labels.into_iter().collect(),
-    }
+    })
 }
 
 fn requirements_to_proto(requirements: &Requirements) -> pb::Requirements {
@@ -222,6 +253,13 @@ pub fn checkpoint_from_proto(proto: Option<pb::Checkpoint>) -> Result<Checkpoint
     if proto.tensors.is_empty() {
         return Err(Invalid::new("checkpoint.tensors", "must list the model's tensors").into());
     }
+    check_tensor_list(
+        "checkpoint.tensors",
+        proto
+            .tensors
+            .iter()
+            .map(|t| (&t.name[..], &t.shape[..], &t.sha256[..])),
+    )?;
     Ok(Checkpoint {
         step: proto.step,
         loss_sum: proto.loss_sum,
@@ -259,8 +297,18 @@ fn checkpoint_to_proto(checkpoint: &Checkpoint) -> pb::Checkpoint {
 
 /// Manifest entries from their messages (shapes and hashes are checked where the blobs
 /// are looked up).
-pub fn manifest_from_proto(tensors: &[pb::ManifestTensor]) -> Vec<ManifestEntry> {
-    tensors
+/// A manifest from a request: every tensor's name, shape and hash within bounds.
+pub fn manifest_from_proto(
+    field: &str,
+    tensors: &[pb::ManifestTensor],
+) -> Result<Vec<ManifestEntry>> {
+    check_tensor_list(
+        field,
+        tensors
+            .iter()
+            .map(|t| (&t.name[..], &t.shape[..], &t.sha256[..])),
+    )?;
+    Ok(tensors
         .iter()
         .map(|t| ManifestEntry {
             info: heirloom_spec::TensorInfo {
@@ -270,7 +318,21 @@ pub fn manifest_from_proto(tensors: &[pb::ManifestTensor]) -> Vec<ManifestEntry>
             },
             sha256: t.sha256.clone(),
         })
-        .collect()
+        .collect())
+}
+
+/// Bounds on tensors a request lists: how many, their names, shapes and hashes.
+fn check_tensor_list<'a>(
+    field: &str,
+    tensors: impl ExactSizeIterator<Item = (&'a str, &'a [u64], &'a str)>,
+) -> Result<()> {
+    limits::check_count(field, tensors.len(), limits::MAX_TENSORS)?;
+    for (i, (name, shape, sha256)) in tensors.enumerate() {
+        let field = format!("{field}[{i}]");
+        limits::check_tensor(&field, name, shape)?;
+        limits::check_sha256(&format!("{field}.sha256"), sha256)?;
+    }
+    Ok(())
 }
 
 pub fn progress_from_proto(proto: Option<pb::Progress>) -> Result<Progress> {
@@ -300,6 +362,12 @@ pub fn metrics_from_proto(proto: Option<pb::Metrics>) -> Result<Option<Metrics>>
 }
 
 pub fn claims_from_proto(tensors: Vec<pb::TensorProvenance>) -> Result<Vec<ClaimedTensor>> {
+    check_tensor_list(
+        "output.tensors",
+        tensors
+            .iter()
+            .map(|t| (&t.name[..], &t.shape[..], &t.sha256[..])),
+    )?;
     tensors
         .into_iter()
         .enumerate()
@@ -426,14 +494,22 @@ pub fn dataset_to_proto(dataset: &Dataset) -> pb::Dataset {
     }
 }
 
-pub fn devices_from_proto(devices: Vec<pb::Device>) -> Vec<Device> {
-    devices
+pub fn devices_from_proto(devices: Vec<pb::Device>) -> Result<Vec<Device>> {
+    limits::check_count("devices", devices.len(), limits::MAX_DEVICES)?;
+    for (i, device) in devices.iter().enumerate() {
+        limits::check_length(
+            &format!("devices[{i}].name"),
+            &device.name,
+            limits::MAX_LABEL_BYTES,
+        )?;
+    }
+    Ok(devices
         .into_iter()
         .map(|device| Device {
             name: device.name,
             memory_bytes: device.memory_bytes,
         })
-        .collect()
+        .collect())
 }
 
 pub fn assignment_to_proto(assignment: &Assignment) -> pb::Assignment {

@@ -4,7 +4,7 @@ use crate::artifacts::check_sha256;
 use crate::domain::{Dataset, check_name};
 use crate::error::Error;
 use heirloom_proto::v1 as pb;
-use heirloom_spec::{Invalid, read_dataset_info, sha256_hex};
+use heirloom_spec::{Invalid, limits, read_dataset_info, sha256_hex};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -21,8 +21,8 @@ impl pb::dataset_service_server::DatasetService for DatasetApi {
         // The file comes inline, or was uploaded first and is named by its sha256.
         let content = if request.content.is_empty() {
             check_sha256("sha256", &request.sha256)?;
-            match self.0.artifacts.read(&request.sha256).await {
-                Err(Error::NotFound(_)) => {
+            match self.0.artifacts.len(&request.sha256).await? {
+                None => {
                     return Err(Error::from(Invalid::new(
                         "content",
                         format!(
@@ -32,8 +32,19 @@ impl pb::dataset_service_server::DatasetService for DatasetApi {
                     ))
                     .into());
                 }
-                other => other?,
+                Some(bytes) if bytes > limits::MAX_DATASET_BYTES => {
+                    return Err(Error::from(Invalid::new(
+                        "sha256",
+                        format!(
+                            "the uploaded dataset is {bytes} bytes; a dataset may have at most {}",
+                            limits::MAX_DATASET_BYTES
+                        ),
+                    ))
+                    .into());
+                }
+                Some(_) => {}
             }
+            self.0.artifacts.read(&request.sha256).await?
         } else {
             request.content
         };

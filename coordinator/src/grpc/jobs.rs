@@ -6,7 +6,7 @@ use crate::error::Error;
 use crate::notifier::Notification;
 use crate::planning::plan_job;
 use heirloom_proto::v1 as pb;
-use heirloom_spec::Invalid;
+use heirloom_spec::{Invalid, limits};
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -57,7 +57,14 @@ impl pb::job_service_server::JobService for JobApi {
             0 => DEFAULT_MAX_ATTEMPTS,
             n => i32::try_from(n.min(100)).expect("at most 100"),
         };
-        let requirements = convert::requirements_from_proto(request.requirements.clone());
+        let requirements = convert::requirements_from_proto(request.requirements.clone())?;
+        if request.priority.abs() > limits::MAX_PRIORITY {
+            return Err(Error::from(Invalid::new(
+                "priority",
+                format!("must lie between -{0} and {0}", limits::MAX_PRIORITY),
+            ))
+            .into());
+        }
         let fingerprint = fingerprint(&request, &requirements);
         let submission = Submission {
             priority: request.priority,

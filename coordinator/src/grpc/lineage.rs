@@ -10,6 +10,8 @@ use heirloom_spec::Invalid;
 
 const DEFAULT_PAGE: u32 = 1_000;
 const MAX_PAGE: u32 = 10_000;
+/// Offsets beyond any real graph; keeps `offset + limit` and the SQL's bigint in range.
+const MAX_OFFSET: u64 = 1 << 40;
 
 /// (offset, page size) from a request's token and size.
 pub fn paging(page_token: &str, page_size: u32) -> Result<(u64, u32)> {
@@ -22,6 +24,9 @@ pub fn paging(page_token: &str, page_size: u32) -> Result<(u64, u32)> {
             ))
         })?,
     };
+    if offset > MAX_OFFSET {
+        return Err(Invalid::new("page_token", "is past any page there can be").into());
+    }
     let size = match page_size {
         0 => DEFAULT_PAGE,
         size => size.min(MAX_PAGE),

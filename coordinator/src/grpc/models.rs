@@ -6,8 +6,8 @@ use crate::domain::{Model, check_name};
 use crate::error::Error;
 use heirloom_proto::v1 as pb;
 use heirloom_spec::{
-    Architecture, Invalid, ProgramParameter, TensorStatus, Torchscript, check_manifest, sha256_hex,
-    under_prefix,
+    Architecture, Invalid, ProgramParameter, TensorStatus, Torchscript, check_manifest, limits,
+    sha256_hex, under_prefix,
 };
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -39,7 +39,7 @@ impl pb::model_service_server::ModelService for ModelApi {
                 })
                 .collect::<Vec<_>>(),
             (true, false) => {
-                let mut manifest = convert::manifest_from_proto(&request.tensors);
+                let mut manifest = convert::manifest_from_proto("tensors", &request.tensors)?;
                 manifest.sort_by(|a, b| a.info.name.cmp(&b.info.name));
                 self.0.artifacts.check_stored("tensors", &manifest).await?;
                 manifest.into_iter().map(|entry| (entry, None)).collect()
@@ -238,6 +238,8 @@ impl pb::model_service_server::ModelService for ModelApi {
         request: Request<pb::BlameTensorRequest>,
     ) -> Result<Response<pb::BlameTensorResponse>, Status> {
         let request = request.into_inner();
+        limits::check_length("tensor", &request.tensor, limits::MAX_TENSOR_NAME_BYTES)
+            .map_err(Error::from)?;
         let model = self.0.db.find_model(&request.model).await?;
         let steps = self.0.db.blame(model.id, &request.tensor).await?;
         if steps.is_empty() {

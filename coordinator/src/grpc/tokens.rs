@@ -29,9 +29,8 @@ impl pb::token_service_server::TokenService for TokenApi {
             ))
             .into());
         }
-        let expires_at = (request.ttl_seconds > 0).then(|| {
-            chrono::Utc::now() + chrono::Duration::seconds(request.ttl_seconds as i64)
-        });
+        let expires_at = (request.ttl_seconds > 0)
+            .then(|| chrono::Utc::now() + chrono::Duration::seconds(request.ttl_seconds as i64));
         let secret = auth::new_secret();
         let token = self
             .0

@@ -5,7 +5,7 @@ use crate::dispatch;
 use crate::domain::check_name;
 use crate::error::{Error, Result};
 use heirloom_proto::v1 as pb;
-use heirloom_spec::Invalid;
+use heirloom_spec::{Invalid, limits};
 use std::pin::Pin;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -42,9 +42,16 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
             "" => None,
             id => Some(convert::parse_id("worker_id", id)?),
         };
-        let concurrency = i32::try_from(request.concurrency.max(1))
-            .map_err(|_| Error::from(Invalid::new("concurrency", "is out of range")))?;
-        let devices = convert::devices_from_proto(request.devices);
+        if request.concurrency > limits::MAX_CONCURRENCY {
+            return Err(Error::from(Invalid::new(
+                "concurrency",
+                format!("must be at most {}", limits::MAX_CONCURRENCY),
+            ))
+            .into());
+        }
+        let concurrency = request.concurrency.max(1) as i32;
+        limits::check_labels("labels", &request.labels).map_err(Error::from)?;
+        let devices = convert::devices_from_proto(request.devices)?;
         let id = self
             .0
             .db
@@ -71,6 +78,12 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let worker_id = self.own_worker(&caller, &request.worker_id).await?;
+        limits::check_count(
+            "leases",
+            request.leases.len(),
+            limits::MAX_LEASES_PER_HEARTBEAT,
+        )
+        .map_err(Error::from)?;
         let leases = request
             .leases
             .iter()
@@ -100,11 +113,12 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let job_id = convert::parse_id("job_id", &request.job_id)?;
         let attempt = attempt(request.attempt)?;
         let manifest = convert::manifest_from_proto(
+            "checkpoint.tensors",
             request
                 .checkpoint
                 .as_ref()
                 .map_or(&[][..], |c| &c.tensors[..]),
-        );
+        )?;
         let checkpoint = convert::checkpoint_from_proto(request.checkpoint)?;
         self.0
             .artifacts
@@ -168,7 +182,16 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let worker_id = self.own_worker(&caller, &request.worker_id).await?;
         let job_id = convert::parse_id("job_id", &request.job_id)?;
         let attempt = attempt(request.attempt)?;
-        let job = match request.result {
+        let cut = |text: String| limits::truncated(text, limits::MAX_REPORT_BYTES);
+        let job = match request.result.map(|result| match result {
+            pb::complete_job_request::Result::Error(error) => {
+                pb::complete_job_request::Result::Error(cut(error))
+            }
+            pb::complete_job_request::Result::Release(reason) => {
+                pb::complete_job_request::Result::Release(cut(reason))
+            }
+            output => output,
+        }) {
             Some(pb::complete_job_request::Result::Output(output)) => {
                 let output = dispatch::Output {
                     metrics: convert::metrics_from_proto(output.metrics)?,

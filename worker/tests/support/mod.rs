@@ -6,11 +6,14 @@
 
 use futures::TryStreamExt;
 use heirloom_coordinator::{Config, Coordinator};
+use heirloom_proto::certificates;
+pub use heirloom_proto::connection::{ConnectArgs, Connection};
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
 use heirloom_proto::v1::dataset_service_client::DatasetServiceClient;
 use heirloom_proto::v1::job_service_client::JobServiceClient;
 use heirloom_proto::v1::model_service_client::ModelServiceClient;
+use heirloom_proto::v1::token_service_client::TokenServiceClient;
 use heirloom_spec::sha256_hex;
 use object_store::ObjectStore;
 use sqlx::{Connection as _, PgConnection, PgPool};
@@ -20,9 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
-use heirloom_proto::certificates;
-pub use heirloom_proto::connection::{ConnectArgs, Connection};
-use heirloom_proto::v1::token_service_client::TokenServiceClient;
 
 /// Where the coordinator keeps artifacts in a test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,7 +200,10 @@ async fn serve(
 
 /// The admin token the coordinator wrote at its first start.
 fn admin_token(config: &Config) -> String {
-    let path = config.admin_token_file.as_ref().expect("an admin token file");
+    let path = config
+        .admin_token_file
+        .as_ref()
+        .expect("an admin token file");
     std::fs::read_to_string(path).expect("the coordinator wrote its admin token")
 }
 
@@ -291,6 +294,11 @@ impl Cluster {
             shutdown,
             config,
         }
+    }
+
+    /// The coordinator's settings.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// A connection as the cluster's workers: the worker token, with the client
@@ -442,6 +450,9 @@ impl Cluster {
             "model_datasets",
             "jobs",
             "job_events",
+            "job_attempts",
+            "workers",
+            "tokens",
         ] {
             let (count,): (i64,) =
                 sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
@@ -648,7 +659,11 @@ pub fn mlp_weights(input: usize, hidden: usize, classes: usize, fills: [f32; 4])
 }
 
 /// Registers a dataset with the coordinator at the other end of `channel`.
-pub async fn register_dataset_at(channel: &Connection, name: &str, content: Vec<u8>) -> pb::Dataset {
+pub async fn register_dataset_at(
+    channel: &Connection,
+    name: &str,
+    content: Vec<u8>,
+) -> pb::Dataset {
     let sha256 = sha256_hex(&content);
     DatasetServiceClient::new(channel.clone())
         .register_dataset(pb::RegisterDatasetRequest {
