@@ -228,13 +228,11 @@ impl Architecture {
                 for (i, &d) in script.input_shape.iter().enumerate() {
                     positive(&format!("{field}.input_shape[{i}]"), d)?;
                 }
-                if script
+                let values = script
                     .input_shape
                     .iter()
-                    .map(|&d| u64::from(d))
-                    .product::<u64>()
-                    > u64::from(u32::MAX)
-                {
+                    .try_fold(1u64, |product, &d| product.checked_mul(u64::from(d)));
+                if values.is_none_or(|values| values > u64::from(u32::MAX)) {
                     return Err(Invalid::new(
                         format!("{field}.input_shape"),
                         "one example may have at most 2^32 values",

@@ -97,6 +97,20 @@ pub fn check_tensor(field: &str, name: &str, shape: &[u64]) -> Result<(), Invali
     Ok(())
 }
 
+/// Tensors a request lists as (name, shape, sha256): how many, and each one's bounds.
+pub fn check_tensors<'a>(
+    field: &str,
+    tensors: impl ExactSizeIterator<Item = (&'a str, &'a [u64], &'a str)>,
+) -> Result<(), Invalid> {
+    check_count(field, tensors.len(), MAX_TENSORS)?;
+    for (i, (name, shape, sha256)) in tensors.enumerate() {
+        let field = format!("{field}[{i}]");
+        check_tensor(&field, name, shape)?;
+        check_sha256(&format!("{field}.sha256"), sha256)?;
+    }
+    Ok(())
+}
+
 pub fn check_labels(field: &str, labels: &HashMap<String, String>) -> Result<(), Invalid> {
     check_count(field, labels.len(), MAX_LABELS)?;
     for (key, value) in labels {

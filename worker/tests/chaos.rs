@@ -109,17 +109,6 @@ struct Coordinator {
 }
 
 impl Coordinator {
-    fn binary() -> PathBuf {
-        let binary =
-            Path::new(env!("CARGO_BIN_EXE_heirloom-worker")).with_file_name("heirloom-coordinator");
-        assert!(
-            binary.exists(),
-            "{} is missing: run the tests with ./scripts/test.sh, which builds every binary",
-            binary.display()
-        );
-        binary
-    }
-
     async fn start(database_url: String, lease_seconds: &str) -> Coordinator {
         let mut coordinator = Coordinator {
             port: free_port(),
@@ -148,7 +137,7 @@ impl Coordinator {
 
     async fn spawn(&mut self) {
         let log = std::env::var_os("TEST_LOG").is_some();
-        let child = Command::new(Self::binary())
+        let child = Command::new(support::workspace_binary("heirloom-coordinator"))
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
             .args(["--database-url", &self.database_url])
             .arg("--artifacts")

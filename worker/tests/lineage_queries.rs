@@ -483,13 +483,7 @@ async fn lineage_questions_about_unknown_things_are_refused_precisely() {
 
 /// Runs the `heirloom` CLI against the cluster; returns what it printed.
 fn cli(cluster: &Cluster, args: &[&str]) -> String {
-    let binary =
-        std::path::Path::new(env!("CARGO_BIN_EXE_heirloom-worker")).with_file_name("heirloom");
-    assert!(
-        binary.exists(),
-        "{} is missing: run the tests with ./scripts/test.sh, which builds every binary",
-        binary.display()
-    );
+    let binary = support::workspace_binary("heirloom");
     let output = std::process::Command::new(binary)
         .arg("--coordinator")
         .arg(&cluster.address)

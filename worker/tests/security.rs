@@ -698,3 +698,103 @@ async fn a_coordinator_without_tls_starts_only_when_told_to() {
         .expect("plain text, with a token");
     shutdown.cancel();
 }
+
+/// Runs the `heirloom` CLI against the cluster with `token`; returns (success, stdout,
+/// stderr).
+fn cli(cluster: &Cluster, token: &str, args: &[&str]) -> (bool, String, String) {
+    let binary = support::workspace_binary("heirloom");
+    let output = std::process::Command::new(binary)
+        .args(["--coordinator", &cluster.address, "--ca-cert"])
+        .arg(support::certificates().join(heirloom_proto::certificates::CA_CERT))
+        .env("HEIRLOOM_TOKEN", token)
+        .args(args)
+        .output()
+        .expect("run the CLI");
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_creates_lists_and_revokes_tokens_and_writes_certificates() {
+    let cluster = Cluster::coordinator_only().await;
+    let admin = cluster.admin_token.clone();
+    let (ok, secret, _) = cli(
+        &cluster,
+        &admin,
+        &["token", "create", "cli-reader", "--role", "reader"],
+    );
+    assert!(ok);
+    let secret = secret.trim().to_string();
+    assert!(
+        secret.starts_with("heirloom_"),
+        "only the secret on stdout: {secret:?}"
+    );
+    let (ok, whoami, _) = cli(&cluster, &secret, &["token", "whoami"]);
+    assert!(
+        ok && whoami.contains("cli-reader") && whoami.contains("reader"),
+        "{whoami}"
+    );
+    let (ok, listed, _) = cli(&cluster, &admin, &["token", "list"]);
+    assert!(
+        ok && listed.contains("cli-reader") && listed.contains("NAME"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&secret), "secrets are never listed");
+    let (ok, _, denied) = cli(&cluster, &secret, &["token", "list"]);
+    assert!(!ok && denied.contains("PermissionDenied"), "{denied}");
+    let (ok, _, _) = cli(&cluster, &admin, &["token", "revoke", "cli-reader"]);
+    assert!(ok);
+    let (ok, _, refused) = cli(&cluster, &secret, &["token", "whoami"]);
+    assert!(!ok && refused.contains("Unauthenticated"), "{refused}");
+    let (ok, listed, _) = cli(&cluster, &admin, &["token", "list", "--all"]);
+    assert!(ok && listed.contains("revoked"), "{listed}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, said, _) = cli(&cluster, &admin, &["certs", dir.path().to_str().unwrap()]);
+    assert!(ok, "{said}");
+    for file in [
+        "ca.pem",
+        "coordinator.pem",
+        "coordinator.key",
+        "worker.pem",
+        "worker.key",
+    ] {
+        assert!(dir.path().join(file).exists(), "{file}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("coordinator.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "private keys are readable by their owner only"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_token_is_refused_stops_instead_of_retrying() {
+    let cluster = Cluster::coordinator_only().await;
+    let cache = tempfile::tempdir().unwrap();
+    let reader = create_token(&cluster.channel, "not-a-worker", pb::Role::Reader).await;
+    for token in [
+        "heirloom_never-issued-token-of-some-length",
+        reader.as_str(),
+    ] {
+        let mut worker = support::worker_process(&cluster.address, token, cache.path(), &[]);
+        let status = tokio::time::timeout(Duration::from_secs(30), worker.wait())
+            .await
+            .expect("the worker stops by itself")
+            .unwrap();
+        assert!(!status.success(), "it exits with an error");
+    }
+    let (workers,): (i64,) = sqlx::query_as("SELECT count(*) FROM workers")
+        .fetch_one(&cluster.pool)
+        .await
+        .unwrap();
+    assert_eq!(workers, 0, "no worker was registered");
+}

@@ -253,7 +253,7 @@ pub fn checkpoint_from_proto(proto: Option<pb::Checkpoint>) -> Result<Checkpoint
     if proto.tensors.is_empty() {
         return Err(Invalid::new("checkpoint.tensors", "must list the model's tensors").into());
     }
-    check_tensor_list(
+    limits::check_tensors(
         "checkpoint.tensors",
         proto
             .tensors
@@ -302,7 +302,7 @@ pub fn manifest_from_proto(
     field: &str,
     tensors: &[pb::ManifestTensor],
 ) -> Result<Vec<ManifestEntry>> {
-    check_tensor_list(
+    limits::check_tensors(
         field,
         tensors
             .iter()
@@ -319,20 +319,6 @@ pub fn manifest_from_proto(
             sha256: t.sha256.clone(),
         })
         .collect())
-}
-
-/// Bounds on tensors a request lists: how many, their names, shapes and hashes.
-fn check_tensor_list<'a>(
-    field: &str,
-    tensors: impl ExactSizeIterator<Item = (&'a str, &'a [u64], &'a str)>,
-) -> Result<()> {
-    limits::check_count(field, tensors.len(), limits::MAX_TENSORS)?;
-    for (i, (name, shape, sha256)) in tensors.enumerate() {
-        let field = format!("{field}[{i}]");
-        limits::check_tensor(&field, name, shape)?;
-        limits::check_sha256(&format!("{field}.sha256"), sha256)?;
-    }
-    Ok(())
 }
 
 pub fn progress_from_proto(proto: Option<pb::Progress>) -> Result<Progress> {
@@ -362,7 +348,7 @@ pub fn metrics_from_proto(proto: Option<pb::Metrics>) -> Result<Option<Metrics>>
 }
 
 pub fn claims_from_proto(tensors: Vec<pb::TensorProvenance>) -> Result<Vec<ClaimedTensor>> {
-    check_tensor_list(
+    limits::check_tensors(
         "output.tensors",
         tensors
             .iter()

@@ -156,6 +156,18 @@ pub fn worker_process(
         .expect("start the worker binary")
 }
 
+/// Another binary of the workspace (`heirloom`, `heirloom-coordinator`), built beside
+/// the worker by `./scripts/test.sh`.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_heirloom-worker")).with_file_name(name);
+    assert!(
+        binary.exists(),
+        "{} is missing: run the tests with ./scripts/test.sh, which builds every binary",
+        binary.display()
+    );
+    binary
+}
+
 /// Sends a signal (`TERM`, `KILL`, `STOP`, `CONT`) to a child process.
 pub fn signal(child: &Child, name: &str) {
     let pid = child.id().expect("the process is running");
