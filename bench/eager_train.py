@@ -1,8 +1,9 @@
 """The PyTorch-eager peer of `heirloom-train`, and the checks on what it wrote.
 
-  make-data PATH ROWS           writes blobs (x float32 [ROWS, 64], y int64, 10 classes)
+  make-data PATH ROWS [FEATURES] writes blobs (x float32 [ROWS, FEATURES=64], y int64, 10 classes)
   eager PATH ARCH_JSON EPOCHS THREADS BATCH
-                                trains the same MLP the same way in PyTorch eager, prints steps/s
+                                trains the same MLP, or ResNet (torchvision's, on 3xHxW
+                                rows), the same way in PyTorch eager, prints steps/s
   same-frozen A B PATTERN...    asserts every tensor of A and B not matching a PATTERN is byte-identical
 
 Writes and reads safetensors by hand, so it needs nothing but torch.
@@ -40,25 +41,33 @@ def read_raw(path):
     return {k: body[v["data_offsets"][0] : v["data_offsets"][1]] for k, v in header.items() if k != "__metadata__"}
 
 
-def make_data(path, rows):
+def make_data(path, rows, features=64):
     g = torch.Generator().manual_seed(0)
-    centres = torch.randn(10, 64, generator=g)
+    centres = torch.randn(10, features, generator=g)
     y = torch.randint(0, 10, (rows,), generator=g)
-    x = centres[y] + 1.2 * torch.randn(rows, 64, generator=g)
+    x = centres[y] + 1.2 * torch.randn(rows, features, generator=g)
     write_safetensors(path, {"x": x.float(), "y": y.long()})
 
 
 def eager(path, arch, epochs, device, batch_size=64):
     raw = read_raw(path)
-    x = torch.frombuffer(bytearray(raw["x"]), dtype=torch.float32).reshape(-1, 64).to(device)
     y = torch.frombuffer(bytearray(raw["y"]), dtype=torch.int64).to(device)
-    widths = [arch["mlp"]["input_features"], *arch["mlp"]["hidden"], arch["mlp"]["num_classes"]]
-    layers = []
-    for i in range(len(widths) - 1):
-        layers.append(torch.nn.Linear(widths[i], widths[i + 1]))
-        if i < len(widths) - 2:
-            layers.append(torch.nn.ReLU())
-    model = torch.nn.Sequential(*layers).to(device)
+    x = torch.frombuffer(bytearray(raw["x"]), dtype=torch.float32).reshape(len(y), -1).to(device)
+    if "resnet" in arch:
+        import torchvision
+
+        r = arch["resnet"]
+        build = {18: torchvision.models.resnet18, 34: torchvision.models.resnet34}[r["depth"]]
+        model = build(num_classes=r["num_classes"]).to(device)
+        x = x.reshape(-1, r["in_channels"], r["height"], r["width"])
+    else:
+        widths = [arch["mlp"]["input_features"], *arch["mlp"]["hidden"], arch["mlp"]["num_classes"]]
+        layers = []
+        for i in range(len(widths) - 1):
+            layers.append(torch.nn.Linear(widths[i], widths[i + 1]))
+            if i < len(widths) - 2:
+                layers.append(torch.nn.ReLU())
+        model = torch.nn.Sequential(*layers).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     train_rows = torch.randperm(len(y), device=device)[len(y) // 5 :]
     steps, start = 0, time.perf_counter()
@@ -96,7 +105,7 @@ def same_frozen(a, b, patterns):
 if __name__ == "__main__":
     command = sys.argv[1]
     if command == "make-data":
-        make_data(sys.argv[2], int(sys.argv[3]))
+        make_data(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 64)
     elif command == "eager":
         torch.set_num_threads(int(sys.argv[5]))
         device = "cuda" if torch.cuda.is_available() else "cpu"
