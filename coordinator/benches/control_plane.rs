@@ -95,7 +95,12 @@ impl Coordinator {
     fn usage(&self) -> (f64, u64) {
         let pid = self.child.id();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
         let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let rss_kib: u64 = status
@@ -139,7 +144,9 @@ impl Simulated {
             .into_inner()
             .worker_id;
         let assignments = client
-            .stream_assignments(pb::StreamAssignmentsRequest { worker_id: id.clone() })
+            .stream_assignments(pb::StreamAssignmentsRequest {
+                worker_id: id.clone(),
+            })
             .await
             .unwrap()
             .into_inner();
@@ -162,33 +169,33 @@ async fn complete(
     assignment: &pb::Assignment,
 ) {
     let parent = &assignment.parents[0];
-        let tensors = parent
-            .tensors
-            .iter()
-            .map(|tensor| pb::TensorProvenance {
-                name: tensor.name.clone(),
-                sha256: tensor.sha256.clone(),
-                status: pb::TensorStatus::Inherited.into(),
-                origin_model_id: parent.model_id.clone(),
-                origin_tensor: tensor.name.clone(),
-                dtype: tensor.dtype.clone(),
-                shape: tensor.shape.clone(),
-                ..Default::default()
-            })
-            .collect();
-        client
-            .complete_job(pb::CompleteJobRequest {
-                worker_id: worker_id.into(),
-                job_id: assignment.job_id.clone(),
-                attempt: assignment.attempt,
-                result: Some(pb::complete_job_request::Result::Output(pb::JobOutput {
-                    tensors,
-                    metrics: None,
-                })),
-                retryable: false,
-            })
-            .await
-            .expect("the completion is accepted");
+    let tensors = parent
+        .tensors
+        .iter()
+        .map(|tensor| pb::TensorProvenance {
+            name: tensor.name.clone(),
+            sha256: tensor.sha256.clone(),
+            status: pb::TensorStatus::Inherited.into(),
+            origin_model_id: parent.model_id.clone(),
+            origin_tensor: tensor.name.clone(),
+            dtype: tensor.dtype.clone(),
+            shape: tensor.shape.clone(),
+            ..Default::default()
+        })
+        .collect();
+    client
+        .complete_job(pb::CompleteJobRequest {
+            worker_id: worker_id.into(),
+            job_id: assignment.job_id.clone(),
+            attempt: assignment.attempt,
+            result: Some(pb::complete_job_request::Result::Output(pb::JobOutput {
+                tensors,
+                metrics: None,
+            })),
+            retryable: false,
+        })
+        .await
+        .expect("the completion is accepted");
 }
 
 fn copy_job(name: String, parent_id: &str) -> pb::SubmitJobRequest {
@@ -274,7 +281,10 @@ async fn main() {
         .model
         .unwrap();
     let mut jobs = JobServiceClient::new(admin.clone());
-    println!("coordinator: {} (TLS, tokens, mutual TLS for workers)", coordinator.address);
+    println!(
+        "coordinator: {} (TLS, tokens, mutual TLS for workers)",
+        coordinator.address
+    );
 
     // 1. Submit → an idle worker has the job: four idle workers, one job at a time.
     let mut idle = Vec::new();
@@ -284,15 +294,16 @@ async fn main() {
     }
     let mut latencies = Vec::new();
     let (arrivals_tx, mut arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let mut idle_tasks = Vec::new();
     for mut worker in idle {
         let arrivals_tx = arrivals_tx.clone();
-        tokio::spawn(async move {
+        idle_tasks.push(tokio::spawn(async move {
             while let Ok(Some(assignment)) = worker.assignments.message().await {
                 let at = Instant::now();
                 worker.complete(&assignment).await;
                 let _ = arrivals_tx.send((assignment.job_id, at));
             }
-        });
+        }));
     }
     for i in 0..LATENCY_JOBS {
         let started = Instant::now();
@@ -306,6 +317,10 @@ async fn main() {
         let (job_id, at) = arrivals.recv().await.unwrap();
         assert_eq!(job_id, job.id);
         latencies.push(at - started);
+    }
+    // These workers leave: the next phase has workers of its own.
+    for task in idle_tasks {
+        task.abort();
     }
     latencies.sort();
     println!(

@@ -109,29 +109,82 @@ pub struct Blob {
 }
 
 impl Weights {
-    fn load(&self) -> Result<HashMap<String, Tensor>> {
+    /// Every tensor on the CPU, by name; blobs are checked against their hashes.
+    pub fn load(&self) -> Result<HashMap<String, Tensor>> {
         match self {
             Weights::File(path) => Ok(Tensor::read_safetensors(path)?.into_iter().collect()),
             Weights::Blobs(blobs) => blobs
                 .iter()
-                .map(|blob| {
-                    let bytes = std::fs::read(&blob.path)?;
-                    if heirloom_spec::sha256_hex(&bytes) != blob.sha256 {
-                        return Err(Error::InvalidJob(format!(
-                            "tensor {}: blob {} does not match its hash",
-                            blob.name, blob.sha256
-                        )));
-                    }
-                    let kind = match blob.dtype.as_str() {
-                        "i64" => Kind::Int64,
-                        _ => Kind::Float,
-                    };
-                    let tensor = Tensor::f_from_data_size(&bytes, &blob.shape, kind)?;
-                    Ok((blob.name.clone(), tensor))
-                })
+                .map(|blob| Ok((blob.name.clone(), load_blob(blob)?)))
                 .collect(),
         }
     }
+}
+
+/// Reads a blob straight into a new tensor's memory, hashing it on the way: one copy
+/// from the page cache, no intermediate buffer.
+fn load_blob(blob: &Blob) -> Result<Tensor> {
+    use sha2::{Digest, Sha256};
+    let kind = match blob.dtype.as_str() {
+        "i64" => Kind::Int64,
+        _ => Kind::Float,
+    };
+    let tensor = Tensor::f_empty(blob.shape.as_slice(), (kind, tch::Device::Cpu))?;
+    let size = tensor.numel() * kind.elt_size_in_bytes();
+    let mut file = std::fs::File::open(&blob.path)?;
+    let mismatch = |what: &str| {
+        Error::InvalidJob(format!("tensor {}: blob {} {what}", blob.name, blob.sha256))
+    };
+    if file.metadata()?.len() != size as u64 {
+        return Err(mismatch("is not the size of its dtype and shape"));
+    }
+    let digest = if size == 0 {
+        Sha256::digest([])
+    } else {
+        // SAFETY: `tensor` was just made, contiguous on the CPU, holding exactly `size`
+        // bytes, and nothing else refers to its memory until this function returns it.
+        let memory = unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut u8, size) };
+        read_hashing(&mut file, memory)?
+    };
+    if hex::encode(digest) != blob.sha256 {
+        return Err(mismatch("does not match its hash"));
+    }
+    Ok(tensor)
+}
+
+/// Fills `memory` from `file` and returns the SHA-256 of what was read. A large blob is
+/// hashed on a second thread, a chunk behind the reading, so loading takes about as
+/// long as reading.
+fn read_hashing(
+    file: &mut std::fs::File,
+    memory: &mut [u8],
+) -> Result<sha2::digest::Output<sha2::Sha256>> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    const CHUNK: usize = 4 << 20;
+    if memory.len() <= 4 * CHUNK {
+        file.read_exact(memory)?;
+        return Ok(Sha256::digest(&*memory));
+    }
+    std::thread::scope(|scope| {
+        let (chunks, to_hash) = std::sync::mpsc::sync_channel::<&[u8]>(4);
+        let hashing = scope.spawn(move || {
+            let mut hasher = Sha256::new();
+            for chunk in to_hash {
+                hasher.update(chunk);
+            }
+            hasher.finalize()
+        });
+        for chunk in memory.chunks_mut(CHUNK) {
+            file.read_exact(chunk)?;
+            let chunk: &[u8] = chunk;
+            chunks
+                .send(chunk)
+                .expect("the hashing thread runs until the reading ends");
+        }
+        drop(chunks);
+        Ok(hashing.join().expect("hashing does not panic"))
+    })
 }
 
 /// Sets libtorch's thread pools; call once before training.
