@@ -3,13 +3,19 @@
 //! only for the workers it registered (checked in the worker and artifact services).
 //!
 //! Tokens are 256 random bits; the database keeps only their SHA-256, so a leaked
-//! database leaks no usable token. Lookups go to the database on every call: a revoked
-//! token is refused at once, on every replica.
+//! database leaks no usable token. Each replica caches the tokens it looked up
+//! ([`TokenCache`]) and drops them all on every revocation, so a revoked token is
+//! refused at once, on every replica.
 
 use crate::db::Db;
+use crate::notifier::{Notification, Notifier};
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tonic::Status;
 use tonic::codegen::http;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -125,31 +131,36 @@ fn names(roles: &[Role]) -> String {
 
 /// Checks a request's token against the table, and puts its [`Caller`] in the
 /// request's extensions.
-async fn authenticate<B>(
-    db: &Db,
-    require_worker_certificates: bool,
-    request: &mut http::Request<B>,
-) -> Result<(), Status> {
+async fn authenticate<B>(layer: &AuthLayer, request: &mut http::Request<B>) -> Result<(), Status> {
+    let (db, require_worker_certificates) = (&layer.db, layer.require_worker_certificates);
     let path = request.uri().path().to_string();
     let roles = allowed_roles(&path)
         .ok_or_else(|| Status::unimplemented(format!("{path} is not a method of this server")))?;
     if roles.is_empty() {
         return Ok(());
     }
-    let secret = bearer_token(request.headers())?;
-    let caller = db
-        .caller(&secret_sha256(secret))
-        .await
-        .map_err(|err| {
-            tracing::warn!(error = %err, "cannot check a token: the database is unreachable");
-            Status::unavailable("cannot check the token now: the database is unreachable; retry")
-        })?
-        .ok_or_else(|| {
-            Status::unauthenticated(
-                "the token is unknown, revoked or expired: ask an admin for a new one \
+    let hash = secret_sha256(bearer_token(request.headers())?);
+    let caller = match layer.cache.get(&hash) {
+        Some(caller) => Some(caller),
+        None => {
+            let found = db.caller(&hash).await.map_err(|err| {
+                tracing::warn!(error = %err, "cannot check a token: the database is unreachable");
+                Status::unavailable(
+                    "cannot check the token now: the database is unreachable; retry",
+                )
+            })?;
+            found.map(|(caller, expires_at)| {
+                layer.cache.put(hash, caller.clone(), expires_at);
+                caller
+            })
+        }
+    };
+    let caller = caller.ok_or_else(|| {
+        Status::unauthenticated(
+            "the token is unknown, revoked or expired: ask an admin for a new one \
                  (`heirloom token create`)",
-            )
-        })?;
+        )
+    })?;
     if !roles.contains(&caller.role) {
         return Err(Status::permission_denied(format!(
             "{path} needs a token with role {}; this one ({}) has role {}",
@@ -199,7 +210,80 @@ fn has_client_certificate<B>(request: &http::Request<B>) -> bool {
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     pub db: Db,
+    pub cache: TokenCache,
     pub require_worker_certificates: bool,
+}
+
+/// Tokens this replica looked up recently, so most calls cost no database round trip.
+/// All are dropped on every revocation (the revoking replica at once, the others on the
+/// NOTIFY), whenever the notification listener reconnects (revocations may have been
+/// missed), and each is looked up again after [`TokenCache::MAX_AGE`] regardless.
+#[derive(Debug, Clone, Default)]
+pub struct TokenCache(Arc<Mutex<HashMap<String, CachedToken>>>);
+
+#[derive(Debug)]
+struct CachedToken {
+    caller: Caller,
+    expires_at: Option<DateTime<Utc>>,
+    fetched: Instant,
+}
+
+impl TokenCache {
+    const MAX_AGE: Duration = Duration::from_secs(5);
+    const MAX_ENTRIES: usize = 10_000;
+
+    /// A cache that empties itself on every revocation `notifier` hears of.
+    pub fn start(notifier: &Notifier) -> TokenCache {
+        let cache = TokenCache::default();
+        let mut notifications = notifier.subscribe();
+        let cleared = cache.clone();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match notifications.recv().await {
+                    Ok(Notification::Tokens) => cleared.clear(),
+                    // Missed notifications may have been revocations.
+                    Err(RecvError::Lagged(_)) => cleared.clear(),
+                    Err(RecvError::Closed) => return,
+                    Ok(_) => {}
+                }
+            }
+        });
+        cache
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedToken>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn get(&self, secret_sha256: &str) -> Option<Caller> {
+        let entries = self.entries();
+        let cached = entries.get(secret_sha256)?;
+        let fresh = cached.fetched.elapsed() < Self::MAX_AGE
+            && cached.expires_at.is_none_or(|at| at > Utc::now());
+        fresh.then(|| cached.caller.clone())
+    }
+
+    fn put(&self, secret_sha256: String, caller: Caller, expires_at: Option<DateTime<Utc>>) {
+        let mut entries = self.entries();
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(
+            secret_sha256,
+            CachedToken {
+                caller,
+                expires_at,
+                fetched: Instant::now(),
+            },
+        );
+    }
+
+    pub fn clear(&self) {
+        self.entries().clear();
+    }
 }
 
 impl<S> tower::Layer<S> for AuthLayer {
@@ -243,7 +327,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let layer = self.layer.clone();
         Box::pin(async move {
-            match authenticate(&layer.db, layer.require_worker_certificates, &mut request).await {
+            match authenticate(&layer, &mut request).await {
                 Ok(()) => inner.call(request).await,
                 Err(status) => Ok(status.into_http()),
             }

@@ -126,7 +126,7 @@ async fn wait_for_jobs(wake: &mut broadcast::Receiver<Notification>) {
     loop {
         match wake.recv().await {
             Ok(Notification::Jobs) | Err(_) => return,
-            Ok(Notification::JobEvent(_)) => {}
+            Ok(Notification::JobEvent(_) | Notification::Tokens) => {}
         }
     }
 }

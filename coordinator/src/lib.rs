@@ -31,6 +31,7 @@ pub struct Services {
     db: Db,
     artifacts: Artifacts,
     notifier: Notifier,
+    tokens: auth::TokenCache,
     policy: domain::Policy,
 }
 
@@ -61,6 +62,7 @@ impl Coordinator {
             services: Services {
                 db,
                 artifacts,
+                tokens: auth::TokenCache::start(&notifier),
                 notifier,
                 policy,
             },

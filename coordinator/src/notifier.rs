@@ -2,7 +2,7 @@
 //! watchers on every replica wake when something changes, whichever replica changed it.
 //! Listeners also poll, so a lost notification only delays them.
 
-use crate::db::{EVENTS_CHANNEL, JOBS_CHANNEL};
+use crate::db::{EVENTS_CHANNEL, JOBS_CHANNEL, TOKENS_CHANNEL};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use std::time::Duration;
@@ -16,6 +16,8 @@ pub enum Notification {
     Jobs,
     /// This job has a new event.
     JobEvent(Uuid),
+    /// A token was revoked (or revocations may have been missed): drop cached tokens.
+    Tokens,
 }
 
 #[derive(Debug, Clone)]
@@ -61,13 +63,18 @@ async fn listen(
     sender: &broadcast::Sender<Notification>,
 ) -> Result<(), sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen_all([JOBS_CHANNEL, EVENTS_CHANNEL]).await?;
+    listener
+        .listen_all([JOBS_CHANNEL, EVENTS_CHANNEL, TOKENS_CHANNEL])
+        .await?;
     // Anything may have happened while not listening.
     let _ = sender.send(Notification::Jobs);
+    let _ = sender.send(Notification::Tokens);
     loop {
         let message = listener.recv().await?;
         let notification = if message.channel() == JOBS_CHANNEL {
             Notification::Jobs
+        } else if message.channel() == TOKENS_CHANNEL {
+            Notification::Tokens
         } else {
             match Uuid::parse_str(message.payload()) {
                 Ok(id) => Notification::JobEvent(id),

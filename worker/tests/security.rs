@@ -223,6 +223,28 @@ async fn revoked_and_expired_tokens_are_refused_at_once() {
         "unknown, revoked or expired",
     )
     .await;
+    // Another replica, which cached a token, drops it on the revocation's NOTIFY.
+    let replica = cluster.replica().await;
+    let cached = create_token(&cluster.channel, "cached-elsewhere", pb::Role::Reader).await;
+    let mut on_replica = ModelServiceClient::new(connect_as(&replica, Some(&cached)));
+    on_replica
+        .list_models(list_models())
+        .await
+        .expect("valid, and now cached");
+    admin
+        .revoke_token(pb::RevokeTokenRequest {
+            token: "cached-elsewhere".into(),
+        })
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    while on_replica.list_models(list_models()).await.is_ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the replica still accepts a revoked token"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // A revoked name is free again; the old secret stays dead.
     let again = create_token(&cluster.channel, "soon-revoked", pb::Role::Reader).await;
     assert_ne!(again, reader);

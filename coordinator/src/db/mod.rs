@@ -21,6 +21,8 @@ use sqlx::postgres::PgPoolOptions;
 pub const JOBS_CHANNEL: &str = "heirloom_jobs";
 /// Channel notified with a job id whenever that job has a new event.
 pub const EVENTS_CHANNEL: &str = "heirloom_job_events";
+/// Channel notified when a token is revoked: every replica drops its cached tokens.
+pub const TOKENS_CHANNEL: &str = "heirloom_tokens";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 

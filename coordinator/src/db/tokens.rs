@@ -91,21 +91,30 @@ impl Db {
         record(row.ok_or_else(|| Error::NotFound(format!("token {id} does not exist")))?)
     }
 
-    /// The caller a secret stands for, if it is a token neither revoked nor expired.
-    pub async fn caller(&self, secret_sha256: &str) -> Result<Option<Caller>, sqlx::Error> {
-        let row: Option<(Uuid, String, String)> = sqlx::query_as(
-            "SELECT id, name, role FROM tokens
+    /// The caller a secret stands for, if it is a token neither revoked nor expired,
+    /// and when it expires.
+    pub async fn caller(
+        &self,
+        secret_sha256: &str,
+    ) -> Result<Option<(Caller, Option<DateTime<Utc>>)>, sqlx::Error> {
+        let row: Option<(Uuid, String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "SELECT id, name, role, expires_at FROM tokens
              WHERE secret_sha256 = $1 AND revoked_at IS NULL
                AND (expires_at IS NULL OR expires_at > now())",
         )
         .bind(secret_sha256)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.and_then(|(token_id, name, role)| {
-            Role::parse(&role).map(|role| Caller {
-                token_id,
-                name,
-                role,
+        Ok(row.and_then(|(token_id, name, role, expires_at)| {
+            Role::parse(&role).map(|role| {
+                (
+                    Caller {
+                        token_id,
+                        name,
+                        role,
+                    },
+                    expires_at,
+                )
             })
         }))
     }
@@ -163,6 +172,10 @@ impl Db {
         }
         sqlx::query("UPDATE tokens SET revoked_at = now() WHERE id = $1")
             .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(super::TOKENS_CHANNEL)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -105,6 +105,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(AuthLayer {
             db: services.db.clone(),
+            cache: services.tokens.clone(),
             require_worker_certificates: transport.require_worker_certificates,
         })
         .add_service(health_service)

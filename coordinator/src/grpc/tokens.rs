@@ -74,6 +74,8 @@ impl pb::token_service_server::TokenService for TokenApi {
             .into());
         }
         let revoked = self.0.db.revoke_token(&token).await?;
+        // Other replicas drop theirs on the NOTIFY; this one now, before it answers.
+        self.0.tokens.clear();
         tracing::info!(token = %revoked.name, by = %caller.name, "token revoked");
         Ok(Response::new(pb::RevokeTokenResponse {
             token: Some(convert::token_to_proto(revoked)),
