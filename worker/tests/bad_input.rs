@@ -3,30 +3,8 @@
 mod support;
 
 use heirloom_proto::v1 as pb;
-use support::{Cluster, blobs, hyperparameters, mlp};
+use support::{Cluster, blobs, hyperparameters, mlp, refused};
 use tonic::Code;
-
-/// Asserts the status code, that the message names `fragment`, and that no row changed.
-async fn check<T: std::fmt::Debug>(
-    cluster: &Cluster,
-    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
-    code: Code,
-    fragment: &str,
-) {
-    let before = cluster.row_counts().await;
-    let status = call.await.expect_err("the request is refused");
-    assert_eq!(status.code(), code, "{fragment}: {}", status.message());
-    assert!(
-        status.message().contains(fragment),
-        "message {:?} should name {fragment:?}",
-        status.message()
-    );
-    assert_eq!(
-        cluster.row_counts().await,
-        before,
-        "nothing is written for {fragment}"
-    );
-}
 
 fn train(dataset_id: &str) -> pb::JobSpec {
     pb::JobSpec {
@@ -78,7 +56,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     };
 
     let unknown = uuid::Uuid::new_v4().to_string();
-    check(
+    refused(
         &cluster,
         submit(pb::JobSpec {
             architecture: None,
@@ -88,15 +66,15 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         &unknown,
     )
     .await;
-    check(&cluster, submit(train(&unknown)), Code::NotFound, &unknown).await;
-    check(
+    refused(&cluster, submit(train(&unknown)), Code::NotFound, &unknown).await;
+    refused(
         &cluster,
         submit(train("not-an-id")),
         Code::InvalidArgument,
         "spec.dataset_id",
     )
     .await;
-    check(
+    refused(
         &cluster,
         submit(pb::JobSpec {
             architecture: Some(mlp(64, vec![16, 0], 5)),
@@ -106,7 +84,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         "spec.architecture.mlp.hidden[1]",
     )
     .await;
-    check(
+    refused(
         &cluster,
         submit(pb::JobSpec {
             architecture: Some(pb::Architecture { kind: None }),
@@ -116,7 +94,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         "spec.architecture",
     )
     .await;
-    check(
+    refused(
         &cluster,
         submit(pb::JobSpec {
             architecture: None,
@@ -126,7 +104,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         "spec.architecture",
     )
     .await;
-    check(
+    refused(
         &cluster,
         submit(pb::JobSpec {
             hyperparameters: hyperparameters(1, -0.5),
@@ -136,7 +114,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         "spec.hyperparameters.learning_rate",
     )
     .await;
-    check(
+    refused(
         &cluster,
         submit(pb::JobSpec {
             hyperparameters: Some(pb::Hyperparameters {
@@ -149,7 +127,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         "spec.hyperparameters.holdout_fraction",
     )
     .await;
-    check(
+    refused(
         &cluster,
         submit(pb::JobSpec {
             kind: 0,
@@ -159,7 +137,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         "spec.kind",
     )
     .await;
-    check(
+    refused(
         &cluster,
         submit(pb::JobSpec {
             model_name: "has space".into(),
@@ -169,7 +147,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         "spec.model_name",
     )
     .await;
-    check(
+    refused(
         &cluster,
         submit(pb::JobSpec {
             model_name: "root".into(),
@@ -179,7 +157,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         "root",
     )
     .await;
-    check(
+    refused(
         &cluster,
         submit(pb::JobSpec {
             parent_id: root.id.clone(),
@@ -189,7 +167,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         "spec.parent_id",
     )
     .await;
-    check(
+    refused(
         &cluster,
         submit(pb::JobSpec {
             architecture: Some(mlp(32, vec![16], 5)),
@@ -199,7 +177,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         "64 features",
     )
     .await;
-    check(
+    refused(
         &cluster,
         submit(pb::JobSpec {
             trainable: vec!["layer4.*".into()],
@@ -209,7 +187,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         "spec.trainable[0]",
     )
     .await;
-    check(
+    refused(
         &cluster,
         submit(pb::JobSpec {
             kind: pb::JobKind::Transfer as i32,
@@ -219,7 +197,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         "spec.num_classes",
     )
     .await;
-    check(
+    refused(
         &cluster,
         submit(pb::JobSpec {
             kind: pb::JobKind::Transfer as i32,
@@ -256,14 +234,14 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         alpha: 0.5,
         ..direct.clone()
     };
-    check(
+    refused(
         &cluster,
         submit(interpolate_with(&narrow)),
         Code::InvalidArgument,
         "architectures differ",
     )
     .await;
-    check(
+    refused(
         &cluster,
         submit(pb::JobSpec {
             alpha: 0.5,
@@ -287,21 +265,21 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         ..Default::default()
     };
     let head = vec!["fc.*".to_string()];
-    check(
+    refused(
         &cluster,
         submit(compose(&narrow, head)),
         Code::InvalidArgument,
         "shape mismatch",
     )
     .await;
-    check(
+    refused(
         &cluster,
         submit(compose(&root, vec![])),
         Code::InvalidArgument,
         "no module provides fc.weight",
     )
     .await;
-    check(
+    refused(
         &cluster,
         submit(pb::JobSpec {
             kind: pb::JobKind::Transfer as i32,
@@ -331,10 +309,10 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         weights: support::mlp_weights(64, 16, 5, [0.5; 4]).into(),
         ..Default::default()
     });
-    check(&cluster, import_reserved, Code::AlreadyExists, &queued.id).await;
+    refused(&cluster, import_reserved, Code::AlreadyExists, &queued.id).await;
 
     let mut jobs = cluster.jobs();
-    check(
+    refused(
         &cluster,
         jobs.get_job(pb::GetJobRequest {
             job_id: unknown.clone(),
@@ -343,7 +321,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         &unknown,
     )
     .await;
-    check(
+    refused(
         &cluster,
         jobs.cancel_job(pb::CancelJobRequest { job_id: "x".into() }),
         Code::InvalidArgument,
@@ -364,14 +342,14 @@ async fn bad_imports_and_datasets_are_refused() {
             ..Default::default()
         };
     let wrong_shape = support::mlp_weights(32, 16, 5, [0.0; 4]);
-    check(
+    refused(
         &cluster,
         models.import_model(import(mlp(64, vec![16], 5), wrong_shape, "m")),
         Code::InvalidArgument,
         "hidden.0.weight",
     )
     .await;
-    check(
+    refused(
         &cluster,
         models.import_model(import(
             mlp(64, vec![16], 5),
@@ -382,7 +360,7 @@ async fn bad_imports_and_datasets_are_refused() {
         "weights: not a safetensors file",
     )
     .await;
-    check(
+    refused(
         &cluster,
         models.get_model(pb::GetModelRequest {
             model: "nobody".into(),
@@ -418,7 +396,7 @@ async fn bad_imports_and_datasets_are_refused() {
             program,
             ..Default::default()
         };
-        check(
+        refused(
             &cluster,
             models.import_model(request),
             Code::InvalidArgument,
@@ -429,7 +407,7 @@ async fn bad_imports_and_datasets_are_refused() {
 
     let mut datasets = cluster.datasets();
     let content = blobs(0..2, 5, 1);
-    check(
+    refused(
         &cluster,
         datasets.register_dataset(pb::RegisterDatasetRequest {
             name: "d".into(),
@@ -442,7 +420,7 @@ async fn bad_imports_and_datasets_are_refused() {
     .await;
     let no_labels =
         support::safetensors_file(&[("x", safetensors::Dtype::F32, vec![2, 2], vec![0; 16])]);
-    check(
+    refused(
         &cluster,
         datasets.register_dataset(pb::RegisterDatasetRequest {
             name: "d".into(),
@@ -454,7 +432,7 @@ async fn bad_imports_and_datasets_are_refused() {
     )
     .await;
     cluster.register_dataset("d", content.clone()).await;
-    check(
+    refused(
         &cluster,
         datasets.register_dataset(pb::RegisterDatasetRequest {
             name: "d".into(),

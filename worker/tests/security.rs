@@ -13,31 +13,8 @@ use heirloom_proto::v1::model_service_client::ModelServiceClient;
 use heirloom_proto::v1::token_service_client::TokenServiceClient;
 use heirloom_proto::v1::worker_service_client::WorkerServiceClient;
 use std::time::Duration;
-use support::{Cluster, Connection, blobs, connect_as, create_token, mlp};
+use support::{Cluster, Connection, blobs, connect_as, create_token, mlp, refused};
 use tonic::Code;
-
-/// Asserts that `call` is refused with `code`, its message naming `fragment`, and that
-/// no row of any table changed.
-async fn refused<T: std::fmt::Debug>(
-    cluster: &Cluster,
-    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
-    code: Code,
-    fragment: &str,
-) {
-    let before = cluster.row_counts().await;
-    let status = call.await.expect_err("the call is refused");
-    assert_eq!(status.code(), code, "{fragment}: {}", status.message());
-    assert!(
-        status.message().contains(fragment),
-        "message {:?} should name {fragment:?}",
-        status.message()
-    );
-    assert_eq!(
-        cluster.row_counts().await,
-        before,
-        "nothing is written for {fragment}"
-    );
-}
 
 fn training(name: &str, dataset_id: &str) -> pb::SubmitJobRequest {
     pb::SubmitJobRequest {

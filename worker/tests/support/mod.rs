@@ -477,6 +477,29 @@ impl Cluster {
     }
 }
 
+/// Asserts that `call` is refused with `code`, its message naming `fragment`, and that
+/// no row of any table changed (counted before the call and after).
+pub async fn refused<T: std::fmt::Debug>(
+    cluster: &Cluster,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+    code: tonic::Code,
+    fragment: &str,
+) {
+    let before = cluster.row_counts().await;
+    let status = call.await.expect_err("the call is refused");
+    assert_eq!(status.code(), code, "{fragment}: {}", status.message());
+    assert!(
+        status.message().contains(fragment),
+        "message {:?} should name {fragment:?}",
+        status.message()
+    );
+    assert_eq!(
+        cluster.row_counts().await,
+        before,
+        "nothing is written for {fragment}"
+    );
+}
+
 /// Deterministic pseudo-random numbers, so test data is the same on every run.
 pub struct Rng(u64);
 
