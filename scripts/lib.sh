@@ -27,12 +27,13 @@ pg_start() {
   pg_run "$dir" "$port"
 }
 
-# pg_run DIR PORT: starts the existing cluster in DIR again (after pg_stop).
+# pg_run DIR PORT: starts the existing cluster in DIR again (after pg_stop). Extra server
+# options may come in HEIRLOOM_PG_OPTIONS (e.g. "-c shared_preload_libraries=pg_stat_statements").
 pg_run() {
   local dir=$1 port=$2
   # fsync off: these clusters are throwaway and speed matters more than crash safety.
   as_pg_owner "$(pg_bin)/pg_ctl" -D "$dir" -l "$dir/server.log" -w \
-    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" \
+    -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300 ${HEIRLOOM_PG_OPTIONS:-}" \
     start >/dev/null
 }
 

@@ -286,10 +286,37 @@ async fn main() {
         coordinator.address
     );
 
-    // 1. Submit → an idle worker has the job: four idle workers, one job at a time.
+    // Phases named on the command line (`-- throughput`), or all three.
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with("--"))
+        .collect();
+    let runs = |phase: &str| named.is_empty() || named.iter().any(|name| name == phase);
+    if runs("latency") {
+        latency(&coordinator, &worker_token, &mut jobs, &parent.id).await;
+    }
+    if runs("throughput") {
+        let count = std::env::var("HEIRLOOM_BENCH_QUEUE_JOBS")
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(THROUGHPUT_JOBS);
+        throughput(&coordinator, &worker_token, &mut jobs, &parent.id, count).await;
+    }
+    if runs("idle") {
+        idle_workers(&coordinator, &worker_token).await;
+    }
+}
+
+/// Submit → an idle worker has the job: four idle workers, one job at a time.
+async fn latency(
+    coordinator: &Coordinator,
+    worker_token: &str,
+    jobs: &mut JobServiceClient<Connection>,
+    parent_id: &str,
+) {
     let mut idle = Vec::new();
     for i in 0..4 {
-        let channel = coordinator.connect(&worker_token, true);
+        let channel = coordinator.connect(worker_token, true);
         idle.push(Simulated::register(channel, &format!("idle-{i}"), 1).await);
     }
     let mut latencies = Vec::new();
@@ -308,7 +335,7 @@ async fn main() {
     for i in 0..LATENCY_JOBS {
         let started = Instant::now();
         let job = jobs
-            .submit_job(copy_job(format!("latency-{i}"), &parent.id))
+            .submit_job(copy_job(format!("latency-{i}"), parent_id))
             .await
             .unwrap()
             .into_inner()
@@ -329,18 +356,27 @@ async fn main() {
         ms(percentile(&latencies, 0.99)),
         ms(*latencies.last().unwrap())
     );
+}
 
-    // 2. Queue throughput: a full queue drained by workers that complete at once.
-    for i in 0..THROUGHPUT_JOBS {
-        jobs.submit_job(copy_job(format!("queued-{i}"), &parent.id))
+/// Queue throughput: a full queue drained by workers that complete at once.
+async fn throughput(
+    coordinator: &Coordinator,
+    worker_token: &str,
+    jobs: &mut JobServiceClient<Connection>,
+    parent_id: &str,
+    count: usize,
+) {
+    for i in 0..count {
+        jobs.submit_job(copy_job(format!("queued-{i}"), parent_id))
             .await
             .unwrap();
     }
+    println!("{count} jobs queued; draining");
     let (cpu_before, _) = coordinator.usage();
     let started = Instant::now();
     let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
     for i in 0..THROUGHPUT_WORKERS {
-        let channel = coordinator.connect(&worker_token, true);
+        let channel = coordinator.connect(worker_token, true);
         let done_tx = done_tx.clone();
         tokio::spawn(async move {
             let mut worker = Simulated::register(channel, &format!("busy-{i}"), 4).await;
@@ -355,26 +391,28 @@ async fn main() {
             }
         });
     }
-    for _ in 0..THROUGHPUT_JOBS {
+    for _ in 0..count {
         done.recv().await.unwrap();
     }
     let elapsed = started.elapsed();
     let (cpu_after, rss) = coordinator.usage();
     println!(
-        "queue throughput ({THROUGHPUT_JOBS} queued jobs, {THROUGHPUT_WORKERS} workers × 4 slots, claim + verified completion + model written): {:.0} jobs/s ({:.2} s); coordinator CPU {:.2} s ({:.0}% of one core), RSS {:.0} MiB",
-        THROUGHPUT_JOBS as f64 / elapsed.as_secs_f64(),
+        "queue throughput ({count} queued jobs, {THROUGHPUT_WORKERS} workers × 4 slots, claim + verified completion + model written): {:.0} jobs/s ({:.2} s); coordinator CPU {:.2} s ({:.0}% of one core), RSS {:.0} MiB",
+        count as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
         cpu_after - cpu_before,
         100.0 * (cpu_after - cpu_before) / elapsed.as_secs_f64(),
         rss as f64 / (1 << 20) as f64
     );
+}
 
-    // 3. A thousand idle workers connected, each heartbeating three times a lease.
+/// A thousand idle workers connected, each heartbeating three times a lease.
+async fn idle_workers(coordinator: &Coordinator, worker_token: &str) {
     let mut sessions = Vec::new();
     let registered = Instant::now();
     let (ready_tx, mut ready) = tokio::sync::mpsc::unbounded_channel();
     for i in 0..IDLE_WORKERS {
-        let channel = coordinator.connect(&worker_token, true);
+        let channel = coordinator.connect(worker_token, true);
         let ready_tx = ready_tx.clone();
         sessions.push(tokio::spawn(async move {
             let mut worker = Simulated::register(channel, &format!("many-{i}"), 1).await;

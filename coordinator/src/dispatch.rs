@@ -70,7 +70,7 @@ pub fn assignments(services: Services, worker_id: Uuid) -> impl Stream<Item = Re
             }
             tokio::select! {
                 _ = sender.closed() => break,
-                _ = wait_for_jobs(&mut wake) => {}
+                _ = wait_for_room_or_jobs(&mut wake, worker_id) => {}
                 _ = tokio::time::sleep(CLAIM_POLL) => {}
             }
         }
@@ -122,11 +122,14 @@ async fn claim(services: &Services, worker_id: Uuid) -> Result<Option<Assignment
     }))
 }
 
-async fn wait_for_jobs(wake: &mut broadcast::Receiver<Notification>) {
+/// Returns when a job may have become claimable, or one of this worker's jobs ended.
+/// Another worker's ended job is no reason to look: it freed room only there.
+async fn wait_for_room_or_jobs(wake: &mut broadcast::Receiver<Notification>, worker_id: Uuid) {
     loop {
         match wake.recv().await {
             Ok(Notification::Jobs) | Err(_) => return,
-            Ok(Notification::JobEvent(_) | Notification::Tokens) => {}
+            Ok(Notification::WorkerFreed(id)) if id == worker_id => return,
+            Ok(_) => {}
         }
     }
 }

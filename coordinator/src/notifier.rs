@@ -12,8 +12,10 @@ use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notification {
-    /// A job may have become claimable, or a worker free.
+    /// A job may have become claimable (submitted, queued again): every dispatcher looks.
     Jobs,
+    /// A job of this worker ended, so it has room: only its dispatcher looks.
+    WorkerFreed(Uuid),
     /// This job has a new event.
     JobEvent(Uuid),
     /// A token was revoked (or revocations may have been missed): drop cached tokens.
@@ -71,15 +73,18 @@ async fn listen(
     let _ = sender.send(Notification::Tokens);
     loop {
         let message = listener.recv().await?;
-        let notification = if message.channel() == JOBS_CHANNEL {
-            Notification::Jobs
-        } else if message.channel() == TOKENS_CHANNEL {
-            Notification::Tokens
-        } else {
-            match Uuid::parse_str(message.payload()) {
-                Ok(id) => Notification::JobEvent(id),
+        let payload = message.payload();
+        let notification = match message.channel() {
+            TOKENS_CHANNEL => Notification::Tokens,
+            JOBS_CHANNEL if payload.is_empty() => Notification::Jobs,
+            JOBS_CHANNEL => match Uuid::parse_str(payload) {
+                Ok(worker_id) => Notification::WorkerFreed(worker_id),
+                Err(_) => Notification::Jobs,
+            },
+            _ => match Uuid::parse_str(payload) {
+                Ok(job_id) => Notification::JobEvent(job_id),
                 Err(_) => continue,
-            }
+            },
         };
         let _ = sender.send(notification);
     }

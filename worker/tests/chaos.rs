@@ -490,9 +490,14 @@ async fn jobs_survive_killed_workers_coordinators_and_databases_and_cut_networks
         .iter()
         .find(|(state, _)| state == "succeeded")
         .map_or(0, |(_, count)| *count);
+    let errors: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT state, error FROM jobs WHERE state <> 'succeeded'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     assert_eq!(
         succeeded as usize, tally.jobs,
-        "every job succeeds within its 20 attempts: {states:?}"
+        "every job succeeds within its 20 attempts: {states:?}; the others: {errors:?}"
     );
 }
 

@@ -141,7 +141,7 @@ impl Db {
             return Err(name_taken(err, &spec.model_name));
         }
         insert_state_event(&mut tx, id, JobState::Queued.as_str(), "").await?;
-        notify_jobs(&mut tx).await?;
+        notify_queued(&mut tx).await?;
         tx.commit().await?;
         self.job(id).await
     }
@@ -197,60 +197,20 @@ impl Db {
         worker_id: Uuid,
         lease: std::time::Duration,
     ) -> Result<Option<Claimed>> {
-        let mut tx = self.pool.begin().await?;
-        // SKIP LOCKED lets concurrent dispatchers (other workers, other replicas) pass
-        // over a row another transaction is claiming instead of queueing behind it.
-        let row: Option<JobRow> = sqlx::query_as(
-            "WITH worker AS (SELECT * FROM workers WHERE id = $1),
-             next AS (
-                 SELECT j.id FROM jobs j, worker w
-                  WHERE j.state = 'queued' AND j.not_before <= now()
-                    AND (SELECT count(*) FROM jobs busy
-                          WHERE busy.worker_id = $1
-                            AND busy.state IN ('leased', 'running')) < w.concurrency
-                    AND w.labels @> coalesce(j.requirements->'labels', '{}')
-                    AND (coalesce(j.requirements->>'device', '') = ''
-                         AND coalesce((j.requirements->>'min_device_memory_bytes')::numeric, 0) = 0
-                         OR EXISTS (
-                            SELECT 1 FROM jsonb_array_elements(w.devices) d
-                             WHERE (coalesce(j.requirements->>'device', '') = ''
-                                    OR split_part(d->>'name', ':', 1) = j.requirements->>'device')
-                               AND coalesce((d->>'memory_bytes')::numeric, 0)
-                                   >= coalesce((j.requirements->>'min_device_memory_bytes')::numeric, 0)))
-                  ORDER BY j.priority DESC, j.created_at, j.id
-                  LIMIT 1
-                  FOR UPDATE OF j SKIP LOCKED)
-             UPDATE jobs SET state = 'leased', worker_id = $1, attempt = attempt + 1,
-                             lease_expires_at = now() + make_interval(secs => $2),
-                             updated_at = now()
-               FROM next WHERE jobs.id = next.id
-             RETURNING jobs.*",
-        )
-        .bind(worker_id)
-        .bind(lease.as_secs_f64())
-        .fetch_optional(&mut *tx)
-        .await?;
+        // The claim is a function (migration 000007), so that the planner walks the
+        // queue in index order and stops at the first fit.
+        let row: Option<JobRow> = sqlx::query_as("SELECT * FROM claim_job($1, $2, $3)")
+            .bind(worker_id)
+            .bind(lease.as_secs_f64())
+            .bind(EVENTS_CHANNEL)
+            .fetch_optional(&self.pool)
+            .await?;
         let Some(row) = row else {
             return Ok(None);
         };
-        let job = Job::try_from(row)?;
-        sqlx::query("INSERT INTO job_attempts (job_id, attempt, worker_id) VALUES ($1, $2, $3)")
-            .bind(job.id)
-            .bind(job.attempt)
-            .bind(worker_id)
-            .execute(&mut *tx)
-            .await?;
-        let resume = match &job.checkpoint {
-            Some(checkpoint) => format!(", resuming from step {}", checkpoint.step),
-            None => String::new(),
-        };
-        let message = format!(
-            "leased to worker {worker_id}, attempt {}{resume}",
-            job.attempt
-        );
-        insert_state_event(&mut tx, job.id, JobState::Leased.as_str(), &message).await?;
-        tx.commit().await?;
-        Ok(Some(Claimed { job }))
+        Ok(Some(Claimed {
+            job: Job::try_from(row)?,
+        }))
     }
 
     /// Records progress (the first report moves the job to running). Returns whether the
@@ -349,23 +309,24 @@ impl Db {
             .await?;
         }
         super::models::insert_tensors(&mut tx, model.id, &model.tensors).await?;
-        sqlx::query(
+        let succeeded: JobRow = sqlx::query_as(
             // State and model together (jobs_succeeded_has_model); like set_state, an
             // ended job holds no lease and no checkpoint.
             "UPDATE jobs SET state = 'succeeded', model_id = $2, updated_at = now(),
                              lease_expires_at = NULL, checkpoint = NULL
-              WHERE id = $1",
+              WHERE id = $1
+             RETURNING *",
         )
         .bind(job_id)
         .bind(model.id)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
         end_attempt(&mut tx, job_id, attempt, "succeeded", None).await?;
         let message = format!("model {} created", model.id);
         insert_state_event(&mut tx, job_id, JobState::Succeeded.as_str(), &message).await?;
-        notify_jobs(&mut tx).await?;
+        notify_worker_freed(&mut tx, worker_id).await?;
         tx.commit().await?;
-        self.job(job_id).await
+        Job::try_from(succeeded)
     }
 
     /// Fails a job its worker holds; writes no model.
@@ -381,7 +342,7 @@ impl Db {
         set_state(&mut tx, job_id, JobState::Failed, Some(error)).await?;
         end_attempt(&mut tx, job_id, attempt, "failed", Some(error)).await?;
         insert_state_event(&mut tx, job_id, JobState::Failed.as_str(), error).await?;
-        notify_jobs(&mut tx).await?;
+        notify_worker_freed(&mut tx, worker_id).await?;
         tx.commit().await?;
         self.job(job_id).await
     }
@@ -418,7 +379,7 @@ impl Db {
         end_attempt(&mut tx, job_id, attempt, "released", Some(reason)).await?;
         let message = format!("handed back by worker {worker_id}: {reason}");
         insert_state_event(&mut tx, job_id, JobState::Queued.as_str(), &message).await?;
-        notify_jobs(&mut tx).await?;
+        notify_queued(&mut tx).await?;
         tx.commit().await?;
         self.job(job_id).await
     }
@@ -525,12 +486,12 @@ impl Db {
 
     pub async fn cancel_job(&self, job_id: Uuid) -> Result<Job> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<(String,)> =
-            sqlx::query_as("SELECT state FROM jobs WHERE id = $1 FOR UPDATE")
+        let row: Option<(String, Option<Uuid>)> =
+            sqlx::query_as("SELECT state, worker_id FROM jobs WHERE id = $1 FOR UPDATE")
                 .bind(job_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some((state,)) = row else {
+        let Some((state, worker_id)) = row else {
             return Err(Error::NotFound(format!("job {job_id} does not exist")));
         };
         let state = JobState::parse(&state)
@@ -556,7 +517,9 @@ impl Db {
             "cancelled by request",
         )
         .await?;
-        notify_jobs(&mut tx).await?;
+        if let Some(worker_id) = worker_id {
+            notify_worker_freed(&mut tx, worker_id).await?;
+        }
         tx.commit().await?;
         self.job(job_id).await
     }
@@ -683,13 +646,19 @@ pub(super) async fn insert_state_event(
     state: &str,
     message: &str,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO job_events (job_id, state, message) VALUES ($1, $2, $3)")
-        .bind(job_id)
-        .bind(state)
-        .bind(message)
-        .execute(&mut **tx)
-        .await?;
-    notify_event(tx, job_id).await
+    // With its notification, in one round trip.
+    sqlx::query(
+        "WITH event AS (
+             INSERT INTO job_events (job_id, state, message) VALUES ($1, $2, $3) RETURNING job_id)
+         SELECT pg_notify($4, job_id::text) FROM event",
+    )
+    .bind(job_id)
+    .bind(state)
+    .bind(message)
+    .bind(EVENTS_CHANNEL)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 async fn notify_event(tx: &mut Transaction<'_, Postgres>, job_id: Uuid) -> Result<()> {
@@ -702,9 +671,22 @@ async fn notify_event(tx: &mut Transaction<'_, Postgres>, job_id: Uuid) -> Resul
     Ok(())
 }
 
-async fn notify_jobs(tx: &mut Transaction<'_, Postgres>) -> Result<()> {
+/// Wakes every replica's dispatchers: a job may have become claimable.
+async fn notify_queued(tx: &mut Transaction<'_, Postgres>) -> Result<()> {
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(JOBS_CHANNEL)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Wakes only this worker's dispatcher, wherever it runs: one of its jobs ended, so it
+/// has room. (Waking every dispatcher for every ended job made each of them look for
+/// work it had no room for.)
+async fn notify_worker_freed(tx: &mut Transaction<'_, Postgres>, worker_id: Uuid) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(JOBS_CHANNEL)
+        .bind(worker_id.to_string())
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -783,6 +765,10 @@ async fn retry_or_fail(
         let reason = format!("gave up after {failures} failed attempts; the last: {error}");
         set_state(tx, job.id, JobState::Failed, Some(&reason)).await?;
         insert_state_event(tx, job.id, JobState::Failed.as_str(), &reason).await?;
+        match job.worker_id {
+            Some(worker_id) => notify_worker_freed(tx, worker_id).await,
+            None => Ok(()),
+        }
     } else {
         let delay = heirloom_spec::backoff::jittered(policy.backoff(failures));
         requeue(tx, job.id, delay).await?;
@@ -793,6 +779,6 @@ async fn retry_or_fail(
             job.max_attempts
         );
         insert_state_event(tx, job.id, JobState::Queued.as_str(), &message).await?;
+        notify_queued(tx).await
     }
-    notify_jobs(tx).await
 }

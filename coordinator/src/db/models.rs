@@ -13,6 +13,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 /// The advisory lock a garbage collection holds exclusively and MissingBlobs shares.
+/// Rows of `model_tensors` written by one INSERT.
+const TENSORS_PER_STATEMENT: usize = 5_000;
 const GARBAGE_COLLECTION_LOCK: i64 = 0x6865_6972_6c6f_6f6d; // "heirloom"
 
 #[derive(sqlx::FromRow)]
@@ -150,17 +152,21 @@ impl Db {
 
     /// A model's manifest: each tensor's name, dtype, shape and hash, in name order.
     pub async fn manifest(&self, model_id: Uuid) -> Result<Vec<ManifestEntry>> {
-        Ok(self
-            .model_tensors(model_id)
-            .await?
+        let rows: Vec<(String, String, Vec<i64>, String)> = sqlx::query_as(
+            "SELECT name, dtype, shape, sha256 FROM model_tensors WHERE model_id = $1 ORDER BY name",
+        )
+        .bind(model_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
             .into_iter()
-            .map(|tensor| ManifestEntry {
+            .map(|(name, dtype, shape, sha256)| ManifestEntry {
                 info: TensorInfo {
-                    name: tensor.record.name,
-                    dtype: tensor.record.dtype,
-                    shape: tensor.record.shape.iter().map(|&d| d as usize).collect(),
+                    name,
+                    dtype,
+                    shape: shape.into_iter().map(|d| d as usize).collect(),
                 },
-                sha256: tensor.record.sha256,
+                sha256,
             })
             .collect())
     }
@@ -331,25 +337,43 @@ pub(super) async fn insert_tensors(
     model_id: Uuid,
     tensors: &[TensorRecord],
 ) -> Result<()> {
-    for tensor in tensors {
-        let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
+    // Thousands of rows per statement instead of a round trip per tensor. Each column
+    // travels as an array; shapes differ in length, and a Postgres array is rectangular,
+    // so each shape travels as the text of its own array.
+    for chunk in tensors.chunks(TENSORS_PER_STATEMENT) {
+        let column = |field: fn(&TensorRecord) -> Option<String>| -> Vec<Option<String>> {
+            chunk.iter().map(field).collect()
+        };
+        let origin_models: Vec<Option<Uuid>> = chunk
+            .iter()
+            .map(|tensor| tensor.origin.as_ref().map(|(id, _)| *id))
+            .collect();
         sqlx::query(
             "INSERT INTO model_tensors
                  (model_id, name, sha256, dtype, shape, status, origin_model_id, origin_tensor)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             SELECT $1, name, sha256, dtype, shape::bigint[], status, origin_model_id, origin_tensor
+               FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                           $7::uuid[], $8::text[])
+                    AS t(name, sha256, dtype, shape, status, origin_model_id, origin_tensor)",
         )
         .bind(model_id)
-        .bind(&tensor.name)
-        .bind(&tensor.sha256)
-        .bind(&tensor.dtype)
-        .bind(shape)
-        .bind(tensor.status.as_str())
-        .bind(tensor.origin.as_ref().map(|(id, _)| *id))
-        .bind(tensor.origin.as_ref().map(|(_, name)| name.as_str()))
+        .bind(column(|t| Some(t.name.clone())))
+        .bind(column(|t| Some(t.sha256.clone())))
+        .bind(column(|t| Some(t.dtype.clone())))
+        .bind(column(|t| Some(shape_literal(&t.shape))))
+        .bind(column(|t| Some(t.status.as_str().to_string())))
+        .bind(origin_models)
+        .bind(column(|t| t.origin.as_ref().map(|(_, name)| name.clone())))
         .execute(&mut **tx)
         .await?;
     }
     Ok(())
+}
+
+/// A shape as a Postgres array literal: `{16,8}`; `{}` for a scalar.
+fn shape_literal(shape: &[u64]) -> String {
+    let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
+    format!("{{{}}}", dims.join(","))
 }
 
 pub(super) fn name_taken(err: sqlx::Error, name: &str) -> Error {
@@ -361,5 +385,17 @@ pub(super) fn name_taken(err: sqlx::Error, name: &str) -> Error {
         ))
     } else {
         err.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shape_literal;
+
+    #[test]
+    fn shapes_are_written_as_array_literals() {
+        assert_eq!(shape_literal(&[16, 8]), "{16,8}");
+        assert_eq!(shape_literal(&[5]), "{5}");
+        assert_eq!(shape_literal(&[]), "{}");
     }
 }
