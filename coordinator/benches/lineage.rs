@@ -129,6 +129,8 @@ async fn main() {
         worker_client_ca: None,
         insecure_plaintext: false,
         admin_token_file: Some(artifacts.path().join("admin.token")),
+        metrics_listen: None,
+        config: None,
         log_format: "human".into(),
     };
     certificates::write_all(artifacts.path(), &["127.0.0.1".into()]).unwrap();

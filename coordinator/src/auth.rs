@@ -121,6 +121,11 @@ fn allowed_roles(path: &str) -> Option<&'static [Role]> {
     Some(roles)
 }
 
+/// Whether `path` (`/package.Service/Method`) is a method this server has.
+pub fn is_method(path: &str) -> bool {
+    allowed_roles(path).is_some()
+}
+
 fn names(roles: &[Role]) -> String {
     roles
         .iter()
@@ -161,6 +166,7 @@ async fn authenticate<B>(layer: &AuthLayer, request: &mut http::Request<B>) -> R
                  (`heirloom token create`)",
         )
     })?;
+    tracing::Span::current().record("caller", caller.name.as_str());
     if !roles.contains(&caller.role) {
         return Err(Status::permission_denied(format!(
             "{path} needs a token with role {}; this one ({}) has role {}",

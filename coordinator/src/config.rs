@@ -1,4 +1,5 @@
-//! The coordinator's settings, from flags or `HEIRLOOM_*` environment variables.
+//! The coordinator's settings, from flags, `HEIRLOOM_*` environment variables and a settings
+//! file, in that order (`heirloom_proto::settings`); every key is in docs/CONFIGURATION.md.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +11,10 @@ use std::path::PathBuf;
     about = "The Heirloom coordinator"
 )]
 pub struct Config {
+    /// A TOML file of settings (keys as the flags' names, e.g. `lease-seconds = 10`);
+    /// flags and environment variables override it.
+    #[arg(long, env = "HEIRLOOM_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address to serve gRPC on.
     #[arg(long, env = "HEIRLOOM_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
@@ -52,7 +57,25 @@ pub struct Config {
     /// only) — the way to get the first token.
     #[arg(long, env = "HEIRLOOM_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Address to serve Prometheus metrics on (`GET /metrics`); none if not given.
+    #[arg(long, env = "HEIRLOOM_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Log format: `human` or `json`.
     #[arg(long, env = "HEIRLOOM_LOG_FORMAT", default_value = "human")]
     pub log_format: String,
+}
+
+#[cfg(test)]
+mod tests {
+    /// docs/CONFIGURATION.md shows every setting; this keeps it true.
+    #[test]
+    fn the_configuration_reference_lists_every_setting() {
+        let table = heirloom_proto::settings::reference::<super::Config>();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/CONFIGURATION.md");
+        let docs = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            docs.contains(&table),
+            "docs/CONFIGURATION.md lacks this table (or has an old one):\n{table}"
+        );
+    }
 }

@@ -55,6 +55,7 @@ pub fn assignments(services: Services, worker_id: Uuid) -> impl Stream<Item = Re
     let (sender, receiver) = mpsc::channel(1);
     tokio::spawn(async move {
         let mut wake = services.notifier.subscribe();
+        let _connected = services.metrics.worker_connected();
         tracing::info!(worker_id = %worker_id, "worker connected");
         loop {
             match claim(&services, worker_id).await {

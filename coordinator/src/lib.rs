@@ -13,6 +13,7 @@ mod dispatch;
 pub mod domain;
 pub mod error;
 mod grpc;
+pub mod metrics;
 mod notifier;
 mod planning;
 
@@ -33,11 +34,13 @@ pub struct Services {
     notifier: Notifier,
     tokens: auth::TokenCache,
     policy: domain::Policy,
+    metrics: metrics::Metrics,
 }
 
 pub struct Coordinator {
     services: Services,
     transport: grpc::Transport,
+    metrics_listen: Option<std::net::SocketAddr>,
     shutdown: CancellationToken,
 }
 
@@ -65,8 +68,10 @@ impl Coordinator {
                 tokens: auth::TokenCache::start(&notifier),
                 notifier,
                 policy,
+                metrics: metrics::Metrics::new(),
             },
             transport,
+            metrics_listen: config.metrics_listen,
             shutdown,
         })
     }
@@ -83,6 +88,18 @@ impl Coordinator {
             self.services.clone(),
             self.shutdown.child_token(),
         ));
+        if let Some(metrics_address) = self.metrics_listen {
+            let metrics_listener = TcpListener::bind(metrics_address)
+                .await
+                .map_err(|err| anyhow::anyhow!("--metrics-listen {metrics_address}: {err}"))?;
+            tracing::info!(address = %metrics_listener.local_addr()?, "metrics at /metrics");
+            tokio::spawn(metrics::serve(
+                self.services.metrics.clone(),
+                self.services.db.clone(),
+                metrics_listener,
+                self.shutdown.child_token(),
+            ));
+        }
         let result = grpc::serve(self.services, self.transport, listener, shutdown).await;
         self.shutdown.cancel();
         Ok(result?)

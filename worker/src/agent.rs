@@ -110,7 +110,7 @@ pub async fn run(config: Config, drain: CancellationToken) -> Result<()> {
         .map_err(|err| Error::InvalidJob(err.to_string()))?;
     let mut context = Context {
         client: WorkerServiceClient::new(channel.clone()),
-        cache: Cache::open(&config.cache, channel)?,
+        cache: Cache::open(&config.cache_dir(), channel)?,
         device,
         held: Held::default(),
         lease: Duration::from_secs(30),

@@ -1,4 +1,5 @@
-//! The worker's settings, from flags or `HEIRLOOM_*` environment variables.
+//! The worker's settings, from flags, `HEIRLOOM_*` environment variables and a settings
+//! file, in that order (`heirloom_proto::settings`); every key is in docs/CONFIGURATION.md.
 
 use heirloom_proto::connection::ConnectArgs;
 use std::path::PathBuf;
@@ -6,12 +7,17 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "heirloom-worker", version, about = "The Heirloom worker")]
 pub struct Config {
+    /// A TOML file of settings (keys as the flags' names, e.g. `lease-seconds = 10`);
+    /// flags and environment variables override it.
+    #[arg(long, env = "HEIRLOOM_CONFIG")]
+    pub config: Option<PathBuf>,
     /// How to reach the coordinator: address, TLS and token.
     #[command(flatten)]
     pub connect: ConnectArgs,
-    /// Where downloaded blobs are cached, by hash, across jobs and restarts.
-    #[arg(long, env = "HEIRLOOM_CACHE_DIR", default_value_os_t = default_cache())]
-    pub cache: PathBuf,
+    /// Where downloaded blobs are cached, by hash, across jobs and restarts (default:
+    /// `$XDG_CACHE_HOME/heirloom/worker`, else `~/.cache/heirloom/worker`).
+    #[arg(long, env = "HEIRLOOM_CACHE_DIR")]
+    pub cache: Option<PathBuf>,
     /// This worker's name, as operators see it.
     #[arg(long, env = "HEIRLOOM_WORKER_NAME", default_value = "worker")]
     pub name: String,
@@ -32,6 +38,13 @@ pub struct Config {
     pub log_format: String,
 }
 
+impl Config {
+    /// The cache directory: `--cache`, or the user's cache directory.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache.clone().unwrap_or_else(default_cache)
+    }
+}
+
 fn default_cache() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
@@ -44,4 +57,19 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
         .map(|(key, value)| (key.to_string(), value.to_string()))
         .ok_or_else(|| format!("{text:?}: write a label as key=value"))
+}
+
+#[cfg(test)]
+mod tests {
+    /// docs/CONFIGURATION.md shows every setting; this keeps it true.
+    #[test]
+    fn the_configuration_reference_lists_every_setting() {
+        let table = heirloom_proto::settings::reference::<super::Config>();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/CONFIGURATION.md");
+        let docs = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            docs.contains(&table),
+            "docs/CONFIGURATION.md lacks this table (or has an old one):\n{table}"
+        );
+    }
 }

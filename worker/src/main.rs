@@ -1,17 +1,10 @@
-use clap::Parser;
+use heirloom_proto::settings;
 use heirloom_worker::{Config, agent};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    if config.log_format == "json" {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    let config: Config = settings::parse_or_exit();
+    settings::init_logs(&config.log_format);
     // SIGTERM drains: checkpoint what runs, hand it back, then exit. Ctrl-C stops at once.
     let drain = tokio_util::sync::CancellationToken::new();
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

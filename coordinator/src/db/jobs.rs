@@ -179,6 +179,21 @@ impl Db {
             .ok_or_else(|| Error::NotFound(format!("job {id} does not exist")))
     }
 
+    /// How many jobs are in each state (states with none are left out).
+    pub async fn job_counts(&self) -> Result<Vec<(JobState, i64)>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(state, count)| {
+                JobState::parse(&state)
+                    .map(|state| (state, count))
+                    .ok_or_else(|| Error::Internal(format!("unknown job state {state:?}")))
+            })
+            .collect()
+    }
+
     pub async fn jobs(&self, state: Option<JobState>) -> Result<Vec<Job>> {
         let rows: Vec<JobRow> = sqlx::query_as(
             "SELECT * FROM jobs WHERE $1::text IS NULL OR state = $1 ORDER BY created_at, id",

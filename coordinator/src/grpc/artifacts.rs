@@ -50,7 +50,9 @@ impl pb::artifact_service_server::ArtifactService for ArtifactApi {
             .into());
         }
         let sha256 = model.weights_sha256;
+        let metrics = self.0.metrics.clone();
         Ok(Response::new(responses(chunks, move |offset, data| {
+            metrics.artifact_bytes("export", data.len() as u64);
             pb::ExportModelResponse {
                 offset,
                 data,
@@ -88,7 +90,9 @@ impl pb::artifact_service_server::ArtifactService for ArtifactApi {
             .artifacts
             .download(&request.sha256, request.offset)
             .await?;
+        let metrics = self.0.metrics.clone();
         Ok(Response::new(responses(chunks, move |offset, data| {
+            metrics.artifact_bytes("download", data.len() as u64);
             pb::DownloadBlobResponse {
                 offset,
                 data,
@@ -180,6 +184,9 @@ impl pb::artifact_service_server::ArtifactService for ArtifactApi {
                         upload.written()
                     )));
                 }
+                self.0
+                    .metrics
+                    .artifact_bytes("upload", chunk.data.len() as u64);
                 upload.write(chunk.data).await?;
                 if chunk.last {
                     let upload = open.take().expect("a blob is open");

@@ -126,6 +126,7 @@ impl pb::job_service_server::JobService for JobApi {
         let id = convert::parse_id("job_id", &request.into_inner().job_id)?;
         let job = self.0.db.cancel_job(id).await?;
         tracing::info!(job_id = %job.id, "job cancelled");
+        self.0.metrics.job_answered(&job);
         Ok(Response::new(pb::CancelJobResponse {
             job: Some(convert::job_to_proto(&job)),
         }))

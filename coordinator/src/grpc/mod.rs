@@ -7,6 +7,7 @@ mod datasets;
 mod jobs;
 mod lineage;
 mod models;
+mod observe;
 mod tokens;
 mod workers;
 
@@ -103,6 +104,7 @@ pub async fn serve(
         .max_frame_size(Some(MAX_FRAME_BYTES))
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(observe::ObserveLayer(services.metrics.clone()))
         .layer(AuthLayer {
             db: services.db.clone(),
             cache: services.tokens.clone(),

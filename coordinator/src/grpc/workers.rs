@@ -228,6 +228,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
                 .into());
             }
         };
+        self.0.metrics.job_answered(&job);
         Ok(Response::new(pb::CompleteJobResponse {
             job: Some(convert::job_to_proto(&job)),
         }))

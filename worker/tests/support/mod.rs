@@ -220,7 +220,7 @@ fn admin_token(config: &Config) -> String {
 }
 
 /// A new, empty database; returns its URL.
-async fn fresh_database() -> String {
+pub async fn fresh_database() -> String {
     let admin = admin_url();
     let name = format!("heirloom_test_{}", uuid::Uuid::new_v4().simple());
     let mut connection = PgConnection::connect(&admin)
@@ -282,6 +282,8 @@ impl Cluster {
             worker_client_ca: Some(dir.join(certificates::CA_CERT)),
             insecure_plaintext: false,
             admin_token_file: Some(artifacts.path().join("admin.token")),
+            metrics_listen: None,
+            config: None,
             log_format: "human".into(),
         };
         let store = heirloom_coordinator::artifacts::Artifacts::open(&config.artifacts)

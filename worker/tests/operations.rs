@@ -1,0 +1,233 @@
+//! Operating the coordinator: the binary configured by a settings file under environment
+//! variables and flags, JSON logs with a span per call, and Prometheus metrics that follow
+//! a real job through a real worker.
+
+mod support;
+
+use heirloom_proto::certificates;
+use heirloom_proto::v1 as pb;
+use heirloom_proto::v1::job_service_client::JobServiceClient;
+use heirloom_proto::v1::model_service_client::ModelServiceClient;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /metrics` over plain HTTP/1.1; the body.
+async fn scrape(port: u16) -> String {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("the metrics port answers");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The value of the sample whose line starts with `prefix` (name and labels).
+fn sample(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {prefix} in:\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_takes_a_settings_file_logs_json_spans_and_serves_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = support::certificates();
+    let (file_port, port, metrics_port) = (free_port(), free_port(), free_port());
+    let settings = dir.path().join("coordinator.toml");
+    let path = |name: &str| certs.join(name).display().to_string();
+    std::fs::write(
+        &settings,
+        format!(
+            "listen = \"127.0.0.1:{file_port}\"\n\
+             database-url = \"{}\"\n\
+             artifacts = \"{}\"\n\
+             tls-cert = \"{}\"\ntls-key = \"{}\"\nworker-client-ca = \"{}\"\n\
+             admin-token-file = \"{}\"\n\
+             metrics-listen = \"127.0.0.1:{metrics_port}\"\n\
+             log-format = \"human\"\n",
+            support::fresh_database().await,
+            dir.path().join("artifacts").display(),
+            path(certificates::SERVER_CERT),
+            path(certificates::SERVER_KEY),
+            path(certificates::CA_CERT),
+            dir.path().join("admin.token").display(),
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("coordinator.log");
+    // The flag beats the file's `listen`; the variable beats the file's `log-format`.
+    let mut coordinator = Command::new(support::workspace_binary("heirloom-coordinator"))
+        .args(["--config".as_ref(), settings.as_os_str()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("HEIRLOOM_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info,heirloom_coordinator=debug")
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the coordinator binary");
+    let address = format!("https://127.0.0.1:{port}");
+    let mut admin_token = None;
+    for _ in 0..300 {
+        if let Ok(token) = std::fs::read_to_string(dir.path().join("admin.token"))
+            && ModelServiceClient::new(support::connect_as(&address, Some(&token)))
+                .list_models(pb::ListModelsRequest {})
+                .await
+                .is_ok()
+        {
+            admin_token = Some(token);
+            break;
+        }
+        assert!(
+            coordinator.try_wait().unwrap().is_none(),
+            "the coordinator exited: {}",
+            std::fs::read_to_string(&log_path).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let admin_token = admin_token.expect("the coordinator answers on the flag's port");
+    let admin = support::connect_as(&address, Some(&admin_token));
+
+    // One real job through one real worker, and one refused call.
+    let worker_token = support::create_token(&admin, "ops-worker", pb::Role::Worker).await;
+    let cache = tempfile::tempdir().unwrap();
+    let _worker = support::worker_process(&address, &worker_token, cache.path(), &[]);
+    let parent = support::import_model_at(
+        &admin,
+        "ops-parent",
+        support::mlp(8, vec![16], 5),
+        support::random_mlp_weights(8, &[16], 5, 7),
+    )
+    .await;
+    let mut jobs = JobServiceClient::new(admin.clone());
+    let job = jobs
+        .submit_job(pb::SubmitJobRequest {
+            spec: Some(pb::JobSpec {
+                kind: pb::JobKind::Direct.into(),
+                model_name: "ops-copy".into(),
+                parent_id: parent.id.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+        .job
+        .unwrap();
+    let mut state = pb::JobState::Queued;
+    for _ in 0..600 {
+        state = jobs
+            .get_job(pb::GetJobRequest {
+                job_id: job.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap()
+            .state();
+        if state == pb::JobState::Succeeded {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, pb::JobState::Succeeded);
+    let refused = ModelServiceClient::new(support::connect_as(&address, Some("not-a-token")))
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .expect_err("a bad token is refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    let metrics = scrape(metrics_port).await;
+    assert_eq!(sample(&metrics, "heirloom_jobs{state=\"succeeded\"}"), 1.0);
+    assert_eq!(sample(&metrics, "heirloom_jobs{state=\"queued\"}"), 0.0);
+    assert_eq!(sample(&metrics, "heirloom_workers_connected"), 1.0);
+    assert_eq!(
+        sample(
+            &metrics,
+            "heirloom_job_duration_seconds_count{kind=\"direct\",state=\"succeeded\"}"
+        ),
+        1.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "heirloom_rpc_duration_seconds_count{method=\"heirloom.v1.JobService/SubmitJob\",code=\"OK\"}"
+        ) >= 1.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "heirloom_rpc_duration_seconds_count{method=\"heirloom.v1.ModelService/ListModels\",code=\"UNAUTHENTICATED\"}"
+        ) >= 1.0
+    );
+    // The worker downloaded the parent's tensors (MLP 8→16→5: 228 floats).
+    assert!(
+        sample(
+            &metrics,
+            "heirloom_artifact_bytes_total{direction=\"download\"}"
+        ) >= 912.0
+    );
+
+    // JSON lines, the submission's inside a span naming the method and the caller.
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let submitted = lines
+        .iter()
+        .find(|line| line["fields"]["message"] == "job submitted")
+        .unwrap_or_else(|| panic!("no submission logged:\n{logs}"));
+    assert_eq!(
+        submitted["span"]["method"],
+        "heirloom.v1.JobService/SubmitJob"
+    );
+    assert!(
+        submitted["span"]["caller"]
+            .as_str()
+            .is_some_and(|caller| caller.starts_with("bootstrap-admin")),
+        "{submitted}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|line| line["fields"]["message"] == "served" && line["fields"]["code"] == "OK"),
+        "every call is logged with its code at debug level"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settings_file_with_an_unknown_key_stops_the_binary_with_the_keys_there_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("coordinator.toml");
+    std::fs::write(&settings, "lease-secnds = 10\n").unwrap();
+    let output = Command::new(support::workspace_binary("heirloom-coordinator"))
+        .args(["--config".as_ref(), settings.as_os_str()])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown key \"lease-secnds\""), "{stderr}");
+    assert!(stderr.contains("lease-seconds"), "{stderr}");
+}
