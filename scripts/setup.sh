@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Heirloom needs and is missing: the pinned PyTorch wheel (libtorch for the
 # worker), torchvision for the interop tests, numpy/scikit-learn/safetensors for the
-# demo's data and moto's S3-compatible server for the artifact tests, into a cached
+# demo's data, moto's S3-compatible server for the artifact tests, grpcio-tools for the
+# Python client and kubernetes-validate for the deploy manifests, into a cached
 # virtualenv, and the PostgreSQL server from the distribution's packages.
 # Safe to run again: it only installs what is not there.
 set -euo pipefail
@@ -11,6 +12,8 @@ source "$here/env.sh"
 TORCH_VERSION=2.11.0
 TORCHVISION_VERSION=0.26.0 # the release paired with torch 2.11; the interop tests use it
 MOTO_VERSION=5.2.5 # its standalone server stands in for S3 in the tests
+GRPCIO_TOOLS_VERSION=1.85.1 # the Python client's stubs, generated from proto/ by the tests
+KUBERNETES_VALIDATE_VERSION=1.37.0 # checks deploy/kubernetes against the API's schemas, offline
 
 install_packages() {
   local sudo=""
@@ -19,7 +22,7 @@ install_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@"
 }
 
-if ! "$HEIRLOOM_VENV/bin/python" -c "import torch, torchvision, sklearn, safetensors, numpy, moto, flask; assert torch.__version__.startswith('$TORCH_VERSION') and torchvision.__version__.startswith('$TORCHVISION_VERSION')" 2>/dev/null; then
+if ! "$HEIRLOOM_VENV/bin/python" -c "import torch, torchvision, sklearn, safetensors, numpy, moto, flask, grpc_tools, kubernetes_validate; assert torch.__version__.startswith('$TORCH_VERSION') and torchvision.__version__.startswith('$TORCHVISION_VERSION')" 2>/dev/null; then
   echo "setup: installing torch==$TORCH_VERSION into $HEIRLOOM_VENV (a few GB, once)" >&2
   mkdir -p "$HEIRLOOM_CACHE"
   if ! python3 -m venv "$HEIRLOOM_VENV" 2>/dev/null; then
@@ -28,7 +31,9 @@ if ! "$HEIRLOOM_VENV/bin/python" -c "import torch, torchvision, sklearn, safeten
     python3 -m venv "$HEIRLOOM_VENV"
   fi
   "$HEIRLOOM_VENV/bin/pip" install --quiet --disable-pip-version-check \
-    "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" numpy scikit-learn safetensors "moto[server]==$MOTO_VERSION"
+    "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" numpy scikit-learn safetensors "moto[server]==$MOTO_VERSION" \
+    "grpcio-tools==$GRPCIO_TOOLS_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+    "setuptools<82" # torch 2.11 asks for it; grpcio-tools would pull a newer one
 fi
 
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

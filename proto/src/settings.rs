@@ -171,6 +171,19 @@ pub fn reference<T: CommandFactory>() -> String {
     table
 }
 
+/// Whether `docs` holds the current [`reference`] table of `T`; the error shows the
+/// table to paste.
+pub fn check_documented<T: CommandFactory>(docs: &str) -> Result<(), String> {
+    let table = reference::<T>();
+    if docs.contains(&table) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the documentation lacks this table (or has an old one):\n{table}"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
