@@ -36,6 +36,11 @@ if ! "$HEIRLOOM_VENV/bin/python" -c "import torch, torchvision, sklearn, safeten
     "setuptools<82" # torch 2.11 asks for it; grpcio-tools would pull a newer one
 fi
 
+if ! command -v docker-compose >/dev/null 2>&1; then
+  echo "setup: installing docker-compose (its \`config\` checks deploy/compose.yaml)" >&2
+  install_packages docker-compose
+fi
+
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   echo "setup: installing the PostgreSQL server packages" >&2
   install_packages postgresql

@@ -3,6 +3,7 @@
 
 mod datasets;
 mod export;
+mod health;
 mod jobs;
 mod lineage;
 mod models;
@@ -45,6 +46,8 @@ enum Command {
     Token(tokens::Command),
     /// Write a private CA, a coordinator certificate and a worker client certificate.
     Certs(tokens::Certs),
+    /// Check that the coordinator serves (exit status 0) or not (1); no token needed.
+    Health(health::Health),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -71,6 +74,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Job(command) => jobs::run(channel, command).await,
         Command::Lineage(command) => lineage::run(channel, command).await,
         Command::Token(command) => tokens::run(channel, command).await,
+        Command::Health(health) => health::run(channel, health).await,
         Command::Certs(_) => unreachable!("handled above"),
     }
 }

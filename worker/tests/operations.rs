@@ -104,6 +104,17 @@ async fn the_binary_takes_a_settings_file_logs_json_spans_and_serves_metrics() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let admin_token = admin_token.expect("the coordinator answers on the flag's port");
+    // The probe the deploy manifests use: health over TLS, without a token.
+    let health = Command::new(support::workspace_binary("heirloom"))
+        .args(["--coordinator", &address, "--ca-cert"])
+        .arg(certs.join(certificates::CA_CERT))
+        .arg("health")
+        .env_remove("HEIRLOOM_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert!(health.status.success(), "{health:?}");
+    assert_eq!(String::from_utf8_lossy(&health.stdout).trim(), "SERVING");
     let admin = support::connect_as(&address, Some(&admin_token));
 
     // One real job through one real worker, and one refused call.
