@@ -20,6 +20,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("heirloom_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
+    // Serde in the protobuf JSON mapping, for the CLI's `--output json`.
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors.encode_to_vec())?
+        .build(&[".heirloom.v1"])?;
     tonic_prost_build::configure()
         // Bulk data as `Bytes`: chunks are slices of one buffer, not copies.
         .bytes(".heirloom.v1.DownloadBlobResponse.data")

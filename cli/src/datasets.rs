@@ -1,3 +1,4 @@
+use crate::output::Output;
 use anyhow::Context;
 use clap::Subcommand;
 use heirloom_proto::connection::Connection;
@@ -14,7 +15,7 @@ pub enum Command {
     List,
 }
 
-pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
+pub async fn run(channel: Connection, command: Command, output: Output) -> anyhow::Result<()> {
     let mut client = DatasetServiceClient::new(channel.clone());
     match command {
         Command::Register { name, file } => {
@@ -34,21 +35,20 @@ pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
                 .into_inner()
                 .dataset
                 .unwrap_or_default();
-            println!(
-                "registered dataset {} version {} ({})",
-                dataset.name, dataset.version, dataset.id
-            );
-            print_dataset(&dataset);
+            output.print(&dataset, || {
+                println!(
+                    "registered dataset {} version {} ({})",
+                    dataset.name, dataset.version, dataset.id
+                );
+                print_dataset(&dataset);
+            })?;
         }
         Command::List => {
-            for dataset in client
+            let listed = client
                 .list_datasets(pb::ListDatasetsRequest {})
                 .await?
-                .into_inner()
-                .datasets
-            {
-                print_dataset(&dataset);
-            }
+                .into_inner();
+            output.print(&listed, || listed.datasets.iter().for_each(print_dataset))?;
         }
     }
     Ok(())

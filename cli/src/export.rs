@@ -12,7 +12,15 @@ use std::path::Path;
 /// How many times a broken stream is resumed before giving up.
 const RESUMES: u32 = 5;
 
-pub async fn run(channel: Connection, model: &str, out: &Path) -> anyhow::Result<()> {
+/// What an export wrote.
+#[derive(serde::Serialize)]
+pub struct Exported {
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+pub async fn run(channel: Connection, model: &str, out: &Path) -> anyhow::Result<Exported> {
     let mut client = ArtifactServiceClient::new(channel);
     let partial = out.with_extension("partial");
     let mut file = std::fs::File::create(&partial)
@@ -65,8 +73,12 @@ pub async fn run(channel: Connection, model: &str, out: &Path) -> anyhow::Result
     }
     file.sync_all()?;
     std::fs::rename(&partial, out)?;
-    println!("wrote {} ({offset} bytes, sha256 {sha256})", out.display());
-    Ok(())
+    eprintln!("wrote {} ({offset} bytes, sha256 {sha256})", out.display());
+    Ok(Exported {
+        path: out.display().to_string(),
+        bytes: offset,
+        sha256,
+    })
 }
 
 fn is_final(err: &anyhow::Error) -> bool {

@@ -1,6 +1,7 @@
 //! `heirloom health`: asks the coordinator's `grpc.health.v1` service whether it serves,
 //! for probes (Kubernetes `exec`, compose `healthcheck`) and people. Needs no token.
 
+use crate::output::Output;
 use heirloom_proto::connection::Connection;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -13,7 +14,7 @@ pub struct Health {
 }
 
 /// Prints the status; an error (so exit status 1) unless it is SERVING.
-pub async fn run(channel: Connection, health: Health) -> anyhow::Result<()> {
+pub async fn run(channel: Connection, health: Health, output: Output) -> anyhow::Result<()> {
     let status = HealthClient::new(channel)
         .check(tonic_health::pb::HealthCheckRequest {
             service: health.service,
@@ -21,7 +22,10 @@ pub async fn run(channel: Connection, health: Health) -> anyhow::Result<()> {
         .await?
         .into_inner()
         .status();
-    println!("{}", status.as_str_name());
+    output.print(
+        &serde_json::json!({ "status": status.as_str_name() }),
+        || println!("{}", status.as_str_name()),
+    )?;
     anyhow::ensure!(
         status == ServingStatus::Serving,
         "the coordinator is not serving: its database may be unreachable (see its logs)"

@@ -1,3 +1,4 @@
+use crate::output::Output;
 use crate::{datasets, models};
 use clap::{Args, Subcommand};
 use heirloom_proto::connection::Connection;
@@ -126,7 +127,7 @@ pub struct Common {
     watch: bool,
 }
 
-pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
+pub async fn run(channel: Connection, command: Command, output: Output) -> anyhow::Result<()> {
     let mut client = JobServiceClient::new(channel.clone());
     let (common, spec) = match command {
         Command::Train { common, arch } => {
@@ -227,9 +228,9 @@ pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
                 .get_job(pb::GetJobRequest { job_id })
                 .await?
                 .into_inner()
-                .job;
-            print_job(&job.unwrap_or_default());
-            return Ok(());
+                .job
+                .unwrap_or_default();
+            return output.print(&job, || print_job(&job));
         }
         Command::List { state } => {
             let state = match state.as_deref() {
@@ -237,28 +238,24 @@ pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
                 Some(name) => pb::JobState::from_str_name(&format!("JOB_STATE_{}", name.to_uppercase()))
                     .ok_or_else(|| anyhow::anyhow!("--state {name:?}: use queued, leased, running, succeeded, failed or cancelled"))?,
             };
-            let jobs = client
+            let listed = client
                 .list_jobs(pb::ListJobsRequest {
                     state: state as i32,
                 })
                 .await?
-                .into_inner()
-                .jobs;
-            for job in &jobs {
-                print_job(job);
-            }
-            return Ok(());
+                .into_inner();
+            return output.print(&listed, || listed.jobs.iter().for_each(print_job));
         }
         Command::Cancel { job_id } => {
             let job = client
                 .cancel_job(pb::CancelJobRequest { job_id })
                 .await?
                 .into_inner()
-                .job;
-            print_job(&job.unwrap_or_default());
-            return Ok(());
+                .job
+                .unwrap_or_default();
+            return output.print(&job, || print_job(&job));
         }
-        Command::Watch { job_id } => return watch(&mut client, &job_id).await,
+        Command::Watch { job_id } => return watch(&mut client, &job_id, output).await,
     };
     let optimizer = match common.optimizer.as_deref() {
         None => pb::Optimizer::Unspecified,
@@ -309,9 +306,11 @@ pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
         .into_inner()
         .job
         .unwrap_or_default();
-    println!("submitted job {} for model {}", job.id, common.name);
+    output.print_line(&job, || {
+        println!("submitted job {} for model {}", job.id, common.name)
+    })?;
     if common.watch {
-        watch(&mut client, &job.id).await?;
+        watch(&mut client, &job.id, output).await?;
     }
     Ok(())
 }
@@ -367,7 +366,11 @@ fn print_job(job: &pb::Job) {
 
 /// Prints state changes and shows training progress until the job ends; fails when the
 /// job does not succeed.
-async fn watch(client: &mut JobServiceClient<Connection>, job_id: &str) -> anyhow::Result<()> {
+async fn watch(
+    client: &mut JobServiceClient<Connection>,
+    job_id: &str,
+    output: Output,
+) -> anyhow::Result<()> {
     let mut events = client
         .watch_job(pb::WatchJobRequest {
             job_id: job_id.to_string(),
@@ -375,13 +378,20 @@ async fn watch(client: &mut JobServiceClient<Connection>, job_id: &str) -> anyho
         })
         .await?
         .into_inner();
-    let interactive = std::io::stderr().is_terminal();
+    let interactive = output == Output::Text && std::io::stderr().is_terminal();
     let bar = ProgressBar::hidden();
     let mut final_state = pb::JobState::Unspecified;
     while let Some(response) = events.message().await? {
         let Some(event) = response.event else {
             continue;
         };
+        if output == Output::Json {
+            if let Some(pb::job_event::Event::State(state)) = event.event {
+                final_state = pb::JobState::try_from(state).unwrap_or_default();
+            }
+            output.print_line(&event, || {})?;
+            continue;
+        }
         match event.event {
             Some(pb::job_event::Event::State(state)) => {
                 let state = pb::JobState::try_from(state).unwrap_or_default();

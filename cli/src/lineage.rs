@@ -1,6 +1,7 @@
 //! `heirloom lineage …`: every lineage question in one call each, printed for people or
 //! as JSON, DOT or Mermaid for tools.
 
+use crate::output::Output;
 use clap::{Subcommand, ValueEnum};
 use heirloom_proto::connection::Connection;
 use heirloom_proto::v1 as pb;
@@ -14,6 +15,16 @@ pub enum Format {
     Json,
     Dot,
     Mermaid,
+}
+
+impl Format {
+    /// `--output json` asks for JSON where `--format` was left at text.
+    fn for_output(self, output: Output) -> Format {
+        match (self, output) {
+            (Format::Text, Output::Json) => Format::Json,
+            (format, _) => format,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -84,7 +95,7 @@ pub enum Command {
     },
 }
 
-pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
+pub async fn run(channel: Connection, command: Command, output: Output) -> anyhow::Result<()> {
     let mut client = ModelServiceClient::new(channel);
     match command {
         Command::Ancestors {
@@ -93,6 +104,7 @@ pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
             relations,
             format,
         } => {
+            let format = format.for_output(output);
             let entries = all_pages(|page_token| {
                 let mut client = client.clone();
                 let request = pb::ListAncestorsRequest {
@@ -118,6 +130,7 @@ pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
             relations,
             format,
         } => {
+            let format = format.for_output(output);
             let entries = all_pages(|page_token| {
                 let mut client = client.clone();
                 let request = pb::ListDescendantsRequest {
@@ -138,6 +151,7 @@ pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
             print_entries(&entries, format)?;
         }
         Command::Path { from, to, format } => {
+            let format = format.for_output(output);
             let path = client
                 .find_path(pb::FindPathRequest { from, to })
                 .await?
@@ -166,6 +180,7 @@ pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Common { a, b, format } => {
+            let format = format.for_output(output);
             let common = client
                 .common_ancestors(pb::CommonAncestorsRequest { a, b })
                 .await?
@@ -200,6 +215,7 @@ pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
             format,
             image,
         } => {
+            let format = format.for_output(output);
             let graph_format = match format {
                 Format::Json => pb::GraphFormat::Json,
                 Format::Mermaid => pb::GraphFormat::Mermaid,
@@ -224,6 +240,7 @@ pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
             tensor,
             format,
         } => {
+            let format = format.for_output(output);
             let steps = client
                 .blame_tensor(pb::BlameTensorRequest { model, tensor })
                 .await?
@@ -258,6 +275,7 @@ pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Impact { dataset, format } => {
+            let format = format.for_output(output);
             let entries = all_pages(|page_token| {
                 let mut client = client.clone();
                 let request = pb::DatasetImpactRequest {

@@ -1,3 +1,4 @@
+use crate::output::Output;
 use crate::tree;
 use anyhow::Context;
 use clap::Subcommand;
@@ -41,7 +42,7 @@ pub enum Command {
     },
 }
 
-pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
+pub async fn run(channel: Connection, command: Command, output: Output) -> anyhow::Result<()> {
     let mut client = ModelServiceClient::new(channel.clone())
         .max_encoding_message_size(crate::MAX_MESSAGE_BYTES);
     match command {
@@ -82,47 +83,39 @@ pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
                 .into_inner()
                 .model
                 .unwrap_or_default();
-            println!(
-                "imported model {} ({}); uploaded {sent} of {tensor_bytes} tensor bytes \
-                 (the store had the rest)",
-                model.name, model.id
-            );
+            output.print(&model, || {
+                println!(
+                    "imported model {} ({}); uploaded {sent} of {tensor_bytes} tensor bytes \
+                     (the store had the rest)",
+                    model.name, model.id
+                )
+            })?;
         }
         Command::Show { model } => {
             let model = get(&mut client, &model).await?;
-            print_model(&model);
+            output.print(&model, || print_model(&model))?;
         }
         Command::List => {
-            let models = client
+            let listed = client
                 .list_models(pb::ListModelsRequest {})
                 .await?
-                .into_inner()
-                .models;
-            for model in &models {
-                println!("{}", tree::summary(model));
-            }
+                .into_inner();
+            output.print(&listed, || {
+                for model in &listed.models {
+                    println!("{}", tree::summary(model));
+                }
+            })?;
         }
-        Command::Export { model, out } => crate::export::run(channel, &model, &out).await?,
+        Command::Export { model, out } => {
+            let exported = crate::export::run(channel, &model, &out).await?;
+            output.print(&exported, || {})?;
+        }
         Command::Tensors { model } => {
-            let tensors = client
+            let listed = client
                 .list_model_tensors(pb::ListModelTensorsRequest { model })
                 .await?
-                .into_inner()
-                .tensors;
-            for tensor in &tensors {
-                let origin = match tensor.origin_model_name.as_str() {
-                    "" => "-".to_string(),
-                    model => format!("{model}.{}", tensor.origin_tensor),
-                };
-                println!(
-                    "{:<24} {:<12} {:<32} {:?}  {}",
-                    tensor.name,
-                    tree::status(tensor.status()),
-                    origin,
-                    tensor.shape,
-                    &tensor.sha256[..12.min(tensor.sha256.len())]
-                );
-            }
+                .into_inner();
+            output.print(&listed, || print_tensors(&listed.tensors))?;
         }
         Command::Tree { model, depth } => {
             let root = get(&mut client, &model).await?;
@@ -161,10 +154,17 @@ pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
                     .tensors;
                 provenance.insert(model.id.clone(), tree::provenance(&tensors));
             }
-            print!(
-                "{}",
-                tree::render(&root, &ancestors, &descendants, &provenance)
-            );
+            let family = serde_json::json!({
+                "model": root,
+                "ancestors": ancestors,
+                "descendants": descendants,
+            });
+            output.print(&family, || {
+                print!(
+                    "{}",
+                    tree::render(&root, &ancestors, &descendants, &provenance)
+                )
+            })?;
         }
     }
     Ok(())
@@ -194,6 +194,29 @@ pub fn parse_architecture(text: &str) -> anyhow::Result<heirloom_spec::Architect
     serde_json::from_str(&json).with_context(|| {
         "--arch: expected JSON such as {\"mlp\": {\"input_features\": 64, \"hidden\": [64], \"num_classes\": 10}}"
     })
+}
+
+/// One line per tensor, columns aligned to the longest entry.
+fn print_tensors(tensors: &[pb::TensorProvenance]) {
+    let origins: Vec<String> = tensors
+        .iter()
+        .map(|tensor| match tensor.origin_model_name.as_str() {
+            "" => "-".to_string(),
+            model => format!("{model}.{}", tensor.origin_tensor),
+        })
+        .collect();
+    let name_width = tensors.iter().map(|t| t.name.len()).max().unwrap_or(0);
+    let origin_width = origins.iter().map(String::len).max().unwrap_or(0);
+    for (tensor, origin) in tensors.iter().zip(&origins) {
+        println!(
+            "{:<name_width$}  {:<12} {:<origin_width$}  {:<16} {}",
+            tensor.name,
+            tree::status(tensor.status()),
+            origin,
+            format!("{:?}", tensor.shape),
+            &tensor.sha256[..12.min(tensor.sha256.len())]
+        );
+    }
 }
 
 fn print_model(model: &pb::Model) {

@@ -1,5 +1,6 @@
 //! `heirloom token …` (access tokens) and `heirloom certs` (local TLS certificates).
 
+use crate::output::Output;
 use clap::{Args, Subcommand, ValueEnum};
 use heirloom_proto::certificates;
 use heirloom_proto::connection::Connection;
@@ -47,10 +48,25 @@ pub struct Certs {
     hosts: Vec<String>,
 }
 
-pub fn write_certificates(certs: &Certs) -> anyhow::Result<()> {
+pub fn write_certificates(certs: &Certs, output: Output) -> anyhow::Result<()> {
     certificates::write_all(&certs.dir, &certs.hosts)
         .map_err(|err| anyhow::anyhow!("writing certificates to {}: {err}", certs.dir.display()))?;
     let dir = certs.dir.display();
+    let file = |name: &str| certs.dir.join(name).display().to_string();
+    let written = serde_json::json!({
+        "hosts": certs.hosts,
+        "ca_cert": file(certificates::CA_CERT),
+        "coordinator_cert": file(certificates::SERVER_CERT),
+        "coordinator_key": file(certificates::SERVER_KEY),
+        "worker_cert": file(certificates::CLIENT_CERT),
+        "worker_key": file(certificates::CLIENT_KEY),
+    });
+    output.print(&written, || {
+        print_certificate_flags(certs, &dir.to_string())
+    })
+}
+
+fn print_certificate_flags(certs: &Certs, dir: &str) {
     println!(
         "wrote a new CA and certificates for {} into {dir}",
         certs.hosts.join(", ")
@@ -68,10 +84,9 @@ pub fn write_certificates(certs: &Certs) -> anyhow::Result<()> {
         certificates::CLIENT_CERT,
         certificates::CLIENT_KEY
     );
-    Ok(())
 }
 
-pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
+pub async fn run(channel: Connection, command: Command, output: Output) -> anyhow::Result<()> {
     let mut client = TokenServiceClient::new(channel);
     match command {
         Command::Create {
@@ -93,24 +108,25 @@ pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            let token = created.token.unwrap_or_default();
-            eprintln!(
-                "created token {} ({}, role {}); its secret, shown only now:",
-                token.name,
-                token.id,
-                role_name(token.role)
-            );
-            println!("{}", created.secret);
+            output.print(&created, || {
+                let token = created.token.clone().unwrap_or_default();
+                eprintln!(
+                    "created token {} ({}, role {}); its secret, shown only now:",
+                    token.name,
+                    token.id,
+                    role_name(token.role)
+                );
+                println!("{}", created.secret);
+            })?;
         }
         Command::List { all } => {
-            let tokens = client
+            let listed = client
                 .list_tokens(pb::ListTokensRequest {
                     include_revoked: all,
                 })
                 .await?
-                .into_inner()
-                .tokens;
-            print_table(&tokens);
+                .into_inner();
+            output.print(&listed, || print_table(&listed.tokens))?;
         }
         Command::Revoke { token } => {
             let revoked = client
@@ -119,7 +135,9 @@ pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
                 .into_inner()
                 .token
                 .unwrap_or_default();
-            println!("revoked token {} ({})", revoked.name, revoked.id);
+            output.print(&revoked, || {
+                println!("revoked token {} ({})", revoked.name, revoked.id)
+            })?;
         }
         Command::Whoami => {
             let token = client
@@ -128,12 +146,14 @@ pub async fn run(channel: Connection, command: Command) -> anyhow::Result<()> {
                 .into_inner()
                 .token
                 .unwrap_or_default();
-            println!(
-                "{} (role {}, token {})",
-                token.name,
-                role_name(token.role),
-                token.id
-            );
+            output.print(&token, || {
+                println!(
+                    "{} (role {}, token {})",
+                    token.name,
+                    role_name(token.role),
+                    token.id
+                )
+            })?;
         }
     }
     Ok(())

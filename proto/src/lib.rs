@@ -15,6 +15,7 @@ pub mod transfer;
 #[allow(clippy::all)]
 pub mod v1 {
     tonic::include_proto!("heirloom.v1");
+    include!(concat!(env!("OUT_DIR"), "/heirloom.v1.serde.rs"));
 
     /// The encoded descriptor set, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -481,24 +481,11 @@ async fn lineage_questions_about_unknown_things_are_refused_precisely() {
     );
 }
 
-/// Runs the `heirloom` CLI against the cluster; returns what it printed.
+/// Runs the `heirloom` CLI against the cluster as admin; returns what it printed.
 fn cli(cluster: &Cluster, args: &[&str]) -> String {
-    let binary = support::workspace_binary("heirloom");
-    let output = std::process::Command::new(binary)
-        .arg("--coordinator")
-        .arg(&cluster.address)
-        .arg("--ca-cert")
-        .arg(support::certificates().join(heirloom_proto::certificates::CA_CERT))
-        .env("HEIRLOOM_TOKEN", &cluster.admin_token)
-        .args(args)
-        .output()
-        .expect("run the CLI");
-    assert!(
-        output.status.success(),
-        "heirloom {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("UTF-8")
+    let (success, stdout, stderr) = support::cli(cluster, &cluster.admin_token, args);
+    assert!(success, "heirloom {args:?}: {stderr}");
+    stdout
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

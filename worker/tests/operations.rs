@@ -242,3 +242,91 @@ async fn a_settings_file_with_an_unknown_key_stops_the_binary_with_the_keys_ther
     assert!(stderr.contains("unknown key \"lease-secnds\""), "{stderr}");
     assert!(stderr.contains("lease-seconds"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_cli_command_answers_in_json_and_refusals_say_what_to_do_next() {
+    let cluster = support::Cluster::start().await;
+    let admin = cluster.admin_token.clone();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut args = args.to_vec();
+        args.extend(["--output", "json"]);
+        let (ok, stdout, stderr) = support::cli(&cluster, &admin, &args);
+        assert!(ok, "heirloom {args:?}: {stderr}");
+        serde_json::from_str(&stdout).unwrap_or_else(|err| panic!("{args:?}: {err}: {stdout}"))
+    };
+    let weights = tempfile::tempdir().unwrap();
+    let file = weights.path().join("base.safetensors");
+    std::fs::write(&file, support::random_mlp_weights(8, &[16], 5, 3)).unwrap();
+    let imported = json(&[
+        "model",
+        "import",
+        "cli-base",
+        "--arch",
+        r#"{"mlp": {"input_features": 8, "hidden": [16], "num_classes": 5}}"#,
+        "--weights",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(imported["name"], "cli-base");
+    assert_eq!(imported["source"], "import");
+
+    // A watched job: JSON Lines, the submitted job first, then its events to the end.
+    let mut args = vec![
+        "job", "direct", "cli-half", "--parent", "cli-base", "--scale", "0.5", "--watch",
+    ];
+    args.extend(["--output", "json"]);
+    let (ok, stdout, stderr) = support::cli(&cluster, &admin, &args);
+    assert!(ok, "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    assert_eq!(lines[0]["spec"]["modelName"], "cli-half");
+    assert_eq!(lines.last().unwrap()["state"], "JOB_STATE_SUCCEEDED");
+
+    assert!(json(&["model", "list"])["models"].as_array().unwrap().len() == 2);
+    assert_eq!(json(&["model", "show", "cli-half"])["source"], "direct");
+    let tensors = json(&["model", "tensors", "cli-half"]);
+    assert_eq!(tensors["tensors"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        json(&["model", "tree", "cli-half"])["ancestors"][0]["model"]["name"],
+        "cli-base"
+    );
+    assert_eq!(json(&["job", "list"])["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        json(&["lineage", "ancestors", "cli-half"])[0]["name"],
+        "cli-base"
+    );
+    assert_eq!(json(&["token", "whoami"])["role"], "ROLE_ADMIN");
+    assert_eq!(json(&["health"])["status"], "SERVING");
+    assert_eq!(
+        json(&["dataset", "list"])["datasets"],
+        serde_json::json!(null)
+    );
+    let out = weights.path().join("half.safetensors");
+    let exported = json(&[
+        "model",
+        "export",
+        "cli-half",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        exported["bytes"].as_u64(),
+        Some(std::fs::metadata(&out).unwrap().len())
+    );
+
+    // Refusals name the code, the server's reason, and a next step.
+    let (ok, _, stderr) = support::cli(&cluster, "not-a-token", &["model", "list"]);
+    assert!(!ok);
+    assert!(stderr.contains("error: Unauthenticated"), "{stderr}");
+    assert!(
+        stderr.contains("hint: pass a token with --token-file"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = support::cli(&cluster, &admin, &["model", "show", "no-such-model"]);
+    assert!(!ok);
+    assert!(stderr.contains("hint: `heirloom model list`"), "{stderr}");
+
+    let (ok, completions, _) = support::cli(&cluster, &admin, &["completions", "bash"]);
+    assert!(ok && completions.contains("_heirloom()"), "{completions}");
+}

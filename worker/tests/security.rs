@@ -698,29 +698,11 @@ async fn a_coordinator_without_tls_starts_only_when_told_to() {
     shutdown.cancel();
 }
 
-/// Runs the `heirloom` CLI against the cluster with `token`; returns (success, stdout,
-/// stderr).
-fn cli(cluster: &Cluster, token: &str, args: &[&str]) -> (bool, String, String) {
-    let binary = support::workspace_binary("heirloom");
-    let output = std::process::Command::new(binary)
-        .args(["--coordinator", &cluster.address, "--ca-cert"])
-        .arg(support::certificates().join(heirloom_proto::certificates::CA_CERT))
-        .env("HEIRLOOM_TOKEN", token)
-        .args(args)
-        .output()
-        .expect("run the CLI");
-    (
-        output.status.success(),
-        String::from_utf8(output.stdout).unwrap(),
-        String::from_utf8(output.stderr).unwrap(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_creates_lists_and_revokes_tokens_and_writes_certificates() {
     let cluster = Cluster::coordinator_only().await;
     let admin = cluster.admin_token.clone();
-    let (ok, secret, _) = cli(
+    let (ok, secret, _) = support::cli(
         &cluster,
         &admin,
         &["token", "create", "cli-reader", "--role", "reader"],
@@ -731,28 +713,28 @@ async fn the_cli_creates_lists_and_revokes_tokens_and_writes_certificates() {
         secret.starts_with("heirloom_"),
         "only the secret on stdout: {secret:?}"
     );
-    let (ok, whoami, _) = cli(&cluster, &secret, &["token", "whoami"]);
+    let (ok, whoami, _) = support::cli(&cluster, &secret, &["token", "whoami"]);
     assert!(
         ok && whoami.contains("cli-reader") && whoami.contains("reader"),
         "{whoami}"
     );
-    let (ok, listed, _) = cli(&cluster, &admin, &["token", "list"]);
+    let (ok, listed, _) = support::cli(&cluster, &admin, &["token", "list"]);
     assert!(
         ok && listed.contains("cli-reader") && listed.contains("NAME"),
         "{listed}"
     );
     assert!(!listed.contains(&secret), "secrets are never listed");
-    let (ok, _, denied) = cli(&cluster, &secret, &["token", "list"]);
+    let (ok, _, denied) = support::cli(&cluster, &secret, &["token", "list"]);
     assert!(!ok && denied.contains("PermissionDenied"), "{denied}");
-    let (ok, _, _) = cli(&cluster, &admin, &["token", "revoke", "cli-reader"]);
+    let (ok, _, _) = support::cli(&cluster, &admin, &["token", "revoke", "cli-reader"]);
     assert!(ok);
-    let (ok, _, refused) = cli(&cluster, &secret, &["token", "whoami"]);
+    let (ok, _, refused) = support::cli(&cluster, &secret, &["token", "whoami"]);
     assert!(!ok && refused.contains("Unauthenticated"), "{refused}");
-    let (ok, listed, _) = cli(&cluster, &admin, &["token", "list", "--all"]);
+    let (ok, listed, _) = support::cli(&cluster, &admin, &["token", "list", "--all"]);
     assert!(ok && listed.contains("revoked"), "{listed}");
 
     let dir = tempfile::tempdir().unwrap();
-    let (ok, said, _) = cli(&cluster, &admin, &["certs", dir.path().to_str().unwrap()]);
+    let (ok, said, _) = support::cli(&cluster, &admin, &["certs", dir.path().to_str().unwrap()]);
     assert!(ok, "{said}");
     for file in [
         "ca.pem",

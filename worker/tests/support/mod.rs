@@ -769,3 +769,21 @@ pub fn random_mlp_weights(input: usize, hidden: &[usize], classes: usize, seed: 
         .collect();
     safetensors_file(&named)
 }
+
+/// Runs the `heirloom` CLI against the cluster with `token`; returns (success, stdout,
+/// stderr).
+pub fn cli(cluster: &Cluster, token: &str, args: &[&str]) -> (bool, String, String) {
+    let binary = workspace_binary("heirloom");
+    let output = std::process::Command::new(binary)
+        .args(["--coordinator", &cluster.address, "--ca-cert"])
+        .arg(certificates().join(heirloom_proto::certificates::CA_CERT))
+        .env("HEIRLOOM_TOKEN", token)
+        .args(args)
+        .output()
+        .expect("run the CLI");
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
