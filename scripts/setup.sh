@@ -22,7 +22,7 @@ install_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@"
 }
 
-if ! "$HEIRLOOM_VENV/bin/python" -c "import torch, torchvision, sklearn, safetensors, numpy, moto, flask, grpc_tools, kubernetes_validate; assert torch.__version__.startswith('$TORCH_VERSION') and torchvision.__version__.startswith('$TORCHVISION_VERSION')" 2>/dev/null; then
+if ! "$HEIRLOOM_VENV/bin/python" -c "import torch, torchvision, sklearn, safetensors, numpy, moto, flask, grpc_tools, grpc_reflection, kubernetes_validate; assert torch.__version__.startswith('$TORCH_VERSION') and torchvision.__version__.startswith('$TORCHVISION_VERSION')" 2>/dev/null; then
   echo "setup: installing torch==$TORCH_VERSION into $HEIRLOOM_VENV (a few GB, once)" >&2
   mkdir -p "$HEIRLOOM_CACHE"
   if ! python3 -m venv "$HEIRLOOM_VENV" 2>/dev/null; then
@@ -32,7 +32,7 @@ if ! "$HEIRLOOM_VENV/bin/python" -c "import torch, torchvision, sklearn, safeten
   fi
   "$HEIRLOOM_VENV/bin/pip" install --quiet --disable-pip-version-check \
     "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" numpy scikit-learn safetensors "moto[server]==$MOTO_VERSION" \
-    "grpcio-tools==$GRPCIO_TOOLS_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+    "grpcio-tools==$GRPCIO_TOOLS_VERSION" "grpcio-reflection==$GRPCIO_TOOLS_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
     "setuptools<82" # torch 2.11 asks for it; grpcio-tools would pull a newer one
 fi
 

@@ -15,13 +15,13 @@ message if a call is refused.
 
 import argparse
 import json
-import os
 import struct
 import sys
 import uuid
 
 import grpc
 
+from heirloom_channel import add_connection_arguments, channel
 from heirloom.v1 import common_pb2, jobs_pb2, jobs_pb2_grpc, models_pb2, models_pb2_grpc
 
 
@@ -49,23 +49,9 @@ def mlp_weights(input_features, hidden, num_classes):
     return struct.pack("<Q", len(encoded)) + encoded + data
 
 
-def channel(args):
-    token = open(args.token_file).read().strip() if args.token_file else os.environ.get("HEIRLOOM_TOKEN")
-    if not token:
-        sys.exit("give a token: --token-file FILE or the HEIRLOOM_TOKEN variable")
-    with open(args.ca_cert, "rb") as file:
-        tls = grpc.ssl_channel_credentials(root_certificates=file.read())
-    bearer = grpc.access_token_call_credentials(token)
-    options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
-    return grpc.secure_channel(args.coordinator, grpc.composite_channel_credentials(tls, bearer), options)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--coordinator", default="127.0.0.1:7070", help="host:port")
-    parser.add_argument("--ca-cert", required=True, help="the CA that signed the coordinator's certificate")
-    parser.add_argument("--tls-server-name", help="the name in the coordinator's certificate, if not the host")
-    parser.add_argument("--token-file", help="a file holding a submitter (or admin) token")
+    add_connection_arguments(parser, "submitter (or admin)")
     args = parser.parse_args()
 
     suffix = uuid.uuid4().hex[:8]

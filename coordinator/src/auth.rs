@@ -93,7 +93,10 @@ fn allowed_roles(path: &str) -> Option<&'static [Role]> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     let roles = match (service, method) {
         ("grpc.health.v1.Health", "Check" | "Watch") => &[],
-        ("grpc.reflection.v1.ServerReflection", "ServerReflectionInfo") => READ,
+        (
+            "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection",
+            "ServerReflectionInfo",
+        ) => READ,
         ("heirloom.v1.TokenService", "WhoAmI") => ANY,
         ("heirloom.v1.TokenService", "CreateToken" | "ListTokens" | "RevokeToken") => ADMIN,
         ("heirloom.v1.ModelService", "ImportModel") => WRITE,

@@ -75,6 +75,17 @@ impl Transport {
     }
 }
 
+/// Reflection that describes every service this server answers: Heirloom's, health and
+/// both versions of reflection itself.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+}
+
 pub async fn serve(
     services: Services,
     transport: Transport,
@@ -87,10 +98,13 @@ pub async fn serve(
         health_reporter,
         shutdown.child_token(),
     ));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl asks v1 first, Python's grpcio-reflection only v1alpha.
+    let reflection = reflection_builder()
         .build_v1()
-        .expect("the compiled descriptor set is valid");
+        .expect("the compiled descriptor sets are valid");
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .expect("the compiled descriptor sets are valid");
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = transport.tls {
         server = server.tls_config(tls)?;
@@ -112,6 +126,7 @@ pub async fn serve(
         })
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(
             pb::model_service_server::ModelServiceServer::new(models::ModelApi(services.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
