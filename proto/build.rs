@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "heirloom/v1/workers.proto",
         "heirloom/v1/artifacts.proto",
         "heirloom/v1/tokens.proto",
+        "heirloom/v1/recipes.proto",
     ];
     let descriptors = protox::compile(files, ["."])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The demo: a private PostgreSQL, a coordinator and a worker on this machine; a base
 # model trained on digits 0-4, transferred to digits 5-9, fine-tuned twice (one with a
-# WiSE-FT blend), the two siblings interpolated, and a model composed from two parents;
-# then the lineage tree with each model's held-out accuracy and what it inherited,
+# WiSE-FT blend), the two siblings interpolated, and a model composed from two parents
+# (its plan printed first); a recipe taken from one job, run on two other parents,
+# derived, diffed and traced to the models it made; then the lineage tree with each model's held-out accuracy and what it inherited,
 # trained or added, and the lineage questions (blame, path, common ancestors, dataset
 # impact, filtered ancestors, the graph). Everything stops at the end.
 set -euo pipefail
@@ -83,9 +84,28 @@ heirloom job direct digits-5-9-blend --parent digits-5-9-wise --with digits-5-9-
   --dataset digits-5-9 --watch
 
 echo "== compose: first block from the base, second from the WiSE-FT model, a new head trained"
-heirloom job compose digits-5-9-composed --dataset digits-5-9 --epochs 20 --seed 5 --watch \
-  --arch '{"mlp": {"input_features": 64, "hidden": [128, 64], "num_classes": 5}}' \
-  --module hidden.0=digits-base:hidden.0 --module hidden.1=digits-5-9-wise:hidden.1 --trainable 'fc.*'
+echo "-- plan before run: each tensor's origin, what trains, every check, the memory, the data shift"
+compose=(--dataset digits-5-9 --epochs 20 --seed 5
+  --arch '{"mlp": {"input_features": 64, "hidden": [128, 64], "num_classes": 5}}'
+  --module hidden.0=digits-base:hidden.0 --module hidden.1=digits-5-9-wise:hidden.1 --trainable 'fc.*')
+heirloom job plan compose digits-5-9-composed "${compose[@]}"
+heirloom job compose digits-5-9-composed "${compose[@]}" --watch
+
+echo "== recipes: inherit how a model was made, not only its weights"
+echo "-- the recipe of the head-only fine-tune, taken from its job"
+heirloom recipe create head-only --from-model digits-5-9-head
+echo "-- two models from that one recipe, on two other parents"
+heirloom job from-recipe digits-5-9-wise-head --recipe head-only --parent digits-5-9-wise \
+  --dataset digits-5-9 --watch
+heirloom job from-recipe digits-5-9-blend-head --recipe head-only --parent digits-5-9-blend \
+  --dataset digits-5-9 --watch
+echo "-- a derived version: the last block trains too, more gently, and a model from it"
+heirloom recipe derive head-only --set '{"trainable": ["hidden.1.*", "fc.*"], "hyperparameters": {"learning_rate": 0.0005}}'
+heirloom recipe diff head-only@1 head-only@2
+heirloom job from-recipe digits-5-9-deeper --recipe head-only@2 --parent digits-5-9-transfer \
+  --dataset digits-5-9 --watch
+echo "-- lineage by recipe: every model made with head-only or a version derived from it"
+heirloom recipe models head-only
 
 echo "== lineage, with what each model inherited, trained or added"
 heirloom model tree digits-base

@@ -1,5 +1,5 @@
 use crate::output::Output;
-use crate::{datasets, models};
+use crate::{datasets, models, plan};
 use clap::{Args, Subcommand};
 use heirloom_proto::connection::Connection;
 use heirloom_proto::v1 as pb;
@@ -10,6 +10,31 @@ use std::io::IsTerminal;
 
 #[derive(Subcommand)]
 pub enum Command {
+    #[command(flatten)]
+    Submit(Submit),
+    /// Show what a job would do, without queueing it: each tensor's status and origin,
+    /// parameter counts, every check, the memory it needs, the data shift, and every
+    /// reason it would be refused (exit status 1 if any). Takes any submit command.
+    Plan {
+        #[command(subcommand)]
+        job: Submit,
+    },
+    /// Show one job.
+    Get { job_id: String },
+    /// List jobs, optionally in one state (queued, leased, running, succeeded, failed, cancelled).
+    List {
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Cancel a queued or running job.
+    Cancel { job_id: String },
+    /// Follow a job's progress until it ends.
+    Watch { job_id: String },
+}
+
+/// The commands that make a job.
+#[derive(Subcommand)]
+pub enum Submit {
     /// Train a new root model from scratch.
     Train {
         #[command(flatten)]
@@ -72,19 +97,29 @@ pub enum Command {
         #[arg(long)]
         trainable: Vec<String>,
     },
-    /// Show one job.
-    Get { job_id: String },
-    /// List jobs, optionally in one state (queued, leased, running, succeeded, failed, cancelled).
-    List {
+    /// Run a recipe on new inputs: its parents (in the recipe's slot order) and a dataset.
+    FromRecipe {
+        /// The new model's name.
+        name: String,
+        /// The recipe: name (its latest version), name@version or id.
         #[arg(long)]
-        state: Option<String>,
+        recipe: String,
+        /// A parent model (name or id); repeat in the recipe's slot order.
+        #[arg(long = "parent")]
+        parents: Vec<String>,
+        /// The dataset's name or id.
+        #[arg(long)]
+        dataset: Option<String>,
+        /// A JSON merge patch applied to the recipe for this job only, such as
+        /// '{"hyperparameters": {"epochs": 3}}'.
+        #[arg(long = "override")]
+        overrides: Option<String>,
+        #[command(flatten)]
+        placement: Placement,
     },
-    /// Cancel a queued or running job.
-    Cancel { job_id: String },
-    /// Follow a job's progress until it ends.
-    Watch { job_id: String },
 }
 
+/// The new model's name, its data and how it trains.
 #[derive(Args)]
 pub struct Common {
     /// The new model's name.
@@ -105,6 +140,13 @@ pub struct Common {
     seed: u64,
     #[arg(long, default_value_t = 0.0)]
     holdout_fraction: f64,
+    #[command(flatten)]
+    placement: Placement,
+}
+
+/// Where and how the job is queued (ignored by `plan`).
+#[derive(Args)]
+pub struct Placement {
     #[arg(long, default_value_t = 0)]
     priority: i32,
     /// Makes the submission idempotent: the same id returns the same job.
@@ -129,8 +171,94 @@ pub struct Common {
 
 pub async fn run(channel: Connection, command: Command, output: Output) -> anyhow::Result<()> {
     let mut client = JobServiceClient::new(channel.clone());
-    let (common, spec) = match command {
-        Command::Train { common, arch } => {
+    match command {
+        Command::Submit(job) => submit(&channel, job, output).await,
+        Command::Plan { job } => {
+            let (spec, _) = spec_of(&channel, job).await?;
+            let plan = client
+                .plan_job(pb::PlanJobRequest { spec: Some(spec) })
+                .await?
+                .into_inner()
+                .plan
+                .unwrap_or_default();
+            output.print(&plan, || plan::print(&plan))?;
+            if !plan.refusals.is_empty() {
+                anyhow::bail!(
+                    "the coordinator would refuse this job: {} reason(s) above",
+                    plan.refusals.len()
+                );
+            }
+            Ok(())
+        }
+        Command::Get { job_id } => {
+            let job = client
+                .get_job(pb::GetJobRequest { job_id })
+                .await?
+                .into_inner()
+                .job
+                .unwrap_or_default();
+            output.print(&job, || print_job(&job))
+        }
+        Command::List { state } => {
+            let state = match state.as_deref() {
+                None => pb::JobState::Unspecified,
+                Some(name) => pb::JobState::from_str_name(&format!("JOB_STATE_{}", name.to_uppercase()))
+                    .ok_or_else(|| anyhow::anyhow!("--state {name:?}: use queued, leased, running, succeeded, failed or cancelled"))?,
+            };
+            let listed = client
+                .list_jobs(pb::ListJobsRequest {
+                    state: state as i32,
+                })
+                .await?
+                .into_inner();
+            output.print(&listed, || listed.jobs.iter().for_each(print_job))
+        }
+        Command::Cancel { job_id } => {
+            let job = client
+                .cancel_job(pb::CancelJobRequest { job_id })
+                .await?
+                .into_inner()
+                .job
+                .unwrap_or_default();
+            output.print(&job, || print_job(&job))
+        }
+        Command::Watch { job_id } => watch(&mut client, &job_id, output).await,
+    }
+}
+
+/// The spec a submit command describes, and where to queue it.
+async fn spec_of(channel: &Connection, job: Submit) -> anyhow::Result<(pb::JobSpec, Placement)> {
+    let (common, spec) = match job {
+        Submit::FromRecipe {
+            name,
+            recipe,
+            parents,
+            dataset,
+            overrides,
+            placement,
+        } => {
+            let mut parent_ids = Vec::new();
+            for parent in &parents {
+                parent_ids.push(model_id(channel, parent).await?);
+            }
+            let overrides = match overrides {
+                Some(text) => crate::recipes::read_json("--override", &text)?,
+                None => String::new(),
+            };
+            let spec = pb::JobSpec {
+                model_name: name,
+                recipe,
+                parents: parent_ids,
+                recipe_overrides_json: overrides,
+                dataset_id: match &dataset {
+                    Some(dataset) => datasets::resolve(channel.clone(), dataset).await?,
+                    None => String::new(),
+                },
+                ..Default::default()
+            };
+            return Ok((spec, placement));
+        }
+        Submit::Train { common, arch } => {
             let architecture = models::parse_architecture(&arch)?;
             let spec = pb::JobSpec {
                 kind: pb::JobKind::Train as i32,
@@ -139,7 +267,7 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
             };
             (common, spec)
         }
-        Command::Finetune {
+        Submit::Finetune {
             common,
             parent,
             trainable,
@@ -147,14 +275,14 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
         } => {
             let spec = pb::JobSpec {
                 kind: pb::JobKind::Finetune as i32,
-                parent_id: model_id(&channel, &parent).await?,
+                parent_id: model_id(channel, &parent).await?,
                 trainable,
                 alpha: wise_ft,
                 ..Default::default()
             };
             (common, spec)
         }
-        Command::Transfer {
+        Submit::Transfer {
             common,
             parent,
             num_classes,
@@ -162,14 +290,14 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
         } => {
             let spec = pb::JobSpec {
                 kind: pb::JobKind::Transfer as i32,
-                parent_id: model_id(&channel, &parent).await?,
+                parent_id: model_id(channel, &parent).await?,
                 num_classes,
                 unfreeze_blocks,
                 ..Default::default()
             };
             (common, spec)
         }
-        Command::Direct {
+        Submit::Direct {
             common,
             parent,
             with,
@@ -177,12 +305,12 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
             scale,
         } => {
             let second_parent_id = match with {
-                Some(model) => model_id(&channel, &model).await?,
+                Some(model) => model_id(channel, &model).await?,
                 None => String::new(),
             };
             let spec = pb::JobSpec {
                 kind: pb::JobKind::Direct as i32,
-                parent_id: model_id(&channel, &parent).await?,
+                parent_id: model_id(channel, &parent).await?,
                 second_parent_id,
                 alpha,
                 scale,
@@ -190,7 +318,7 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
             };
             (common, spec)
         }
-        Command::Compose {
+        Submit::Compose {
             common,
             arch,
             modules,
@@ -210,7 +338,7 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
                 };
                 mappings.push(pb::ModuleMapping {
                     target_prefix: target.to_string(),
-                    parent_id: model_id(&channel, parent).await?,
+                    parent_id: model_id(channel, parent).await?,
                     source_prefix: prefix.to_string(),
                 });
             }
@@ -223,39 +351,6 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
             };
             (common, spec)
         }
-        Command::Get { job_id } => {
-            let job = client
-                .get_job(pb::GetJobRequest { job_id })
-                .await?
-                .into_inner()
-                .job
-                .unwrap_or_default();
-            return output.print(&job, || print_job(&job));
-        }
-        Command::List { state } => {
-            let state = match state.as_deref() {
-                None => pb::JobState::Unspecified,
-                Some(name) => pb::JobState::from_str_name(&format!("JOB_STATE_{}", name.to_uppercase()))
-                    .ok_or_else(|| anyhow::anyhow!("--state {name:?}: use queued, leased, running, succeeded, failed or cancelled"))?,
-            };
-            let listed = client
-                .list_jobs(pb::ListJobsRequest {
-                    state: state as i32,
-                })
-                .await?
-                .into_inner();
-            return output.print(&listed, || listed.jobs.iter().for_each(print_job));
-        }
-        Command::Cancel { job_id } => {
-            let job = client
-                .cancel_job(pb::CancelJobRequest { job_id })
-                .await?
-                .into_inner()
-                .job
-                .unwrap_or_default();
-            return output.print(&job, || print_job(&job));
-        }
-        Command::Watch { job_id } => return watch(&mut client, &job_id, output).await,
     };
     let optimizer = match common.optimizer.as_deref() {
         None => pb::Optimizer::Unspecified,
@@ -266,7 +361,7 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
     let spec = pb::JobSpec {
         model_name: common.name.clone(),
         dataset_id: match &common.dataset {
-            Some(dataset) => datasets::resolve(channel, dataset).await?,
+            Some(dataset) => datasets::resolve(channel.clone(), dataset).await?,
             None => String::new(),
         },
         hyperparameters: Some(pb::Hyperparameters {
@@ -279,15 +374,22 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
         }),
         ..spec
     };
+    Ok((spec, common.placement))
+}
+
+async fn submit(channel: &Connection, job: Submit, output: Output) -> anyhow::Result<()> {
+    let mut client = JobServiceClient::new(channel.clone());
+    let (spec, placement) = spec_of(channel, job).await?;
+    let name = spec.model_name.clone();
     let job = client
         .submit_job(pb::SubmitJobRequest {
             spec: Some(spec),
-            priority: common.priority,
-            request_id: common.request_id,
+            priority: placement.priority,
+            request_id: placement.request_id,
             requirements: Some(pb::Requirements {
-                device: common.device,
-                min_device_memory_bytes: common.min_device_memory,
-                labels: common
+                device: placement.device,
+                min_device_memory_bytes: placement.min_device_memory,
+                labels: placement
                     .require_labels
                     .iter()
                     .map(|label| {
@@ -300,16 +402,16 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
                     })
                     .collect::<anyhow::Result<_>>()?,
             }),
-            max_attempts: common.max_attempts,
+            max_attempts: placement.max_attempts,
         })
         .await?
         .into_inner()
         .job
         .unwrap_or_default();
     output.print_line(&job, || {
-        println!("submitted job {} for model {}", job.id, common.name)
+        println!("submitted job {} for model {name}", job.id)
     })?;
-    if common.watch {
+    if placement.watch {
         watch(&mut client, &job.id, output).await?;
     }
     Ok(())
@@ -344,10 +446,17 @@ fn print_job(job: &pb::Job) {
     if !job.model_id.is_empty() {
         print!(" ({})", job.model_id);
     }
+    if let Some(recipe) = &job.recipe {
+        print!("  recipe {}@{}", recipe.name, recipe.version);
+    }
     if !job.error.is_empty() {
         print!("  error: {}", job.error);
     }
     println!();
+    for shift in &job.data_shift {
+        print!("  ");
+        plan::print_shift(shift);
+    }
     for attempt in &job.attempts {
         print!(
             "  attempt {} on worker {}: {} (started {}",

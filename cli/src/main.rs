@@ -8,6 +8,8 @@ mod jobs;
 mod lineage;
 mod models;
 mod output;
+mod plan;
+mod recipes;
 mod tokens;
 mod tree;
 mod upload;
@@ -45,9 +47,12 @@ enum Command {
     /// Register and list datasets.
     #[command(subcommand)]
     Dataset(datasets::Command),
-    /// Submit, watch, list and cancel jobs.
+    /// Submit, plan, watch, list and cancel jobs.
     #[command(subcommand)]
     Job(jobs::Command),
+    /// Create, derive, show, list and diff recipes; the models made with one.
+    #[command(subcommand)]
+    Recipe(recipes::Command),
     /// Ask lineage questions: ancestors, descendants, path, common, graph, blame, impact.
     #[command(subcommand)]
     Lineage(lineage::Command),
@@ -97,6 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(command) => models::run(channel, command, output).await,
         Command::Dataset(command) => datasets::run(channel, command, output).await,
         Command::Job(command) => jobs::run(channel, command, output).await,
+        Command::Recipe(command) => recipes::run(channel, command, output).await,
         Command::Lineage(command) => lineage::run(channel, command, output).await,
         Command::Token(command) => tokens::run(channel, command, output).await,
         Command::Health(health) => health::run(channel, health, output).await,

@@ -100,6 +100,11 @@ fn allowed_roles(path: &str) -> Option<&'static [Role]> {
         ("heirloom.v1.TokenService", "WhoAmI") => ANY,
         ("heirloom.v1.TokenService", "CreateToken" | "ListTokens" | "RevokeToken") => ADMIN,
         ("heirloom.v1.ModelService", "ImportModel") => WRITE,
+        ("heirloom.v1.RecipeService", "CreateRecipe" | "DeriveRecipe") => WRITE,
+        (
+            "heirloom.v1.RecipeService",
+            "GetRecipe" | "ListRecipes" | "DiffRecipes" | "ListRecipeModels",
+        ) => READ,
         (
             "heirloom.v1.ModelService",
             "GetModel" | "ListModels" | "ListAncestors" | "ListDescendants" | "FindPath"
@@ -109,7 +114,7 @@ fn allowed_roles(path: &str) -> Option<&'static [Role]> {
         ("heirloom.v1.DatasetService", "RegisterDataset") => WRITE,
         ("heirloom.v1.DatasetService", "ListDatasets") => READ,
         ("heirloom.v1.JobService", "SubmitJob" | "CancelJob") => WRITE,
-        ("heirloom.v1.JobService", "GetJob" | "ListJobs" | "WatchJob") => READ,
+        ("heirloom.v1.JobService", "GetJob" | "ListJobs" | "WatchJob" | "PlanJob") => READ,
         ("heirloom.v1.ArtifactService", "ExportModel") => READ,
         ("heirloom.v1.ArtifactService", "DownloadBlob") => READ_OR_WORKER,
         ("heirloom.v1.ArtifactService", "MissingBlobs" | "UploadBlobs") => WRITE_OR_WORKER,

@@ -140,6 +140,52 @@ pub struct JobSpec {
     pub adjustment: Option<Adjustment>,
     /// Where each tensor starts and whether it trains.
     pub tensors: Vec<TensorPlan>,
+    /// The recipe version the job was made from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<RecipeUse>,
+    /// How the job's data differs from each parent's training data, measured at submission.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_shift: Vec<DataShift>,
+}
+
+/// A recipe version a job ran, with the merge patch the submission applied to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecipeUse {
+    pub recipe: RecipeRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipeRef {
+    pub id: Uuid,
+    pub name: String,
+    pub version: u32,
+}
+
+/// One version of a recipe as stored.
+#[derive(Debug, Clone)]
+pub struct RecipeRecord {
+    pub reference: RecipeRef,
+    pub kind: JobKind,
+    /// The canonical body: every default filled in.
+    pub body: serde_json::Value,
+    pub derived_from: Option<RecipeRef>,
+    pub patch: Option<serde_json::Value>,
+    /// The model whose job the recipe was taken from, by id and name.
+    pub source_model: Option<(Uuid, String)>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// How a job's data differs from the data one of its parents was trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataShift {
+    pub parent_id: Uuid,
+    pub parent_name: String,
+    pub reference_dataset: Uuid,
+    pub reference_name: String,
+    pub reference_version: u32,
+    pub shift: heirloom_spec::Shift,
 }
 
 impl JobSpec {
@@ -280,6 +326,8 @@ pub struct Model {
     pub metrics: Option<Metrics>,
     pub parents: Vec<ParentEdge>,
     pub created_at: DateTime<Utc>,
+    /// The recipe version the job that made it ran.
+    pub recipe: Option<RecipeRef>,
 }
 
 #[derive(Debug, Clone)]
@@ -294,6 +342,8 @@ pub struct Dataset {
     pub num_features: u32,
     pub num_classes: u32,
     pub created_at: DateTime<Utc>,
+    /// Measured at registration; `None` for datasets registered before statistics were.
+    pub statistics: Option<heirloom_spec::DatasetStatistics>,
 }
 
 #[derive(Debug, Clone)]

@@ -39,24 +39,34 @@ impl From<heirloom_spec::Invalid> for Error {
     }
 }
 
-impl From<Error> for Status {
-    fn from(error: Error) -> Self {
-        let code = match &error {
+impl Error {
+    /// The gRPC status code this error answers with.
+    pub fn code(&self) -> Code {
+        match self {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::FailedPrecondition(_) | Error::LeaseLost(_) => Code::FailedPrecondition,
-            Error::DataLoss(_) => {
-                tracing::error!(error = %error, "stored data is corrupted");
-                Code::DataLoss
-            }
+            Error::DataLoss(_) => Code::DataLoss,
             Error::Database(_) | Error::Io(_) | Error::Storage(_) | Error::Internal(_) => {
+                Code::Internal
+            }
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        match error.code() {
+            Code::DataLoss => tracing::error!(error = %error, "stored data is corrupted"),
+            Code::Internal => {
                 tracing::error!(error = %error, "internal error");
                 return Status::internal("internal error");
             }
-        };
-        Status::new(code, error.to_string())
+            _ => {}
+        }
+        Status::new(error.code(), error.to_string())
     }
 }
 

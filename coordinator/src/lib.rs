@@ -16,6 +16,7 @@ mod grpc;
 pub mod metrics;
 mod notifier;
 mod planning;
+mod recipes;
 
 pub use config::Config;
 pub use error::{Error, Result};

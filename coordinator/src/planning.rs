@@ -1,14 +1,22 @@
-//! Turns a submitted job into a [`JobSpec`] that can run: resolves the parents and the
-//! dataset, derives the child's architecture and its tensor plan, fills in defaults, and
-//! refuses anything a worker would fail on, before a row is written.
+//! Turns a submitted job into a [`Plan`]: resolves the parents and the dataset, derives
+//! the child's architecture and its tensor plan, fills in defaults, checks the data
+//! against the parents, measures how far it lies from their training data, estimates the
+//! memory the job needs, and collects every reason a worker would fail on it. SubmitJob
+//! queues a plan with no refusals; PlanJob shows any plan.
 
 use crate::db::Db;
-use crate::domain::{JobKind, JobSpec, Model, ModuleMapping, check_name};
-use crate::error::{Error, Result};
-use heirloom_spec::{
-    Adjustment, Architecture, Hyperparameters, Invalid, Module, TrainablePatterns, plan_compose,
-    plan_finetune, plan_inherit, plan_scratch, plan_transfer,
+use crate::domain::{
+    DataShift, Dataset, JobKind, JobSpec, Model, ModuleMapping, RecipeUse, check_name,
 };
+use crate::error::{Error, Result};
+use crate::recipes::{Recipe, RecipeInputs, merge_patch};
+use heirloom_spec::{
+    Adjustment, Architecture, Hyperparameters, Invalid, MemoryEstimate, Module, Shift, TensorPlan,
+    TrainablePatterns, estimate_memory, plan_compose, plan_finetune, plan_inherit, plan_scratch,
+    plan_transfer,
+};
+use serde_json::Value;
+use std::collections::HashMap;
 use uuid::Uuid;
 
 /// A submission as the client sent it, with ids parsed and hyperparameters resolved.
@@ -29,73 +37,273 @@ pub struct JobDraft {
     pub modules: Vec<ModuleMapping>,
 }
 
-pub async fn plan_job(db: &Db, draft: JobDraft) -> Result<JobSpec> {
-    check_name("spec.model_name", &draft.model_name)?;
-    // Jobs in progress hold their names through a unique index; models through this check.
-    if db.model_name_exists(&draft.model_name).await? {
-        return Err(Error::AlreadyExists(format!(
-            "spec.model_name: a model named {:?} exists already; choose another name",
-            draft.model_name
-        )));
+/// A submission that names a recipe: the recipe, the overrides, and the job's inputs.
+pub struct RecipeSubmission {
+    pub reference: String,
+    pub overrides: Option<Value>,
+    pub inputs: RecipeInputs,
+}
+
+/// One check the plan ran, passed or not.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub check: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// What a job would do, and why it could not.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// The spec as it would run: present once a tensor plan could be derived.
+    pub spec: Option<JobSpec>,
+    /// The parent models, in the order of `spec.parents`.
+    pub parents: Vec<Model>,
+    pub checks: Vec<Check>,
+    pub memory: Option<MemoryEstimate>,
+    /// Every reason SubmitJob would refuse the job; empty if it would queue it.
+    pub refusals: Vec<Error>,
+}
+
+impl Plan {
+    /// The spec to queue, or the refusals as one error: the first one's kind, every
+    /// message.
+    pub fn into_spec(mut self) -> Result<JobSpec> {
+        if self.refusals.is_empty() {
+            return self
+                .spec
+                .ok_or_else(|| Error::Internal("a plan without refusals has a spec".into()));
+        }
+        let first = self.refusals.remove(0);
+        if self.refusals.is_empty() {
+            return Err(first);
+        }
+        let more: Vec<String> = self.refusals.iter().map(ToString::to_string).collect();
+        let message = format!("{first} (and {} more: {})", more.len(), more.join("; "));
+        Err(match first {
+            Error::NotFound(_) => Error::NotFound(message),
+            Error::AlreadyExists(_) => Error::AlreadyExists(message),
+            Error::FailedPrecondition(_) => Error::FailedPrecondition(message),
+            _ => Error::InvalidArgument(message),
+        })
+    }
+
+    fn passed(&mut self, check: &str, detail: String) {
+        self.checks.push(Check {
+            check: check.into(),
+            passed: true,
+            detail,
+        });
+    }
+
+    fn refuse(&mut self, check: &str, error: Error) {
+        self.checks.push(Check {
+            check: check.into(),
+            passed: false,
+            detail: error.to_string(),
+        });
+        self.refusals.push(error);
+    }
+
+    /// The value, or the error kept as a refusal of `check`; errors that say nothing
+    /// about the job (the database away) end planning.
+    fn take<T>(&mut self, check: &str, result: Result<T>) -> Result<Option<T>> {
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(
+                error @ (Error::InvalidArgument(_)
+                | Error::NotFound(_)
+                | Error::AlreadyExists(_)
+                | Error::FailedPrecondition(_)),
+            ) => {
+                self.refuse(check, error);
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+}
+
+/// A recipe submission as a draft: the recipe version, with the overrides merged into
+/// its body and checked like any recipe, and the inputs in its parent slots.
+pub async fn draft_from_recipe(
+    db: &Db,
+    submission: RecipeSubmission,
+) -> Result<(JobDraft, RecipeUse)> {
+    let record = db.find_recipe(&submission.reference).await?;
+    let mut body = record.body.clone();
+    if let Some(overrides) = &submission.overrides {
+        merge_patch(&mut body, overrides);
+    }
+    let recipe = Recipe::parse("spec.recipe_overrides_json", &body)?;
+    let draft = recipe.draft(submission.inputs)?;
+    Ok((
+        draft,
+        RecipeUse {
+            recipe: record.reference,
+            overrides: submission.overrides,
+        },
+    ))
+}
+
+/// Plans a job: never fails for a job that cannot run (that is what `refusals` holds),
+/// only when the database does.
+pub async fn plan_job(db: &Db, draft: JobDraft, recipe: Option<RecipeUse>) -> Result<Plan> {
+    let mut plan = Plan::default();
+    check_model_name(db, &draft.model_name, &mut plan).await?;
+    for problem in fields_that_do_not_apply(&draft) {
+        plan.refuse("fields", problem);
     }
     let dataset = match draft.dataset_id {
-        Some(id) => Some(db.dataset(id).await?),
+        Some(id) => plan.take("dataset", db.dataset(id).await)?,
         None => None,
     };
-    let kind = draft.kind.as_str();
-    let unused = |field: &str, is_set: bool| -> Result<()> {
-        if is_set {
-            return Err(invalid(
-                field,
-                format!("does not apply to a {kind} job; leave it empty"),
-            ));
-        }
-        Ok(())
+    let derived = plan.take("tensor plan", derive(db, &draft).await)?;
+    let Some(Derived {
+        architecture,
+        tensors,
+        parents,
+        adjustment,
+    }) = derived
+    else {
+        return Ok(plan);
     };
-    unused(
-        "spec.second_parent_id",
-        draft.second_parent_id.is_some() && draft.kind != JobKind::Direct,
-    )?;
-    unused(
-        "spec.scale",
-        draft.scale != 0.0 && draft.kind != JobKind::Direct,
-    )?;
-    unused(
-        "spec.num_classes",
-        draft.num_classes != 0 && draft.kind != JobKind::Transfer,
-    )?;
-    unused(
-        "spec.unfreeze_blocks",
-        draft.unfreeze_blocks != 0 && draft.kind != JobKind::Transfer,
-    )?;
-    unused(
-        "spec.modules",
-        !draft.modules.is_empty() && draft.kind != JobKind::Compose,
-    )?;
-    let takes_architecture = matches!(draft.kind, JobKind::Train | JobKind::Compose);
-    unused(
-        "spec.architecture",
-        draft.architecture.is_some() && !takes_architecture,
-    )?;
-    let takes_patterns = matches!(draft.kind, JobKind::Finetune | JobKind::Compose);
-    unused(
-        "spec.trainable",
-        !draft.trainable.is_empty() && !takes_patterns,
-    )?;
-    let takes_alpha = matches!(draft.kind, JobKind::Finetune | JobKind::Direct);
-    unused("spec.alpha", draft.alpha != 0.0 && !takes_alpha)?;
-    let takes_parent = !matches!(draft.kind, JobKind::Train | JobKind::Compose);
-    unused("spec.parent_id", draft.parent_id.is_some() && !takes_parent)?;
+    check_patterns(&draft, &tensors, &mut plan);
+    check_shapes(&architecture, &tensors, &parents, &mut plan);
+    let trains = tensors.iter().any(|tensor| tensor.trainable);
+    let mut data_shift = Vec::new();
+    match &dataset {
+        None if trains => plan.refuse(
+            "dataset",
+            Invalid::new(
+                "spec.dataset_id",
+                format!("a {} job that trains needs a dataset", draft.kind.as_str()),
+            )
+            .into(),
+        ),
+        None => {}
+        Some(dataset) => {
+            check_data_fits(dataset, &architecture, &draft, &parents, &mut plan);
+            data_shift = measure_shift(db, dataset, &parents, &mut plan).await?;
+        }
+    }
+    plan.memory = Some(estimate_memory(
+        &architecture,
+        &tensors,
+        &draft.hyperparameters,
+        dataset.as_ref().map_or(0, |dataset| dataset.num_examples),
+    ));
+    plan.spec = Some(JobSpec {
+        kind: draft.kind,
+        model_name: draft.model_name,
+        dataset_id: dataset.map(|dataset| dataset.id),
+        parents: parents.iter().map(|parent| parent.id).collect(),
+        architecture,
+        hyperparameters: draft.hyperparameters,
+        trainable: draft.trainable,
+        num_classes: (draft.num_classes != 0).then_some(draft.num_classes),
+        unfreeze_blocks: draft.unfreeze_blocks,
+        modules: draft.modules,
+        adjustment,
+        tensors,
+        recipe,
+        data_shift,
+    });
+    plan.parents = parents;
+    Ok(plan)
+}
 
+async fn check_model_name(db: &Db, name: &str, plan: &mut Plan) -> Result<()> {
+    if let Err(invalid) = check_name("spec.model_name", name) {
+        plan.refuse("model name", invalid.into());
+        return Ok(());
+    }
+    // Jobs in progress hold their names through a unique index; models through this check.
+    let taken = if db.model_name_exists(name).await? {
+        Some(format!("a model named {name:?} exists already"))
+    } else {
+        db.job_holding_name(name)
+            .await?
+            .map(|job| format!("job {job} will create a model named {name:?}"))
+    };
+    match taken {
+        Some(reason) => plan.refuse(
+            "model name",
+            Error::AlreadyExists(format!("spec.model_name: {reason}; choose another name")),
+        ),
+        None => plan.passed("model name", format!("{name:?} is free")),
+    }
+    Ok(())
+}
+
+/// Fields the job's kind does not use: each one set is a mistake worth naming.
+pub fn fields_that_do_not_apply(draft: &JobDraft) -> Vec<Error> {
+    let kind = draft.kind;
+    let takes_architecture = matches!(kind, JobKind::Train | JobKind::Compose);
+    let takes_patterns = matches!(kind, JobKind::Finetune | JobKind::Compose);
+    let takes_alpha = matches!(kind, JobKind::Finetune | JobKind::Direct);
+    let takes_parent = !matches!(kind, JobKind::Train | JobKind::Compose);
+    [
+        (
+            "spec.second_parent_id",
+            draft.second_parent_id.is_some() && kind != JobKind::Direct,
+        ),
+        ("spec.scale", draft.scale != 0.0 && kind != JobKind::Direct),
+        (
+            "spec.num_classes",
+            draft.num_classes != 0 && kind != JobKind::Transfer,
+        ),
+        (
+            "spec.unfreeze_blocks",
+            draft.unfreeze_blocks != 0 && kind != JobKind::Transfer,
+        ),
+        (
+            "spec.modules",
+            !draft.modules.is_empty() && kind != JobKind::Compose,
+        ),
+        (
+            "spec.architecture",
+            draft.architecture.is_some() && !takes_architecture,
+        ),
+        (
+            "spec.trainable",
+            !draft.trainable.is_empty() && !takes_patterns,
+        ),
+        ("spec.alpha", draft.alpha != 0.0 && !takes_alpha),
+        ("spec.parent_id", draft.parent_id.is_some() && !takes_parent),
+    ]
+    .into_iter()
+    .filter(|(_, set)| *set)
+    .map(|(field, _)| {
+        invalid(
+            field,
+            format!("does not apply to a {} job; leave it empty", kind.as_str()),
+        )
+    })
+    .collect()
+}
+
+/// The child's architecture, its tensor plan, its parents in plan order, and the
+/// weight-space adjustment: everything that follows from the kind.
+struct Derived {
+    architecture: Architecture,
+    tensors: Vec<TensorPlan>,
+    parents: Vec<Model>,
+    adjustment: Option<Adjustment>,
+}
+
+async fn derive(db: &Db, draft: &JobDraft) -> Result<Derived> {
+    let kind = draft.kind.as_str();
+    let takes_parent = !matches!(draft.kind, JobKind::Train | JobKind::Compose);
     let parent = match draft.parent_id {
-        Some(id) => Some(db.model(id).await?),
+        Some(id) if takes_parent => Some(db.model(id).await?),
         None if takes_parent => {
             return Err(invalid(
                 "spec.parent_id",
                 format!("a {kind} job needs the parent model's id"),
             ));
         }
-        None => None,
+        _ => None,
     };
     let architecture_required = || {
         draft.architecture.clone().ok_or_else(|| {
@@ -105,15 +313,16 @@ pub async fn plan_job(db: &Db, draft: JobDraft) -> Result<JobSpec> {
             )
         })
     };
-    let mut parents: Vec<Uuid> = parent.iter().map(|parent| parent.id).collect();
+    let mut parents: Vec<Model> = parent.into_iter().collect();
     let mut adjustment = None;
-    let (architecture, tensors) = match (draft.kind, &parent) {
-        (JobKind::Train, _) => {
+    let (architecture, tensors) = match draft.kind {
+        JobKind::Train => {
             let architecture = architecture_required()?;
             let tensors = plan_scratch(&architecture);
             (architecture, tensors)
         }
-        (JobKind::Finetune, Some(parent)) => {
+        JobKind::Finetune => {
+            let parent = &parents[0];
             let names = parent.architecture.names();
             let patterns = TrainablePatterns::parse("spec.trainable", &draft.trainable, &names)?;
             if !(0.0..=1.0).contains(&draft.alpha) {
@@ -130,36 +339,34 @@ pub async fn plan_job(db: &Db, draft: JobDraft) -> Result<JobSpec> {
                 plan_finetune(&parent.architecture, &patterns),
             )
         }
-        (JobKind::Transfer, Some(parent)) => {
+        JobKind::Transfer => {
             if draft.num_classes == 0 {
                 return Err(invalid(
                     "spec.num_classes",
                     "a transfer job needs the new head's output size (greater than 0)",
                 ));
             }
-            let architecture = parent.architecture.with_num_classes(draft.num_classes);
+            let architecture = parents[0].architecture.with_num_classes(draft.num_classes);
             architecture.validate("spec.num_classes")?;
             let tensors =
                 plan_transfer("spec.unfreeze_blocks", &architecture, draft.unfreeze_blocks)?;
             (architecture, tensors)
         }
-        (JobKind::Direct, Some(parent)) => {
-            adjustment = direct_adjustment(db, &draft, parent, &mut parents).await?;
-            let tensors = plan_inherit(&parent.architecture, |_| false);
-            (parent.architecture.clone(), tensors)
+        JobKind::Direct => {
+            adjustment = direct_adjustment(db, draft, &mut parents).await?;
+            let tensors = plan_inherit(&parents[0].architecture, |_| false);
+            (parents[0].architecture.clone(), tensors)
         }
-        (JobKind::Compose, _) => {
+        JobKind::Compose => {
             let architecture = architecture_required()?;
             let names = architecture.names();
             let patterns = TrainablePatterns::parse("spec.trainable", &draft.trainable, &names)?;
-            let mut parent_models: Vec<Model> = Vec::new();
             let mut modules = Vec::new();
             for mapping in &draft.modules {
-                let index = match parents.iter().position(|id| *id == mapping.parent_id) {
+                let index = match parents.iter().position(|p| p.id == mapping.parent_id) {
                     Some(index) => index,
                     None => {
-                        parent_models.push(db.model(mapping.parent_id).await?);
-                        parents.push(mapping.parent_id);
+                        parents.push(db.model(mapping.parent_id).await?);
                         parents.len() - 1
                     }
                 };
@@ -169,7 +376,7 @@ pub async fn plan_job(db: &Db, draft: JobDraft) -> Result<JobSpec> {
                     source_prefix: mapping.source_prefix.clone(),
                 });
             }
-            let parent_architectures: Vec<Architecture> = parent_models
+            let parent_architectures: Vec<Architecture> = parents
                 .iter()
                 .map(|model| model.architecture.clone())
                 .collect();
@@ -182,59 +389,21 @@ pub async fn plan_job(db: &Db, draft: JobDraft) -> Result<JobSpec> {
             )?;
             (architecture, tensors)
         }
-        (_, None) => unreachable!("kinds that take a parent have one by now"),
     };
-    let trains = tensors.iter().any(|tensor| tensor.trainable);
-    match &dataset {
-        None if trains => {
-            return Err(invalid(
-                "spec.dataset_id",
-                format!("a {kind} job that trains needs a dataset"),
-            ));
-        }
-        None => {}
-        Some(dataset) => {
-            if architecture.input_features() != u64::from(dataset.num_features) {
-                return Err(Error::FailedPrecondition(format!(
-                    "spec.dataset_id: dataset {:?} has {} features per example but the model takes {}",
-                    dataset.name,
-                    dataset.num_features,
-                    architecture.input_features()
-                )));
-            }
-            if architecture.num_classes() < dataset.num_classes {
-                return Err(Error::FailedPrecondition(format!(
-                    "spec.dataset_id: dataset {:?} has labels up to {} but the model has {} classes",
-                    dataset.name,
-                    dataset.num_classes - 1,
-                    architecture.num_classes()
-                )));
-            }
-        }
-    }
-    Ok(JobSpec {
-        kind: draft.kind,
-        model_name: draft.model_name,
-        dataset_id: dataset.map(|dataset| dataset.id),
-        parents,
+    Ok(Derived {
         architecture,
-        hyperparameters: draft.hyperparameters,
-        trainable: draft.trainable,
-        num_classes: (draft.num_classes != 0).then_some(draft.num_classes),
-        unfreeze_blocks: draft.unfreeze_blocks,
-        modules: draft.modules,
-        adjustment,
         tensors,
+        parents,
+        adjustment,
     })
 }
 
 /// A direct job's adjustment: interpolation with a second parent of the same
-/// architecture, a scale, or none (an exact copy).
+/// architecture (added to `parents`), a scale, or none (an exact copy).
 async fn direct_adjustment(
     db: &Db,
     draft: &JobDraft,
-    parent: &Model,
-    parents: &mut Vec<Uuid>,
+    parents: &mut Vec<Model>,
 ) -> Result<Option<Adjustment>> {
     if !draft.alpha.is_finite() || !draft.scale.is_finite() {
         return Err(invalid(
@@ -256,6 +425,7 @@ async fn direct_adjustment(
     if draft.scale != 0.0 {
         return Err(invalid("spec.scale", "interpolate or scale, not both"));
     }
+    let parent = &parents[0];
     if second_id == parent.id {
         return Err(invalid(
             "spec.second_parent_id",
@@ -276,8 +446,202 @@ async fn direct_adjustment(
             ),
         ));
     }
-    parents.push(second_id);
+    parents.push(second);
     Ok(Some(Adjustment::Interpolate { alpha: draft.alpha }))
+}
+
+fn check_patterns(draft: &JobDraft, tensors: &[TensorPlan], plan: &mut Plan) {
+    if !matches!(draft.kind, JobKind::Finetune | JobKind::Compose) {
+        return;
+    }
+    let trained = tensors.iter().filter(|tensor| tensor.trainable).count();
+    let patterns = if draft.trainable.is_empty() {
+        "(none given: all)".to_string()
+    } else {
+        draft.trainable.join(", ")
+    };
+    plan.passed(
+        "trainable patterns",
+        format!("{patterns}: {trained} of {} tensors train", tensors.len()),
+    );
+}
+
+/// Every tensor taken from a parent has its origin's shape (the derivation refuses a
+/// mismatch; this reports what was compared).
+fn check_shapes(
+    architecture: &Architecture,
+    tensors: &[TensorPlan],
+    parents: &[Model],
+    plan: &mut Plan,
+) {
+    let shapes: HashMap<String, Vec<usize>> = architecture
+        .parameters()
+        .into_iter()
+        .map(|tensor| (tensor.name, tensor.shape))
+        .collect();
+    let parent_shapes: Vec<HashMap<String, Vec<usize>>> = parents
+        .iter()
+        .map(|parent| {
+            parent
+                .architecture
+                .parameters()
+                .into_iter()
+                .map(|tensor| (tensor.name, tensor.shape))
+                .collect()
+        })
+        .collect();
+    let mut compared = 0;
+    for tensor in tensors {
+        let Some(origin) = &tensor.origin else {
+            continue;
+        };
+        let origin_shape = parent_shapes[origin.parent].get(&origin.tensor);
+        if origin_shape != shapes.get(&tensor.name) {
+            plan.refuse(
+                "tensor shapes",
+                Error::FailedPrecondition(format!(
+                    "{} is {:?} but its origin {}'s {} is {:?}",
+                    tensor.name,
+                    shapes.get(&tensor.name),
+                    parents[origin.parent].name,
+                    origin.tensor,
+                    origin_shape
+                )),
+            );
+            return;
+        }
+        compared += 1;
+    }
+    let fresh = tensors.len() - compared;
+    plan.passed(
+        "tensor shapes",
+        format!("{compared} tensors from parents have their origin's shape; {fresh} start fresh"),
+    );
+}
+
+/// The dataset's rows must be the model's input, and its labels must fit the head.
+fn check_data_fits(
+    dataset: &Dataset,
+    architecture: &Architecture,
+    draft: &JobDraft,
+    parents: &[Model],
+    plan: &mut Plan,
+) {
+    let data = format!("dataset {:?}@{}", dataset.name, dataset.version);
+    let input = match parents.first() {
+        Some(parent) if draft.kind != JobKind::Compose => format!("parent {:?}", parent.name),
+        _ => "the architecture".to_string(),
+    };
+    let takes = architecture.input_features();
+    if takes == u64::from(dataset.num_features) {
+        plan.passed(
+            "input shape",
+            format!("{data} has {takes} float32 features per example, as {input} takes"),
+        );
+    } else {
+        plan.refuse(
+            "input shape",
+            Error::FailedPrecondition(format!(
+                "spec.dataset_id: {data} has {} features per example but {input} takes {takes}: \
+                 use data of that shape, or another parent",
+                dataset.num_features
+            )),
+        );
+    }
+    let head = architecture.num_classes();
+    let head_name = if draft.kind == JobKind::Transfer {
+        "the new head"
+    } else {
+        "the head"
+    };
+    let largest = dataset.num_classes - 1;
+    if dataset.num_classes <= head {
+        plan.passed(
+            "label range",
+            format!("{data} has labels up to {largest}; {head_name} has {head} outputs"),
+        );
+    } else {
+        let fix = if draft.kind == JobKind::Transfer {
+            format!("set num_classes to at least {}", dataset.num_classes)
+        } else {
+            format!(
+                "transfer to a new head of at least {} outputs instead",
+                dataset.num_classes
+            )
+        };
+        plan.refuse(
+            "label range",
+            Error::FailedPrecondition(format!(
+                "spec.dataset_id: {data} has labels up to {largest} but {head_name} has {head} \
+                 outputs (labels 0..{}): {fix}",
+                head - 1
+            )),
+        );
+    }
+}
+
+/// The shift from each parent's training data to the job's, where both have statistics.
+async fn measure_shift(
+    db: &Db,
+    dataset: &Dataset,
+    parents: &[Model],
+    plan: &mut Plan,
+) -> Result<Vec<DataShift>> {
+    let mut shifts = Vec::new();
+    for parent in parents {
+        let reference = match &parent.dataset {
+            Some(reference) if reference.role == "train" => reference,
+            _ => {
+                plan.passed(
+                    "data shift",
+                    format!(
+                        "parent {:?} has no recorded training data to compare with",
+                        parent.name
+                    ),
+                );
+                continue;
+            }
+        };
+        let reference_dataset = db.dataset(reference.id).await?;
+        let (Some(before), Some(now)) = (&reference_dataset.statistics, &dataset.statistics) else {
+            plan.passed(
+                "data shift",
+                "not measured: a dataset predates statistics".into(),
+            );
+            continue;
+        };
+        let shift = Shift::between(before, now);
+        plan.passed(
+            "data shift",
+            format!(
+                "{} from {:?}'s training data {:?}@{}: mean shift {:.3} σ (largest {:.3} σ at \
+                 feature {}), deviation ratio {:.3}, label distance {:.3}{}",
+                shift.verdict(),
+                parent.name,
+                reference.name,
+                reference.version,
+                shift.mean_shift,
+                shift.max_mean_shift,
+                shift.max_mean_shift_feature,
+                shift.std_ratio,
+                shift.label_distance,
+                if shift.new_labels.is_empty() {
+                    String::new()
+                } else {
+                    format!(", new labels {:?}", shift.new_labels)
+                }
+            ),
+        );
+        shifts.push(DataShift {
+            parent_id: parent.id,
+            parent_name: parent.name.clone(),
+            reference_dataset: reference.id,
+            reference_name: reference.name.clone(),
+            reference_version: reference.version,
+            shift,
+        });
+    }
+    Ok(shifts)
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> Error {

@@ -2,7 +2,7 @@
 //! datasets (`x`: float32 [N, F], `y`: int64 [N] with labels 0..C-1) and weights
 //! (one tensor per parameter, PyTorch state-dict names).
 
-use crate::{Architecture, Invalid};
+use crate::{Architecture, DatasetStatistics, Invalid};
 use safetensors::{Dtype, SafeTensors};
 use sha2::{Digest, Sha256};
 
@@ -89,11 +89,12 @@ pub fn check_manifest(
     Ok(())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DatasetInfo {
     pub num_examples: u64,
     pub num_features: u32,
     pub num_classes: u32,
+    pub statistics: DatasetStatistics,
 }
 
 pub fn read_dataset_info(field: &str, bytes: &[u8]) -> Result<DatasetInfo, Invalid> {
@@ -151,6 +152,7 @@ pub fn read_dataset_info(field: &str, bytes: &[u8]) -> Result<DatasetInfo, Inval
         ));
     }
     Ok(DatasetInfo {
+        statistics: DatasetStatistics::measure(x.data(), features, y.data()),
         num_examples: rows as u64,
         num_features: u32::try_from(features)
             .map_err(|_| Invalid::new(field, "too many features"))?,

@@ -10,9 +10,11 @@ pub mod backoff;
 mod files;
 mod hyperparameters;
 pub mod limits;
+mod memory;
 mod patterns;
 mod plan;
 mod report;
+mod statistics;
 
 pub use architecture::{
     Architecture, Init, Mlp, ProgramParameter, Resnet, SmallCnn, TensorSpec, Torchscript, Vgg,
@@ -23,12 +25,14 @@ pub use files::{
     sha256_hex, tensor_hashes,
 };
 pub use hyperparameters::{Hyperparameters, Optimizer};
+pub use memory::{MemoryEstimate, activation_elements, estimate as estimate_memory};
 pub use patterns::{TrainablePatterns, pattern_matches};
 pub use plan::{
     Adjustment, Claim, Module, Origin, TensorPlan, TensorStatus, plan_compose, plan_finetune,
     plan_inherit, plan_scratch, plan_transfer, under_prefix, verify_claims,
 };
 pub use report::{Metrics, Progress};
+pub use statistics::{DatasetStatistics, MAX_PER_FEATURE, Shift};
 
 /// A spec that cannot be used, with the field to fix.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

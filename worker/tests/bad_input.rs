@@ -35,16 +35,6 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         .into_inner()
         .model
         .unwrap();
-    let submit = |spec: pb::JobSpec| {
-        let mut jobs = cluster.jobs();
-        async move {
-            jobs.submit_job(pb::SubmitJobRequest {
-                spec: Some(spec),
-                ..Default::default()
-            })
-            .await
-        }
-    };
     let finetune = |parent_id: &str| pb::JobSpec {
         kind: pb::JobKind::Finetune as i32,
         parent_id: parent_id.into(),
@@ -58,7 +48,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     let unknown = uuid::Uuid::new_v4().to_string();
     refused(
         &cluster,
-        submit(pb::JobSpec {
+        cluster.try_submit(pb::JobSpec {
             architecture: None,
             ..finetune(&unknown)
         }),
@@ -66,17 +56,23 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         &unknown,
     )
     .await;
-    refused(&cluster, submit(train(&unknown)), Code::NotFound, &unknown).await;
     refused(
         &cluster,
-        submit(train("not-an-id")),
+        cluster.try_submit(train(&unknown)),
+        Code::NotFound,
+        &unknown,
+    )
+    .await;
+    refused(
+        &cluster,
+        cluster.try_submit(train("not-an-id")),
         Code::InvalidArgument,
         "spec.dataset_id",
     )
     .await;
     refused(
         &cluster,
-        submit(pb::JobSpec {
+        cluster.try_submit(pb::JobSpec {
             architecture: Some(mlp(64, vec![16, 0], 5)),
             ..train(&dataset.id)
         }),
@@ -86,7 +82,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     .await;
     refused(
         &cluster,
-        submit(pb::JobSpec {
+        cluster.try_submit(pb::JobSpec {
             architecture: Some(pb::Architecture { kind: None }),
             ..train(&dataset.id)
         }),
@@ -96,7 +92,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     .await;
     refused(
         &cluster,
-        submit(pb::JobSpec {
+        cluster.try_submit(pb::JobSpec {
             architecture: None,
             ..train(&dataset.id)
         }),
@@ -106,7 +102,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     .await;
     refused(
         &cluster,
-        submit(pb::JobSpec {
+        cluster.try_submit(pb::JobSpec {
             hyperparameters: hyperparameters(1, -0.5),
             ..train(&dataset.id)
         }),
@@ -116,7 +112,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     .await;
     refused(
         &cluster,
-        submit(pb::JobSpec {
+        cluster.try_submit(pb::JobSpec {
             hyperparameters: Some(pb::Hyperparameters {
                 holdout_fraction: 0.9,
                 ..Default::default()
@@ -129,7 +125,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     .await;
     refused(
         &cluster,
-        submit(pb::JobSpec {
+        cluster.try_submit(pb::JobSpec {
             kind: 0,
             ..train(&dataset.id)
         }),
@@ -139,7 +135,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     .await;
     refused(
         &cluster,
-        submit(pb::JobSpec {
+        cluster.try_submit(pb::JobSpec {
             model_name: "has space".into(),
             ..train(&dataset.id)
         }),
@@ -149,7 +145,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     .await;
     refused(
         &cluster,
-        submit(pb::JobSpec {
+        cluster.try_submit(pb::JobSpec {
             model_name: "root".into(),
             ..train(&dataset.id)
         }),
@@ -159,7 +155,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     .await;
     refused(
         &cluster,
-        submit(pb::JobSpec {
+        cluster.try_submit(pb::JobSpec {
             parent_id: root.id.clone(),
             ..train(&dataset.id)
         }),
@@ -169,7 +165,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     .await;
     refused(
         &cluster,
-        submit(pb::JobSpec {
+        cluster.try_submit(pb::JobSpec {
             architecture: Some(mlp(32, vec![16], 5)),
             ..train(&dataset.id)
         }),
@@ -179,7 +175,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     .await;
     refused(
         &cluster,
-        submit(pb::JobSpec {
+        cluster.try_submit(pb::JobSpec {
             trainable: vec!["layer4.*".into()],
             ..no_architecture.clone()
         }),
@@ -189,7 +185,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     .await;
     refused(
         &cluster,
-        submit(pb::JobSpec {
+        cluster.try_submit(pb::JobSpec {
             kind: pb::JobKind::Transfer as i32,
             ..no_architecture.clone()
         }),
@@ -199,13 +195,13 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     .await;
     refused(
         &cluster,
-        submit(pb::JobSpec {
+        cluster.try_submit(pb::JobSpec {
             kind: pb::JobKind::Transfer as i32,
             num_classes: 2,
             ..no_architecture.clone()
         }),
         Code::FailedPrecondition,
-        "2 classes",
+        "the new head has 2 outputs",
     )
     .await;
     // A second model of another shape: interpolating with it, or composing from it where
@@ -236,14 +232,14 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     };
     refused(
         &cluster,
-        submit(interpolate_with(&narrow)),
+        cluster.try_submit(interpolate_with(&narrow)),
         Code::InvalidArgument,
         "architectures differ",
     )
     .await;
     refused(
         &cluster,
-        submit(pb::JobSpec {
+        cluster.try_submit(pb::JobSpec {
             alpha: 0.5,
             ..direct.clone()
         }),
@@ -267,21 +263,21 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     let head = vec!["fc.*".to_string()];
     refused(
         &cluster,
-        submit(compose(&narrow, head)),
+        cluster.try_submit(compose(&narrow, head)),
         Code::InvalidArgument,
         "shape mismatch",
     )
     .await;
     refused(
         &cluster,
-        submit(compose(&root, vec![])),
+        cluster.try_submit(compose(&root, vec![])),
         Code::InvalidArgument,
         "no module provides fc.weight",
     )
     .await;
     refused(
         &cluster,
-        submit(pb::JobSpec {
+        cluster.try_submit(pb::JobSpec {
             kind: pb::JobKind::Transfer as i32,
             num_classes: 5,
             unfreeze_blocks: 3,
@@ -293,15 +289,13 @@ async fn bad_submissions_are_refused_with_the_field_named() {
     .await;
 
     // A queued job holds its model's name against imports too.
-    let queued = submit(pb::JobSpec {
-        model_name: "reserved".into(),
-        ..train(&dataset.id)
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .job
-    .unwrap();
+    let queued = cluster
+        .try_submit(pb::JobSpec {
+            model_name: "reserved".into(),
+            ..train(&dataset.id)
+        })
+        .await
+        .unwrap();
     let mut models = cluster.models();
     let import_reserved = models.import_model(pb::ImportModelRequest {
         name: "reserved".into(),

@@ -2,6 +2,8 @@ use super::Db;
 use crate::domain::Dataset;
 use crate::error::{Error, Result, is_unique_violation};
 use chrono::{DateTime, Utc};
+use heirloom_spec::DatasetStatistics;
+use sqlx::types::Json;
 use uuid::Uuid;
 
 #[derive(sqlx::FromRow)]
@@ -15,6 +17,7 @@ struct DatasetRow {
     num_features: i32,
     num_classes: i32,
     created_at: DateTime<Utc>,
+    statistics: Option<Json<DatasetStatistics>>,
 }
 
 impl From<DatasetRow> for Dataset {
@@ -29,6 +32,7 @@ impl From<DatasetRow> for Dataset {
             num_features: row.num_features as u32,
             num_classes: row.num_classes as u32,
             created_at: row.created_at,
+            statistics: row.statistics.map(|json| json.0),
         }
     }
 }
@@ -41,8 +45,8 @@ impl Db {
         for _ in 0..3 {
             let inserted = sqlx::query_as::<_, DatasetRow>(
                 "INSERT INTO datasets (id, name, version, sha256, size_bytes, num_examples,
-                                       num_features, num_classes)
-                 SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4, $5, $6, $7
+                                       num_features, num_classes, statistics)
+                 SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4, $5, $6, $7, $8
                    FROM datasets WHERE name = $2
                  RETURNING *",
             )
@@ -53,6 +57,7 @@ impl Db {
             .bind(dataset.num_examples as i64)
             .bind(dataset.num_features as i32)
             .bind(dataset.num_classes as i32)
+            .bind(dataset.statistics.as_ref().map(Json))
             .fetch_one(&self.pool)
             .await;
             match inserted {
@@ -86,17 +91,7 @@ impl Db {
         if let Ok(id) = Uuid::parse_str(reference) {
             return self.dataset(id).await;
         }
-        let (name, version) = match reference.rsplit_once('@') {
-            Some((name, version)) => {
-                let version: i32 = version.parse().map_err(|_| {
-                    Error::InvalidArgument(format!(
-                        "dataset: {reference:?}: the version after @ must be a number"
-                    ))
-                })?;
-                (name, Some(version))
-            }
-            None => (reference, None),
-        };
+        let (name, version) = super::split_version("dataset", reference)?;
         sqlx::query_as::<_, DatasetRow>(
             "SELECT * FROM datasets WHERE name = $1 AND ($2::int4 IS NULL OR version = $2)
               ORDER BY version DESC LIMIT 1",

@@ -285,8 +285,8 @@ impl Db {
         let spec = &job.spec;
         sqlx::query(
             "INSERT INTO models (id, name, architecture, weights_sha256, weights_bytes,
-                                 source, job_id, metrics)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                                 source, job_id, metrics, recipe_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(model.id)
         .bind(&spec.model_name)
@@ -296,6 +296,7 @@ impl Db {
         .bind(spec.kind.as_str())
         .bind(job_id)
         .bind(model.metrics.as_ref().map(Json))
+        .bind(spec.recipe.as_ref().map(|used| used.recipe.id))
         .execute(&mut *tx)
         .await
         .map_err(|err| name_taken(err, &spec.model_name))?;

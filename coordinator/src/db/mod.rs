@@ -7,11 +7,13 @@ mod datasets;
 mod jobs;
 mod lineage;
 mod models;
+mod recipes;
 mod tokens;
 mod workers;
 
 pub use jobs::{Claimed, NewModel, Submission};
 pub use lineage::{BlameStep, Graph, Page};
+pub use recipes::NewRecipe;
 pub use tokens::TokenRecord;
 
 use sqlx::PgPool;
@@ -73,4 +75,20 @@ fn check_reference(reference: &str) -> crate::Result<()> {
         heirloom_spec::limits::MAX_REFERENCE_BYTES,
     )?;
     Ok(())
+}
+
+/// `name@version` as (name, version), or a bare name as (name, None): `what` names the
+/// kind of thing in the error.
+fn split_version<'a>(what: &str, reference: &'a str) -> crate::Result<(&'a str, Option<i32>)> {
+    match reference.rsplit_once('@') {
+        Some((name, version)) => {
+            let version: i32 = version.parse().map_err(|_| {
+                crate::Error::InvalidArgument(format!(
+                    "{what}: {reference:?}: the version after @ must be a number"
+                ))
+            })?;
+            Ok((name, Some(version)))
+        }
+        None => Ok((reference, None)),
+    }
 }

@@ -1,7 +1,7 @@
 use super::{Db, check_reference};
 use crate::artifacts::ManifestEntry;
 use crate::domain::{
-    DatasetRef, Metrics, Model, ParentEdge, Relation, TensorProvenance, TensorRecord,
+    DatasetRef, Metrics, Model, ParentEdge, RecipeRef, Relation, TensorProvenance, TensorRecord,
 };
 use crate::error::{Error, Result, is_unique_violation};
 use chrono::{DateTime, Utc};
@@ -18,7 +18,7 @@ const TENSORS_PER_STATEMENT: usize = 5_000;
 const GARBAGE_COLLECTION_LOCK: i64 = 0x6865_6972_6c6f_6f6d; // "heirloom"
 
 #[derive(sqlx::FromRow)]
-struct ModelRow {
+pub(super) struct ModelRow {
     id: Uuid,
     name: String,
     architecture: Json<Architecture>,
@@ -33,6 +33,9 @@ struct ModelRow {
     dataset_version: Option<i32>,
     dataset_sha256: Option<String>,
     dataset_role: Option<String>,
+    recipe_id: Option<Uuid>,
+    recipe_name: Option<String>,
+    recipe_version: Option<i32>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -60,12 +63,15 @@ struct ParentRow {
 macro_rules! select_models {
     () => {
         "SELECT m.*, d.id AS dataset_id, d.name AS dataset_name, d.version AS dataset_version,
-                d.sha256 AS dataset_sha256, md.role AS dataset_role
+                d.sha256 AS dataset_sha256, md.role AS dataset_role,
+                r.name AS recipe_name, r.version AS recipe_version
            FROM models m
            LEFT JOIN model_datasets md ON md.model_id = m.id
-           LEFT JOIN datasets d ON d.id = md.dataset_id"
+           LEFT JOIN datasets d ON d.id = md.dataset_id
+           LEFT JOIN recipes r ON r.id = m.recipe_id"
     };
 }
+pub(super) use select_models;
 
 impl Db {
     /// The models with these ids, by id.
@@ -89,14 +95,7 @@ impl Db {
         tensors: &[TensorRecord],
     ) -> Result<Model> {
         let mut tx = self.pool.begin().await?;
-        // A job in progress holds its model's name (jobs_model_name_active).
-        let held: Option<(Uuid,)> = sqlx::query_as(
-            "SELECT id FROM jobs WHERE model_name = $1 AND state NOT IN ('failed', 'cancelled')",
-        )
-        .bind(&model.name)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some((job_id,)) = held {
+        if let Some(job_id) = self.job_holding_name(&model.name).await? {
             return Err(Error::AlreadyExists(format!(
                 "name: job {job_id} will create a model named {:?}; choose another name",
                 model.name
@@ -257,6 +256,17 @@ impl Db {
         Ok(self.with_parents(vec![row]).await?.remove(0))
     }
 
+    /// The job in progress that holds `name` for its model (jobs_model_name_active).
+    pub async fn job_holding_name(&self, name: &str) -> Result<Option<Uuid>> {
+        let held: Option<(Uuid,)> = sqlx::query_as(
+            "SELECT id FROM jobs WHERE model_name = $1 AND state NOT IN ('failed', 'cancelled')",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(held.map(|(id,)| id))
+    }
+
     pub async fn model_name_exists(&self, name: &str) -> Result<bool> {
         let found: Option<(Uuid,)> = sqlx::query_as("SELECT id FROM models WHERE name = $1")
             .bind(name)
@@ -273,7 +283,7 @@ impl Db {
         self.with_parents(rows).await
     }
 
-    async fn with_parents(&self, rows: Vec<ModelRow>) -> Result<Vec<Model>> {
+    pub(super) async fn with_parents(&self, rows: Vec<ModelRow>) -> Result<Vec<Model>> {
         let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
         let edges: Vec<ParentRow> = sqlx::query_as(
             "SELECT e.child_id, e.parent_id, p.name AS parent_name, e.relation, e.details
@@ -327,6 +337,14 @@ impl Db {
                 },
                 metrics: row.metrics.map(|metrics| metrics.0),
                 created_at: row.created_at,
+                recipe: match (row.recipe_id, row.recipe_name, row.recipe_version) {
+                    (Some(id), Some(name), Some(version)) => Some(RecipeRef {
+                        id,
+                        name,
+                        version: version as u32,
+                    }),
+                    _ => None,
+                },
             })
             .collect())
     }

@@ -6,12 +6,13 @@ use crate::auth::Role;
 use crate::db::TokenRecord;
 use crate::dispatch::{Assignment, ClaimedTensor};
 use crate::domain::{
-    Checkpoint, CheckpointTensor, Dataset, Device, Job, JobAttempt, JobEvent, JobEventKind,
-    JobKind, JobState, Metrics, Model, ModuleMapping, Progress, Relation, Requirements,
-    TensorProvenance,
+    Checkpoint, CheckpointTensor, DataShift, Dataset, Device, Job, JobAttempt, JobEvent,
+    JobEventKind, JobKind, JobState, Metrics, Model, ModuleMapping, Progress, RecipeRecord,
+    RecipeRef, Relation, Requirements, TensorProvenance,
 };
 use crate::error::{Error, Result};
-use crate::planning::JobDraft;
+use crate::planning::{Check, JobDraft, Plan, RecipeSubmission};
+use crate::recipes::RecipeInputs;
 use chrono::{DateTime, SecondsFormat, Utc};
 use heirloom_proto::v1 as pb;
 use heirloom_spec::{Adjustment, Architecture, Invalid, TensorInfo, TensorStatus, limits};
@@ -44,8 +45,84 @@ pub fn architecture_from_proto(
     Ok(proto.map(|proto| proto.to_spec(field)).transpose()?)
 }
 
-pub fn job_draft_from_proto(spec: Option<pb::JobSpec>) -> Result<JobDraft> {
+/// A submission: a spec written out, or a recipe with the job's inputs.
+pub enum JobRequest {
+    Spec(JobDraft),
+    Recipe(RecipeSubmission),
+}
+
+pub fn job_request_from_proto(spec: Option<pb::JobSpec>) -> Result<JobRequest> {
     let spec = spec.ok_or_else(|| Error::from(Invalid::new("spec", "is required")))?;
+    if spec.recipe.is_empty() {
+        for (field, set) in [
+            (
+                "spec.recipe_overrides_json",
+                !spec.recipe_overrides_json.is_empty(),
+            ),
+            ("spec.parents", !spec.parents.is_empty()),
+        ] {
+            if set {
+                return Err(Invalid::new(
+                    field,
+                    "applies only with spec.recipe; without one use parent_id and the spec's fields",
+                )
+                .into());
+            }
+        }
+        return job_draft_from_proto(spec).map(JobRequest::Spec);
+    }
+    limits::check_length("spec.recipe", &spec.recipe, limits::MAX_REFERENCE_BYTES)?;
+    // The recipe says how; the spec gives only the inputs.
+    let from_recipe = "comes from the recipe: leave it empty and change it with \
+                       spec.recipe_overrides_json";
+    for (field, set) in [
+        ("spec.kind", spec.kind != 0),
+        ("spec.parent_id", !spec.parent_id.is_empty()),
+        ("spec.second_parent_id", !spec.second_parent_id.is_empty()),
+        ("spec.architecture", spec.architecture.is_some()),
+        ("spec.hyperparameters", spec.hyperparameters.is_some()),
+        ("spec.trainable", !spec.trainable.is_empty()),
+        ("spec.num_classes", spec.num_classes != 0),
+        ("spec.alpha", spec.alpha != 0.0),
+        ("spec.scale", spec.scale != 0.0),
+        ("spec.unfreeze_blocks", spec.unfreeze_blocks != 0),
+        ("spec.modules", !spec.modules.is_empty()),
+    ] {
+        if set {
+            let reason = if field == "spec.parent_id" || field == "spec.second_parent_id" {
+                "with a recipe, give the parents in spec.parents, in the recipe's slot order"
+            } else {
+                from_recipe
+            };
+            return Err(Invalid::new(field, reason).into());
+        }
+    }
+    limits::check_count("spec.parents", spec.parents.len(), limits::MAX_MODULES)?;
+    let parents = spec
+        .parents
+        .iter()
+        .enumerate()
+        .map(|(i, id)| parse_id(&format!("spec.parents[{i}]"), id))
+        .collect::<Result<Vec<_>>>()?;
+    let overrides = match spec.recipe_overrides_json.as_str() {
+        "" => None,
+        text => Some(crate::recipes::parse_json(
+            "spec.recipe_overrides_json",
+            text,
+        )?),
+    };
+    Ok(JobRequest::Recipe(RecipeSubmission {
+        reference: spec.recipe,
+        overrides,
+        inputs: RecipeInputs {
+            model_name: spec.model_name,
+            dataset_id: optional_id("spec.dataset_id", &spec.dataset_id)?,
+            parents,
+        },
+    }))
+}
+
+fn job_draft_from_proto(spec: pb::JobSpec) -> Result<JobDraft> {
     let kind = match pb::JobKind::try_from(spec.kind) {
         Ok(pb::JobKind::Train) => JobKind::Train,
         Ok(pb::JobKind::Finetune) => JobKind::Finetune,
@@ -182,6 +259,158 @@ pub fn job_spec_to_proto(spec: &crate::domain::JobSpec) -> pb::JobSpec {
                 source_prefix: module.source_prefix.clone(),
             })
             .collect(),
+        recipe: spec
+            .recipe
+            .as_ref()
+            .map(|used| format!("{}@{}", used.recipe.name, used.recipe.version))
+            .unwrap_or_default(),
+        recipe_overrides_json: spec
+            .recipe
+            .as_ref()
+            .and_then(|used| used.overrides.as_ref())
+            .map(|overrides| overrides.to_string())
+            .unwrap_or_default(),
+        parents: spec.parents.iter().map(Uuid::to_string).collect(),
+    }
+}
+
+pub fn recipe_ref_to_proto(recipe: &RecipeRef) -> pb::RecipeRef {
+    pb::RecipeRef {
+        id: recipe.id.to_string(),
+        name: recipe.name.clone(),
+        version: recipe.version,
+    }
+}
+
+pub fn data_shift_to_proto(shift: &DataShift) -> pb::DataShift {
+    pb::DataShift {
+        parent_model_id: shift.parent_id.to_string(),
+        parent_model_name: shift.parent_name.clone(),
+        reference: Some(pb::DatasetRef {
+            id: shift.reference_dataset.to_string(),
+            name: shift.reference_name.clone(),
+            version: shift.reference_version,
+            sha256: String::new(),
+            role: "train".into(),
+        }),
+        mean_shift: shift.shift.mean_shift,
+        max_mean_shift: shift.shift.max_mean_shift,
+        max_mean_shift_feature: shift.shift.max_mean_shift_feature,
+        std_ratio: shift.shift.std_ratio,
+        label_distance: shift.shift.label_distance,
+        new_labels: shift.shift.new_labels.clone(),
+        verdict: shift.shift.verdict().into(),
+    }
+}
+
+pub fn recipe_to_proto(recipe: &RecipeRecord) -> pb::Recipe {
+    pb::Recipe {
+        id: recipe.reference.id.to_string(),
+        name: recipe.reference.name.clone(),
+        version: recipe.reference.version,
+        kind: recipe.kind.as_str().into(),
+        body_json: recipe.body.to_string(),
+        derived_from: recipe.derived_from.as_ref().map(recipe_ref_to_proto),
+        patch_json: recipe
+            .patch
+            .as_ref()
+            .map(|patch| patch.to_string())
+            .unwrap_or_default(),
+        source_model_id: recipe
+            .source_model
+            .as_ref()
+            .map(|(id, _)| id.to_string())
+            .unwrap_or_default(),
+        source_model_name: recipe
+            .source_model
+            .as_ref()
+            .map(|(_, name)| name.clone())
+            .unwrap_or_default(),
+        created_at: timestamp(recipe.created_at),
+    }
+}
+
+/// A plan for PlanJob: each tensor with the status its provenance will record.
+pub fn plan_to_proto(plan: &Plan) -> pb::JobPlan {
+    let Some(spec) = &plan.spec else {
+        return pb::JobPlan {
+            checks: plan.checks.iter().map(check_to_proto).collect(),
+            refusals: plan.refusals.iter().map(refusal_to_proto).collect(),
+            ..Default::default()
+        };
+    };
+    let shapes: std::collections::HashMap<String, heirloom_spec::TensorSpec> = spec
+        .architecture
+        .parameters()
+        .into_iter()
+        .map(|tensor| (tensor.name.clone(), tensor))
+        .collect();
+    let (mut trainable_parameters, mut frozen_parameters) = (0, 0);
+    let tensors = spec
+        .tensors
+        .iter()
+        .map(|tensor| {
+            let shape = &shapes[&tensor.name];
+            let elements: u64 = shape.shape.iter().map(|&d| d as u64).product();
+            if tensor.trainable && !shape.buffer {
+                trainable_parameters += elements;
+            } else {
+                frozen_parameters += elements;
+            }
+            let origin = tensor
+                .origin
+                .as_ref()
+                .map(|origin| (&plan.parents[origin.parent], &origin.tensor));
+            pb::PlannedTensor {
+                name: tensor.name.clone(),
+                status: tensor_status_to_proto(tensor.status(spec.adjustment, shape.dtype)) as i32,
+                trainable: tensor.trainable,
+                origin_model_id: origin.map(|(m, _)| m.id.to_string()).unwrap_or_default(),
+                origin_model_name: origin.map(|(m, _)| m.name.clone()).unwrap_or_default(),
+                origin_tensor: origin.map(|(_, t)| t.clone()).unwrap_or_default(),
+                dtype: shape.dtype.into(),
+                shape: shape.shape.iter().map(|&d| d as u64).collect(),
+                elements,
+            }
+        })
+        .collect();
+    pb::JobPlan {
+        spec: Some(job_spec_to_proto(spec)),
+        recipe: spec
+            .recipe
+            .as_ref()
+            .map(|used| recipe_ref_to_proto(&used.recipe)),
+        tensors,
+        trainable_parameters,
+        frozen_parameters,
+        checks: plan.checks.iter().map(check_to_proto).collect(),
+        memory: plan.memory.as_ref().map(|memory| pb::MemoryEstimate {
+            batch_size: memory.batch_size,
+            weights_bytes: memory.weights_bytes,
+            gradients_bytes: memory.gradients_bytes,
+            optimizer_bytes: memory.optimizer_bytes,
+            activations_bytes: memory.activations_bytes,
+            data_bytes: memory.data_bytes,
+            total_bytes: memory.total_bytes(),
+            note: memory.note.clone(),
+        }),
+        data_shift: spec.data_shift.iter().map(data_shift_to_proto).collect(),
+        refusals: plan.refusals.iter().map(refusal_to_proto).collect(),
+    }
+}
+
+fn check_to_proto(check: &Check) -> pb::PlanCheck {
+    pb::PlanCheck {
+        check: check.check.clone(),
+        passed: check.passed,
+        detail: check.detail.clone(),
+    }
+}
+
+pub fn refusal_to_proto(error: &Error) -> pb::Refusal {
+    pb::Refusal {
+        code: super::observe::code_name(error.code()).into(),
+        message: error.to_string(),
     }
 }
 
@@ -203,6 +432,17 @@ pub fn job_to_proto(job: &Job) -> pb::Job {
         failures: job.failures as u32,
         attempts: Vec::new(),
         checkpoint_step: job.checkpoint.as_ref().map_or(0, |c| c.step),
+        recipe: job
+            .spec
+            .recipe
+            .as_ref()
+            .map(|used| recipe_ref_to_proto(&used.recipe)),
+        data_shift: job
+            .spec
+            .data_shift
+            .iter()
+            .map(data_shift_to_proto)
+            .collect(),
     }
 }
 
@@ -463,6 +703,7 @@ pub fn model_to_proto(model: &Model) -> pb::Model {
         metrics: model.metrics.as_ref().map(pb::Metrics::from),
         source: model.source.clone(),
         created_at: timestamp(model.created_at),
+        recipe: model.recipe.as_ref().map(recipe_ref_to_proto),
     }
 }
 
@@ -477,6 +718,16 @@ pub fn dataset_to_proto(dataset: &Dataset) -> pb::Dataset {
         num_features: dataset.num_features,
         num_classes: dataset.num_classes,
         created_at: timestamp(dataset.created_at),
+        statistics: dataset
+            .statistics
+            .as_ref()
+            .map(|statistics| pb::DatasetStatistics {
+                labels: statistics.labels(),
+                label_counts: statistics.label_counts.clone(),
+                mean: statistics.mean,
+                std: statistics.std,
+                per_feature: !statistics.feature_mean.is_empty(),
+            }),
     }
 }
 

@@ -71,6 +71,7 @@ impl pb::dataset_service_server::DatasetService for DatasetApi {
             num_features: info.num_features,
             num_classes: info.num_classes,
             created_at: chrono::Utc::now(),
+            statistics: Some(info.statistics),
         };
         let dataset = self.0.db.insert_dataset(&dataset).await?;
         tracing::info!(dataset_id = %dataset.id, name = %dataset.name, "dataset registered");

@@ -1,10 +1,11 @@
 use super::convert;
 use crate::Services;
+use crate::db::Db;
 use crate::db::Submission;
 use crate::domain::{JobEventKind, Requirements};
 use crate::error::Error;
 use crate::notifier::Notification;
-use crate::planning::plan_job;
+use crate::planning::{Plan, draft_from_recipe, plan_job};
 use heirloom_proto::v1 as pb;
 use heirloom_spec::{Invalid, limits};
 use std::pin::Pin;
@@ -36,6 +37,17 @@ fn fingerprint(request: &pb::SubmitJobRequest, requirements: &Requirements) -> S
     let mut bytes = rest.encode_to_vec();
     bytes.extend(serde_json::to_vec(requirements).expect("requirements serialize"));
     heirloom_spec::sha256_hex(&bytes)
+}
+
+/// The plan of a submission, a recipe's expanded first.
+async fn plan(db: &Db, request: convert::JobRequest) -> Result<Plan, Error> {
+    match request {
+        convert::JobRequest::Spec(draft) => plan_job(db, draft, None).await,
+        convert::JobRequest::Recipe(submission) => {
+            let (draft, recipe) = draft_from_recipe(db, submission).await?;
+            plan_job(db, draft, Some(recipe)).await
+        }
+    }
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchJobResponse, Status>> + Send>>;
@@ -80,13 +92,32 @@ impl pb::job_service_server::JobService for JobApi {
                 job: Some(convert::job_to_proto(&job)),
             }));
         }
-        let draft = convert::job_draft_from_proto(request.spec)?;
-        let spec = plan_job(&self.0.db, draft).await?;
+        let request = convert::job_request_from_proto(request.spec)?;
+        let spec = plan(&self.0.db, request).await?.into_spec()?;
         let job = self.0.db.insert_job(&spec, &submission).await?;
         self.0.notifier.wake(Notification::Jobs);
         tracing::info!(job_id = %job.id, kind = job.spec.kind.as_str(), "job submitted");
         Ok(Response::new(pb::SubmitJobResponse {
             job: Some(convert::job_to_proto(&job)),
+        }))
+    }
+
+    async fn plan_job(
+        &self,
+        request: Request<pb::PlanJobRequest>,
+    ) -> Result<Response<pb::PlanJobResponse>, Status> {
+        let request = convert::job_request_from_proto(request.into_inner().spec)?;
+        let plan = match plan(&self.0.db, request).await {
+            Ok(plan) => plan,
+            // A recipe that is not there, or overrides that do not fit it: the one refusal.
+            Err(error) if error.code() != tonic::Code::Internal => Plan {
+                refusals: vec![error],
+                ..Plan::default()
+            },
+            Err(error) => return Err(error.into()),
+        };
+        Ok(Response::new(pb::PlanJobResponse {
+            plan: Some(convert::plan_to_proto(&plan)),
         }))
     }
 

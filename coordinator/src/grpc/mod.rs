@@ -8,6 +8,7 @@ mod jobs;
 mod lineage;
 mod models;
 mod observe;
+mod recipes;
 mod tokens;
 mod workers;
 
@@ -145,6 +146,9 @@ pub async fn serve(
         ))
         .add_service(pb::worker_service_server::WorkerServiceServer::new(
             workers::WorkerApi(services.clone()),
+        ))
+        .add_service(pb::recipe_service_server::RecipeServiceServer::new(
+            recipes::RecipeApi(services.clone()),
         ))
         .add_service(pb::token_service_server::TokenServiceServer::new(
             tokens::TokenApi(services),

@@ -100,6 +100,7 @@ impl pb::model_service_server::ModelService for ModelApi {
             metrics: None,
             parents: Vec::new(),
             created_at: chrono::Utc::now(),
+            recipe: None,
         };
         let model = self.0.db.insert_imported_model(&model, &tensors).await?;
         tracing::info!(model_id = %model.id, name = %model.name, "model imported");

@@ -83,7 +83,12 @@ fn status_name(header: Option<&http::HeaderValue>) -> &'static str {
         .and_then(|value| value.to_str().ok())
         .and_then(|text| text.parse::<i32>().ok())
         .unwrap_or(0);
-    match tonic::Code::from_i32(code) {
+    code_name(tonic::Code::from_i32(code))
+}
+
+/// A status code as the gRPC specification names it.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    match code {
         tonic::Code::Ok => "OK",
         tonic::Code::Cancelled => "CANCELLED",
         tonic::Code::Unknown => "UNKNOWN",

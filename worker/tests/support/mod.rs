@@ -13,6 +13,7 @@ use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
 use heirloom_proto::v1::dataset_service_client::DatasetServiceClient;
 use heirloom_proto::v1::job_service_client::JobServiceClient;
 use heirloom_proto::v1::model_service_client::ModelServiceClient;
+use heirloom_proto::v1::recipe_service_client::RecipeServiceClient;
 use heirloom_proto::v1::token_service_client::TokenServiceClient;
 use heirloom_spec::sha256_hex;
 use object_store::ObjectStore;
@@ -370,6 +371,10 @@ impl Cluster {
         ModelServiceClient::new(self.channel.clone())
     }
 
+    pub fn recipes(&self) -> RecipeServiceClient<Connection> {
+        RecipeServiceClient::new(self.channel.clone())
+    }
+
     pub fn jobs(&self) -> JobServiceClient<Connection> {
         JobServiceClient::new(self.channel.clone())
     }
@@ -393,16 +398,19 @@ impl Cluster {
     }
 
     pub async fn submit(&self, spec: pb::JobSpec) -> pb::Job {
-        self.jobs()
+        self.try_submit(spec).await.expect("submit")
+    }
+
+    /// Submits `spec` with default placement; the refusal if there is one.
+    pub async fn try_submit(&self, spec: pb::JobSpec) -> Result<pb::Job, tonic::Status> {
+        let response = self
+            .jobs()
             .submit_job(pb::SubmitJobRequest {
                 spec: Some(spec),
                 ..Default::default()
             })
-            .await
-            .expect("submit")
-            .into_inner()
-            .job
-            .expect("a job")
+            .await?;
+        Ok(response.into_inner().job.expect("a job"))
     }
 
     /// Follows the job's events to its end; returns them and the final job.
@@ -467,6 +475,7 @@ impl Cluster {
             "job_attempts",
             "workers",
             "tokens",
+            "recipes",
         ] {
             let (count,): (i64,) =
                 sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))

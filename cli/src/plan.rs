@@ -1,0 +1,169 @@
+//! `heirloom job plan`: a job's plan, printed for people.
+
+use heirloom_proto::v1 as pb;
+
+pub fn print(plan: &pb::JobPlan) {
+    let spec = plan.spec.clone().unwrap_or_default();
+    let kind = spec
+        .kind()
+        .as_str_name()
+        .trim_start_matches("JOB_KIND_")
+        .to_lowercase();
+    let recipe = match &plan.recipe {
+        Some(recipe) => format!(" from recipe {}@{}", recipe.name, recipe.version),
+        None => String::new(),
+    };
+    if plan.spec.is_some() {
+        println!("plan: {kind} job making {:?}{recipe}", spec.model_name);
+    } else {
+        println!("plan: no tensor plan could be made");
+    }
+    if plan.refusals.is_empty() {
+        println!("verdict: would be queued");
+    } else {
+        println!("verdict: REFUSED ({} reason(s))", plan.refusals.len());
+        for refusal in &plan.refusals {
+            println!("  {}: {}", refusal.code, refusal.message);
+        }
+    }
+    if !plan.tensors.is_empty() {
+        print_tensors(&plan.tensors);
+        println!(
+            "parameters: {} trainable, {} frozen",
+            thousands(plan.trainable_parameters),
+            thousands(plan.frozen_parameters)
+        );
+    }
+    if !plan.checks.is_empty() {
+        println!("checks:");
+        for check in &plan.checks {
+            let mark = if check.passed { "ok  " } else { "FAIL" };
+            println!("  {mark} {:<18} {}", check.check, check.detail);
+        }
+    }
+    if let Some(memory) = &plan.memory {
+        println!(
+            "memory at batch size {}: {} = weights {} + gradients {} + optimizer {} + activations {} + data {}",
+            memory.batch_size,
+            bytes(memory.total_bytes),
+            bytes(memory.weights_bytes),
+            bytes(memory.gradients_bytes),
+            bytes(memory.optimizer_bytes),
+            bytes(memory.activations_bytes),
+            bytes(memory.data_bytes)
+        );
+        if !memory.note.is_empty() {
+            println!("  ({})", memory.note);
+        }
+    }
+}
+
+/// One line for a job's data shift from a parent's training data.
+pub fn print_shift(shift: &pb::DataShift) {
+    let reference = shift.reference.clone().unwrap_or_default();
+    print!(
+        "data shift from {}'s training data {}@{}: {} (mean shift {:.3} σ, largest {:.3} σ at \
+         feature {}, deviation ratio {:.3}, label distance {:.3}",
+        shift.parent_model_name,
+        reference.name,
+        reference.version,
+        shift.verdict,
+        shift.mean_shift,
+        shift.max_mean_shift,
+        shift.max_mean_shift_feature,
+        shift.std_ratio,
+        shift.label_distance
+    );
+    if !shift.new_labels.is_empty() {
+        print!(", new labels {:?}", shift.new_labels);
+    }
+    println!(")");
+}
+
+fn print_tensors(tensors: &[pb::PlannedTensor]) {
+    let rows: Vec<[String; 5]> = tensors
+        .iter()
+        .map(|tensor| {
+            [
+                tensor.name.clone(),
+                tensor
+                    .status()
+                    .as_str_name()
+                    .trim_start_matches("TENSOR_STATUS_")
+                    .to_lowercase(),
+                if tensor.trainable { "trains" } else { "frozen" }.to_string(),
+                format!("{:?}", tensor.shape),
+                match tensor.origin_model_name.as_str() {
+                    "" => "-".to_string(),
+                    model => format!("{model}:{}", tensor.origin_tensor),
+                },
+            ]
+        })
+        .collect();
+    let header = ["TENSOR", "STATUS", "TRAINING", "SHAPE", "ORIGIN"];
+    let widths: Vec<usize> = (0..4)
+        .map(|column| {
+            rows.iter()
+                .map(|row| row[column].len())
+                .chain([header[column].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    println!("tensors ({}):", tensors.len());
+    for row in std::iter::once(header.map(String::from)).chain(rows) {
+        println!(
+            "  {:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3]
+        );
+    }
+}
+
+fn thousands(count: u64) -> String {
+    let digits = count.to_string();
+    let mut grouped = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    grouped
+}
+
+fn bytes(count: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = count as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{count} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_sizes_read_well() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(1234567), "1,234,567");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+    }
+}
