@@ -39,6 +39,7 @@ mkdir -p "$HEIRLOOM_ARTIFACTS"
   --database-url "postgres://postgres@127.0.0.1:$pg_port/postgres" \
   --tls-cert "$work/tls/coordinator.pem" --tls-key "$work/tls/coordinator.key" \
   --worker-client-ca "$work/tls/ca.pem" --admin-token-file "$work/admin.token" \
+  --explorer-listen "127.0.0.1:${HEIRLOOM_EXPLORER_PORT:-7080}" \
   >"$work/coordinator.log" 2>&1 &
 pids+=($!)
 until [ -s "$work/admin.token" ] && HEIRLOOM_TOKEN_FILE="$work/admin.token" \
@@ -53,6 +54,9 @@ heirloom token create demo-user --role submitter >"$work/user.token"
 heirloom token create demo-worker --role worker >"$work/worker.token"
 export HEIRLOOM_TOKEN_FILE="$work/user.token"
 heirloom token whoami
+explorer="https://127.0.0.1:${HEIRLOOM_EXPLORER_PORT:-7080}/"
+echo "-- the lineage explorer: $explorer (log in with the token in $work/user.token;"
+echo "   the certificate is the demo's own CA: $work/tls/ca.pem)"
 # The worker shares no directory with the coordinator: blobs come over gRPC into its cache.
 "$bin/heirloom-worker" --name demo-worker --threads "${HEIRLOOM_THREADS:-2}" \
   --cache "$work/worker-cache" --token-file "$work/worker.token" \
@@ -143,4 +147,16 @@ HEIRLOOM_TOKEN_FILE="$work/reader.token" heirloom model list | head -3
 if HEIRLOOM_TOKEN_FILE="$work/reader.token" heirloom job train not-allowed --dataset digits-0-4 \
   --arch '{"mlp": {"input_features": 64, "hidden": [8], "num_classes": 5}}'; then
   echo "a reader submitted a job" >&2; exit 1
+fi
+
+echo "== the lineage explorer is at $explorer — models, each model's tensor provenance, the"
+echo "   lineage graph, jobs with their curves, dataset impact (token: $(cat "$work/user.token"))"
+composed=$(heirloom --output json model show digits-5-9-composed | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+job=$(heirloom --output json model show digits-5-9-composed | python3 -c 'import json,sys; print(json.load(sys.stdin)["jobId"])')
+for view in "" "models/$composed" "models/$composed/graph?depth=3" jobs "jobs/$job" datasets datasets/digits-0-4; do
+  curl -s --cacert "$work/tls/ca.pem" -H "Authorization: Bearer $(cat "$work/user.token")" \
+    -o /dev/null -w "   %{http_code} %{size_download} bytes  $explorer$view\n" "$explorer$view"
+done
+if [ -t 0 ]; then
+  read -r -p "press Enter to stop the demo " _
 fi

@@ -3,7 +3,8 @@
 # worker), torchvision for the interop tests, numpy/scikit-learn/safetensors for the
 # demo's data, moto's S3-compatible server for the artifact tests, grpcio-tools for the
 # Python client and kubernetes-validate for the deploy manifests, into a cached
-# virtualenv, and the PostgreSQL server from the distribution's packages.
+# virtualenv, and the PostgreSQL server from the distribution's packages; for the
+# explorer's browser tests, Debian's Chromium and playwright-core from the npm registry.
 # Safe to run again: it only installs what is not there.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -14,6 +15,7 @@ TORCHVISION_VERSION=0.26.0 # the release paired with torch 2.11; the interop tes
 MOTO_VERSION=5.2.5 # its standalone server stands in for S3 in the tests
 GRPCIO_TOOLS_VERSION=1.85.1 # the Python client's stubs, generated from proto/ by the tests
 KUBERNETES_VALIDATE_VERSION=1.37.0 # checks deploy/kubernetes against the API's schemas, offline
+PLAYWRIGHT_CORE_VERSION=1.64.1 # drives Debian's Chromium in the explorer's browser tests
 
 install_packages() {
   local sudo=""
@@ -39,6 +41,22 @@ fi
 if ! command -v docker-compose >/dev/null 2>&1; then
   echo "setup: installing docker-compose (its \`config\` checks deploy/compose.yaml)" >&2
   install_packages docker-compose
+fi
+
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]} (the explorer's browser tests)" >&2
+  install_packages "${missing[@]}"
+fi
+export HEIRLOOM_PLAYWRIGHT="$HEIRLOOM_CACHE/browser/node_modules/playwright-core/index.mjs"
+if [ ! -f "$HEIRLOOM_PLAYWRIGHT" ] || ! grep -q "\"version\": \"$PLAYWRIGHT_CORE_VERSION\"" \
+  "$HEIRLOOM_CACHE/browser/node_modules/playwright-core/package.json"; then
+  echo "setup: installing playwright-core@$PLAYWRIGHT_CORE_VERSION (no browser download: it drives Debian's Chromium)" >&2
+  mkdir -p "$HEIRLOOM_CACHE/browser"
+  PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --prefix "$HEIRLOOM_CACHE/browser" --no-audit --no-fund \
+    --silent "playwright-core@$PLAYWRIGHT_CORE_VERSION" >&2
 fi
 
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

@@ -1,5 +1,6 @@
 //! `heirloom job plan`: a job's plan, printed for people.
 
+use heirloom_proto::display::bytes;
 use heirloom_proto::v1 as pb;
 
 pub fn print(plan: &pb::JobPlan) {
@@ -139,31 +140,14 @@ fn thousands(count: u64) -> String {
     grouped
 }
 
-fn bytes(count: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = count as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{count} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn counts_and_sizes_read_well() {
+    fn counts_read_well() {
         assert_eq!(thousands(0), "0");
         assert_eq!(thousands(1234567), "1,234,567");
         assert_eq!(thousands(999), "999");
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
     }
 }

@@ -130,6 +130,7 @@ async fn main() {
         insecure_plaintext: false,
         admin_token_file: Some(artifacts.path().join("admin.token")),
         metrics_listen: None,
+        explorer_listen: None,
         config: None,
         log_format: "human".into(),
     };

@@ -144,6 +144,22 @@ fn names(roles: &[Role]) -> String {
 
 /// Checks a request's token against the table, and puts its [`Caller`] in the
 /// request's extensions.
+/// Who holds the token with this hash: from the cache, or the database (then cached).
+pub async fn caller_for(
+    db: &Db,
+    cache: &TokenCache,
+    secret_sha256: &str,
+) -> Result<Option<Caller>, sqlx::Error> {
+    if let Some(caller) = cache.get(secret_sha256) {
+        return Ok(Some(caller));
+    }
+    let found = db.caller(secret_sha256).await?;
+    Ok(found.map(|(caller, expires_at)| {
+        cache.put(secret_sha256.to_string(), caller.clone(), expires_at);
+        caller
+    }))
+}
+
 async fn authenticate<B>(layer: &AuthLayer, request: &mut http::Request<B>) -> Result<(), Status> {
     let (db, require_worker_certificates) = (&layer.db, layer.require_worker_certificates);
     let path = request.uri().path().to_string();
@@ -153,21 +169,10 @@ async fn authenticate<B>(layer: &AuthLayer, request: &mut http::Request<B>) -> R
         return Ok(());
     }
     let hash = secret_sha256(bearer_token(request.headers())?);
-    let caller = match layer.cache.get(&hash) {
-        Some(caller) => Some(caller),
-        None => {
-            let found = db.caller(&hash).await.map_err(|err| {
-                tracing::warn!(error = %err, "cannot check a token: the database is unreachable");
-                Status::unavailable(
-                    "cannot check the token now: the database is unreachable; retry",
-                )
-            })?;
-            found.map(|(caller, expires_at)| {
-                layer.cache.put(hash, caller.clone(), expires_at);
-                caller
-            })
-        }
-    };
+    let caller = caller_for(db, &layer.cache, &hash).await.map_err(|err| {
+        tracing::warn!(error = %err, "cannot check a token: the database is unreachable");
+        Status::unavailable("cannot check the token now: the database is unreachable; retry")
+    })?;
     let caller = caller.ok_or_else(|| {
         Status::unauthenticated(
             "the token is unknown, revoked or expired: ask an admin for a new one \

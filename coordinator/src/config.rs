@@ -60,6 +60,11 @@ pub struct Config {
     /// Address to serve Prometheus metrics on (`GET /metrics`); none if not given.
     #[arg(long, env = "HEIRLOOM_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Address to serve the lineage explorer on: web pages of models, lineage, jobs and
+    /// datasets for anyone with a reader, submitter or admin token; over TLS with the
+    /// coordinator's certificate unless `--insecure-plaintext`. Off if not given.
+    #[arg(long, env = "HEIRLOOM_EXPLORER_LISTEN")]
+    pub explorer_listen: Option<SocketAddr>,
     /// Log format: `human` or `json`.
     #[arg(long, env = "HEIRLOOM_LOG_FORMAT", default_value = "human")]
     pub log_format: String,

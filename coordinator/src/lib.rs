@@ -12,6 +12,7 @@ pub mod db;
 mod dispatch;
 pub mod domain;
 pub mod error;
+mod explorer;
 mod grpc;
 pub mod metrics;
 mod notifier;
@@ -42,6 +43,9 @@ pub struct Coordinator {
     services: Services,
     transport: grpc::Transport,
     metrics_listen: Option<std::net::SocketAddr>,
+    explorer_listen: Option<std::net::SocketAddr>,
+    /// The certificate and key the explorer serves TLS with (the coordinator's).
+    explorer_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     shutdown: CancellationToken,
 }
 
@@ -73,6 +77,8 @@ impl Coordinator {
             },
             transport,
             metrics_listen: config.metrics_listen,
+            explorer_listen: config.explorer_listen,
+            explorer_tls: config.tls_cert.clone().zip(config.tls_key.clone()),
             shutdown,
         })
     }
@@ -100,6 +106,33 @@ impl Coordinator {
                 metrics_listener,
                 self.shutdown.child_token(),
             ));
+        }
+        if let Some(explorer_address) = self.explorer_listen {
+            let explorer_listener = TcpListener::bind(explorer_address)
+                .await
+                .map_err(|err| anyhow::anyhow!("--explorer-listen {explorer_address}: {err}"))?;
+            let scheme = if self.explorer_tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            tracing::info!(
+                url = %format!("{scheme}://{}/", explorer_listener.local_addr()?),
+                "lineage explorer"
+            );
+            let (services, tls, stop) = (
+                self.services.clone(),
+                self.explorer_tls.clone(),
+                self.shutdown.child_token(),
+            );
+            tokio::spawn(async move {
+                let tls = tls
+                    .as_ref()
+                    .map(|(cert, key)| (cert.as_path(), key.as_path()));
+                if let Err(err) = explorer::serve(services, explorer_listener, tls, stop).await {
+                    tracing::error!(error = %err, "the lineage explorer stopped");
+                }
+            });
         }
         let result = grpc::serve(self.services, self.transport, listener, shutdown).await;
         self.shutdown.cancel();

@@ -9,6 +9,7 @@
 pub mod certificates;
 pub mod connection;
 mod convert;
+pub mod display;
 pub mod settings;
 pub mod transfer;
 

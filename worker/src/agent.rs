@@ -273,7 +273,13 @@ async fn run_assignment(
     };
     let job = match training_job(&context.cache, &assignment).await {
         Ok(job) => job,
-        Err(err) => return report.complete(failure(&err), &output).await,
+        // A bad assignment fails for good; a download cut short (the coordinator
+        // restarting mid-stream) is worth another attempt.
+        Err(err) => {
+            return report
+                .complete_with(failure(&err), err.is_retryable(), &output)
+                .await;
+        }
     };
     // The first report moves the job to running, and may already say it was cancelled.
     match report.progress(Progress::default()).await {
@@ -480,15 +486,6 @@ impl Reporter {
         })
         .await?;
         Ok(())
-    }
-
-    async fn complete(
-        &self,
-        result: pb::complete_job_request::Result,
-        output: &Path,
-    ) -> Result<()> {
-        let retryable = false; // a job refused before it ran: its assignment is bad
-        self.complete_with(result, retryable, output).await
     }
 
     async fn complete_with(

@@ -50,6 +50,8 @@ pub struct Cluster {
     workers: Vec<(Child, tempfile::TempDir)>,
     config: Config,
     shutdown: CancellationToken,
+    /// `https://127.0.0.1:PORT` of the lineage explorer, when it serves one.
+    pub explorer: Option<String>,
 }
 
 impl Drop for Cluster {
@@ -256,7 +258,18 @@ impl Cluster {
         cluster
     }
 
+    /// A coordinator that also serves the lineage explorer, with one worker.
+    pub async fn with_explorer() -> Cluster {
+        let mut cluster = Cluster::coordinator_with(Backend::Local, true).await;
+        cluster.start_worker();
+        cluster
+    }
+
     pub async fn coordinator_on(backend: Backend) -> Cluster {
+        Cluster::coordinator_with(backend, false).await
+    }
+
+    async fn coordinator_with(backend: Backend, explorer: bool) -> Cluster {
         if std::env::var_os("TEST_LOG").is_some() {
             let _ = tracing_subscriber::fmt().with_env_filter("info").try_init();
         }
@@ -284,6 +297,12 @@ impl Cluster {
             insecure_plaintext: false,
             admin_token_file: Some(artifacts.path().join("admin.token")),
             metrics_listen: None,
+            // A port free a moment ago: the explorer binds it when the coordinator runs.
+            explorer_listen: explorer.then(|| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|free| free.local_addr())
+                    .expect("a free port")
+            }),
             config: None,
             log_format: "human".into(),
         };
@@ -307,6 +326,9 @@ impl Cluster {
             worker_token,
             workers: Vec::new(),
             shutdown,
+            explorer: config
+                .explorer_listen
+                .map(|address| format!("https://{address}")),
             config,
         }
     }
@@ -329,6 +351,7 @@ impl Cluster {
             .expect("bind");
         let config = Config {
             listen: listener.local_addr().expect("address"),
+            explorer_listen: None,
             ..self.config.clone()
         };
         let address = format!("https://{}", config.listen);

@@ -1,0 +1,253 @@
+//! The lineage explorer: read-only web pages served by the coordinator on a port of its
+//! own — the models, a model with its tensor provenance, the lineage graph around it,
+//! the jobs (live, over server-sent events) with their curves, and dataset impact. HTML
+//! is rendered here; the little JavaScript (filtering, pan and zoom, live updates) and
+//! the stylesheet are compiled into the binary, so a browser needs nothing else.
+//!
+//! Every page needs a reader, submitter or admin token: from the `heirloom_token`
+//! cookie the login page sets, or an `Authorization: Bearer` header.
+
+mod graph;
+mod html;
+mod pages;
+
+use crate::Services;
+use crate::auth::{Role, caller_for, secret_sha256};
+use axum::extract::{Form, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_util::sync::CancellationToken;
+
+const COOKIE: &str = "heirloom_token";
+
+/// Serves the explorer on `listener` until `shutdown`; over TLS with this certificate
+/// and key when given.
+pub async fn serve(
+    services: Services,
+    listener: TcpListener,
+    tls: Option<(&Path, &Path)>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let secure = tls.is_some();
+    let app = router(services, secure);
+    match tls {
+        None => axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .map_err(Into::into),
+        Some((cert, key)) => {
+            let listener = TlsListener {
+                tcp: listener,
+                acceptor: TlsAcceptor::from(Arc::new(server_config(cert, key)?)),
+            };
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+                .map_err(Into::into)
+        }
+    }
+}
+
+fn router(services: Services, secure: bool) -> axum::Router {
+    let pages = axum::Router::new()
+        .route("/", get(pages::models))
+        .route("/models/{model}", get(pages::model))
+        .route("/models/{model}/graph", get(pages::graph))
+        .route("/jobs", get(pages::jobs))
+        .route("/jobs/stream", get(pages::job_stream))
+        .route("/jobs/{job}", get(pages::job))
+        .route("/jobs/{job}/chart", get(pages::job_chart))
+        .route("/datasets", get(pages::datasets))
+        .route("/datasets/{dataset}", get(pages::dataset))
+        .route_layer(axum::middleware::from_fn_with_state(
+            services.clone(),
+            require_reader,
+        ));
+    axum::Router::new()
+        .merge(pages)
+        .route("/login", get(pages::login_form).post(login))
+        .route("/logout", get(logout))
+        .route("/assets/explorer.css", get(stylesheet))
+        .route("/assets/explorer.js", get(script))
+        .layer(axum::Extension(Secure(secure)))
+        .with_state(services)
+}
+
+/// Whether the explorer is served over TLS (and its cookie may say `Secure`).
+#[derive(Clone, Copy)]
+struct Secure(bool);
+
+/// The token a request carries: its cookie, or a bearer header.
+fn token_of(headers: &HeaderMap) -> Option<String> {
+    if let Some(bearer) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+    {
+        return Some(bearer.trim().to_string());
+    }
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|cookies| cookies.split(';'))
+        .filter_map(|cookie| cookie.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_string())
+}
+
+/// Is this a token of someone who may read (not a worker's)? `None`: the database is away.
+async fn may_read(services: &Services, token: &str) -> Option<bool> {
+    let caller = caller_for(&services.db, &services.tokens, &secret_sha256(token))
+        .await
+        .ok()?;
+    Some(caller.is_some_and(|caller| caller.role != Role::Worker))
+}
+
+async fn require_reader(
+    State(services): State<Services>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = token_of(request.headers()) else {
+        return to_login(&request);
+    };
+    match may_read(&services, &token).await {
+        Some(true) => next.run(request).await,
+        Some(false) => to_login(&request),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database is unreachable; retry in a moment",
+        )
+            .into_response(),
+    }
+}
+
+/// Pages send people to the login page (and back afterwards); streams just refuse.
+fn to_login(request: &Request) -> Response {
+    let path = request.uri().path();
+    if path.ends_with("/stream") || path.ends_with("/chart") {
+        return (StatusCode::UNAUTHORIZED, "log in first").into_response();
+    }
+    let next = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    Redirect::to(&format!("/login?next={}", html::url_encode(next))).into_response()
+}
+
+#[derive(serde::Deserialize)]
+pub struct LoginForm {
+    token: String,
+    #[serde(default)]
+    next: String,
+}
+
+async fn login(
+    State(services): State<Services>,
+    axum::Extension(Secure(secure)): axum::Extension<Secure>,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let token = form.token.trim();
+    match may_read(&services, token).await {
+        Some(true) => {
+            // Only paths of this site: never a redirect elsewhere.
+            let next = if form.next.starts_with('/') && !form.next.starts_with("//") {
+                form.next.as_str()
+            } else {
+                "/"
+            };
+            let cookie = format!(
+                "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{}",
+                if secure { "; Secure" } else { "" }
+            );
+            ([(header::SET_COOKIE, cookie)], Redirect::to(next)).into_response()
+        }
+        Some(false) => pages::login_page(
+            &form.next,
+            Some("That token is unknown, revoked, expired, or a worker's: use a reader, submitter or admin token (`heirloom token create NAME --role reader`)."),
+        )
+        .into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "the database is unreachable").into_response(),
+    }
+}
+
+async fn logout() -> Response {
+    (
+        [(header::SET_COOKIE, format!("{COOKIE}=; Path=/; Max-Age=0"))],
+        Redirect::to("/login"),
+    )
+        .into_response()
+}
+
+async fn stylesheet() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("assets/explorer.css"),
+    )
+}
+
+async fn script() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("assets/explorer.js"),
+    )
+}
+
+fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certificates = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|err| anyhow::anyhow!("--tls-cert {}: {err}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|err| anyhow::anyhow!("--tls-key {}: {err}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certificates, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// TCP connections that become TLS ones; a failed handshake is logged and skipped.
+struct TlsListener {
+    tcp: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, address) = match self.tcp.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "explorer: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let handshake = self.acceptor.accept(stream);
+            match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
+                Ok(Ok(tls)) => return (tls, address),
+                Ok(Err(err)) => {
+                    tracing::debug!(error = %err, %address, "explorer: TLS handshake failed")
+                }
+                Err(_) => tracing::debug!(%address, "explorer: TLS handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
