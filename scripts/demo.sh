@@ -40,6 +40,7 @@ mkdir -p "$HEIRLOOM_ARTIFACTS"
   --tls-cert "$work/tls/coordinator.pem" --tls-key "$work/tls/coordinator.key" \
   --worker-client-ca "$work/tls/ca.pem" --admin-token-file "$work/admin.token" \
   --explorer-listen "127.0.0.1:${HEIRLOOM_EXPLORER_PORT:-7080}" \
+  --metrics-listen "127.0.0.1:${HEIRLOOM_METRICS_PORT:-9464}" \
   >"$work/coordinator.log" 2>&1 &
 pids+=($!)
 until [ -s "$work/admin.token" ] && HEIRLOOM_TOKEN_FILE="$work/admin.token" \
@@ -148,6 +149,10 @@ if HEIRLOOM_TOKEN_FILE="$work/reader.token" heirloom job train not-allowed --dat
   --arch '{"mlp": {"input_features": 64, "hidden": [8], "num_classes": 5}}'; then
   echo "a reader submitted a job" >&2; exit 1
 fi
+
+echo "== operations: a Prometheus scrape (every series: curl 127.0.0.1:${HEIRLOOM_METRICS_PORT:-9464}/metrics)"
+curl -s "127.0.0.1:${HEIRLOOM_METRICS_PORT:-9464}/metrics" \
+  | grep -E '^heirloom_(jobs\{|workers_connected|artifact_bytes_total|job_duration_seconds_(count|sum)\{kind="compose")' || true
 
 echo "== the lineage explorer is at $explorer — models, each model's tensor provenance, the"
 echo "   lineage graph, jobs with their curves, dataset impact (token: $(cat "$work/user.token"))"

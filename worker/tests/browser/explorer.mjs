@@ -62,6 +62,9 @@ try {
     check(model.accuracy === null ? accuracy === "—" : Math.abs(Number(accuracy) - model.accuracy) < 0.0006,
       `${model.name}'s accuracy ${accuracy} vs ${model.accuracy}`);
   }
+  await page.click("#models th:nth-child(1)");
+  const sorted = await page.$$eval("#models tbody tr", (rows) => rows.map((r) => r.dataset.name));
+  check(JSON.stringify(sorted) === JSON.stringify([...sorted].sort((a, b) => a.localeCompare(b))), "a header click sorts by name");
   await shot(page, "models");
   await page.fill("#search", expected.search);
   const shown = await page.$$eval("#models tbody tr:not([hidden])", (rows) => rows.map((r) => r.dataset.name));

@@ -23,6 +23,27 @@ function filterModels() {
   for (const control of [search, kind, relation]) control.addEventListener("input", apply);
 }
 
+// Tables marked sortable sort by a column when its header is clicked (again: reversed).
+function sortableTables() {
+  for (const table of document.querySelectorAll("table.sortable")) {
+    table.tHead.querySelectorAll("th").forEach((header, column) => {
+      header.style.cursor = "pointer";
+      header.addEventListener("click", () => {
+        const descending = header.dataset.sorted === "ascending";
+        table.tHead.querySelectorAll("th").forEach((th) => delete th.dataset.sorted);
+        header.dataset.sorted = descending ? "descending" : "ascending";
+        const key = (row) => row.cells[column].textContent.trim();
+        const rows = [...table.tBodies[0].rows].sort((a, b) => {
+          const [x, y] = [key(a), key(b)];
+          const order = !isNaN(x) && !isNaN(y) ? Number(x) - Number(y) : x.localeCompare(y);
+          return descending ? -order : order;
+        });
+        table.tBodies[0].append(...rows);
+      });
+    });
+  }
+}
+
 function panAndZoom() {
   const box = document.querySelector("[data-pan-zoom]");
   const svg = box && box.querySelector("svg");
@@ -98,4 +119,4 @@ function liveJobs() {
   source.onopen = () => { const live = document.getElementById("live"); if (live) live.textContent = "live"; };
 }
 
-document.addEventListener("DOMContentLoaded", () => { filterModels(); panAndZoom(); liveJobs(); });
+document.addEventListener("DOMContentLoaded", () => { filterModels(); sortableTables(); panAndZoom(); liveJobs(); });
