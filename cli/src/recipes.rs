@@ -10,18 +10,21 @@ use heirloom_proto::v1::recipe_service_client::RecipeServiceClient;
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// A new recipe from JSON (--json or --file), or the recipe of the job that made a model.
+    /// A new recipe from JSON (--json or --file), or the recipe a past job ran.
     Create {
         name: String,
         /// The recipe as JSON, such as '{"kind": "finetune", "trainable": ["fc.*"]}'.
-        #[arg(long, conflicts_with_all = ["file", "from_model"])]
+        #[arg(long, conflicts_with_all = ["file", "from_model", "from_job"])]
         json: Option<String>,
         /// A file holding the recipe as JSON.
-        #[arg(long, conflicts_with = "from_model")]
+        #[arg(long, conflicts_with_all = ["from_model", "from_job"])]
         file: Option<std::path::PathBuf>,
-        /// A model (name or id): take the recipe its job ran.
-        #[arg(long)]
+        /// A model (name or id): take the recipe of the job that made it.
+        #[arg(long, conflicts_with = "from_job")]
         from_model: Option<String>,
+        /// A job's id (in any state): take the recipe it ran.
+        #[arg(long)]
+        from_job: Option<String>,
     },
     /// A new version of a recipe with a JSON merge patch applied (null removes a key).
     Derive {
@@ -69,18 +72,22 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
             json,
             file,
             from_model,
+            from_job,
         } => {
             let body_json = match (json, file) {
                 (Some(json), _) => read_json("--json", &json)?,
                 (None, Some(file)) => read_json("--file", &file.to_string_lossy())?,
-                (None, None) if from_model.is_some() => String::new(),
-                (None, None) => anyhow::bail!("give the recipe: --json, --file or --from-model"),
+                (None, None) if from_model.is_some() || from_job.is_some() => String::new(),
+                (None, None) => {
+                    anyhow::bail!("give the recipe: --json, --file, --from-model or --from-job")
+                }
             };
             let recipe = client
                 .create_recipe(pb::CreateRecipeRequest {
                     name,
                     body_json,
                     from_model: from_model.unwrap_or_default(),
+                    from_job: from_job.unwrap_or_default(),
                 })
                 .await?
                 .into_inner()

@@ -124,7 +124,7 @@ async fn expectations(
     let (events, _) = cluster.wait(chart_job).await;
     let reports = events
         .iter()
-        .filter(|e| matches!(e.event, Some(pb::job_event::Event::Progress(_))))
+        .filter(|e| matches!(&e.event, Some(pb::job_event::Event::Progress(p)) if p.step > 0))
         .count();
     json!({
         "models": listed,

@@ -41,7 +41,7 @@ async fn create(cluster: &Cluster, name: &str, body: &str) -> Result<pb::Recipe,
         .create_recipe(pb::CreateRecipeRequest {
             name: name.into(),
             body_json: body.into(),
-            from_model: String::new(),
+            ..Default::default()
         })
         .await
         .map(|response| response.into_inner().recipe.unwrap())
@@ -264,8 +264,8 @@ async fn recipes_derive_diff_and_trace_the_models_made_with_them() {
         .recipes()
         .create_recipe(pb::CreateRecipeRequest {
             name: "from-tuned-3".into(),
-            body_json: String::new(),
             from_model: "tuned-3".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -278,8 +278,8 @@ async fn recipes_derive_diff_and_trace_the_models_made_with_them() {
         .recipes()
         .create_recipe(pb::CreateRecipeRequest {
             name: "from-base".into(),
-            body_json: String::new(),
-            from_model: "base".into(),
+            from_job: base.job_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -296,6 +296,18 @@ async fn recipes_derive_diff_and_trace_the_models_made_with_them() {
         create(&cluster, "typo", r#"{"kind": "finetune", "epochs": 2}"#),
         Code::InvalidArgument,
         "unknown field `epochs`",
+    )
+    .await;
+    refused(
+        &cluster,
+        cluster.recipes().create_recipe(pb::CreateRecipeRequest {
+            name: "two-sources".into(),
+            body_json: r#"{"kind": "finetune"}"#.into(),
+            from_model: "base".into(),
+            ..Default::default()
+        }),
+        Code::InvalidArgument,
+        "give exactly one of body_json",
     )
     .await;
     refused(

@@ -31,7 +31,8 @@ pub fn url_encode(text: &str) -> String {
     encoded
 }
 
-/// A whole page: the navigation bar with `active` marked, then `body`.
+/// A whole page: the navigation bar with `active` marked, then `body`. The login page
+/// (`active` = `login`) has no links to pages it cannot show yet.
 pub fn page(title: &str, active: &str, body: &str) -> String {
     let link = |href: &str, name: &str| {
         let class = if name == active {
@@ -41,17 +42,23 @@ pub fn page(title: &str, active: &str, body: &str) -> String {
         };
         format!("<a href=\"{href}\"{class}>{name}</a>")
     };
+    let links = if active == "login" {
+        String::new()
+    } else {
+        format!(
+            "{}{}{}<a href=\"/logout\" class=\"logout\">log out</a>",
+            link("/", "Models"),
+            link("/jobs", "Jobs"),
+            link("/datasets", "Datasets")
+        )
+    };
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{} · Heirloom</title><link rel=\"stylesheet\" href=\"/assets/explorer.css\">\
          <script src=\"/assets/explorer.js\" defer></script></head><body>\
-         <nav><span class=\"brand\">Heirloom</span>{}{}{}<a href=\"/logout\" class=\"logout\">log out</a></nav>\
-         <main>{body}</main></body></html>",
+         <nav><span class=\"brand\">Heirloom</span>{links}</nav><main>{body}</main></body></html>",
         esc(title),
-        link("/", "Models"),
-        link("/jobs", "Jobs"),
-        link("/datasets", "Datasets"),
     )
 }
 

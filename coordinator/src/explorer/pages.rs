@@ -61,9 +61,11 @@ pub fn login_page(next: &str, error: Option<&str>) -> Html<String> {
         .unwrap_or_default();
     Html(page(
         "Log in",
-        "",
+        "login",
         &format!(
-            "<h1>Heirloom lineage explorer</h1>{error}\
+            "<h1>Heirloom lineage explorer</h1>\
+             <p>Every model and what it inherited, down to each tensor; the family tree around \
+             it; jobs as they run; everything downstream of a dataset.</p>{error}\
              <form method=\"post\" action=\"/login\" class=\"login\">\
              <label>Token <input type=\"password\" name=\"token\" autocomplete=\"off\" required autofocus></label>\
              <input type=\"hidden\" name=\"next\" value=\"{}\">\
@@ -511,13 +513,15 @@ fn chart(points: &[Progress]) -> String {
     )
 }
 
+/// The job's progress reports after its first step (the report at step 0, before any
+/// training, has no loss to draw).
 async fn progress_points(services: &Services, job_id: Uuid) -> Result<Vec<Progress>, Error> {
     let events = services.db.events_after(job_id, 0).await?;
     Ok(events
         .into_iter()
         .filter_map(|event| match event.kind {
-            JobEventKind::Progress(progress) => Some(progress),
-            JobEventKind::State(_) => None,
+            JobEventKind::Progress(progress) if progress.step > 0 => Some(progress),
+            _ => None,
         })
         .collect())
 }

@@ -93,7 +93,20 @@ impl pb::job_service_server::JobService for JobApi {
             }));
         }
         let request = convert::job_request_from_proto(request.spec)?;
-        let spec = plan(&self.0.db, request).await?.into_spec()?;
+        let spec = match plan(&self.0.db, request).await?.into_spec() {
+            Ok(spec) => spec,
+            Err(refusal) => {
+                // A concurrent submission with this request id may have queued its job
+                // (and so taken the model's name) since the look-up above: that job is
+                // the answer.
+                if let Some(job) = self.0.db.job_for_request(&submission).await? {
+                    return Ok(Response::new(pb::SubmitJobResponse {
+                        job: Some(convert::job_to_proto(&job)),
+                    }));
+                }
+                return Err(refusal.into());
+            }
+        };
         let job = self.0.db.insert_job(&spec, &submission).await?;
         self.0.notifier.wake(Notification::Jobs);
         tracing::info!(job_id = %job.id, kind = job.spec.kind.as_str(), "job submitted");

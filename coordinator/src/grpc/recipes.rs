@@ -25,29 +25,36 @@ impl pb::recipe_service_server::RecipeService for RecipeApi {
         let request = request.into_inner();
         crate::domain::check_name("name", &request.name).map_err(Error::from)?;
         check_json_length("body_json", &request.body_json)?;
-        let (body, source_model_id) =
-            match (request.body_json.is_empty(), request.from_model.is_empty()) {
-                (false, true) => (parse_json("body_json", &request.body_json)?, None),
-                (true, false) => {
-                    let model = self.0.db.find_model(&request.from_model).await?;
-                    let Some(job_id) = model.job_id else {
-                        return Err(Error::FailedPrecondition(format!(
-                            "from_model: {:?} was imported, not made by a job: no recipe made it",
-                            model.name
-                        ))
-                        .into());
-                    };
-                    let job = self.0.db.job(job_id).await?;
-                    (Recipe::from_spec(&job.spec).to_json(), Some(model.id))
-                }
-                _ => {
-                    return Err(Error::from(Invalid::new(
-                        "body_json",
-                        "give exactly one of body_json (the recipe as JSON) and from_model",
-                    ))
-                    .into());
-                }
+        let sources = [
+            !request.body_json.is_empty(),
+            !request.from_model.is_empty(),
+            !request.from_job.is_empty(),
+        ];
+        if sources.iter().filter(|given| **given).count() != 1 {
+            return Err(Error::from(Invalid::new(
+                "body_json",
+                "give exactly one of body_json (the recipe as JSON), from_model and from_job",
+            ))
+            .into());
+        }
+        let (body, source_model_id) = if sources[0] {
+            (parse_json("body_json", &request.body_json)?, None)
+        } else if sources[1] {
+            let model = self.0.db.find_model(&request.from_model).await?;
+            let Some(job_id) = model.job_id else {
+                return Err(Error::FailedPrecondition(format!(
+                    "from_model: {:?} was imported, not made by a job: no recipe made it",
+                    model.name
+                ))
+                .into());
             };
+            let job = self.0.db.job(job_id).await?;
+            (Recipe::from_spec(&job.spec).to_json(), Some(model.id))
+        } else {
+            let job_id = convert::parse_id("from_job", &request.from_job)?;
+            let job = self.0.db.job(job_id).await?;
+            (Recipe::from_spec(&job.spec).to_json(), job.model_id)
+        };
         let recipe = Recipe::parse("body_json", &body)?;
         let body = recipe.to_json();
         let record = self
