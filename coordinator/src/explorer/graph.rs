@@ -60,65 +60,109 @@ fn generations(nodes: &[Node], edges: &[Edge]) -> HashMap<Uuid, usize> {
     generation
 }
 
-/// Positions (centre x, top y) of every node.
-fn layout(nodes: &[Node], edges: &[Edge]) -> HashMap<Uuid, (f64, f64)> {
+/// Where everything goes: each model's box (centre x, top y), and for each edge that
+/// spans more than one generation the points it passes through in the rows between, so
+/// that it runs in a lane of its own instead of behind the models of those rows.
+struct Layout {
+    boxes: HashMap<Uuid, (f64, f64)>,
+    /// By edge index: (x, top y) of each row the edge crosses.
+    waypoints: HashMap<usize, Vec<(f64, f64)>>,
+    width: f64,
+    height: f64,
+}
+
+/// A slot in a row: a model, or a lane of a long edge (edge index, which crossing).
+#[derive(Clone, Copy, PartialEq)]
+enum Slot {
+    Model(Uuid),
+    Lane(usize),
+}
+
+fn layout(nodes: &[Node], edges: &[Edge]) -> Layout {
     let generation = generations(nodes, edges);
     let rows = generation.values().max().map_or(0, |g| g + 1);
-    let mut row_members: Vec<Vec<Uuid>> = vec![Vec::new(); rows];
+    let mut row_slots: Vec<Vec<Slot>> = vec![Vec::new(); rows];
     for node in nodes {
-        row_members[generation[&node.id]].push(node.id);
+        row_slots[generation[&node.id]].push(Slot::Model(node.id));
     }
-    // Order each row by the mean position of its parents (a barycentre sweep), twice.
-    let mut order: HashMap<Uuid, f64> = HashMap::new();
-    for members in &row_members {
-        for (i, id) in members.iter().enumerate() {
-            order.insert(*id, i as f64);
+    // Each slot's links to the row above: a model's parents (or the lanes leading to it),
+    // a lane's previous point.
+    let mut above: Vec<(Slot, Slot)> = Vec::new();
+    for (index, edge) in edges.iter().enumerate() {
+        let (Some(&from), Some(&to)) = (generation.get(&edge.parent), generation.get(&edge.child))
+        else {
+            continue;
+        };
+        let mut previous = Slot::Model(edge.parent);
+        for slots in &mut row_slots[from + 1..to] {
+            slots.push(Slot::Lane(index));
+            above.push((Slot::Lane(index), previous));
+            previous = Slot::Lane(index);
         }
+        above.push((Slot::Model(edge.child), previous));
     }
+    // Order each row by the mean position of what links it to the row above (a
+    // barycentre sweep), twice.
+    let position_in_row = |rows: &[Vec<Slot>], row: usize, slot: Slot| {
+        rows[row].iter().position(|s| *s == slot).map(|i| i as f64)
+    };
     for _ in 0..2 {
-        for members in row_members.iter_mut().skip(1) {
-            let mut keyed: Vec<(f64, Uuid)> = members
+        for row in 1..rows {
+            let mut keyed: Vec<(f64, Slot)> = row_slots[row]
                 .iter()
-                .map(|id| {
-                    let parents: Vec<f64> = edges
+                .enumerate()
+                .map(|(i, slot)| {
+                    let linked: Vec<f64> = above
                         .iter()
-                        .filter(|e| e.child == *id)
-                        .filter_map(|e| order.get(&e.parent).copied())
+                        .filter(|(below, _)| below == slot)
+                        .filter_map(|(_, up)| position_in_row(&row_slots, row - 1, *up))
                         .collect();
-                    let key = if parents.is_empty() {
-                        order[id]
+                    let key = if linked.is_empty() {
+                        i as f64
                     } else {
-                        parents.iter().sum::<f64>() / parents.len() as f64
+                        linked.iter().sum::<f64>() / linked.len() as f64
                     };
-                    (key, *id)
+                    (key, *slot)
                 })
                 .collect();
             keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
-            *members = keyed.into_iter().map(|(_, id)| id).collect();
-            for (i, id) in members.iter().enumerate() {
-                order.insert(*id, i as f64);
+            row_slots[row] = keyed.into_iter().map(|(_, slot)| slot).collect();
+        }
+    }
+    // Models take a box's width, lanes a narrow one; each row is centred.
+    let slot_width = |slot: &Slot| match slot {
+        Slot::Model(_) => WIDTH + GAP_X,
+        Slot::Lane(_) => GAP_X,
+    };
+    let row_width = |slots: &[Slot]| slots.iter().map(slot_width).sum::<f64>();
+    let widest = row_slots.iter().map(|r| row_width(r)).fold(0.0, f64::max);
+    let mut layout = Layout {
+        boxes: HashMap::new(),
+        waypoints: HashMap::new(),
+        width: widest + GAP_X,
+        height: rows as f64 * (HEIGHT + GAP_Y) + 20.0,
+    };
+    for (row, slots) in row_slots.iter().enumerate() {
+        let mut left = (widest - row_width(slots)) / 2.0 + GAP_X / 2.0;
+        let y = row as f64 * (HEIGHT + GAP_Y) + 20.0;
+        for slot in slots {
+            let x = left + slot_width(slot) / 2.0;
+            match slot {
+                Slot::Model(id) => {
+                    layout.boxes.insert(*id, (x, y));
+                }
+                Slot::Lane(edge) => layout.waypoints.entry(*edge).or_default().push((x, y)),
             }
+            left += slot_width(slot);
         }
     }
-    let widest = row_members.iter().map(Vec::len).max().unwrap_or(1) as f64;
-    let mut positions = HashMap::new();
-    for (row, members) in row_members.iter().enumerate() {
-        // Centre each row under the widest one.
-        let offset = (widest - members.len() as f64) * (WIDTH + GAP_X) / 2.0;
-        for (i, id) in members.iter().enumerate() {
-            let x = offset + i as f64 * (WIDTH + GAP_X) + WIDTH / 2.0 + GAP_X / 2.0;
-            let y = row as f64 * (HEIGHT + GAP_Y) + 20.0;
-            positions.insert(*id, (x, y));
-        }
-    }
-    positions
+    layout
 }
 
 /// The graph as an SVG element; `focus` is drawn highlighted.
 pub fn svg(nodes: &[Node], edges: &[Edge], focus: Uuid) -> String {
-    let positions = layout(nodes, edges);
-    let width = positions.values().map(|p| p.0).fold(0.0, f64::max) + WIDTH / 2.0 + GAP_X;
-    let height = positions.values().map(|p| p.1).fold(0.0, f64::max) + HEIGHT + 30.0;
+    let layout = layout(nodes, edges);
+    let (width, height) = (layout.width, layout.height);
     let mut out = String::new();
     let _ = write!(
         out,
@@ -128,30 +172,53 @@ pub fn svg(nodes: &[Node], edges: &[Edge], focus: Uuid) -> String {
          markerHeight=\"7\" orient=\"auto-start-reverse\"><path d=\"M 0 0 L 10 5 L 0 10 z\" \
          fill=\"context-stroke\"/></marker></defs><g class=\"viewport\">"
     );
-    for edge in edges {
-        let (Some(&(x1, y1)), Some(&(x2, y2))) =
-            (positions.get(&edge.parent), positions.get(&edge.child))
-        else {
+    for (index, edge) in edges.iter().enumerate() {
+        let (Some(&(x1, y1)), Some(&(x2, y2))) = (
+            layout.boxes.get(&edge.parent),
+            layout.boxes.get(&edge.child),
+        ) else {
             continue;
         };
-        let (top, bottom) = (y1 + HEIGHT, y2);
-        let middle = (top + bottom) / 2.0;
+        // From the parent's bottom, through each lane (down its row's height), to the
+        // child's top; a curve between rows, straight within one.
+        let mut points = vec![(x1, y1 + HEIGHT)];
+        for &(x, y) in layout.waypoints.get(&index).into_iter().flatten() {
+            points.push((x, y));
+            points.push((x, y + HEIGHT));
+        }
+        points.push((x2, y2));
+        let mut path = format!("M {:.1} {:.1}", points[0].0, points[0].1);
+        for pair in points.windows(2) {
+            let ((ax, ay), (bx, by)) = (pair[0], pair[1]);
+            if ax == bx {
+                let _ = write!(path, " L {bx:.1} {by:.1}");
+            } else {
+                let middle = (ay + by) / 2.0;
+                let _ = write!(
+                    path,
+                    " C {ax:.1} {middle:.1}, {bx:.1} {middle:.1}, {bx:.1} {by:.1}"
+                );
+            }
+        }
+        // The label sits halfway down the first stretch, beside it.
+        let ((ax, ay), (bx, by)) = (points[0], points[1]);
         let colour = relation_colour(&edge.relation);
         let _ = write!(
             out,
             "<g class=\"edge\" data-relation=\"{relation}\" data-parent=\"{}\" data-child=\"{}\">\
-             <path d=\"M {x1:.1} {top:.1} C {x1:.1} {middle:.1}, {x2:.1} {middle:.1}, {x2:.1} {bottom:.1}\" \
-             stroke=\"{colour}\" fill=\"none\" stroke-width=\"2\" marker-end=\"url(#arrow)\"/>\
+             <path d=\"{path}\" stroke=\"{colour}\" fill=\"none\" stroke-width=\"2\" marker-end=\"url(#arrow)\"/>\
              <text x=\"{:.1}\" y=\"{:.1}\" fill=\"{colour}\" class=\"edge-label\">{relation}</text></g>",
             edge.parent,
             edge.child,
-            (x1 + x2) / 2.0 + 4.0,
-            middle - 4.0,
+            (ax + bx) / 2.0 + 4.0,
+            (ay + by) / 2.0 - 4.0,
             relation = esc(&edge.relation),
         );
     }
     for node in nodes {
-        let (x, y) = positions[&node.id];
+        let Some(&(x, y)) = layout.boxes.get(&node.id) else {
+            continue;
+        };
         let class = if node.id == focus {
             "node focus"
         } else {
@@ -204,10 +271,21 @@ mod tests {
             edge(&a, &d),
         ];
         let (ids, nodes) = ((a.id, b.id, c.id, d.id), vec![a, b, c, d]);
-        let positions = layout(&nodes, &edges);
+        let layout = layout(&nodes, &edges);
+        let positions = &layout.boxes;
         assert!(positions[&ids.0].1 < positions[&ids.1].1);
         assert_eq!(positions[&ids.1].1, positions[&ids.2].1);
         assert!(positions[&ids.1].1 < positions[&ids.3].1);
+        // a → d skips a generation: it runs through a lane in b and c's row, beside them.
+        let lane = &layout.waypoints[&4];
+        assert_eq!(lane.len(), 1);
+        assert_eq!(lane[0].1, positions[&ids.1].1);
+        for model in [ids.1, ids.2] {
+            assert!(
+                (lane[0].0 - positions[&model].0).abs() >= WIDTH / 2.0,
+                "clear of the boxes"
+            );
+        }
         let svg = svg(&nodes, &edges, ids.0);
         assert_eq!(svg.matches("<a href=\"/models/").count(), 4);
         assert_eq!(svg.matches("class=\"edge\"").count(), 5);
