@@ -255,6 +255,14 @@ async fn the_explorer_shows_every_view_in_a_real_browser() {
         .join("explorer-screenshots");
     std::fs::create_dir_all(&screenshots).unwrap();
 
+    // A client that connects and never says a word: the explorer must serve the browser
+    // meanwhile (handshakes do not wait for each other).
+    let explorer_address = cluster
+        .explorer
+        .as_ref()
+        .unwrap()
+        .trim_start_matches("https://");
+    let _silent = std::net::TcpStream::connect(explorer_address).expect("connect to the explorer");
     let mut browser = Command::new("node")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),

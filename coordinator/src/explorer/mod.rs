@@ -43,10 +43,8 @@ pub async fn serve(
             .await
             .map_err(Into::into),
         Some((cert, key)) => {
-            let listener = TlsListener {
-                tcp: listener,
-                acceptor: TlsAcceptor::from(Arc::new(server_config(cert, key)?)),
-            };
+            let acceptor = TlsAcceptor::from(Arc::new(server_config(cert, key)?));
+            let listener = TlsListener::new(listener, acceptor)?;
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
                 .await
@@ -216,38 +214,68 @@ fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig
     Ok(config)
 }
 
-/// TCP connections that become TLS ones; a failed handshake is logged and skipped.
+/// TCP connections that become TLS ones. Handshakes run concurrently, each on a task of
+/// its own (a slow or silent client holds up nobody); failed ones are logged and dropped.
 struct TlsListener {
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
+    handshaken: tokio::sync::mpsc::Receiver<(TlsStream, std::net::SocketAddr)>,
+    address: std::net::SocketAddr,
+}
+
+type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+impl TlsListener {
+    fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<TlsListener> {
+        let address = tcp.local_addr()?;
+        let (sender, handshaken) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match tcp.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "explorer: accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if sender.is_closed() {
+                    return;
+                }
+                let (acceptor, handed) = (acceptor.clone(), sender.clone());
+                tokio::spawn(async move {
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await
+                    {
+                        Ok(Ok(tls)) => {
+                            let _ = handed.send((tls, peer)).await;
+                        }
+                        Ok(Err(err)) => {
+                            tracing::debug!(error = %err, %peer, "explorer: TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "explorer: TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener {
+            handshaken,
+            address,
+        })
+    }
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Io = TlsStream;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (stream, address) = match self.tcp.accept().await {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(error = %err, "explorer: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let handshake = self.acceptor.accept(stream);
-            match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
-                Ok(Ok(tls)) => return (tls, address),
-                Ok(Err(err)) => {
-                    tracing::debug!(error = %err, %address, "explorer: TLS handshake failed")
-                }
-                Err(_) => tracing::debug!(%address, "explorer: TLS handshake timed out"),
-            }
+        match self.handshaken.recv().await {
+            Some(accepted) => accepted,
+            // The accepting task only ends once this listener is gone.
+            None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
+        Ok(self.address)
     }
 }
