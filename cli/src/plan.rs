@@ -44,14 +44,15 @@ pub fn print(plan: &pb::JobPlan) {
     }
     if let Some(memory) = &plan.memory {
         println!(
-            "memory at batch size {}: {} = weights {} + gradients {} + optimizer {} + activations {} + data {}",
+            "memory at batch size {}: {} = weights {} + gradients {} + optimizer {} + activations {} + data {} + output {}",
             memory.batch_size,
             bytes(memory.total_bytes),
             bytes(memory.weights_bytes),
             bytes(memory.gradients_bytes),
             bytes(memory.optimizer_bytes),
             bytes(memory.activations_bytes),
-            bytes(memory.data_bytes)
+            bytes(memory.data_bytes),
+            bytes(memory.output_bytes)
         );
         if !memory.note.is_empty() {
             println!("  ({})", memory.note);

@@ -13,6 +13,8 @@ pub struct MemoryEstimate {
     pub optimizer_bytes: u64,
     pub activations_bytes: u64,
     pub data_bytes: u64,
+    /// The finished weights, written out and read back whole to hash and upload.
+    pub output_bytes: u64,
     pub note: String,
 }
 
@@ -23,13 +25,15 @@ impl MemoryEstimate {
             + self.optimizer_bytes
             + self.activations_bytes
             + self.data_bytes
+            + self.output_bytes
     }
 }
 
 /// Weights of every tensor; a gradient and the optimizer's state (Adam: two moments;
 /// SGD: momentum) for each trainable parameter; activations kept for the backward pass,
 /// per example times the batch size, when anything trains (one batch's forward pass
-/// otherwise); and the dataset, which a worker holds whole.
+/// otherwise); the dataset, which a worker holds whole; and the finished weights once
+/// more, as the worker serializes them and reads them back to hash and upload.
 pub fn estimate(
     architecture: &Architecture,
     plan: &[TensorPlan],
@@ -81,6 +85,7 @@ pub fn estimate(
         optimizer_bytes: trained * optimizer_states * FLOAT,
         activations_bytes: activations * FLOAT,
         data_bytes: dataset_examples * (architecture.input_features() * FLOAT + 8),
+        output_bytes: weights * FLOAT,
         note,
     }
 }
@@ -183,6 +188,7 @@ mod tests {
         // (10 + 2·20 + 3) elements per example, 8 examples.
         assert_eq!(estimate.activations_bytes, 53 * 8 * 4);
         assert_eq!(estimate.data_bytes, 100 * (10 * 4 + 8));
+        assert_eq!(estimate.output_bytes, estimate.weights_bytes);
     }
 
     #[test]

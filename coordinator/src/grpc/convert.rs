@@ -391,6 +391,7 @@ pub fn plan_to_proto(plan: &Plan) -> pb::JobPlan {
             optimizer_bytes: memory.optimizer_bytes,
             activations_bytes: memory.activations_bytes,
             data_bytes: memory.data_bytes,
+            output_bytes: memory.output_bytes,
             total_bytes: memory.total_bytes(),
             note: memory.note.clone(),
         }),
