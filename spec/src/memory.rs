@@ -20,12 +20,16 @@ pub struct MemoryEstimate {
 
 impl MemoryEstimate {
     pub fn total_bytes(&self) -> u64 {
-        self.weights_bytes
-            + self.gradients_bytes
-            + self.optimizer_bytes
-            + self.activations_bytes
-            + self.data_bytes
-            + self.output_bytes
+        [
+            self.weights_bytes,
+            self.gradients_bytes,
+            self.optimizer_bytes,
+            self.activations_bytes,
+            self.data_bytes,
+            self.output_bytes,
+        ]
+        .into_iter()
+        .fold(0, u64::saturating_add)
     }
 }
 
@@ -73,19 +77,22 @@ pub fn estimate(
         ),
     };
     // Without training only the current layer's output is live; with it, all of them.
+    // Saturating: the largest architectures the limits allow, at the largest batch, pass
+    // u64's range; such an estimate reads as "more than any machine has".
     let activations = if trains {
-        per_example * batch
+        per_example.saturating_mul(batch)
     } else {
-        per_example * batch / 4
+        per_example.saturating_mul(batch) / 4
     };
     MemoryEstimate {
         batch_size: batch,
-        weights_bytes: weights * FLOAT,
-        gradients_bytes: trained * FLOAT,
-        optimizer_bytes: trained * optimizer_states * FLOAT,
-        activations_bytes: activations * FLOAT,
-        data_bytes: dataset_examples * (architecture.input_features() * FLOAT + 8),
-        output_bytes: weights * FLOAT,
+        weights_bytes: weights.saturating_mul(FLOAT),
+        gradients_bytes: trained.saturating_mul(FLOAT),
+        optimizer_bytes: trained.saturating_mul(optimizer_states * FLOAT),
+        activations_bytes: activations.saturating_mul(FLOAT),
+        data_bytes: dataset_examples
+            .saturating_mul(architecture.input_features().saturating_mul(FLOAT) + 8),
+        output_bytes: weights.saturating_mul(FLOAT),
         note,
     }
 }
@@ -200,6 +207,23 @@ mod tests {
         let estimate = estimate(&architecture, &plan, &hyperparameters(Optimizer::Sgd), 0);
         assert_eq!(estimate.gradients_bytes, 63 * 4);
         assert_eq!(estimate.optimizer_bytes, 63 * 4);
+    }
+
+    #[test]
+    fn the_largest_inputs_saturate_instead_of_overflowing() {
+        let huge = Architecture::Vgg(crate::Vgg {
+            depth: 16,
+            in_channels: 1 << 16,
+            height: 1 << 16,
+            width: 1 << 16,
+            num_classes: 1 << 16,
+            batch_norm: true,
+        });
+        let plan = plan_scratch(&huge);
+        let mut hyperparameters = hyperparameters(Optimizer::Adam);
+        hyperparameters.batch_size = 1 << 20;
+        let estimate = estimate(&huge, &plan, &hyperparameters, u64::MAX / 2);
+        assert_eq!(estimate.total_bytes(), u64::MAX);
     }
 
     #[test]
