@@ -2,7 +2,7 @@
 //! stream broke, and checked against the model's hash at the end.
 
 use anyhow::Context;
-use heirloom_proto::connection::Connection;
+use heirloom_client::connection::Connection;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
 use sha2::{Digest, Sha256};

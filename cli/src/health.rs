@@ -2,7 +2,7 @@
 //! for probes (Kubernetes `exec`, compose `healthcheck`) and people. Needs no token.
 
 use crate::output::Output;
-use heirloom_proto::connection::Connection;
+use heirloom_client::connection::Connection;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 

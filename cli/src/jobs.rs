@@ -1,7 +1,7 @@
 use crate::output::Output;
 use crate::{datasets, models, plan};
 use clap::{Args, Subcommand};
-use heirloom_proto::connection::Connection;
+use heirloom_client::connection::Connection;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::job_service_client::JobServiceClient;
 use heirloom_proto::v1::model_service_client::ModelServiceClient;
@@ -431,11 +431,7 @@ fn state_name(state: pb::JobState) -> String {
 
 fn print_job(job: &pb::Job) {
     let spec = job.spec.clone().unwrap_or_default();
-    let kind = spec
-        .kind()
-        .as_str_name()
-        .trim_start_matches("JOB_KIND_")
-        .to_lowercase();
+    let kind = crate::tree::kind(spec.kind());
     print!(
         "{}  {:<9} {:<10} model {}",
         job.id,

@@ -3,7 +3,7 @@
 
 use crate::output::Output;
 use clap::{Subcommand, ValueEnum};
-use heirloom_proto::connection::Connection;
+use heirloom_client::connection::Connection;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::model_service_client::ModelServiceClient;
 use std::path::PathBuf;

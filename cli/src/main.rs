@@ -15,7 +15,7 @@ mod tree;
 mod upload;
 
 use clap::{Parser, Subcommand};
-use heirloom_proto::connection::ConnectArgs;
+use heirloom_client::connection::ConnectArgs;
 
 #[derive(Parser)]
 #[command(

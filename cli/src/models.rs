@@ -2,7 +2,7 @@ use crate::output::Output;
 use crate::tree;
 use anyhow::Context;
 use clap::Subcommand;
-use heirloom_proto::connection::Connection;
+use heirloom_client::connection::Connection;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::model_service_client::ModelServiceClient;
 use std::path::PathBuf;
@@ -59,7 +59,7 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
             );
             // Tensor by tensor, only those the store lacks, then imported by manifest:
             // no size limit, and a model sharing tensors with others uploads less.
-            let tensors = heirloom_spec::tensor_hashes("weights", &file)?;
+            let tensors = heirloom_core::tensor_hashes("weights", &file)?;
             let blobs: Vec<(String, bytes::Bytes)> = tensors
                 .iter()
                 .map(|t| (t.sha256.clone(), file.slice(t.range.clone())))
@@ -185,7 +185,7 @@ pub async fn get(
 }
 
 /// An architecture from inline JSON or a JSON file.
-pub fn parse_architecture(text: &str) -> anyhow::Result<heirloom_spec::Architecture> {
+pub fn parse_architecture(text: &str) -> anyhow::Result<heirloom_core::Architecture> {
     let json = if text.trim_start().starts_with('{') {
         text.to_string()
     } else {
@@ -228,7 +228,7 @@ fn print_model(model: &pb::Model) {
         model.weights_sha256, model.weights_bytes
     );
     if let Some(architecture) = &model.architecture
-        && let Ok(architecture) = architecture.to_spec("architecture")
+        && let Ok(architecture) = architecture.to_core("architecture")
     {
         println!(
             "  architecture    {}",

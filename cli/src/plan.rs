@@ -1,15 +1,11 @@
 //! `heirloom job plan`: a job's plan, printed for people.
 
-use heirloom_proto::display::bytes;
+use heirloom_client::display::bytes;
 use heirloom_proto::v1 as pb;
 
 pub fn print(plan: &pb::JobPlan) {
     let spec = plan.spec.clone().unwrap_or_default();
-    let kind = spec
-        .kind()
-        .as_str_name()
-        .trim_start_matches("JOB_KIND_")
-        .to_lowercase();
+    let kind = crate::tree::kind(spec.kind());
     let recipe = match &plan.recipe {
         Some(recipe) => format!(" from recipe {}@{}", recipe.name, recipe.version),
         None => String::new(),

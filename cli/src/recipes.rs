@@ -4,7 +4,7 @@
 use crate::output::Output;
 use anyhow::Context;
 use clap::Subcommand;
-use heirloom_proto::connection::Connection;
+use heirloom_client::connection::Connection;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::recipe_service_client::RecipeServiceClient;
 

@@ -2,8 +2,8 @@
 
 use crate::output::Output;
 use clap::{Args, Subcommand, ValueEnum};
-use heirloom_proto::certificates;
-use heirloom_proto::connection::Connection;
+use heirloom_client::certificates;
+use heirloom_client::connection::Connection;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::token_service_client::TokenServiceClient;
 use std::path::PathBuf;

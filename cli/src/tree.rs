@@ -3,14 +3,14 @@
 use heirloom_proto::v1 as pb;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+/// A relation's name, from the core's one table.
 pub fn relation(relation: pb::Relation) -> &'static str {
-    match relation {
-        pb::Relation::Finetune => "finetune",
-        pb::Relation::Transfer => "transfer",
-        pb::Relation::Direct => "direct",
-        pb::Relation::Module => "module",
-        pb::Relation::Unspecified => "?",
-    }
+    relation.to_core().map_or("?", |relation| relation.as_str())
+}
+
+/// A job kind's name, from the core's one table.
+pub fn kind(kind: pb::JobKind) -> &'static str {
+    kind.to_core().map_or("?", |kind| kind.as_str())
 }
 
 pub fn status(status: pb::TensorStatus) -> &'static str {
@@ -92,7 +92,7 @@ pub fn summary(model: &pb::Model) -> String {
     let shape = model
         .architecture
         .as_ref()
-        .and_then(|a| a.to_spec("architecture").ok())
+        .and_then(|a| a.to_core("architecture").ok())
         .map(|a| shape(&a))
         .unwrap_or_default();
     format!(
@@ -101,8 +101,8 @@ pub fn summary(model: &pb::Model) -> String {
     )
 }
 
-fn shape(architecture: &heirloom_spec::Architecture) -> String {
-    use heirloom_spec::Architecture;
+fn shape(architecture: &heirloom_core::Architecture) -> String {
+    use heirloom_core::Architecture;
     let widths = |first: u64, middle: &[u32], last: u32| {
         std::iter::once(first)
             .chain(middle.iter().map(|&w| u64::from(w)))

@@ -1,8 +1,8 @@
 //! Moving bytes with a progress bar on a terminal: uploads (the CLI's side of
-//! `heirloom_proto::transfer`) and the bar that exports share.
+//! `heirloom_client::transfer`) and the bar that exports share.
 
 use bytes::Bytes;
-use heirloom_proto::connection::Connection;
+use heirloom_client::connection::Connection;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 
@@ -24,7 +24,7 @@ pub fn bytes_bar() -> ProgressBar {
 pub async fn upload(channel: Connection, blobs: &[(String, Bytes)]) -> anyhow::Result<u64> {
     let bar = bytes_bar();
     let progress = bar.clone();
-    let sent = heirloom_proto::transfer::upload_missing(channel, blobs, move |so_far, total| {
+    let sent = heirloom_client::transfer::upload_missing(channel, blobs, move |so_far, total| {
         progress.set_length(total);
         progress.set_position(so_far);
     })

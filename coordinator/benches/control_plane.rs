@@ -6,14 +6,11 @@
 //! every job is a real `direct` copy of a small parent whose completion is verified and
 //! written as a model with its lineage. Run with `bench/control_plane.sh`.
 
-use heirloom_proto::certificates;
-use heirloom_proto::connection::{ConnectArgs, Connection};
+use heirloom_client::connection::Connection;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::job_service_client::JobServiceClient;
-use heirloom_proto::v1::model_service_client::ModelServiceClient;
-use heirloom_proto::v1::token_service_client::TokenServiceClient;
 use heirloom_proto::v1::worker_service_client::WorkerServiceClient;
-use sqlx::{Connection as _, PgConnection};
+use heirloom_testing as support;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::Streaming;
@@ -27,68 +24,46 @@ const IDLE_SECONDS: u64 = 30;
 struct Coordinator {
     child: Child,
     address: String,
-    dir: tempfile::TempDir,
+    admin_token: String,
+    _dir: tempfile::TempDir,
 }
 
 impl Coordinator {
     async fn start(database_url: &str) -> Coordinator {
         let dir = tempfile::tempdir().unwrap();
-        certificates::write_all(dir.path(), &["127.0.0.1".into()]).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let path = |name: &str| dir.path().join(name);
+        let port = support::free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_heirloom-coordinator"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--database-url", database_url])
             .arg("--artifacts")
-            .arg(path("artifacts"))
-            .arg("--tls-cert")
-            .arg(path(certificates::SERVER_CERT))
-            .arg("--tls-key")
-            .arg(path(certificates::SERVER_KEY))
-            .arg("--worker-client-ca")
-            .arg(path(certificates::CA_CERT))
+            .arg(dir.path().join("artifacts"))
+            .args(support::coordinator_tls_flags())
             .arg("--admin-token-file")
-            .arg(path("admin.token"))
+            .arg(dir.path().join("admin.token"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
             .expect("start the coordinator binary");
-        let coordinator = Coordinator {
+        let address = format!("https://127.0.0.1:{port}");
+        let admin_token =
+            support::wait_for_coordinator(&address, &dir.path().join("admin.token")).await;
+        Coordinator {
             child,
-            address: format!("https://127.0.0.1:{port}"),
-            dir,
-        };
-        for _ in 0..300 {
-            if coordinator.dir.path().join("admin.token").exists()
-                && ModelServiceClient::new(coordinator.admin())
-                    .list_models(pb::ListModelsRequest {})
-                    .await
-                    .is_ok()
-            {
-                return coordinator;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            address,
+            admin_token,
+            _dir: dir,
         }
-        panic!("the coordinator did not start");
     }
 
-    fn connect(&self, token: &str, client_certificate: bool) -> Connection {
-        let mut args = ConnectArgs::to(self.address.clone());
-        args.ca_cert = Some(self.dir.path().join(certificates::CA_CERT));
-        if client_certificate {
-            args.client_cert = Some(self.dir.path().join(certificates::CLIENT_CERT));
-            args.client_key = Some(self.dir.path().join(certificates::CLIENT_KEY));
-        }
-        args.connect_lazy_as(Some(token)).unwrap()
+    /// A worker's connection: `token`, with the client certificate.
+    fn connect(&self, token: &str) -> Connection {
+        support::connect_as(&self.address, Some(token))
     }
 
     fn admin(&self) -> Connection {
-        let token = std::fs::read_to_string(self.dir.path().join("admin.token")).unwrap();
-        self.connect(&token, false)
+        support::connect_args(&self.address, false)
+            .connect_lazy_as(Some(&self.admin_token))
+            .unwrap()
     }
 
     /// Seconds of CPU the coordinator process has used, and its resident memory.
@@ -210,24 +185,6 @@ fn copy_job(name: String, parent_id: &str) -> pb::SubmitJobRequest {
     }
 }
 
-fn small_weights() -> Vec<u8> {
-    let zeros = |n: usize| vec![0u8; 4 * n];
-    let (w0, b0, w1, b1) = (zeros(16 * 8), zeros(16), zeros(5 * 16), zeros(5));
-    fn view(shape: Vec<usize>, data: &[u8]) -> safetensors::tensor::TensorView<'_> {
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, data).unwrap()
-    }
-    safetensors::serialize(
-        [
-            ("hidden.0.weight", view(vec![16, 8], &w0)),
-            ("hidden.0.bias", view(vec![16], &b0)),
-            ("fc.weight", view(vec![5, 16], &w1)),
-            ("fc.bias", view(vec![5], &b1)),
-        ],
-        None,
-    )
-    .unwrap()
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
@@ -236,50 +193,18 @@ fn ms(duration: Duration) -> String {
     format!("{:.2} ms", duration.as_secs_f64() * 1000.0)
 }
 
-async fn fresh_database(admin_url: &str) -> String {
-    let name = format!("heirloom_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut connection = PgConnection::connect(admin_url).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut connection)
-        .await
-        .unwrap();
-    format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0)
-}
-
 #[tokio::main]
 async fn main() {
-    let admin_url = std::env::var("HEIRLOOM_TEST_DATABASE_URL")
-        .expect("run with bench/control_plane.sh, which starts PostgreSQL");
-    let coordinator = Coordinator::start(&fresh_database(&admin_url).await).await;
+    let coordinator = Coordinator::start(&support::fresh_database().await).await;
     let admin = coordinator.admin();
-    let worker_token = TokenServiceClient::new(admin.clone())
-        .create_token(pb::CreateTokenRequest {
-            name: "bench-workers".into(),
-            role: pb::Role::Worker.into(),
-            ttl_seconds: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .secret;
-    let parent = ModelServiceClient::new(admin.clone())
-        .import_model(pb::ImportModelRequest {
-            name: "parent".into(),
-            architecture: Some(pb::Architecture {
-                kind: Some(pb::architecture::Kind::Mlp(pb::Mlp {
-                    input_features: 8,
-                    hidden: vec![16],
-                    num_classes: 5,
-                })),
-            }),
-            weights: small_weights().into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .model
-        .unwrap();
+    let worker_token = support::create_token(&admin, "bench-workers", pb::Role::Worker).await;
+    let parent = support::import_model_at(
+        &admin,
+        "parent",
+        support::mlp(8, vec![16], 5),
+        support::mlp_weights(8, 16, 5, [0.0; 4]),
+    )
+    .await;
     let mut jobs = JobServiceClient::new(admin.clone());
     println!(
         "coordinator: {} (TLS, tokens, mutual TLS for workers)",
@@ -316,7 +241,7 @@ async fn latency(
 ) {
     let mut idle = Vec::new();
     for i in 0..4 {
-        let channel = coordinator.connect(worker_token, true);
+        let channel = coordinator.connect(worker_token);
         idle.push(Simulated::register(channel, &format!("idle-{i}"), 1).await);
     }
     let mut latencies = Vec::new();
@@ -376,7 +301,7 @@ async fn throughput(
     let started = Instant::now();
     let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
     for i in 0..THROUGHPUT_WORKERS {
-        let channel = coordinator.connect(worker_token, true);
+        let channel = coordinator.connect(worker_token);
         let done_tx = done_tx.clone();
         tokio::spawn(async move {
             let mut worker = Simulated::register(channel, &format!("busy-{i}"), 4).await;
@@ -412,7 +337,7 @@ async fn idle_workers(coordinator: &Coordinator, worker_token: &str) {
     let registered = Instant::now();
     let (ready_tx, mut ready) = tokio::sync::mpsc::unbounded_channel();
     for i in 0..IDLE_WORKERS {
-        let channel = coordinator.connect(worker_token, true);
+        let channel = coordinator.connect(worker_token);
         let ready_tx = ready_tx.clone();
         sessions.push(tokio::spawn(async move {
             let mut worker = Simulated::register(channel, &format!("many-{i}"), 1).await;

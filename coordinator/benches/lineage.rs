@@ -5,12 +5,9 @@
 //! then asks each lineage question through the real gRPC service many times and prints
 //! p50/p99. Run with `bench/lineage.sh` (it starts PostgreSQL).
 
-use heirloom_coordinator::{Config, Coordinator};
-use heirloom_proto::certificates;
-use heirloom_proto::connection::ConnectArgs;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::model_service_client::ModelServiceClient;
-use sqlx::{Connection, PgConnection};
+use heirloom_testing::Cluster;
 use std::time::{Duration, Instant};
 
 const CHAINS: i64 = 500;
@@ -105,48 +102,13 @@ where
 
 #[tokio::main]
 async fn main() {
-    let admin = std::env::var("HEIRLOOM_TEST_DATABASE_URL")
-        .expect("HEIRLOOM_TEST_DATABASE_URL: run bench/lineage.sh");
-    let name = format!("heirloom_lineage_{}", uuid::Uuid::new_v4().simple());
-    let mut connection = PgConnection::connect(&admin).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut connection)
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
-    let artifacts = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let config = Config {
-        listen: listener.local_addr().unwrap(),
-        database_url: url.clone(),
-        artifacts: artifacts.path().to_str().unwrap().into(),
-        lease_seconds: 30.0,
-        retry_backoff_seconds: 2.0,
-        checkpoint_every: 0,
-        // As deployed: TLS on, every call with a token.
-        tls_cert: Some(artifacts.path().join(certificates::SERVER_CERT)),
-        tls_key: Some(artifacts.path().join(certificates::SERVER_KEY)),
-        worker_client_ca: None,
-        insecure_plaintext: false,
-        admin_token_file: Some(artifacts.path().join("admin.token")),
-        metrics_listen: None,
-        explorer_listen: None,
-        config: None,
-        log_format: "human".into(),
-    };
-    certificates::write_all(artifacts.path(), &["127.0.0.1".into()]).unwrap();
-    let mut connect = ConnectArgs::to(format!("https://{}", listener.local_addr().unwrap()));
-    connect.ca_cert = Some(artifacts.path().join(certificates::CA_CERT));
-    connect.token_file = config.admin_token_file.clone();
-    let coordinator = Coordinator::build(&config).await.unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(coordinator.run(listener, shutdown.clone()));
+    // As deployed: TLS on, every call with a token.
+    let cluster = Cluster::coordinator_only().await;
 
     let started = Instant::now();
-    let mut db = PgConnection::connect(&url).await.unwrap();
     for statement in GENERATE {
         sqlx::query(sqlx::AssertSqlSafe(*statement))
-            .execute(&mut db)
+            .execute(&cluster.pool)
             .await
             .unwrap();
     }
@@ -154,7 +116,7 @@ async fn main() {
         "SELECT (SELECT count(*) FROM models), (SELECT count(*) FROM model_parents),
                 (SELECT count(*) FROM model_tensors)",
     )
-    .fetch_one(&mut db)
+    .fetch_one(&cluster.pool)
     .await
     .unwrap();
     println!(
@@ -165,8 +127,8 @@ async fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    let channel = connect.connect().await.unwrap();
-    let client = ModelServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    let client =
+        ModelServiceClient::new(cluster.channel.clone()).max_decoding_message_size(64 << 20);
     println!("| question | answer size | p50 | p99 |");
     println!("|---|---|---|---|");
     let deepest = "chain-7-999";
@@ -382,5 +344,4 @@ async fn main() {
         }
     })
     .await;
-    shutdown.cancel();
 }

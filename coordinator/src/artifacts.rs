@@ -8,10 +8,10 @@
 //! Never touches the database: what is referenced, and what garbage collection may
 //! delete, is the caller's to say.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StartupError};
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use heirloom_spec::TensorInfo;
+use heirloom_core::TensorInfo;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use sha2::{Digest, Sha256};
@@ -47,7 +47,7 @@ pub type Chunks = BoxStream<'static, Result<(u64, Bytes)>>;
 
 /// Refuses anything but a lowercase hex sha256, the only names blobs have.
 pub fn check_sha256(field: &str, sha256: &str) -> Result<()> {
-    Ok(heirloom_spec::limits::check_sha256(field, sha256)?)
+    Ok(heirloom_core::limits::check_sha256(field, sha256)?)
 }
 
 fn blob_key(sha256: &str) -> Path {
@@ -67,13 +67,17 @@ impl Artifacts {
     /// Opens the store at `location`: a directory (created if need be), or
     /// `s3://bucket[/prefix]` with the endpoint, region and credentials taken from the
     /// usual `AWS_*` environment variables (`AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, …).
-    pub fn open(location: &str) -> anyhow::Result<Self> {
+    pub fn open(location: &str) -> Result<Self, StartupError> {
+        let unusable = |err: &dyn std::fmt::Display| {
+            StartupError::Setting(format!("--artifacts {location}: {err}"))
+        };
         let store: Arc<dyn ObjectStore> = match location.strip_prefix("s3://") {
             Some(rest) => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 let s3 = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
-                    .build()?;
+                    .build()
+                    .map_err(|err| unusable(&err))?;
                 if prefix.trim_matches('/').is_empty() {
                     Arc::new(s3)
                 } else {
@@ -84,10 +88,11 @@ impl Artifacts {
                 }
             }
             None => {
-                std::fs::create_dir_all(location)?;
-                Arc::new(object_store::local::LocalFileSystem::new_with_prefix(
-                    location,
-                )?)
+                std::fs::create_dir_all(location).map_err(|err| unusable(&err))?;
+                Arc::new(
+                    object_store::local::LocalFileSystem::new_with_prefix(location)
+                        .map_err(|err| unusable(&err))?,
+                )
             }
         };
         Ok(Self { store })
@@ -122,7 +127,7 @@ impl Artifacts {
             .bytes()
             .await
             .map_err(store_error)?;
-        if heirloom_spec::sha256_hex(&bytes) != sha256 {
+        if heirloom_core::sha256_hex(&bytes) != sha256 {
             return Err(corrupted(sha256));
         }
         Ok(bytes)
@@ -502,7 +507,7 @@ mod tests {
                 dtype: dtype.into(),
                 shape,
             },
-            sha256: heirloom_spec::sha256_hex(data),
+            sha256: heirloom_core::sha256_hex(data),
         }
     }
 
@@ -556,7 +561,7 @@ mod tests {
         let (sha256, len) = artifacts.canonical_digest(&manifest).await.unwrap();
         assert_eq!(
             (sha256, len),
-            (heirloom_spec::sha256_hex(&expected), expected.len() as u64)
+            (heirloom_core::sha256_hex(&expected), expected.len() as u64)
         );
     }
 }

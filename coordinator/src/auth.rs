@@ -8,6 +8,8 @@
 //! refused at once, on every replica.
 
 use crate::db::Db;
+use crate::domain::{Caller, Role};
+use crate::error::Error;
 use crate::notifier::{Notification, Notifier};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -16,53 +18,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tonic::Status;
 use tonic::codegen::http;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use uuid::Uuid;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Admin,
-    Submitter,
-    Reader,
-    Worker,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Submitter => "submitter",
-            Role::Reader => "reader",
-            Role::Worker => "worker",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Role> {
-        [Role::Admin, Role::Submitter, Role::Reader, Role::Worker]
-            .into_iter()
-            .find(|role| role.as_str() == text)
-    }
-}
-
-/// The caller of a request that passed authentication; handlers find it in the
-/// request's extensions.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub token_id: Uuid,
-    pub name: String,
-    pub role: Role,
-}
 
 impl Caller {
     /// The caller of `request`: present on every method that is not open.
-    pub fn of<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<Caller, Error> {
         request
             .extensions()
             .get::<Caller>()
             .cloned()
-            .ok_or_else(|| Status::internal("the call passed no authentication"))
+            .ok_or_else(|| Error::Internal("the call passed no authentication".into()))
     }
 }
 
@@ -142,14 +108,12 @@ fn names(roles: &[Role]) -> String {
         .join(" or ")
 }
 
-/// Checks a request's token against the table, and puts its [`Caller`] in the
-/// request's extensions.
 /// Who holds the token with this hash: from the cache, or the database (then cached).
 pub async fn caller_for(
     db: &Db,
     cache: &TokenCache,
     secret_sha256: &str,
-) -> Result<Option<Caller>, sqlx::Error> {
+) -> Result<Option<Caller>, Error> {
     if let Some(caller) = cache.get(secret_sha256) {
         return Ok(Some(caller));
     }
@@ -160,28 +124,31 @@ pub async fn caller_for(
     }))
 }
 
-async fn authenticate<B>(layer: &AuthLayer, request: &mut http::Request<B>) -> Result<(), Status> {
+/// Checks a request's token against the table, and puts its [`Caller`] in the
+/// request's extensions.
+async fn authenticate<B>(layer: &AuthLayer, request: &mut http::Request<B>) -> Result<(), Error> {
     let (db, require_worker_certificates) = (&layer.db, layer.require_worker_certificates);
     let path = request.uri().path().to_string();
     let roles = allowed_roles(&path)
-        .ok_or_else(|| Status::unimplemented(format!("{path} is not a method of this server")))?;
+        .ok_or_else(|| Error::Unimplemented(format!("{path} is not a method of this server")))?;
     if roles.is_empty() {
         return Ok(());
     }
     let hash = secret_sha256(bearer_token(request.headers())?);
     let caller = caller_for(db, &layer.cache, &hash).await.map_err(|err| {
         tracing::warn!(error = %err, "cannot check a token: the database is unreachable");
-        Status::unavailable("cannot check the token now: the database is unreachable; retry")
+        Error::Unavailable("cannot check the token now: the database is unreachable; retry".into())
     })?;
     let caller = caller.ok_or_else(|| {
-        Status::unauthenticated(
+        Error::Unauthenticated(
             "the token is unknown, revoked or expired: ask an admin for a new one \
-                 (`heirloom token create`)",
+                 (`heirloom token create`)"
+                .into(),
         )
     })?;
     tracing::Span::current().record("caller", caller.name.as_str());
     if !roles.contains(&caller.role) {
-        return Err(Status::permission_denied(format!(
+        return Err(Error::PermissionDenied(format!(
             "{path} needs a token with role {}; this one ({}) has role {}",
             names(roles),
             caller.name,
@@ -192,20 +159,22 @@ async fn authenticate<B>(layer: &AuthLayer, request: &mut http::Request<B>) -> R
         && require_worker_certificates
         && !has_client_certificate(request)
     {
-        return Err(Status::permission_denied(
+        return Err(Error::PermissionDenied(
             "workers must connect with a client certificate signed by the coordinator's \
-             --worker-client-ca (mutual TLS): pass --client-cert and --client-key",
+             --worker-client-ca (mutual TLS): pass --client-cert and --client-key"
+                .into(),
         ));
     }
     request.extensions_mut().insert(caller);
     Ok(())
 }
 
-fn bearer_token(headers: &http::HeaderMap) -> Result<&str, Status> {
+fn bearer_token(headers: &http::HeaderMap) -> Result<&str, Error> {
     let value = headers.get("authorization").ok_or_else(|| {
-        Status::unauthenticated(
+        Error::Unauthenticated(
             "no token: send `authorization: Bearer <token>` (the CLI and the worker read \
-             --token-file or HEIRLOOM_TOKEN)",
+             --token-file or HEIRLOOM_TOKEN)"
+                .into(),
         )
     })?;
     value
@@ -214,7 +183,9 @@ fn bearer_token(headers: &http::HeaderMap) -> Result<&str, Status> {
         .and_then(|text| text.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|token| !token.is_empty())
-        .ok_or_else(|| Status::unauthenticated("the authorization header must be `Bearer <token>`"))
+        .ok_or_else(|| {
+            Error::Unauthenticated("the authorization header must be `Bearer <token>`".into())
+        })
 }
 
 fn has_client_certificate<B>(request: &http::Request<B>) -> bool {
@@ -348,7 +319,7 @@ where
         Box::pin(async move {
             match authenticate(&layer, &mut request).await {
                 Ok(()) => inner.call(request).await,
-                Err(status) => Ok(status.into_http()),
+                Err(error) => Ok(tonic::Status::from(error).into_http()),
             }
         })
     }

@@ -1,5 +1,5 @@
 //! The coordinator's settings, from flags, `HEIRLOOM_*` environment variables and a settings
-//! file, in that order (`heirloom_proto::settings`); every key is in docs/CONFIGURATION.md.
+//! file, in that order (`heirloom_client::settings`); every key is in docs/CONFIGURATION.md.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -76,6 +76,6 @@ mod tests {
     #[test]
     fn the_configuration_reference_lists_every_setting() {
         let docs = include_str!("../../docs/CONFIGURATION.md");
-        heirloom_proto::settings::check_documented::<super::Config>(docs).unwrap();
+        heirloom_client::settings::check_documented::<super::Config>(docs).unwrap();
     }
 }

@@ -11,7 +11,7 @@ use crate::db::NewModel;
 use crate::domain::{Job, Metrics, TensorRecord};
 use crate::error::{Error, Result};
 use crate::notifier::Notification;
-use heirloom_spec::{Claim, Origin, TensorInfo, TensorStatus, check_manifest, verify_claims};
+use heirloom_core::{Claim, Origin, TensorInfo, TensorStatus, check_manifest, verify_claims};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
@@ -71,6 +71,12 @@ pub fn assignments(services: Services, worker_id: Uuid) -> impl Stream<Item = Re
             }
             tokio::select! {
                 _ = sender.closed() => break,
+                _ = services.stopping.cancelled() => {
+                    // `try_send`: a worker that reads nothing holds up no drain.
+                    let stopping = Error::Unavailable("the coordinator is stopping; reconnect".into());
+                    let _ = sender.try_send(Err(stopping));
+                    break;
+                }
                 _ = wait_for_room_or_jobs(&mut wake, worker_id) => {}
                 _ = tokio::time::sleep(CLAIM_POLL) => {}
             }
@@ -220,10 +226,15 @@ async fn verify_output(
         .artifacts
         .check_stored("output.tensors", &manifest)
         .await?;
-    let actual: HashMap<String, String> = output
+    let actual: HashMap<String, (String, String)> = output
         .tensors
         .iter()
-        .map(|t| (t.info.name.clone(), t.sha256.clone()))
+        .map(|t| {
+            (
+                t.info.name.clone(),
+                (t.sha256.clone(), t.info.dtype.clone()),
+            )
+        })
         .collect();
     let mut parent_hashes = Vec::new();
     for parent_id in &job.spec.parents {

@@ -20,13 +20,18 @@ mod planning;
 mod recipes;
 
 pub use config::Config;
-pub use error::{Error, Result};
+pub use error::{Error, Result, StartupError};
 
 use artifacts::Artifacts;
 use db::Db;
 use notifier::Notifier;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// How long a stopping coordinator waits for open calls to end before it closes their
+/// connections: under the 10 s Docker and the 30 s Kubernetes give before SIGKILL.
+pub const DRAIN: Duration = Duration::from_secs(8);
 
 /// What every request handler needs; cheap to clone.
 #[derive(Debug, Clone)]
@@ -37,21 +42,31 @@ pub struct Services {
     tokens: auth::TokenCache,
     policy: domain::Policy,
     metrics: metrics::Metrics,
+    /// Cancelled when the coordinator begins to stop: streams that would otherwise stay
+    /// open (WatchJob, StreamAssignments, the explorer's job stream) end on it, so the
+    /// servers can drain.
+    stopping: CancellationToken,
 }
 
 pub struct Coordinator {
     services: Services,
     transport: grpc::Transport,
-    metrics_listen: Option<std::net::SocketAddr>,
-    explorer_listen: Option<std::net::SocketAddr>,
+    /// The listeners of the optional servers, bound by the caller like the gRPC one.
+    metrics: Option<TcpListener>,
+    explorer: Option<(TcpListener, Option<tokio_rustls::TlsAcceptor>)>,
     /// The certificate and key the explorer serves TLS with (the coordinator's).
     explorer_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
-    shutdown: CancellationToken,
+    /// Stops the background tasks (notifications, lease expiry, metrics) once the
+    /// servers have drained.
+    background: CancellationToken,
 }
 
 impl Coordinator {
     /// Connects to the database, applies the migrations and opens the artifact directory.
-    pub async fn build(config: &Config) -> anyhow::Result<Coordinator> {
+    /// Listening is the caller's: it binds `config.listen` for [`Coordinator::run`], and
+    /// hands the explorer and metrics listeners, when it wants them, to
+    /// [`Coordinator::with_explorer`] and [`Coordinator::with_metrics`].
+    pub async fn build(config: &Config) -> Result<Coordinator, StartupError> {
         let transport = grpc::Transport::from_config(config)?;
         let db = Db::connect(&config.database_url).await?;
         db.migrate().await?;
@@ -60,12 +75,12 @@ impl Coordinator {
         }
         let artifacts = Artifacts::open(&config.artifacts)?;
         let policy = domain::Policy {
-            lease: std::time::Duration::from_secs_f64(config.lease_seconds),
-            retry_backoff: std::time::Duration::from_secs_f64(config.retry_backoff_seconds),
+            lease: Duration::from_secs_f64(config.lease_seconds),
+            retry_backoff: Duration::from_secs_f64(config.retry_backoff_seconds),
             checkpoint_every: config.checkpoint_every,
         };
-        let shutdown = CancellationToken::new();
-        let notifier = Notifier::start(db.pool().clone(), shutdown.child_token());
+        let background = CancellationToken::new();
+        let notifier = Notifier::start(db.pool().clone(), background.child_token());
         Ok(Coordinator {
             services: Services {
                 db,
@@ -74,78 +89,112 @@ impl Coordinator {
                 notifier,
                 policy,
                 metrics: metrics::Metrics::new(),
+                stopping: CancellationToken::new(),
             },
             transport,
-            metrics_listen: config.metrics_listen,
-            explorer_listen: config.explorer_listen,
+            metrics: None,
+            explorer: None,
             explorer_tls: config.tls_cert.clone().zip(config.tls_key.clone()),
-            shutdown,
+            background,
         })
     }
 
-    /// Serves on `listener` until `shutdown` is cancelled.
+    /// Also serves the lineage explorer on `listener`: over TLS with the coordinator's
+    /// certificate, unless the coordinator serves plain text.
+    pub fn with_explorer(mut self, listener: TcpListener) -> Result<Coordinator, StartupError> {
+        let tls = match &self.explorer_tls {
+            Some((cert, key)) => Some(explorer::tls(cert, key)?),
+            None => None,
+        };
+        self.explorer = Some((listener, tls));
+        Ok(self)
+    }
+
+    /// Also serves Prometheus metrics on `listener` (`GET /metrics`).
+    pub fn with_metrics(mut self, listener: TcpListener) -> Coordinator {
+        self.metrics = Some(listener);
+        self
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled. Then it stops accepting, ends
+    /// its open streams, and returns once the calls in flight have ended, or after
+    /// [`DRAIN`], closing the connections that still hold calls.
     pub async fn run(
         self,
         listener: TcpListener,
         shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
-        let address = listener.local_addr()?;
+    ) -> Result<(), StartupError> {
+        let Coordinator {
+            services,
+            transport,
+            metrics,
+            explorer,
+            background,
+            ..
+        } = self;
+        let address = listener
+            .local_addr()
+            .map_err(|err| StartupError::Setting(format!("--listen: {err}")))?;
         tracing::info!(%address, "coordinator listening");
         tokio::spawn(dispatch::expire_leases(
-            self.services.clone(),
-            self.shutdown.child_token(),
+            services.clone(),
+            background.child_token(),
         ));
-        if let Some(metrics_address) = self.metrics_listen {
-            let metrics_listener = TcpListener::bind(metrics_address)
-                .await
-                .map_err(|err| anyhow::anyhow!("--metrics-listen {metrics_address}: {err}"))?;
-            tracing::info!(address = %metrics_listener.local_addr()?, "metrics at /metrics");
+        if let Some(listener) = metrics {
+            if let Ok(address) = listener.local_addr() {
+                tracing::info!(%address, "metrics at /metrics");
+            }
             tokio::spawn(metrics::serve(
-                self.services.metrics.clone(),
-                self.services.db.clone(),
-                metrics_listener,
-                self.shutdown.child_token(),
+                services.metrics.clone(),
+                services.db.clone(),
+                listener,
+                background.child_token(),
             ));
         }
-        if let Some(explorer_address) = self.explorer_listen {
-            let explorer_listener = TcpListener::bind(explorer_address)
-                .await
-                .map_err(|err| anyhow::anyhow!("--explorer-listen {explorer_address}: {err}"))?;
-            let scheme = if self.explorer_tls.is_some() {
-                "https"
-            } else {
-                "http"
-            };
-            tracing::info!(
-                url = %format!("{scheme}://{}/", explorer_listener.local_addr()?),
-                "lineage explorer"
-            );
-            let (services, tls, stop) = (
-                self.services.clone(),
-                self.explorer_tls.clone(),
-                self.shutdown.child_token(),
-            );
+        if let Some((listener, tls)) = explorer {
+            if let Ok(address) = listener.local_addr() {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                tracing::info!(url = %format!("{scheme}://{address}/"), "lineage explorer");
+            }
+            // It stops accepting when the gRPC server does; its job streams end then too.
+            let (services, stop) = (services.clone(), services.stopping.clone());
             tokio::spawn(async move {
-                let tls = tls
-                    .as_ref()
-                    .map(|(cert, key)| (cert.as_path(), key.as_path()));
-                if let Err(err) = explorer::serve(services, explorer_listener, tls, stop).await {
+                if let Err(err) = explorer::serve(services, listener, tls, stop).await {
                     tracing::error!(error = %err, "the lineage explorer stopped");
                 }
             });
         }
-        let result = grpc::serve(self.services, self.transport, listener, shutdown).await;
-        self.shutdown.cancel();
+        let stopping = services.stopping.clone();
+        let serving = grpc::serve(services, transport, listener, shutdown.clone());
+        let drained = async {
+            shutdown.cancelled().await;
+            tracing::info!("stopping: no new connections; ending streams");
+            stopping.cancel();
+            tokio::time::sleep(DRAIN).await;
+        };
+        let result = tokio::select! {
+            result = serving => result,
+            () = drained => {
+                // Dropping the server stops it; its connection tasks end with the runtime.
+                tracing::warn!(drain = ?DRAIN, "calls still open after the drain; closing them");
+                Ok(())
+            }
+        };
+        stopping.cancel();
+        background.cancel();
         Ok(result?)
     }
 }
 
 /// Makes sure the admin token in `path` works, writing a new one there first if the
 /// file does not exist.
-async fn bootstrap_admin(db: &Db, path: &std::path::Path) -> anyhow::Result<()> {
+async fn bootstrap_admin(db: &Db, path: &std::path::Path) -> Result<(), StartupError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let shown = path.display();
+    let unusable = |err: &dyn std::fmt::Display| {
+        StartupError::Setting(format!("--admin-token-file {shown}: {err}"))
+    };
     let created = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -153,27 +202,32 @@ async fn bootstrap_admin(db: &Db, path: &std::path::Path) -> anyhow::Result<()> 
         .open(path);
     match created {
         Ok(mut file) => {
-            file.write_all(auth::new_secret().as_bytes())?;
+            file.write_all(auth::new_secret().as_bytes())
+                .map_err(|err| unusable(&err))?;
             tracing::info!(file = %shown, "wrote a new admin token");
         }
         // Another replica may have written it a moment ago: use that one.
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(err) => anyhow::bail!("--admin-token-file {shown}: {err}"),
+        Err(err) => return Err(unusable(&err)),
     }
-    let secret = std::fs::read_to_string(path)
-        .map_err(|err| anyhow::anyhow!("--admin-token-file {shown}: {err}"))?;
+    let secret = std::fs::read_to_string(path).map_err(|err| unusable(&err))?;
     let secret = secret.trim();
-    anyhow::ensure!(
-        secret.len() >= 32,
-        "--admin-token-file {shown}: holds no token of at least 32 characters"
-    );
+    if secret.len() < 32 {
+        return Err(unusable(&"holds no token of at least 32 characters"));
+    }
     let hash = auth::secret_sha256(secret);
     if db
         .ensure_admin_token(&hash, &format!("bootstrap-admin-{}", &hash[..8]))
-        .await?
+        .await
+        .map_err(StartupError::AdminToken)?
     {
         tracing::info!(file = %shown, "admin token added");
-    } else if db.caller(&hash).await?.is_none() {
+    } else if db
+        .caller(&hash)
+        .await
+        .map_err(StartupError::AdminToken)?
+        .is_none()
+    {
         tracing::warn!(file = %shown, "the admin token in this file was revoked or expired");
     }
     Ok(())

@@ -6,36 +6,18 @@
 
 use crate::db::Db;
 use crate::domain::{
-    DataShift, Dataset, JobKind, JobSpec, Model, ModuleMapping, RecipeUse, check_name,
+    DataShift, Dataset, JobDraft, JobKind, JobSpec, Model, RecipeUse, check_name,
+    fields_that_do_not_apply,
 };
 use crate::error::{Error, Result};
 use crate::recipes::{Recipe, RecipeInputs, merge_patch};
-use heirloom_spec::{
-    Adjustment, Architecture, Hyperparameters, Invalid, MemoryEstimate, Module, Shift, TensorPlan,
+use heirloom_core::{
+    Adjustment, Architecture, DatasetUse, Invalid, MemoryEstimate, Module, Shift, TensorPlan,
     TrainablePatterns, estimate_memory, plan_compose, plan_finetune, plan_inherit, plan_scratch,
     plan_transfer,
 };
 use serde_json::Value;
 use std::collections::HashMap;
-use uuid::Uuid;
-
-/// A submission as the client sent it, with ids parsed and hyperparameters resolved.
-#[derive(Debug, Clone)]
-pub struct JobDraft {
-    pub kind: JobKind,
-    pub model_name: String,
-    pub dataset_id: Option<Uuid>,
-    pub parent_id: Option<Uuid>,
-    pub second_parent_id: Option<Uuid>,
-    pub architecture: Option<Architecture>,
-    pub hyperparameters: Hyperparameters,
-    pub trainable: Vec<String>,
-    pub num_classes: u32,
-    pub alpha: f64,
-    pub scale: f64,
-    pub unfreeze_blocks: u32,
-    pub modules: Vec<ModuleMapping>,
-}
 
 /// A submission that names a recipe: the recipe, the overrides, and the job's inputs.
 pub struct RecipeSubmission {
@@ -171,9 +153,13 @@ pub async fn plan_job(db: &Db, draft: JobDraft, recipe: Option<RecipeUse>) -> Re
     check_patterns(&draft, &tensors, &mut plan);
     check_shapes(&architecture, &tensors, &parents, &mut plan);
     let trains = tensors.iter().any(|tensor| tensor.trainable);
+    let needs_data = match draft.kind.inputs().dataset {
+        DatasetUse::Required => true,
+        DatasetUse::WhenTraining => trains,
+    };
     let mut data_shift = Vec::new();
     match &dataset {
-        None if trains => plan.refuse(
+        None if needs_data => plan.refuse(
             "dataset",
             Invalid::new(
                 "spec.dataset_id",
@@ -236,53 +222,6 @@ async fn check_model_name(db: &Db, name: &str, plan: &mut Plan) -> Result<()> {
     Ok(())
 }
 
-/// Fields the job's kind does not use: each one set is a mistake worth naming.
-pub fn fields_that_do_not_apply(draft: &JobDraft) -> Vec<Error> {
-    let kind = draft.kind;
-    let takes_architecture = matches!(kind, JobKind::Train | JobKind::Compose);
-    let takes_patterns = matches!(kind, JobKind::Finetune | JobKind::Compose);
-    let takes_alpha = matches!(kind, JobKind::Finetune | JobKind::Direct);
-    let takes_parent = !matches!(kind, JobKind::Train | JobKind::Compose);
-    [
-        (
-            "spec.second_parent_id",
-            draft.second_parent_id.is_some() && kind != JobKind::Direct,
-        ),
-        ("spec.scale", draft.scale != 0.0 && kind != JobKind::Direct),
-        (
-            "spec.num_classes",
-            draft.num_classes != 0 && kind != JobKind::Transfer,
-        ),
-        (
-            "spec.unfreeze_blocks",
-            draft.unfreeze_blocks != 0 && kind != JobKind::Transfer,
-        ),
-        (
-            "spec.modules",
-            !draft.modules.is_empty() && kind != JobKind::Compose,
-        ),
-        (
-            "spec.architecture",
-            draft.architecture.is_some() && !takes_architecture,
-        ),
-        (
-            "spec.trainable",
-            !draft.trainable.is_empty() && !takes_patterns,
-        ),
-        ("spec.alpha", draft.alpha != 0.0 && !takes_alpha),
-        ("spec.parent_id", draft.parent_id.is_some() && !takes_parent),
-    ]
-    .into_iter()
-    .filter(|(_, set)| *set)
-    .map(|(field, _)| {
-        invalid(
-            field,
-            format!("does not apply to a {} job; leave it empty", kind.as_str()),
-        )
-    })
-    .collect()
-}
-
 /// The child's architecture, its tensor plan, its parents in plan order, and the
 /// weight-space adjustment: everything that follows from the kind.
 struct Derived {
@@ -294,7 +233,7 @@ struct Derived {
 
 async fn derive(db: &Db, draft: &JobDraft) -> Result<Derived> {
     let kind = draft.kind.as_str();
-    let takes_parent = !matches!(draft.kind, JobKind::Train | JobKind::Compose);
+    let takes_parent = draft.kind.inputs().takes_parent();
     let parent = match draft.parent_id {
         Some(id) if takes_parent => Some(db.model(id).await?),
         None if takes_parent => {
@@ -451,7 +390,7 @@ async fn direct_adjustment(
 }
 
 fn check_patterns(draft: &JobDraft, tensors: &[TensorPlan], plan: &mut Plan) {
-    if !matches!(draft.kind, JobKind::Finetune | JobKind::Compose) {
+    if !draft.kind.inputs().patterns {
         return;
     }
     let trained = tensors.iter().filter(|tensor| tensor.trainable).count();
@@ -529,7 +468,7 @@ fn check_data_fits(
 ) {
     let data = format!("dataset {:?}@{}", dataset.name, dataset.version);
     let input = match parents.first() {
-        Some(parent) if draft.kind != JobKind::Compose => format!("parent {:?}", parent.name),
+        Some(parent) if !draft.kind.inputs().architecture => format!("parent {:?}", parent.name),
         _ => "the architecture".to_string(),
     };
     let takes = architecture.input_features();
@@ -549,7 +488,7 @@ fn check_data_fits(
         );
     }
     let head = architecture.num_classes();
-    let head_name = if draft.kind == JobKind::Transfer {
+    let head_name = if draft.kind.inputs().head {
         "the new head"
     } else {
         "the head"
@@ -561,7 +500,7 @@ fn check_data_fits(
             format!("{data} has labels up to {largest}; {head_name} has {head} outputs"),
         );
     } else {
-        let fix = if draft.kind == JobKind::Transfer {
+        let fix = if draft.kind.inputs().head {
             format!("set num_classes to at least {}", dataset.num_classes)
         } else {
             format!(

@@ -4,10 +4,11 @@
 //! reads it (refusing unknown keys), fills in its defaults, and turns it and a job's
 //! inputs into a submission, or a past job back into a recipe.
 
-use crate::domain::{JobKind, JobSpec, ModuleMapping};
+use crate::domain::{JobDraft, JobKind, JobSpec, ModuleMapping, fields_that_do_not_apply};
 use crate::error::{Error, Result};
-use crate::planning::{JobDraft, fields_that_do_not_apply};
-use heirloom_spec::{Adjustment, Architecture, Hyperparameters, Invalid, Optimizer, limits};
+use heirloom_core::{
+    Adjustment, Architecture, Hyperparameters, Invalid, Optimizer, Parents, limits,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -119,25 +120,26 @@ impl Recipe {
                 .into());
             }
         }
-        let needs_architecture = matches!(recipe.kind, JobKind::Train | JobKind::Compose);
-        if needs_architecture && recipe.architecture.is_none() {
+        let takes = recipe.kind.inputs();
+        let kind = recipe.kind.as_str();
+        if takes.architecture && recipe.architecture.is_none() {
             return Err(Invalid::new(
                 format!("{field}.architecture"),
-                format!("a {} recipe needs an architecture", recipe.kind.as_str()),
+                format!("a {kind} recipe needs an architecture"),
             )
             .into());
         }
-        if recipe.kind == JobKind::Transfer && recipe.num_classes == 0 {
+        if takes.head && recipe.num_classes == 0 {
             return Err(Invalid::new(
                 format!("{field}.num_classes"),
-                "a transfer recipe needs the new head's output size",
+                format!("a {kind} recipe needs the new head's output size"),
             )
             .into());
         }
-        if recipe.kind == JobKind::Compose && recipe.modules.is_empty() {
+        if takes.parents == Parents::FromModules && recipe.modules.is_empty() {
             return Err(Invalid::new(
                 format!("{field}.modules"),
-                "a compose recipe needs at least one module",
+                format!("a {kind} recipe needs at least one module"),
             )
             .into());
         }
@@ -169,12 +171,12 @@ impl Recipe {
 
     /// How many parents a job of this recipe takes.
     pub fn parent_slots(&self) -> usize {
-        match self.kind {
-            JobKind::Train => 0,
-            JobKind::Finetune | JobKind::Transfer => 1,
-            JobKind::Direct if self.alpha != 0.0 => 2,
-            JobKind::Direct => 1,
-            JobKind::Compose => self
+        match self.kind.inputs().parents {
+            Parents::None => 0,
+            Parents::One => 1,
+            Parents::OneOrTwo if self.alpha != 0.0 => 2,
+            Parents::OneOrTwo => 1,
+            Parents::FromModules => self
                 .modules
                 .iter()
                 .map(|module| module.parent + 1)
@@ -207,13 +209,13 @@ impl Recipe {
         parents: &[Uuid],
     ) -> Result<JobDraft> {
         let slot = |index: usize| parents.get(index).copied();
-        let takes_parent = !matches!(self.kind, JobKind::Train | JobKind::Compose);
+        let takes = self.kind.inputs();
         Ok(JobDraft {
             kind: self.kind,
             model_name,
             dataset_id,
-            parent_id: if takes_parent { slot(0) } else { None },
-            second_parent_id: if self.kind == JobKind::Direct {
+            parent_id: if takes.takes_parent() { slot(0) } else { None },
+            second_parent_id: if takes.parents == Parents::OneOrTwo {
                 slot(1)
             } else {
                 None
@@ -248,7 +250,10 @@ impl Recipe {
         let hp = &spec.hyperparameters;
         Recipe {
             kind: spec.kind,
-            architecture: matches!(spec.kind, JobKind::Train | JobKind::Compose)
+            architecture: spec
+                .kind
+                .inputs()
+                .architecture
                 .then(|| spec.architecture.clone()),
             hyperparameters: HyperparameterInput {
                 epochs: hp.epochs,

@@ -3,7 +3,7 @@
 
 use crate::Target;
 use heirloom_proto::v1 as pb;
-use heirloom_spec::{
+use heirloom_core::{
     Architecture, Invalid, Module, TensorInfo, TrainablePatterns, check_manifest, limits,
     pattern_matches, plan_compose, plan_scratch, read_dataset_info, read_tensor_infos,
     tensor_hashes,

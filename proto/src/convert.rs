@@ -1,10 +1,12 @@
-//! Conversions between the shared spec types and their messages, used by the
-//! coordinator, the worker and the CLI alike.
+//! Conversions between the core types and their messages (architectures,
+//! hyperparameters, progress, metrics, tensor statuses, adjustments, manifest tensors),
+//! used by the coordinator, the worker and the CLI alike, so that each mapping is written
+//! once. Messages only one side builds (jobs, models, plans) are converted there.
 
 use crate::v1 as pb;
-use heirloom_spec::{
-    Architecture, Hyperparameters, Invalid, Metrics, Mlp, Optimizer, ProgramParameter, Progress,
-    Resnet, SmallCnn, Torchscript, Vgg,
+use heirloom_core::{
+    Adjustment, Architecture, Hyperparameters, Invalid, Metrics, Mlp, Optimizer, ProgramParameter,
+    Progress, Resnet, SmallCnn, TensorStatus, Torchscript, Vgg,
 };
 
 impl From<&Architecture> for pb::Architecture {
@@ -60,7 +62,7 @@ impl From<&Architecture> for pb::Architecture {
 
 impl pb::Architecture {
     /// The spec this message names, checked; `field` is its path in the request.
-    pub fn to_spec(&self, field: &str) -> Result<Architecture, Invalid> {
+    pub fn to_core(&self, field: &str) -> Result<Architecture, Invalid> {
         let architecture = match &self.kind {
             None => {
                 return Err(Invalid::new(
@@ -201,7 +203,7 @@ impl From<&Metrics> for pb::Metrics {
 
 impl pb::Metrics {
     /// The metrics, checked: accuracies are fractions.
-    pub fn to_spec(&self, field: &str) -> Result<Metrics, Invalid> {
+    pub fn to_core(&self, field: &str) -> Result<Metrics, Invalid> {
         let fraction = |value: f64| (0.0..=1.0).contains(&value);
         if !fraction(self.holdout_accuracy) || !fraction(self.train_accuracy) {
             return Err(Invalid::new(field, "accuracies must lie in [0, 1]"));
@@ -218,14 +220,153 @@ impl pb::Metrics {
     }
 }
 
+impl From<TensorStatus> for pb::TensorStatus {
+    fn from(status: TensorStatus) -> Self {
+        match status {
+            TensorStatus::Inherited => pb::TensorStatus::Inherited,
+            TensorStatus::Trained => pb::TensorStatus::Trained,
+            TensorStatus::New => pb::TensorStatus::New,
+            TensorStatus::Interpolated => pb::TensorStatus::Interpolated,
+        }
+    }
+}
+
+impl pb::TensorStatus {
+    /// The status, checked: `UNSPECIFIED` is refused, and so is a number this contract
+    /// does not know (prost's getter reads it as `UNSPECIFIED`); `field` is its path in
+    /// the request.
+    pub fn to_core(self, field: &str) -> Result<TensorStatus, Invalid> {
+        match self {
+            pb::TensorStatus::Unspecified => Err(Invalid::new(field, "is not a tensor status")),
+            pb::TensorStatus::Inherited => Ok(TensorStatus::Inherited),
+            pb::TensorStatus::Trained => Ok(TensorStatus::Trained),
+            pb::TensorStatus::New => Ok(TensorStatus::New),
+            pb::TensorStatus::Interpolated => Ok(TensorStatus::Interpolated),
+        }
+    }
+}
+
+impl From<Adjustment> for pb::Adjustment {
+    fn from(adjustment: Adjustment) -> Self {
+        let kind = match adjustment {
+            Adjustment::Interpolate { alpha } => pb::adjustment::Kind::Interpolate(alpha),
+            Adjustment::Scale { factor } => pb::adjustment::Kind::Scale(factor),
+            Adjustment::WiseFt { alpha } => pb::adjustment::Kind::WiseFt(alpha),
+        };
+        pb::Adjustment { kind: Some(kind) }
+    }
+}
+
+impl pb::Adjustment {
+    /// The step this message names; `None` when it names none.
+    pub fn to_core(&self) -> Option<Adjustment> {
+        self.kind.map(|kind| match kind {
+            pb::adjustment::Kind::Interpolate(alpha) => Adjustment::Interpolate { alpha },
+            pb::adjustment::Kind::Scale(factor) => Adjustment::Scale { factor },
+            pb::adjustment::Kind::WiseFt(alpha) => Adjustment::WiseFt { alpha },
+        })
+    }
+}
+
 /// A hashed tensor of a file, as a manifest names it.
-impl From<heirloom_spec::HashedTensor> for pb::ManifestTensor {
-    fn from(tensor: heirloom_spec::HashedTensor) -> Self {
+impl From<heirloom_core::HashedTensor> for pb::ManifestTensor {
+    fn from(tensor: heirloom_core::HashedTensor) -> Self {
         pb::ManifestTensor {
             name: tensor.info.name,
             dtype: tensor.info.dtype,
             shape: tensor.info.shape.iter().map(|&d| d as u64).collect(),
             sha256: tensor.sha256,
         }
+    }
+}
+
+impl From<heirloom_core::JobKind> for pb::JobKind {
+    fn from(kind: heirloom_core::JobKind) -> Self {
+        use heirloom_core::JobKind;
+        match kind {
+            JobKind::Train => pb::JobKind::Train,
+            JobKind::Finetune => pb::JobKind::Finetune,
+            JobKind::Transfer => pb::JobKind::Transfer,
+            JobKind::Direct => pb::JobKind::Direct,
+            JobKind::Compose => pb::JobKind::Compose,
+        }
+    }
+}
+
+impl pb::JobKind {
+    /// The core's kind; `None` for `JOB_KIND_UNSPECIFIED`.
+    pub fn to_core(self) -> Option<heirloom_core::JobKind> {
+        use heirloom_core::JobKind;
+        match self {
+            pb::JobKind::Unspecified => None,
+            pb::JobKind::Train => Some(JobKind::Train),
+            pb::JobKind::Finetune => Some(JobKind::Finetune),
+            pb::JobKind::Transfer => Some(JobKind::Transfer),
+            pb::JobKind::Direct => Some(JobKind::Direct),
+            pb::JobKind::Compose => Some(JobKind::Compose),
+        }
+    }
+}
+
+impl From<heirloom_core::Relation> for pb::Relation {
+    fn from(relation: heirloom_core::Relation) -> Self {
+        use heirloom_core::Relation;
+        match relation {
+            Relation::Finetune => pb::Relation::Finetune,
+            Relation::Transfer => pb::Relation::Transfer,
+            Relation::Direct => pb::Relation::Direct,
+            Relation::Module => pb::Relation::Module,
+        }
+    }
+}
+
+impl pb::Relation {
+    /// The core's relation; `None` for `RELATION_UNSPECIFIED`.
+    pub fn to_core(self) -> Option<heirloom_core::Relation> {
+        use heirloom_core::Relation;
+        match self {
+            pb::Relation::Unspecified => None,
+            pb::Relation::Finetune => Some(Relation::Finetune),
+            pb::Relation::Transfer => Some(Relation::Transfer),
+            pb::Relation::Direct => Some(Relation::Direct),
+            pb::Relation::Module => Some(Relation::Module),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensor_statuses_round_trip_and_unspecified_is_refused() {
+        for status in [
+            TensorStatus::Inherited,
+            TensorStatus::Trained,
+            TensorStatus::New,
+            TensorStatus::Interpolated,
+        ] {
+            assert_eq!(pb::TensorStatus::from(status).to_core("status"), Ok(status));
+        }
+        let unknown = pb::TensorProvenance {
+            status: 99,
+            ..Default::default()
+        };
+        for message in [pb::TensorStatus::Unspecified, unknown.status()] {
+            let err = message.to_core("output.tensors[0].status").unwrap_err();
+            assert_eq!(err.field, "output.tensors[0].status");
+        }
+    }
+
+    #[test]
+    fn adjustments_round_trip() {
+        for adjustment in [
+            Adjustment::Interpolate { alpha: 0.25 },
+            Adjustment::Scale { factor: 2.0 },
+            Adjustment::WiseFt { alpha: 0.5 },
+        ] {
+            assert_eq!(pb::Adjustment::from(adjustment).to_core(), Some(adjustment));
+        }
+        assert_eq!(pb::Adjustment::default().to_core(), None);
     }
 }

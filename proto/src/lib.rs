@@ -1,17 +1,10 @@
-//! The `heirloom.v1` gRPC contract: generated messages, clients and servers.
-//!
-//! Beyond the generated code, conversions to and from the shared spec types
-//! (`convert.rs`; the coordinator, worker and CLI convert the rest at their edges) and
-//! the client side of blob uploads that the worker and the CLI share (`transfer.rs`),
-//! how they connect (`connection.rs`: TLS, token) and local certificates
-//! (`certificates.rs`).
+//! The `heirloom.v1` gRPC contract: generated messages, clients and servers, and the
+//! conversions between the contract's shared messages and the core types
+//! (`convert.rs`: architectures, hyperparameters, tensor statuses and adjustments), so
+//! that coordinator, worker and CLI read them the same way. Nothing else: how to connect
+//! lives in `heirloom-client`.
 
-pub mod certificates;
-pub mod connection;
 mod convert;
-pub mod display;
-pub mod settings;
-pub mod transfer;
 
 #[allow(clippy::all)]
 pub mod v1 {

@@ -3,14 +3,11 @@
 //! and moved for a chain of ResNet-18 fine-tunes that freeze most of the network, against
 //! storing every model whole. Run with `bench/artifacts.sh` (it starts PostgreSQL).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
+use heirloom_core::{Architecture, Resnet, sha256_hex};
 use heirloom_proto::v1 as pb;
-use heirloom_spec::{Architecture, Resnet, sha256_hex};
+use heirloom_testing::{Cluster, Rng, safetensors_file};
 use heirloom_worker::cache::Cache;
 use std::time::Instant;
-use support::{Cluster, Rng, safetensors_file};
 
 const FINETUNES: usize = 5;
 
@@ -38,7 +35,7 @@ async fn main() {
     // Throughput: a 1.07 GB model (an MLP 8192 → 4 × 8192 → 10) up tensor by tensor,
     // imported from its uploaded tensors, exported as one file, and down into an empty
     // worker cache.
-    let big = Architecture::Mlp(heirloom_spec::Mlp {
+    let big = Architecture::Mlp(heirloom_core::Mlp {
         input_features: 8192,
         hidden: vec![8192; 4],
         num_classes: 10,

@@ -3,7 +3,7 @@
 //! against reading the same files raw, page cache warm for both, interleaved. Run with
 //! `source scripts/env.sh && cargo bench -p heirloom-worker --bench loading`.
 
-use heirloom_spec::sha256_hex;
+use heirloom_core::sha256_hex;
 use heirloom_worker::train::{Blob, Weights};
 use std::time::{Duration, Instant};
 

@@ -4,18 +4,21 @@
 //! complete it. Reconnects by itself, with backoff, when the coordinator goes away, and
 //! keeps training meanwhile: its leases outlive a short outage. On a drain (SIGTERM) it
 //! takes nothing new, checkpoints what runs and hands it back.
+//!
+//! It owns the session and the leases. It never builds a job or a result message from
+//! files (`assignment.rs` does), and never retries a job's calls itself (`client.rs`
+//! does); only `train/` touches libtorch.
 
+use crate::assignment;
 use crate::cache::Cache;
+use crate::client::{RECONNECT_FIRST, RECONNECT_MAX, Reporter};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::train::{self, Blob, Control, Device, Position, Progress, Resume, TrainingJob, Weights};
-use heirloom_proto::connection::Connection;
+use crate::train::{self, Control, Device, Position, Progress};
+use heirloom_client::connection::Connection;
+use heirloom_core::backoff;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::worker_service_client::WorkerServiceClient;
-use heirloom_spec::{
-    Adjustment, Architecture, HashedTensor, Origin, TensorPlan, TensorStatus, backoff,
-    tensor_hashes,
-};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,10 +27,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-
-/// Reconnection delays: from the first to the largest, doubling, with jitter.
-const RECONNECT_FIRST: Duration = Duration::from_millis(200);
-const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// The jobs this worker holds: their fencing tokens, and how to stop them.
 #[derive(Debug, Clone, Default)]
@@ -271,7 +270,7 @@ async fn run_assignment(
         attempt,
         patience: context.lease,
     };
-    let job = match training_job(&context.cache, &assignment).await {
+    let job = match assignment::training_job(&context.cache, &assignment).await {
         Ok(job) => job,
         // A bad assignment fails for good; a download cut short (the coordinator
         // restarting mid-stream) is worth another attempt.
@@ -370,7 +369,8 @@ async fn run_assignment(
             false,
         ),
         Ok(metrics) => {
-            match job_output(&context.cache, &output, metrics, &assignment, &job).await {
+            match assignment::job_output(&context.cache, &output, metrics, &assignment, &job).await
+            {
                 Ok(output) => (pb::complete_job_request::Result::Output(output), false),
                 Err(err) => (failure(&err), err.is_retryable()),
             }
@@ -395,289 +395,8 @@ async fn save_checkpoint(
     path: &Path,
     position: Position,
 ) -> Result<()> {
-    let bytes = bytes::Bytes::from(tokio::fs::read(path).await?);
-    let _ = tokio::fs::remove_file(path).await;
-    let hashes =
-        tensor_hashes("checkpoint", &bytes).map_err(|err| Error::InvalidJob(err.to_string()))?;
-    let blobs: Vec<(String, bytes::Bytes)> = hashes
-        .iter()
-        .map(|t| (t.sha256.clone(), bytes.slice(t.range.clone())))
-        .collect();
-    context.cache.upload(&blobs).await?;
-    let checkpoint = pb::Checkpoint {
-        step: position.step,
-        loss_sum: position.loss_sum,
-        correct: position.correct,
-        tensors: hashes.into_iter().map(pb::ManifestTensor::from).collect(),
-    };
+    let checkpoint = assignment::checkpoint(&context.cache, path, position).await?;
     report.checkpoint(checkpoint).await?;
     tracing::info!(job_id = %report.job_id, step = position.step, "checkpoint saved");
     Ok(())
-}
-
-/// Speaks for one leased job with its fencing token: progress, checkpoints and
-/// completion. Calls that fail because the coordinator is away are retried for as long
-/// as the lease could last.
-struct Reporter {
-    client: WorkerServiceClient<Connection>,
-    worker_id: String,
-    job_id: String,
-    attempt: u32,
-    patience: Duration,
-}
-
-/// Whether a failed call might succeed once the coordinator (or its database) is back.
-fn is_transient(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable
-            | Code::Unknown
-            | Code::Internal
-            | Code::Cancelled
-            | Code::DeadlineExceeded
-    )
-}
-
-impl Reporter {
-    /// Retries `call` while it fails transiently, for up to `patience`.
-    async fn retrying<T, F, Fut>(&self, mut call: F) -> Result<T, tonic::Status>
-    where
-        F: FnMut(WorkerServiceClient<Connection>) -> Fut,
-        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
-    {
-        let deadline = tokio::time::Instant::now() + self.patience;
-        let mut failures = 0;
-        loop {
-            match call(self.client.clone()).await {
-                Err(status) if is_transient(&status) && tokio::time::Instant::now() < deadline => {
-                    tracing::debug!(job_id = %self.job_id, %status, "coordinator unreachable; retrying");
-                    failures += 1;
-                    let delay = backoff::backoff(RECONNECT_FIRST, RECONNECT_MAX, failures);
-                    tokio::time::sleep(backoff::jittered(delay)).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// Returns whether the job was cancelled.
-    async fn progress(&self, progress: Progress) -> Result<bool, tonic::Status> {
-        let request = pb::ReportProgressRequest {
-            worker_id: self.worker_id.clone(),
-            job_id: self.job_id.clone(),
-            attempt: self.attempt,
-            progress: Some((&progress).into()),
-        };
-        // Progress is not retried: the next report carries newer figures anyway.
-        let response = self.client.clone().report_progress(request).await?;
-        Ok(response.get_ref().cancelled)
-    }
-
-    async fn checkpoint(&self, checkpoint: pb::Checkpoint) -> Result<(), tonic::Status> {
-        let request = pb::SaveCheckpointRequest {
-            worker_id: self.worker_id.clone(),
-            job_id: self.job_id.clone(),
-            attempt: self.attempt,
-            checkpoint: Some(checkpoint),
-        };
-        self.retrying(|mut client| {
-            let request = request.clone();
-            async move { client.save_checkpoint(request).await }
-        })
-        .await?;
-        Ok(())
-    }
-
-    async fn complete_with(
-        &self,
-        result: pb::complete_job_request::Result,
-        retryable: bool,
-        output: &Path,
-    ) -> Result<()> {
-        let request = pb::CompleteJobRequest {
-            worker_id: self.worker_id.clone(),
-            job_id: self.job_id.clone(),
-            attempt: self.attempt,
-            result: Some(result),
-            retryable,
-        };
-        let completed = self
-            .retrying(|mut client| {
-                let request = request.clone();
-                async move { client.complete_job(request).await }
-            })
-            .await;
-        match completed {
-            Ok(response) => {
-                let state = response
-                    .get_ref()
-                    .job
-                    .as_ref()
-                    .map(|job| job.state())
-                    .unwrap_or_default();
-                tracing::info!(job_id = %self.job_id, state = ?state, "job completed");
-            }
-            Err(status) if status.code() == Code::FailedPrecondition => {
-                tracing::warn!(job_id = %self.job_id, %status, "result refused: the lease was lost");
-            }
-            Err(status) => return Err(status.into()),
-        }
-        // The coordinator has copied what it keeps; a refused result is not kept.
-        let _ = tokio::fs::remove_file(output).await;
-        Ok(())
-    }
-}
-
-/// The worker's view of an assignment, with every blob it needs in the local cache;
-/// refuses one it cannot run.
-async fn training_job(cache: &Cache, assignment: &pb::Assignment) -> Result<TrainingJob> {
-    let invalid = |what: &str| Error::InvalidJob(format!("assignment: {what}"));
-    let spec = assignment.spec.as_ref().ok_or_else(|| invalid("no spec"))?;
-    let architecture = assignment
-        .architecture
-        .as_ref()
-        .ok_or_else(|| invalid("no architecture"))?
-        .to_spec("architecture")
-        .map_err(|err| invalid(&err.to_string()))?;
-    let hyperparameters = spec
-        .hyperparameters
-        .unwrap_or_default()
-        .resolve("hyperparameters")
-        .map_err(|err| invalid(&err.to_string()))?;
-    let tensors = assignment
-        .tensors
-        .iter()
-        .map(|tensor| {
-            let origin = usize::try_from(tensor.parent_index)
-                .ok()
-                .map(|parent| Origin {
-                    parent,
-                    tensor: tensor.source_name.clone(),
-                });
-            TensorPlan {
-                name: tensor.name.clone(),
-                origin,
-                trainable: tensor.trainable,
-            }
-        })
-        .collect();
-    let adjustment = assignment
-        .adjustment
-        .and_then(|a| a.kind)
-        .map(|kind| match kind {
-            pb::adjustment::Kind::Interpolate(alpha) => Adjustment::Interpolate { alpha },
-            pb::adjustment::Kind::Scale(factor) => Adjustment::Scale { factor },
-            pb::adjustment::Kind::WiseFt(alpha) => Adjustment::WiseFt { alpha },
-        });
-    let mut parents = Vec::new();
-    for parent in &assignment.parents {
-        parents.push(fetch_weights(cache, &parent.tensors).await?);
-    }
-    let dataset = match assignment.dataset_sha256.as_str() {
-        "" => None,
-        sha256 => Some(cache.fetch(sha256).await?),
-    };
-    let program = match &architecture {
-        Architecture::Torchscript(script) => Some(cache.fetch(&script.program_sha256).await?),
-        _ => None,
-    };
-    let resume = match &assignment.checkpoint {
-        Some(checkpoint) => Some(Resume {
-            weights: fetch_weights(cache, &checkpoint.tensors).await?,
-            position: Position {
-                step: checkpoint.step,
-                loss_sum: checkpoint.loss_sum,
-                correct: checkpoint.correct,
-            },
-        }),
-        None => None,
-    };
-    Ok(TrainingJob {
-        architecture,
-        hyperparameters,
-        tensors,
-        parents,
-        adjustment,
-        dataset,
-        program,
-        resume,
-        checkpoint_every: assignment.checkpoint_every,
-    })
-}
-
-/// Weights tensor by tensor, every blob in the local cache.
-async fn fetch_weights(cache: &Cache, tensors: &[pb::ManifestTensor]) -> Result<Weights> {
-    let mut blobs = Vec::new();
-    for tensor in tensors {
-        blobs.push(Blob {
-            name: tensor.name.clone(),
-            dtype: tensor.dtype.clone(),
-            shape: tensor.shape.iter().map(|&d| d as i64).collect(),
-            sha256: tensor.sha256.clone(),
-            path: cache.fetch(&tensor.sha256).await?,
-        });
-    }
-    Ok(Weights::Blobs(blobs))
-}
-
-/// Uploads the tensors the coordinator lacks, then describes every tensor: its hash,
-/// dtype, shape and provenance claim.
-async fn job_output(
-    cache: &Cache,
-    path: &Path,
-    metrics: Option<train::Metrics>,
-    assignment: &pb::Assignment,
-    job: &TrainingJob,
-) -> Result<pb::JobOutput> {
-    let bytes = bytes::Bytes::from(tokio::fs::read(path).await?);
-    let hashes =
-        tensor_hashes("weights", &bytes).map_err(|err| Error::InvalidJob(err.to_string()))?;
-    let mut blobs = Vec::new();
-    let mut tensors = Vec::new();
-    for HashedTensor {
-        info,
-        sha256,
-        range,
-    } in hashes
-    {
-        let plan = job
-            .tensors
-            .iter()
-            .find(|t| t.name == info.name)
-            .ok_or_else(|| {
-                Error::InvalidJob(format!("wrote {} which the plan lacks", info.name))
-            })?;
-        let (origin_model_id, origin_tensor) = match &plan.origin {
-            Some(origin) => (
-                assignment.parents[origin.parent].model_id.clone(),
-                origin.tensor.clone(),
-            ),
-            None => (String::new(), String::new()),
-        };
-        let status = match plan.status(job.adjustment, &info.dtype) {
-            TensorStatus::Inherited => pb::TensorStatus::Inherited,
-            TensorStatus::Trained => pb::TensorStatus::Trained,
-            TensorStatus::New => pb::TensorStatus::New,
-            TensorStatus::Interpolated => pb::TensorStatus::Interpolated,
-        };
-        blobs.push((sha256.clone(), bytes.slice(range)));
-        tensors.push(pb::TensorProvenance {
-            name: info.name,
-            sha256,
-            status: status as i32,
-            origin_model_id,
-            origin_tensor,
-            dtype: info.dtype,
-            shape: info.shape.iter().map(|&d| d as u64).collect(),
-            ..Default::default()
-        });
-    }
-    let moved = cache.upload(&blobs).await?;
-    // What this worker made, it has: a fine-tune of it later downloads nothing.
-    cache.keep(&blobs).await?;
-    tracing::info!(job_id = %assignment.job_id, uploaded_bytes = moved, "weights uploaded");
-    Ok(pb::JobOutput {
-        metrics: metrics.as_ref().map(pb::Metrics::from),
-        tensors,
-    })
 }

@@ -5,8 +5,8 @@
 
 use crate::error::{Error, Result};
 use bytes::Bytes;
-use heirloom_proto::connection::Connection;
-use heirloom_proto::transfer::upload_missing;
+use heirloom_client::connection::Connection;
+use heirloom_client::transfer::upload_missing;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
 use sha2::{Digest, Sha256};
@@ -46,7 +46,7 @@ impl Cache {
     /// Where a blob lives in the cache. Its name must be a sha256: an assignment that
     /// names anything else (a path) is refused before it touches the file system.
     fn blob_path(&self, sha256: &str) -> Result<PathBuf> {
-        heirloom_spec::limits::check_sha256("blob", sha256)
+        heirloom_core::limits::check_sha256("blob", sha256)
             .map_err(|err| Error::InvalidJob(err.to_string()))?;
         Ok(self.root.join("blobs").join(sha256))
     }

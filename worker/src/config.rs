@@ -1,7 +1,7 @@
 //! The worker's settings, from flags, `HEIRLOOM_*` environment variables and a settings
-//! file, in that order (`heirloom_proto::settings`); every key is in docs/CONFIGURATION.md.
+//! file, in that order (`heirloom_client::settings`); every key is in docs/CONFIGURATION.md.
 
-use heirloom_proto::connection::ConnectArgs;
+use heirloom_client::connection::ConnectArgs;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -65,6 +65,6 @@ mod tests {
     #[test]
     fn the_configuration_reference_lists_every_setting() {
         let docs = include_str!("../../docs/CONFIGURATION.md");
-        heirloom_proto::settings::check_documented::<super::Config>(docs).unwrap();
+        heirloom_client::settings::check_documented::<super::Config>(docs).unwrap();
     }
 }

@@ -1,4 +1,4 @@
-use heirloom_proto::settings;
+use heirloom_client::settings;
 use heirloom_worker::{Config, agent};
 
 #[tokio::main]

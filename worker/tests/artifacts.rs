@@ -2,7 +2,7 @@
 //! resumable, and refused when a stored blob is corrupted. Every test runs twice: on a
 //! local directory and on an S3-compatible server (moto, started by `scripts/test.sh`).
 
-mod support;
+use heirloom_testing as support;
 
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
@@ -123,8 +123,8 @@ async fn an_upload_that_does_not_match_its_hash_is_refused_and_not_stored(backen
     let cluster = Cluster::coordinator_on(backend).await;
     let mut client = ArtifactServiceClient::new(cluster.channel.clone());
     let data = b"the bytes of a tensor".to_vec();
-    let honest = heirloom_spec::sha256_hex(&data);
-    let claimed = heirloom_spec::sha256_hex(b"other bytes");
+    let honest = heirloom_core::sha256_hex(&data);
+    let claimed = heirloom_core::sha256_hex(b"other bytes");
     let chunk = |sha256: &str, offset: u64, data: &[u8], last: bool| pb::UploadBlobsRequest {
         sha256: sha256.into(),
         offset,
@@ -200,7 +200,7 @@ async fn garbage_collection_deletes_only_what_nothing_references_or_holds(backen
         .await;
     let mut client = ArtifactServiceClient::new(cluster.channel.clone());
     let upload = |data: &[u8]| pb::UploadBlobsRequest {
-        sha256: heirloom_spec::sha256_hex(data),
+        sha256: heirloom_core::sha256_hex(data),
         offset: 0,
         data: data.to_vec().into(),
         last: true,
@@ -214,7 +214,7 @@ async fn garbage_collection_deletes_only_what_nothing_references_or_holds(backen
     let awaited = b"a tensor a running job will claim".to_vec();
     client
         .missing_blobs(pb::MissingBlobsRequest {
-            sha256: vec![heirloom_spec::sha256_hex(&awaited)],
+            sha256: vec![heirloom_core::sha256_hex(&awaited)],
         })
         .await
         .unwrap();
@@ -237,7 +237,9 @@ async fn garbage_collection_deletes_only_what_nothing_references_or_holds(backen
     };
     // Young blobs are spared by default: they may belong to a job still running.
     assert_eq!(collect(0, false).await.deleted_blobs, 0);
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    cluster
+        .wait_until_blobs_are(std::time::Duration::from_secs(1))
+        .await;
     let dry = collect(1, true).await;
     assert_eq!(
         (dry.deleted_blobs, dry.deleted_bytes),
@@ -259,7 +261,7 @@ async fn a_model_of_any_size_is_imported_from_uploaded_tensors(backend: Backend)
     let mut manifest = Vec::new();
     let mut chunks = Vec::new();
     for (name, view) in file.tensors() {
-        let sha256 = heirloom_spec::sha256_hex(view.data());
+        let sha256 = heirloom_core::sha256_hex(view.data());
         manifest.push(pb::ManifestTensor {
             name,
             dtype: "f32".into(),
@@ -327,7 +329,7 @@ async fn a_model_of_any_size_is_imported_from_uploaded_tensors(backend: Backend)
 async fn a_dataset_uploaded_first_is_registered_by_its_hash(backend: Backend) {
     let cluster = Cluster::coordinator_on(backend).await;
     let content = blobs(0..3, 10, 7);
-    let sha256 = heirloom_spec::sha256_hex(&content);
+    let sha256 = heirloom_core::sha256_hex(&content);
     let register = |sha256: &str| pb::RegisterDatasetRequest {
         name: "uploaded".into(),
         content: Default::default(),
@@ -348,14 +350,15 @@ async fn a_dataset_uploaded_first_is_registered_by_its_hash(backend: Backend) {
     let big = vec![0u8; 40 << 20];
     let blobs = [
         (sha256.clone(), bytes::Bytes::from(content.clone())),
-        (heirloom_spec::sha256_hex(&big), bytes::Bytes::from(big)),
+        (heirloom_core::sha256_hex(&big), bytes::Bytes::from(big)),
     ];
-    let sent = heirloom_proto::transfer::upload_missing(cluster.channel.clone(), &blobs, |_, _| {})
-        .await
-        .unwrap();
+    let sent =
+        heirloom_client::transfer::upload_missing(cluster.channel.clone(), &blobs, |_, _| {})
+            .await
+            .unwrap();
     assert_eq!(sent, (content.len() + (40 << 20)) as u64);
     let again =
-        heirloom_proto::transfer::upload_missing(cluster.channel.clone(), &blobs, |_, _| {})
+        heirloom_client::transfer::upload_missing(cluster.channel.clone(), &blobs, |_, _| {})
             .await
             .unwrap();
     assert_eq!(again, 0, "stored blobs are not sent again");
@@ -384,5 +387,5 @@ async fn a_dataset_uploaded_first_is_registered_by_its_hash(backend: Backend) {
     while let Some(chunk) = stream.message().await.unwrap() {
         downloaded.extend_from_slice(&chunk.data);
     }
-    assert_eq!(heirloom_spec::sha256_hex(&downloaded), blobs[1].0);
+    assert_eq!(heirloom_core::sha256_hex(&downloaded), blobs[1].0);
 }

@@ -4,7 +4,7 @@
 //! that fit them. Real worker processes where a worker is killed; a scripted worker over
 //! gRPC where the test must control exactly what a worker says. Leases last 3 s here.
 
-mod support;
+use heirloom_testing as support;
 
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
@@ -43,18 +43,16 @@ fn short_training(name: &str, dataset_id: &str) -> pb::JobSpec {
 
 /// Polls until the job's last checkpoint is past step 0; returns that step.
 async fn wait_for_checkpoint(cluster: &Cluster, job_id: &str) -> u64 {
-    for _ in 0..1200 {
+    let what = format!("job {job_id} checkpoints");
+    support::wait_for(Duration::from_secs(60), &what, || async {
         let job = cluster.job(job_id).await;
         assert!(
             !matches!(job.state(), pb::JobState::Succeeded | pb::JobState::Failed),
             "the job ended before it could be interrupted: make it longer"
         );
-        if job.checkpoint_step > 0 {
-            return job.checkpoint_step;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("job {job_id} never checkpointed");
+        (job.checkpoint_step > 0).then_some(job.checkpoint_step)
+    })
+    .await
 }
 
 /// The total steps a run without faults takes, as the job's progress announced it.
@@ -134,7 +132,7 @@ async fn a_draining_worker_checkpoints_and_hands_its_job_back() {
         .execute(&cluster.pool)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    cluster.wait_until_blobs_are(Duration::from_secs(1)).await;
     ArtifactServiceClient::new(cluster.channel.clone())
         .collect_garbage(pb::CollectGarbageRequest {
             min_age_seconds: 1,
@@ -252,8 +250,8 @@ async fn a_stale_attempt_is_refused_and_writes_nothing() {
     assert_eq!(fresh.attempt, stale.attempt + 1);
     // A well-formed checkpoint, its one tensor stored: only the token is wrong.
     let bias = 0.5f32.to_le_bytes().to_vec();
-    let bias_sha256 = heirloom_spec::sha256_hex(&bias);
-    heirloom_proto::transfer::upload_missing(
+    let bias_sha256 = heirloom_core::sha256_hex(&bias);
+    heirloom_client::transfer::upload_missing(
         cluster.channel.clone(),
         &[(bias_sha256.clone(), bias.into())],
         |_, _| {},
@@ -596,7 +594,15 @@ async fn a_real_worker_takes_only_jobs_its_labels_fit() {
         .into_inner()
         .job
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A job it fits, queued after the zoned one: once the zone-b worker has taken it, it
+    // has had its chance at the zoned job.
+    let unzoned = cluster.submit(short_training("unzoned", &dataset.id)).await;
+    support::wait_until(
+        Duration::from_secs(60),
+        "the zone-b worker takes the job it fits",
+        || async { cluster.job(&unzoned.id).await.state() != pb::JobState::Queued },
+    )
+    .await;
     assert_eq!(
         cluster.job(&job.id).await.state(),
         pb::JobState::Queued,

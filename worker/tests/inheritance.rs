@@ -1,7 +1,7 @@
 //! Every inheritance method end to end through a real worker, with the tensor provenance
 //! the coordinator verified and recorded.
 
-mod support;
+use heirloom_testing as support;
 
 use heirloom_proto::v1 as pb;
 use support::{Cluster, blobs, floats, hyperparameters, mlp};

@@ -1,6 +1,6 @@
 //! Job life cycle through a real worker: cancellation, idempotent submission, priorities.
 
-mod support;
+use heirloom_testing as support;
 
 use heirloom_proto::v1 as pb;
 use std::time::Duration;
@@ -18,13 +18,11 @@ fn train(name: &str, dataset_id: &str, epochs: u32) -> pb::JobSpec {
 }
 
 async fn wait_until_running(cluster: &Cluster, job_id: &str) {
-    for _ in 0..600 {
-        if cluster.job(job_id).await.state() == pb::JobState::Running {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("job {job_id} never started running");
+    let what = format!("job {job_id} runs");
+    support::wait_until(Duration::from_secs(30), &what, || async {
+        cluster.job(job_id).await.state() == pb::JobState::Running
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,12 @@
 //! A worker that lies about provenance: the test plays the worker over real gRPC, and
 //! the coordinator must fail each job with the reason and write no model.
 
-mod support;
+use heirloom_testing as support;
 
+use heirloom_core::sha256_hex;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
 use heirloom_proto::v1::worker_service_client::WorkerServiceClient;
-use heirloom_spec::sha256_hex;
 use support::{Cluster, blobs, hyperparameters, mlp};
 
 /// An MLP 64 → 8 → 5 where every value of a tensor is its fill.

@@ -2,10 +2,10 @@
 //! installs): torchvision's state dicts are Heirloom's, and a ResNet-18 made by PyTorch,
 //! fine-tuned by the worker, loads back into torchvision with the same logits.
 
-mod support;
+use heirloom_testing as support;
 
+use heirloom_core::Architecture;
 use heirloom_proto::v1 as pb;
-use heirloom_spec::Architecture;
 use std::path::Path;
 use std::process::Command;
 use support::Cluster;
@@ -271,7 +271,7 @@ async fn torchscript_module_is_finetuned_and_used_as_a_frozen_feature_extractor(
                 .architecture
                 .as_ref()
                 .unwrap()
-                .to_spec("architecture")
+                .to_core("architecture")
                 .unwrap(),
         )
         .unwrap();

@@ -1,8 +1,13 @@
+//! The `datasets` table: registering a dataset as the next version of its name (the same
+//! content twice under one name is refused) and finding one by id or `name[@version]`.
+//! Never builds a prost message and never reads a dataset's bytes (`artifacts` does).
+
 use super::Db;
+use super::is_unique_violation;
 use crate::domain::Dataset;
-use crate::error::{Error, Result, is_unique_violation};
+use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
-use heirloom_spec::DatasetStatistics;
+use heirloom_core::DatasetStatistics;
 use sqlx::types::Json;
 use uuid::Uuid;
 

@@ -6,13 +6,14 @@
 //! models trained on a dataset, and `model_tensors`' primary key (model_id, name) follows
 //! a tensor to its origin. Every walk keeps each (model, depth) pair once (`UNION`), so a
 //! diamond is not walked twice at the same depth; the graph is acyclic by construction,
-//! so every walk ends.
+//! so every walk ends. Never builds a prost message; pages and graphs become messages in
+//! `grpc/convert.rs`.
 
 use super::Db;
 use crate::domain::Model;
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
-use heirloom_spec::TensorStatus;
+use heirloom_core::TensorStatus;
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 

@@ -1,18 +1,22 @@
 //! Everything that speaks SQL. Each file owns the queries of one table group; the rest of
 //! the coordinator sees domain types only. State changes of a job and the event that
 //! records them are always written in one transaction, followed by a NOTIFY that wakes
-//! dispatchers and watchers on every coordinator replica.
+//! dispatchers and watchers on every coordinator replica. Never builds or reads a prost
+//! message.
 
 mod datasets;
 mod jobs;
 mod lineage;
 mod models;
+mod queue;
 mod recipes;
 mod tokens;
 mod workers;
 
-pub use jobs::{Claimed, NewModel, Submission};
+pub use jobs::Submission;
 pub use lineage::{BlameStep, Graph, Page};
+pub use models::CollectionLock;
+pub use queue::{Claimed, NewModel};
 pub use recipes::NewRecipe;
 pub use tokens::TokenRecord;
 
@@ -69,10 +73,10 @@ fn check_reference(reference: &str) -> crate::Result<()> {
             "give a model or dataset by name or id".into(),
         ));
     }
-    heirloom_spec::limits::check_length(
+    heirloom_core::limits::check_length(
         "reference",
         reference,
-        heirloom_spec::limits::MAX_REFERENCE_BYTES,
+        heirloom_core::limits::MAX_REFERENCE_BYTES,
     )?;
     Ok(())
 }
@@ -90,5 +94,15 @@ fn split_version<'a>(what: &str, reference: &'a str) -> crate::Result<(&'a str, 
             Ok((name, Some(version)))
         }
         None => Ok((reference, None)),
+    }
+}
+
+/// Is this the unique-violation SQLSTATE (23505) on the named constraint?
+fn is_unique_violation(error: &sqlx::Error, constraint: &str) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            db.code().as_deref() == Some("23505") && db.constraint() == Some(constraint)
+        }
+        _ => false,
     }
 }

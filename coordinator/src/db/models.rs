@@ -1,21 +1,38 @@
+//! The `models` table and what hangs off it: inserting an imported model with its
+//! tensors, finding models, their parents, tensors and manifests; and the blob references
+//! garbage collection and MissingBlobs' holds rely on. Never builds a prost message and
+//! never touches a blob's bytes (`artifacts` does).
+
+use super::is_unique_violation;
 use super::{Db, check_reference};
 use crate::artifacts::ManifestEntry;
 use crate::domain::{
     DatasetRef, Metrics, Model, ParentEdge, RecipeRef, Relation, TensorProvenance, TensorRecord,
 };
-use crate::error::{Error, Result, is_unique_violation};
+use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
-use heirloom_spec::{Architecture, TensorInfo, TensorStatus};
+use heirloom_core::{Architecture, TensorInfo, TensorStatus};
 use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use uuid::Uuid;
 
-/// The advisory lock a garbage collection holds exclusively and MissingBlobs shares.
 /// Rows of `model_tensors` written by one INSERT.
 const TENSORS_PER_STATEMENT: usize = 5_000;
+/// The advisory lock a garbage collection holds exclusively and MissingBlobs shares.
 const GARBAGE_COLLECTION_LOCK: i64 = 0x6865_6972_6c6f_6f6d; // "heirloom"
+
+/// The garbage collection lock, held from [`Db::begin_garbage_collection`] until
+/// [`CollectionLock::release`] (or until dropped, which also releases it).
+pub struct CollectionLock(sqlx::Transaction<'static, sqlx::Postgres>);
+
+impl CollectionLock {
+    /// Ends the collection, committing the expired holds it dropped.
+    pub async fn release(self) -> Result<()> {
+        Ok(self.0.commit().await?)
+    }
+}
 
 #[derive(sqlx::FromRow)]
 pub(super) struct ModelRow {
@@ -173,9 +190,7 @@ impl Db {
     /// Starts a garbage collection: takes the collection lock (MissingBlobs waits while
     /// it is held), drops expired holds, and returns every blob that the lineage or an
     /// unfinished job's checkpoint references, or that a hold keeps. The lock lasts until the transaction ends.
-    pub async fn begin_garbage_collection(
-        &self,
-    ) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, HashSet<String>)> {
+    pub async fn begin_garbage_collection(&self) -> Result<(CollectionLock, HashSet<String>)> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(GARBAGE_COLLECTION_LOCK)
@@ -197,7 +212,10 @@ impl Db {
         )
         .fetch_all(&mut *tx)
         .await?;
-        Ok((tx, rows.into_iter().filter_map(|(sha,)| sha).collect()))
+        Ok((
+            CollectionLock(tx),
+            rows.into_iter().filter_map(|(sha,)| sha).collect(),
+        ))
     }
 
     /// Holds these blobs from garbage collection for `duration` (waiting out a

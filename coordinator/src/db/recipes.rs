@@ -1,7 +1,13 @@
+//! The `recipes` table: inserting version 1 of a name or the next version of one,
+//! finding a recipe by id or `name[@version]`, walking a recipe's family and the models
+//! made with it. Never builds a prost message; never parses or merges a recipe body
+//! (`crate::recipes` does).
+
 use super::models::ModelRow;
 use super::{Db, check_reference, split_version};
 use crate::domain::{JobKind, Model, RecipeRecord, RecipeRef};
-use crate::error::{Error, Result, is_unique_violation};
+use super::is_unique_violation;
+use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;

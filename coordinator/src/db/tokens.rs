@@ -1,6 +1,11 @@
+//! The `tokens` table: creating, listing and revoking tokens, and the look-up that turns a
+//! secret's hash into a caller. Stores and compares hashes only: never a secret, and
+//! never builds a prost message; who may do what is `auth.rs`'s table.
+
 use super::Db;
-use crate::auth::{Caller, Role};
-use crate::error::{Error, Result, is_unique_violation};
+use super::is_unique_violation;
+use crate::domain::{Caller, Role};
+use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -96,7 +101,7 @@ impl Db {
     pub async fn caller(
         &self,
         secret_sha256: &str,
-    ) -> Result<Option<(Caller, Option<DateTime<Utc>>)>, sqlx::Error> {
+    ) -> Result<Option<(Caller, Option<DateTime<Utc>>)>> {
         let row: Option<(Uuid, String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
             "SELECT id, name, role, expires_at FROM tokens
              WHERE secret_sha256 = $1 AND revoked_at IS NULL

@@ -1,3 +1,7 @@
+//! The `workers` table: registering (and re-registering) a worker under its token, who
+//! owns which worker, and which blobs a token's leased jobs need. Never builds a prost
+//! message; leases themselves live in `queue.rs`.
+
 use super::Db;
 use crate::domain::Device;
 use crate::error::{Error, Result};

@@ -3,6 +3,7 @@
 //! relation, every node a link to its model.
 
 use super::html::esc;
+use crate::domain::Relation;
 use std::collections::HashMap;
 use std::fmt::Write;
 use uuid::Uuid;
@@ -26,15 +27,17 @@ const GAP_X: f64 = 40.0;
 const GAP_Y: f64 = 70.0;
 
 /// The colour of each relation, also used by the legend and the stylesheet.
-pub fn relation_colour(relation: &str) -> &'static str {
+pub fn relation_colour(relation: Relation) -> &'static str {
     match relation {
-        "finetune" => "#d97706",
-        "transfer" => "#2563eb",
-        "direct" => "#7c3aed",
-        "module" => "#059669",
-        _ => "#6b7280",
+        Relation::Finetune => "#d97706",
+        Relation::Transfer => "#2563eb",
+        Relation::Direct => "#7c3aed",
+        Relation::Module => "#059669",
     }
 }
+
+/// The colour of an edge whose relation this build does not know.
+const UNKNOWN_RELATION_COLOUR: &str = "#6b7280";
 
 /// Rows by longest path from the roots of the drawn subgraph.
 fn generations(nodes: &[Node], edges: &[Edge]) -> HashMap<Uuid, usize> {
@@ -202,7 +205,8 @@ pub fn svg(nodes: &[Node], edges: &[Edge], focus: Uuid) -> String {
         }
         // The label sits halfway down the first stretch, beside it.
         let ((ax, ay), (bx, by)) = (points[0], points[1]);
-        let colour = relation_colour(&edge.relation);
+        let colour =
+            Relation::parse(&edge.relation).map_or(UNKNOWN_RELATION_COLOUR, relation_colour);
         let _ = write!(
             out,
             "<g class=\"edge\" data-relation=\"{relation}\" data-parent=\"{}\" data-child=\"{}\">\

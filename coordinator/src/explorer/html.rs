@@ -62,7 +62,7 @@ pub fn page(title: &str, active: &str, body: &str) -> String {
     )
 }
 
-pub use heirloom_proto::display::bytes;
+pub use heirloom_client::display::bytes;
 
 #[cfg(test)]
 mod tests {

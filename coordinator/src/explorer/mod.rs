@@ -12,9 +12,11 @@ mod html;
 mod pages;
 
 use crate::Services;
-use crate::auth::{Role, caller_for, secret_sha256};
+use crate::auth::{caller_for, secret_sha256};
+use crate::error::{Error, StartupError};
+use crate::domain::Role;
 use axum::extract::{Form, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -27,28 +29,26 @@ use tokio_util::sync::CancellationToken;
 
 const COOKIE: &str = "heirloom_token";
 
-/// Serves the explorer on `listener` until `shutdown`; over TLS with this certificate
-/// and key when given.
+/// Serves the explorer on `listener`, bound by the caller, until `shutdown`; over TLS
+/// when given an acceptor ([`tls`]).
 pub async fn serve(
     services: Services,
     listener: TcpListener,
-    tls: Option<(&Path, &Path)>,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let secure = tls.is_some();
-    let app = router(services, secure);
+) -> std::io::Result<()> {
+    let app = router(services, tls.is_some());
     match tls {
-        None => axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .map_err(Into::into),
-        Some((cert, key)) => {
-            let acceptor = TlsAcceptor::from(Arc::new(server_config(cert, key)?));
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+        Some(acceptor) => {
             let listener = TlsListener::new(listener, acceptor)?;
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
                 .await
-                .map_err(Into::into)
         }
     }
 }
@@ -101,10 +101,17 @@ fn token_of(headers: &HeaderMap) -> Option<String> {
         .map(|(_, value)| value.to_string())
 }
 
+/// A refusal as plain text (for scripts and streams; pages render theirs), with the HTTP
+/// status its [`Error`] maps to.
+fn refusal(error: Error) -> Response {
+    (error.http_status(), error.public_message()).into_response()
+}
+
 /// Is this a token of someone who may read (not a worker's)? `None`: the database is away.
 async fn may_read(services: &Services, token: &str) -> Option<bool> {
     let caller = caller_for(&services.db, &services.tokens, &secret_sha256(token))
         .await
+        .inspect_err(|err| tracing::warn!(error = %err, "explorer: cannot check a token"))
         .ok()?;
     Some(caller.is_some_and(|caller| caller.role != Role::Worker))
 }
@@ -120,11 +127,9 @@ async fn require_reader(
     match may_read(&services, &token).await {
         Some(true) => next.run(request).await,
         Some(false) => to_login(&request),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the database is unreachable; retry in a moment",
-        )
-            .into_response(),
+        None => refusal(Error::Unavailable(
+            "the database is unreachable; retry in a moment".into(),
+        )),
     }
 }
 
@@ -132,7 +137,7 @@ async fn require_reader(
 fn to_login(request: &Request) -> Response {
     let path = request.uri().path();
     if path.ends_with("/stream") || path.ends_with("/chart") {
-        return (StatusCode::UNAUTHORIZED, "log in first").into_response();
+        return refusal(Error::Unauthenticated("log in first".into()));
     }
     let next = request.uri().path_and_query().map_or("/", |p| p.as_str());
     Redirect::to(&format!("/login?next={}", html::url_encode(next))).into_response()
@@ -170,7 +175,7 @@ async fn login(
             Some("That token is unknown, revoked, expired, or a worker's: use a reader, submitter or admin token (`heirloom token create NAME --role reader`)."),
         )
         .into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, "the database is unreachable").into_response(),
+        None => refusal(Error::Unavailable("the database is unreachable".into())),
     }
 }
 
@@ -196,22 +201,36 @@ async fn script() -> impl IntoResponse {
     )
 }
 
-fn server_config(cert: &Path, key: &Path) -> anyhow::Result<rustls::ServerConfig> {
+/// The explorer's TLS: the coordinator's certificate and key, HTTP/1.1 only.
+pub fn tls(cert: &Path, key: &Path) -> Result<TlsAcceptor, StartupError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let setting = |flag: &str, path: &Path, err: &dyn std::fmt::Display| {
+        StartupError::Setting(format!("{flag} {}: {err}", path.display()))
+    };
     let certificates = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|err| anyhow::anyhow!("--tls-cert {}: {err}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|err| anyhow::anyhow!("--tls-key {}: {err}", key.display()))?;
+        .map_err(|err| setting("--tls-cert", cert, &err))?;
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|err| setting("--tls-key", key, &err))?;
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
-    .with_safe_default_protocol_versions()?
-    .with_no_client_auth()
-    .with_single_cert(certificates, key)?;
+    .with_safe_default_protocol_versions()
+    .and_then(|builder| {
+        builder
+            .with_no_client_auth()
+            .with_single_cert(certificates, key_der)
+    })
+    .map_err(|err| {
+        StartupError::Setting(format!(
+            "--tls-cert {} with --tls-key {}: {err}",
+            cert.display(),
+            key.display()
+        ))
+    })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// TCP connections that become TLS ones. Handshakes run concurrently, each on a task of

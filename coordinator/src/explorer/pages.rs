@@ -4,11 +4,10 @@
 use super::graph;
 use super::html::{bytes, esc, page, url_encode};
 use crate::Services;
-use crate::domain::{Job, JobEventKind, JobState, Model, Progress};
+use crate::domain::{Job, JobEventKind, JobState, Model, Progress, Relation};
 use crate::error::Error;
 use crate::notifier::Notification;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use std::collections::HashMap;
@@ -26,14 +25,8 @@ impl From<Error> for PageError {
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
-        let (status, message) = match &self.0 {
-            Error::NotFound(message) => (StatusCode::NOT_FOUND, message.clone()),
-            Error::InvalidArgument(message) => (StatusCode::BAD_REQUEST, message.clone()),
-            other => {
-                tracing::error!(error = %other, "explorer: internal error");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
-            }
-        };
+        // The status and the message the gRPC services would answer with.
+        let (status, message) = (self.0.http_status(), self.0.public_message());
         let body = format!(
             "<h1>{}</h1><p class=\"error\">{}</p><p><a href=\"/\">all models</a></p>",
             status.as_u16(),
@@ -137,7 +130,7 @@ pub async fn models(State(services): State<Services>) -> PageResult {
          <th>dataset</th><th>accuracy</th><th>created</th></tr></thead><tbody>",
         models.len(),
         options(&kinds),
-        options(&["finetune", "transfer", "direct", "module"]),
+        options(&Relation::ALL.map(Relation::as_str)),
     );
     for model in &models {
         let _ = write!(
@@ -339,12 +332,13 @@ pub async fn graph(
             format!("<option value=\"{d}\"{selected}>{d}</option>")
         })
         .collect();
-    let legend: String = ["finetune", "transfer", "direct", "module"]
+    let legend: String = Relation::ALL
         .iter()
-        .map(|r| {
+        .map(|&r| {
             format!(
-                "<span class=\"legend-item\"><span class=\"swatch\" style=\"background:{}\"></span>{r}</span>",
-                graph::relation_colour(r)
+                "<span class=\"legend-item\"><span class=\"swatch\" style=\"background:{}\"></span>{}</span>",
+                graph::relation_colour(r),
+                r.as_str()
             )
         })
         .collect();
@@ -433,7 +427,12 @@ pub async fn job_stream(State(services): State<Services>) -> Response {
     let stream = async_stream(move |sender| async move {
         use tokio::sync::broadcast::error::RecvError;
         loop {
-            let job_id = match notifications.recv().await {
+            // The browser reconnects on its own; the server must not wait for it to stop.
+            let received = tokio::select! {
+                _ = services.stopping.cancelled() => return,
+                received = notifications.recv() => received,
+            };
+            let job_id = match received {
                 Ok(Notification::JobEvent(id)) => id,
                 Ok(_) => continue,
                 Err(RecvError::Lagged(_)) => continue,

@@ -1,6 +1,11 @@
+//! ArtifactService: exports, blob downloads and uploads, MissingBlobs and garbage
+//! collection, streaming the store's chunks as response messages. Builds only its own
+//! `*Response` messages (chunks are bytes); never speaks SQL (it asks `Db`) and never
+//! touches the store's files (it asks `Artifacts`).
+
 use crate::Services;
 use crate::artifacts::{Chunks, Upload, check_sha256};
-use crate::auth::{Caller, Role};
+use crate::domain::{Caller, Role};
 use crate::error::Error;
 use futures::StreamExt;
 use heirloom_proto::v1 as pb;
@@ -118,7 +123,7 @@ impl pb::artifact_service_server::ArtifactService for ArtifactApi {
             .artifacts
             .collect_garbage(&referenced, min_age, request.dry_run)
             .await?;
-        lock.commit().await.map_err(Error::from)?;
+        lock.release().await?;
         tracing::info!(
             deleted_blobs,
             deleted_bytes,

@@ -1,21 +1,31 @@
 //! The only place in the coordinator that touches prost types: protobuf messages to
-//! domain types (checking every field on the way in) and back.
+//! domain types (checking every field on the way in) and back, as `*_from_proto` and
+//! `*_to_proto` functions. Never speaks SQL and decides nothing: it checks and reshapes.
+//!
+//! The rule for the service files beside it (`tests/tidy.rs` checks it): a service names
+//! only its RPCs' `*Request` / `*Response` types and the generated `*_server` traits. It
+//! reads the fields of its own request, hands any nested message, enum or oneof to a
+//! function here, and builds its own response around what these functions return (plus
+//! plain strings, numbers and bytes). Every other message is built or read here, as is
+//! anything that encodes one (the submission fingerprint).
 
+use super::lineage::{GraphFormat, View};
 use crate::artifacts::ManifestEntry;
-use crate::auth::Role;
-use crate::db::TokenRecord;
-use crate::dispatch::{Assignment, ClaimedTensor};
+use crate::db::{BlameStep, Graph, Page, TokenRecord};
+use crate::dispatch::{Assignment, ClaimedTensor, Output};
+use crate::domain::Role;
 use crate::domain::{
-    Checkpoint, CheckpointTensor, DataShift, Dataset, Device, Job, JobAttempt, JobEvent,
+    Checkpoint, CheckpointTensor, DataShift, Dataset, Device, Job, JobAttempt, JobDraft, JobEvent,
     JobEventKind, JobKind, JobState, Metrics, Model, ModuleMapping, Progress, RecipeRecord,
-    RecipeRef, Relation, Requirements, TensorProvenance,
+    RecipeRef, Requirements, TensorProvenance,
 };
 use crate::error::{Error, Result};
-use crate::planning::{Check, JobDraft, Plan, RecipeSubmission};
-use crate::recipes::RecipeInputs;
+use crate::planning::{Check, Plan, RecipeSubmission};
+use crate::recipes::{Change, RecipeInputs};
 use chrono::{DateTime, SecondsFormat, Utc};
+use heirloom_core::{Adjustment, Architecture, Invalid, TensorInfo, limits};
 use heirloom_proto::v1 as pb;
-use heirloom_spec::{Adjustment, Architecture, Invalid, TensorInfo, TensorStatus, limits};
+use std::collections::HashMap;
 use uuid::Uuid;
 
 pub fn parse_id(field: &str, text: &str) -> Result<Uuid> {
@@ -42,7 +52,7 @@ pub fn architecture_from_proto(
     field: &str,
     proto: Option<pb::Architecture>,
 ) -> Result<Option<Architecture>> {
-    Ok(proto.map(|proto| proto.to_spec(field)).transpose()?)
+    Ok(proto.map(|proto| proto.to_core(field)).transpose()?)
 }
 
 /// A submission: a spec written out, or a recipe with the job's inputs.
@@ -123,20 +133,10 @@ pub fn job_request_from_proto(spec: Option<pb::JobSpec>) -> Result<JobRequest> {
 }
 
 fn job_draft_from_proto(spec: pb::JobSpec) -> Result<JobDraft> {
-    let kind = match pb::JobKind::try_from(spec.kind) {
-        Ok(pb::JobKind::Train) => JobKind::Train,
-        Ok(pb::JobKind::Finetune) => JobKind::Finetune,
-        Ok(pb::JobKind::Transfer) => JobKind::Transfer,
-        Ok(pb::JobKind::Direct) => JobKind::Direct,
-        Ok(pb::JobKind::Compose) => JobKind::Compose,
-        _ => {
-            return Err(Invalid::new(
-                "spec.kind",
-                "must be train, finetune, transfer, direct or compose",
-            )
-            .into());
-        }
-    };
+    let kind = pb::JobKind::try_from(spec.kind)
+        .ok()
+        .and_then(pb::JobKind::to_core)
+        .ok_or_else(|| Invalid::new("spec.kind", format!("must be {}", JobKind::names())))?;
     limits::check_count("spec.modules", spec.modules.len(), limits::MAX_MODULES)?;
     limits::check_count("spec.trainable", spec.trainable.len(), limits::MAX_PATTERNS)?;
     for (i, pattern) in spec.trainable.iter().enumerate() {
@@ -189,16 +189,6 @@ fn job_draft_from_proto(spec: pb::JobSpec) -> Result<JobDraft> {
     })
 }
 
-pub fn job_kind_to_proto(kind: JobKind) -> pb::JobKind {
-    match kind {
-        JobKind::Train => pb::JobKind::Train,
-        JobKind::Finetune => pb::JobKind::Finetune,
-        JobKind::Transfer => pb::JobKind::Transfer,
-        JobKind::Direct => pb::JobKind::Direct,
-        JobKind::Compose => pb::JobKind::Compose,
-    }
-}
-
 pub fn job_state_from_proto(field: &str, state: i32) -> Result<Option<JobState>> {
     Ok(match pb::JobState::try_from(state) {
         Ok(pb::JobState::Unspecified) => None,
@@ -224,13 +214,13 @@ pub fn job_state_to_proto(state: JobState) -> pb::JobState {
 }
 
 pub fn job_spec_to_proto(spec: &crate::domain::JobSpec) -> pb::JobSpec {
-    let parent = |index: usize| match spec.kind {
-        JobKind::Compose | JobKind::Train => String::new(),
-        _ => spec
-            .parents
-            .get(index)
-            .map(|id| id.to_string())
-            .unwrap_or_default(),
+    // Parents named by id fields; a compose job's are named by its modules.
+    let parent = |index: usize| {
+        let named = spec.kind.inputs().takes_parent();
+        match spec.parents.get(index) {
+            Some(id) if named => id.to_string(),
+            _ => String::new(),
+        }
     };
     let (alpha, scale) = match spec.adjustment {
         Some(Adjustment::Interpolate { alpha } | Adjustment::WiseFt { alpha }) => (alpha, 0.0),
@@ -238,7 +228,7 @@ pub fn job_spec_to_proto(spec: &crate::domain::JobSpec) -> pb::JobSpec {
         None => (0.0, 0.0),
     };
     pb::JobSpec {
-        kind: job_kind_to_proto(spec.kind) as i32,
+        kind: pb::JobKind::from(spec.kind) as i32,
         model_name: spec.model_name.clone(),
         dataset_id: spec.dataset_id.map(|id| id.to_string()).unwrap_or_default(),
         parent_id: parent(0),
@@ -330,6 +320,26 @@ pub fn recipe_to_proto(recipe: &RecipeRecord) -> pb::Recipe {
     }
 }
 
+/// One leaf of DiffRecipes: its path and each side's value as JSON (empty where absent).
+pub fn recipe_change_to_proto(change: Change) -> pb::RecipeChange {
+    let json =
+        |value: Option<serde_json::Value>| value.map(|value| value.to_string()).unwrap_or_default();
+    pb::RecipeChange {
+        path: change.path,
+        a_json: json(change.a),
+        b_json: json(change.b),
+    }
+}
+
+/// A model made with a recipe of the family asked about, `depth` derivations below it.
+pub fn recipe_model_to_proto(model: &Model, recipe: &RecipeRef, depth: u32) -> pb::RecipeModel {
+    pb::RecipeModel {
+        model: Some(model_to_proto(model)),
+        recipe: Some(recipe_ref_to_proto(recipe)),
+        depth,
+    }
+}
+
 /// A plan for PlanJob: each tensor with the status its provenance will record.
 pub fn plan_to_proto(plan: &Plan) -> pb::JobPlan {
     let Some(spec) = &plan.spec else {
@@ -339,7 +349,7 @@ pub fn plan_to_proto(plan: &Plan) -> pb::JobPlan {
             ..Default::default()
         };
     };
-    let shapes: std::collections::HashMap<String, heirloom_spec::TensorSpec> = spec
+    let shapes: std::collections::HashMap<String, heirloom_core::TensorSpec> = spec
         .architecture
         .parameters()
         .into_iter()
@@ -363,7 +373,9 @@ pub fn plan_to_proto(plan: &Plan) -> pb::JobPlan {
                 .map(|origin| (&plan.parents[origin.parent], &origin.tensor));
             pb::PlannedTensor {
                 name: tensor.name.clone(),
-                status: tensor_status_to_proto(tensor.status(spec.adjustment, shape.dtype)) as i32,
+                // Before the work its bytes are not known: taken as changed.
+                status: pb::TensorStatus::from(tensor.status(spec.adjustment, shape.dtype, false))
+                    as i32,
                 trainable: tensor.trainable,
                 origin_model_id: origin.map(|(m, _)| m.id.to_string()).unwrap_or_default(),
                 origin_model_name: origin.map(|(m, _)| m.name.clone()).unwrap_or_default(),
@@ -486,6 +498,51 @@ pub fn attempt_to_proto(attempt: &JobAttempt) -> pb::JobAttempt {
     }
 }
 
+/// A job with the history of its attempts, as GetJob answers.
+pub fn job_with_attempts_to_proto(job: &Job, attempts: &[JobAttempt]) -> pb::Job {
+    pb::Job {
+        attempts: attempts.iter().map(attempt_to_proto).collect(),
+        ..job_to_proto(job)
+    }
+}
+
+/// The sha256 of everything a submission asks for but its request id: a request id
+/// reused with a different fingerprint is refused.
+pub fn submission_fingerprint(
+    request: &pb::SubmitJobRequest,
+    requirements: &Requirements,
+) -> String {
+    use prost::Message;
+    // The requirements' labels are a map, which protobuf encodes in no fixed order: they
+    // go in as sorted JSON instead.
+    let rest = pb::SubmitJobRequest {
+        request_id: String::new(),
+        requirements: None,
+        ..request.clone()
+    };
+    let mut bytes = rest.encode_to_vec();
+    bytes.extend(serde_json::to_vec(requirements).expect("requirements serialize"));
+    heirloom_core::sha256_hex(&bytes)
+}
+
+/// An attempt number from a worker's request, as the database counts them.
+pub fn attempt_from_proto(value: u32) -> Result<i32> {
+    i32::try_from(value).map_err(|_| Invalid::new("attempt", "is out of range").into())
+}
+
+/// The (job, attempt) leases a heartbeat says its worker still holds.
+pub fn leases_from_proto(leases: &[pb::JobLease]) -> Result<Vec<(Uuid, i32)>> {
+    limits::check_count("leases", leases.len(), limits::MAX_LEASES_PER_HEARTBEAT)?;
+    leases
+        .iter()
+        .enumerate()
+        .map(|(i, lease)| {
+            let job_id = parse_id(&format!("leases[{i}].job_id"), &lease.job_id)?;
+            Ok((job_id, attempt_from_proto(lease.attempt)?))
+        })
+        .collect()
+}
+
 pub fn checkpoint_from_proto(proto: Option<pb::Checkpoint>) -> Result<Checkpoint> {
     let proto = proto.ok_or_else(|| Error::from(Invalid::new("checkpoint", "is required")))?;
     if !proto.loss_sum.is_finite() {
@@ -516,6 +573,18 @@ pub fn checkpoint_from_proto(proto: Option<pb::Checkpoint>) -> Result<Checkpoint
             })
             .collect(),
     })
+}
+
+/// A checkpoint from SaveCheckpoint, with its tensors as a manifest to look up in the
+/// store: the manifest is checked first, then the checkpoint.
+pub fn checkpoint_with_manifest_from_proto(
+    proto: Option<pb::Checkpoint>,
+) -> Result<(Checkpoint, Vec<ManifestEntry>)> {
+    let manifest = manifest_from_proto(
+        "checkpoint.tensors",
+        proto.as_ref().map_or(&[][..], |c| &c.tensors[..]),
+    )?;
+    Ok((checkpoint_from_proto(proto)?, manifest))
 }
 
 fn checkpoint_to_proto(checkpoint: &Checkpoint) -> pb::Checkpoint {
@@ -552,7 +621,7 @@ pub fn manifest_from_proto(
     Ok(tensors
         .iter()
         .map(|t| ManifestEntry {
-            info: heirloom_spec::TensorInfo {
+            info: heirloom_core::TensorInfo {
                 name: t.name.clone(),
                 dtype: t.dtype.clone(),
                 shape: t.shape.iter().map(|&d| d as usize).collect(),
@@ -585,7 +654,7 @@ pub fn event_to_proto(event: &JobEvent) -> pb::JobEvent {
 }
 
 pub fn metrics_from_proto(proto: Option<pb::Metrics>) -> Result<Option<Metrics>> {
-    Ok(proto.map(|m| m.to_spec("output.metrics")).transpose()?)
+    Ok(proto.map(|m| m.to_core("output.metrics")).transpose()?)
 }
 
 pub fn claims_from_proto(tensors: Vec<pb::TensorProvenance>) -> Result<Vec<ClaimedTensor>> {
@@ -600,17 +669,7 @@ pub fn claims_from_proto(tensors: Vec<pb::TensorProvenance>) -> Result<Vec<Claim
         .enumerate()
         .map(|(i, tensor)| {
             let field = format!("output.tensors[{i}]");
-            let status = match pb::TensorStatus::try_from(tensor.status) {
-                Ok(pb::TensorStatus::Inherited) => TensorStatus::Inherited,
-                Ok(pb::TensorStatus::Trained) => TensorStatus::Trained,
-                Ok(pb::TensorStatus::New) => TensorStatus::New,
-                Ok(pb::TensorStatus::Interpolated) => TensorStatus::Interpolated,
-                _ => {
-                    return Err(
-                        Invalid::new(format!("{field}.status"), "is not a tensor status").into(),
-                    );
-                }
-            };
+            let status = tensor.status().to_core(&format!("{field}.status"))?;
             let origin =
                 match optional_id(&format!("{field}.origin_model_id"), &tensor.origin_model_id)? {
                     Some(id) => Some((id, tensor.origin_tensor)),
@@ -630,12 +689,29 @@ pub fn claims_from_proto(tensors: Vec<pb::TensorProvenance>) -> Result<Vec<Claim
         .collect()
 }
 
-pub fn tensor_status_to_proto(status: TensorStatus) -> pb::TensorStatus {
-    match status {
-        TensorStatus::Inherited => pb::TensorStatus::Inherited,
-        TensorStatus::Trained => pb::TensorStatus::Trained,
-        TensorStatus::New => pb::TensorStatus::New,
-        TensorStatus::Interpolated => pb::TensorStatus::Interpolated,
+/// How a worker says an attempt ended.
+pub enum Completion {
+    /// The model, to check and record.
+    Output(Output),
+    /// The attempt failed; the text is cut to the report limit.
+    Error(String),
+    /// The worker hands the job back; the reason is cut to the report limit.
+    Release(String),
+}
+
+pub fn completion_from_proto(
+    result: Option<pb::complete_job_request::Result>,
+) -> Result<Completion> {
+    use pb::complete_job_request::Result as Reported;
+    let cut = |text: String| limits::truncated(text, limits::MAX_REPORT_BYTES);
+    match result {
+        Some(Reported::Output(output)) => Ok(Completion::Output(Output {
+            metrics: metrics_from_proto(output.metrics)?,
+            tensors: claims_from_proto(output.tensors)?,
+        })),
+        Some(Reported::Error(error)) => Ok(Completion::Error(cut(error))),
+        Some(Reported::Release(reason)) => Ok(Completion::Release(cut(reason))),
+        None => Err(Invalid::new("result", "set `output`, `error` or `release`").into()),
     }
 }
 
@@ -651,7 +727,7 @@ pub fn tensors_to_proto(tensors: &[TensorProvenance]) -> Vec<pb::TensorProvenanc
             pb::TensorProvenance {
                 name: record.name.clone(),
                 sha256: record.sha256.clone(),
-                status: tensor_status_to_proto(record.status) as i32,
+                status: pb::TensorStatus::from(record.status) as i32,
                 origin_model_id,
                 origin_model_name: tensor.origin_model_name.clone().unwrap_or_default(),
                 origin_tensor,
@@ -660,15 +736,6 @@ pub fn tensors_to_proto(tensors: &[TensorProvenance]) -> Vec<pb::TensorProvenanc
             }
         })
         .collect()
-}
-
-fn relation_to_proto(relation: Relation) -> pb::Relation {
-    match relation {
-        Relation::Finetune => pb::Relation::Finetune,
-        Relation::Transfer => pb::Relation::Transfer,
-        Relation::Direct => pb::Relation::Direct,
-        Relation::Module => pb::Relation::Module,
-    }
 }
 
 pub fn model_to_proto(model: &Model) -> pb::Model {
@@ -684,7 +751,7 @@ pub fn model_to_proto(model: &Model) -> pb::Model {
             .map(|edge| pb::ParentEdge {
                 parent_id: edge.parent_id.to_string(),
                 parent_name: edge.parent_name.clone(),
-                relation: relation_to_proto(edge.relation) as i32,
+                relation: pb::Relation::from(edge.relation) as i32,
                 details_json: edge.details.to_string(),
             })
             .collect(),
@@ -706,6 +773,102 @@ pub fn model_to_proto(model: &Model) -> pb::Model {
         created_at: timestamp(model.created_at),
         recipe: model.recipe.as_ref().map(recipe_ref_to_proto),
     }
+}
+
+/// One step of FindPath: a model and the relation that leads on from it.
+pub fn path_step_to_proto(model: &Model, relation: Option<String>) -> pb::PathStep {
+    pb::PathStep {
+        model: Some(model_to_proto(model)),
+        relation: relation.unwrap_or_default(),
+    }
+}
+
+pub fn common_ancestor_to_proto(
+    model: &Model,
+    depth_from_a: u32,
+    depth_from_b: u32,
+) -> pb::CommonAncestor {
+    pb::CommonAncestor {
+        model: Some(model_to_proto(model)),
+        depth_from_a,
+        depth_from_b,
+    }
+}
+
+pub fn blame_step_to_proto(step: BlameStep) -> pb::BlameStep {
+    pb::BlameStep {
+        model_id: step.model_id.to_string(),
+        model_name: step.model_name,
+        tensor: step.tensor,
+        status: pb::TensorStatus::from(step.status) as i32,
+        sha256: step.sha256,
+    }
+}
+
+pub fn graph_format_from_proto(value: i32) -> Result<GraphFormat> {
+    match pb::GraphFormat::try_from(value) {
+        Ok(pb::GraphFormat::Json | pb::GraphFormat::Unspecified) => Ok(GraphFormat::Json),
+        Ok(pb::GraphFormat::Dot) => Ok(GraphFormat::Dot),
+        Ok(pb::GraphFormat::Mermaid) => Ok(GraphFormat::Mermaid),
+        Err(_) => Err(Invalid::new("format", "use json, dot or mermaid").into()),
+    }
+}
+
+/// The graph around `focus` as LineageGraph's nodes and edges.
+pub fn graph_to_proto(graph: &Graph, focus: Uuid) -> (Vec<pb::GraphNode>, Vec<pb::GraphEdge>) {
+    let nodes = graph
+        .nodes
+        .iter()
+        .map(|model| pb::GraphNode {
+            id: model.id.to_string(),
+            name: model.name.clone(),
+            source: model.source.clone(),
+            holdout_accuracy: model.metrics.as_ref().map(|m| m.holdout_accuracy),
+            focus: model.id == focus,
+        })
+        .collect();
+    let edges = graph
+        .edges
+        .iter()
+        .map(|(parent, child, relation)| pb::GraphEdge {
+            parent_id: parent.to_string(),
+            child_id: child.to_string(),
+            relation: relation.clone(),
+        })
+        .collect();
+    (nodes, edges)
+}
+
+pub fn lineage_view_from_proto(value: i32) -> Result<View> {
+    match pb::LineageView::try_from(value) {
+        Ok(pb::LineageView::Full | pb::LineageView::Unspecified) => Ok(View::Full),
+        Ok(pb::LineageView::Basic) => Ok(View::Basic),
+        Err(_) => Err(Invalid::new("view", "use full or basic").into()),
+    }
+}
+
+/// A page's entries: the whole model where `models` has it (the full view), otherwise
+/// only its id, name, source and creation time.
+pub fn lineage_entries_to_proto(
+    page: &Page,
+    mut models: HashMap<Uuid, Model>,
+) -> Vec<pb::LineageEntry> {
+    page.entries
+        .iter()
+        .map(|entry| pb::LineageEntry {
+            model: Some(match models.remove(&entry.id) {
+                Some(model) => model_to_proto(&model),
+                None => pb::Model {
+                    id: entry.id.to_string(),
+                    name: entry.name.clone(),
+                    source: entry.source.clone(),
+                    created_at: timestamp(entry.created_at),
+                    ..Default::default()
+                },
+            }),
+            depth: entry.depth as u32,
+        })
+        .collect()
 }
 
 pub fn dataset_to_proto(dataset: &Dataset) -> pb::Dataset {
@@ -752,13 +915,7 @@ pub fn devices_from_proto(devices: Vec<pb::Device>) -> Result<Vec<Device>> {
 
 pub fn assignment_to_proto(assignment: &Assignment) -> pb::Assignment {
     let job = &assignment.job;
-    let adjustment = job.spec.adjustment.map(|adjustment| pb::Adjustment {
-        kind: Some(match adjustment {
-            Adjustment::Interpolate { alpha } => pb::adjustment::Kind::Interpolate(alpha),
-            Adjustment::Scale { factor } => pb::adjustment::Kind::Scale(factor),
-            Adjustment::WiseFt { alpha } => pb::adjustment::Kind::WiseFt(alpha),
-        }),
-    });
+    let adjustment = job.spec.adjustment.map(pb::Adjustment::from);
     pb::Assignment {
         job_id: job.id.to_string(),
         attempt: job.attempt as u32,

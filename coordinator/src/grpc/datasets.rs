@@ -1,10 +1,14 @@
+//! DatasetService: registers a dataset sent inline or uploaded first, checking its hash
+//! and reading its statistics, and lists datasets. Never builds a message but its own
+//! `*Response` (`convert.rs` does); never speaks SQL.
+
 use super::convert;
 use crate::Services;
 use crate::artifacts::check_sha256;
 use crate::domain::{Dataset, check_name};
 use crate::error::Error;
+use heirloom_core::{Invalid, limits, read_dataset_info, sha256_hex};
 use heirloom_proto::v1 as pb;
-use heirloom_spec::{Invalid, limits, read_dataset_info, sha256_hex};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 

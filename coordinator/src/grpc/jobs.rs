@@ -1,13 +1,17 @@
+//! JobService: submission (idempotent by request id), planning, reading, cancelling and
+//! watching jobs. Plans come from `planning` and messages from `convert.rs`: this file
+//! builds only its own `*Response` messages and never speaks SQL.
+
 use super::convert;
 use crate::Services;
 use crate::db::Db;
 use crate::db::Submission;
-use crate::domain::{JobEventKind, Requirements};
+use crate::domain::JobEventKind;
 use crate::error::Error;
 use crate::notifier::Notification;
 use crate::planning::{Plan, draft_from_recipe, plan_job};
+use heirloom_core::{Invalid, limits};
 use heirloom_proto::v1 as pb;
-use heirloom_spec::{Invalid, limits};
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -22,22 +26,6 @@ pub struct JobApi(pub Services);
 
 /// How many attempts may fail before a job does, unless the submission says.
 const DEFAULT_MAX_ATTEMPTS: i32 = 3;
-
-/// The sha256 of everything a submission asks for but its request id: a request id
-/// reused with a different fingerprint is refused.
-fn fingerprint(request: &pb::SubmitJobRequest, requirements: &Requirements) -> String {
-    use prost::Message;
-    // The requirements' labels are a map, which protobuf encodes in no fixed order: they
-    // go in as sorted JSON instead.
-    let rest = pb::SubmitJobRequest {
-        request_id: String::new(),
-        requirements: None,
-        ..request.clone()
-    };
-    let mut bytes = rest.encode_to_vec();
-    bytes.extend(serde_json::to_vec(requirements).expect("requirements serialize"));
-    heirloom_spec::sha256_hex(&bytes)
-}
 
 /// The plan of a submission, a recipe's expanded first.
 async fn plan(db: &Db, request: convert::JobRequest) -> Result<Plan, Error> {
@@ -77,7 +65,7 @@ impl pb::job_service_server::JobService for JobApi {
             ))
             .into());
         }
-        let fingerprint = fingerprint(&request, &requirements);
+        let fingerprint = convert::submission_fingerprint(&request, &requirements);
         let submission = Submission {
             priority: request.priority,
             request_id,
@@ -140,16 +128,10 @@ impl pb::job_service_server::JobService for JobApi {
     ) -> Result<Response<pb::GetJobResponse>, Status> {
         let id = convert::parse_id("job_id", &request.into_inner().job_id)?;
         let job = self.0.db.job(id).await?;
-        let mut proto = convert::job_to_proto(&job);
-        proto.attempts = self
-            .0
-            .db
-            .attempts(id)
-            .await?
-            .iter()
-            .map(convert::attempt_to_proto)
-            .collect();
-        Ok(Response::new(pb::GetJobResponse { job: Some(proto) }))
+        let attempts = self.0.db.attempts(id).await?;
+        Ok(Response::new(pb::GetJobResponse {
+            job: Some(convert::job_with_attempts_to_proto(&job, &attempts)),
+        }))
     }
 
     async fn list_jobs(
@@ -188,6 +170,7 @@ impl pb::job_service_server::JobService for JobApi {
         // Subscribe before the first read, so no event falls between read and wait.
         let mut wake = self.0.notifier.subscribe();
         let db = self.0.db.clone();
+        let stopping = self.0.stopping.clone();
         let (sender, receiver) = mpsc::channel(64);
         tokio::spawn(async move {
             let mut after = request.after_sequence;
@@ -217,6 +200,12 @@ impl pb::job_service_server::JobService for JobApi {
                 }
                 tokio::select! {
                     _ = sender.closed() => return,
+                    _ = stopping.cancelled() => {
+                        // `try_send`: a client that reads nothing holds up no drain.
+                        let stopping = Error::Unavailable("the coordinator is stopping; watch again".into());
+                        let _ = sender.try_send(Err(stopping.into()));
+                        return;
+                    }
                     _ = wait_for_event(&mut wake, job_id) => {}
                     _ = tokio::time::sleep(WATCH_POLL) => {}
                 }

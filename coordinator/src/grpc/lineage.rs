@@ -1,12 +1,15 @@
-//! What the lineage RPCs share: page tokens and sizes, relation filters, and the graph
-//! written as JSON, Graphviz DOT or Mermaid.
+//! What the lineage RPCs share that is not protobuf: page tokens and sizes, relation
+//! filters, which models a page needs, and the graph written as JSON, Graphviz DOT or
+//! Mermaid. Owns no message: `convert.rs` turns requests into the enums here and pages
+//! and graphs into messages. Never builds or reads a prost message; never speaks SQL
+//! (it asks `Db`).
 
-use super::convert;
 use crate::db::{Db, Graph, Page};
-use crate::domain::Relation;
+use crate::domain::{Model, Relation};
 use crate::error::{Error, Result};
-use heirloom_proto::v1 as pb;
-use heirloom_spec::Invalid;
+use heirloom_core::Invalid;
+use std::collections::HashMap;
+use uuid::Uuid;
 
 const DEFAULT_PAGE: u32 = 1_000;
 const MAX_PAGE: u32 = 10_000;
@@ -52,89 +55,88 @@ pub fn relations(relations: &[String]) -> Result<Option<Vec<String>>> {
     Ok((!relations.is_empty()).then(|| relations.to_vec()))
 }
 
-pub fn nodes_and_edges(
-    graph: &Graph,
-    focus: uuid::Uuid,
-) -> (Vec<pb::GraphNode>, Vec<pb::GraphEdge>) {
-    let nodes = graph
-        .nodes
-        .iter()
-        .map(|model| pb::GraphNode {
-            id: model.id.to_string(),
-            name: model.name.clone(),
-            source: model.source.clone(),
-            holdout_accuracy: model.metrics.as_ref().map(|m| m.holdout_accuracy),
-            focus: model.id == focus,
-        })
-        .collect();
-    let edges = graph
-        .edges
-        .iter()
-        .map(|(parent, child, relation)| pb::GraphEdge {
-            parent_id: parent.to_string(),
-            child_id: child.to_string(),
-            relation: relation.clone(),
-        })
-        .collect();
-    (nodes, edges)
+/// How LineageGraph writes the graph out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphFormat {
+    Json,
+    Dot,
+    Mermaid,
 }
 
-/// The graph in the asked-for format.
-pub fn render(format: pb::GraphFormat, nodes: &[pb::GraphNode], edges: &[pb::GraphEdge]) -> String {
-    let label = |node: &pb::GraphNode| match node.holdout_accuracy {
-        Some(accuracy) => format!("{}\\n{} · {accuracy:.3}", node.name, node.source),
-        None => format!("{}\\n{}", node.name, node.source),
+/// How much of each model a lineage page carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// The whole model.
+    Full,
+    /// Only its id, name, source and creation time.
+    Basic,
+}
+
+/// The graph in the asked-for format; `focus` is drawn bold.
+pub fn render(format: GraphFormat, graph: &Graph, focus: Uuid) -> String {
+    let accuracy = |model: &Model| model.metrics.as_ref().map(|m| m.holdout_accuracy);
+    let label = |model: &Model| match accuracy(model) {
+        Some(accuracy) => format!("{}\\n{} · {accuracy:.3}", model.name, model.source),
+        None => format!("{}\\n{}", model.name, model.source),
     };
     match format {
-        pb::GraphFormat::Dot => {
+        GraphFormat::Dot => {
             let mut out = String::from("digraph lineage {\n  rankdir=TB;\n  node [shape=box];\n");
-            for node in nodes {
-                let style = if node.focus { ", style=bold" } else { "" };
+            for model in &graph.nodes {
+                let style = if model.id == focus {
+                    ", style=bold"
+                } else {
+                    ""
+                };
                 out += &format!(
                     "  \"{}\" [label=\"{}\"{style}];\n",
-                    node.id,
-                    label(node).replace('"', "\\\"")
+                    model.id,
+                    label(model).replace('"', "\\\"")
                 );
             }
-            for edge in edges {
-                out += &format!(
-                    "  \"{}\" -> \"{}\" [label=\"{}\"];\n",
-                    edge.parent_id, edge.child_id, edge.relation
-                );
+            for (parent, child, relation) in &graph.edges {
+                out += &format!("  \"{parent}\" -> \"{child}\" [label=\"{relation}\"];\n");
             }
             out + "}\n"
         }
-        pb::GraphFormat::Mermaid => {
+        GraphFormat::Mermaid => {
             // Mermaid ids may not contain dashes reliably: n0, n1, … in node order.
-            let index = |id: &str| nodes.iter().position(|n| n.id == id).unwrap_or(usize::MAX);
+            let index = |id: &Uuid| {
+                graph
+                    .nodes
+                    .iter()
+                    .position(|model| model.id == *id)
+                    .unwrap_or(usize::MAX)
+            };
             let mut out = String::from("graph TD\n");
-            for (i, node) in nodes.iter().enumerate() {
-                let text = label(node).replace("\\n", "<br/>").replace('"', "#quot;");
+            for (i, model) in graph.nodes.iter().enumerate() {
+                let text = label(model).replace("\\n", "<br/>").replace('"', "#quot;");
                 out += &format!("  n{i}[\"{text}\"]\n");
             }
-            for edge in edges {
-                out += &format!(
-                    "  n{} -->|{}| n{}\n",
-                    index(&edge.parent_id),
-                    edge.relation,
-                    index(&edge.child_id)
-                );
+            for (parent, child, relation) in &graph.edges {
+                out += &format!("  n{} -->|{relation}| n{}\n", index(parent), index(child));
             }
             out
         }
-        pb::GraphFormat::Json | pb::GraphFormat::Unspecified => {
-            let nodes: Vec<serde_json::Value> = nodes
+        GraphFormat::Json => {
+            let nodes: Vec<serde_json::Value> = graph
+                .nodes
                 .iter()
-                .map(|n| {
+                .map(|model| {
                     serde_json::json!({
-                        "id": n.id, "name": n.name, "source": n.source,
-                        "holdout_accuracy": n.holdout_accuracy, "focus": n.focus,
+                        "id": model.id.to_string(), "name": model.name, "source": model.source,
+                        "holdout_accuracy": accuracy(model), "focus": model.id == focus,
                     })
                 })
                 .collect();
-            let edges: Vec<serde_json::Value> = edges
+            let edges: Vec<serde_json::Value> = graph
+                .edges
                 .iter()
-                .map(|e| serde_json::json!({"parent": e.parent_id, "child": e.child_id, "relation": e.relation}))
+                .map(|(parent, child, relation)| {
+                    serde_json::json!({
+                        "parent": parent.to_string(), "child": child.to_string(), "relation": relation,
+                    })
+                })
                 .collect();
             serde_json::to_string_pretty(&serde_json::json!({"nodes": nodes, "edges": edges}))
                 .expect("JSON values serialize")
@@ -142,32 +144,13 @@ pub fn render(format: pb::GraphFormat, nodes: &[pb::GraphNode], edges: &[pb::Gra
     }
 }
 
-/// A page's entries as messages: whole models, or (the basic view) only their names.
-pub async fn entries(db: &Db, page: &Page, view: i32) -> Result<Vec<pb::LineageEntry>> {
-    let view = pb::LineageView::try_from(view)
-        .map_err(|_| Error::from(Invalid::new("view", "use full or basic")))?;
-    let mut models = match view {
-        pb::LineageView::Basic => Default::default(),
-        pb::LineageView::Full | pb::LineageView::Unspecified => {
-            let ids: Vec<uuid::Uuid> = page.entries.iter().map(|entry| entry.id).collect();
+/// The whole models a page's entries need: none for the basic view.
+pub async fn page_models(db: &Db, page: &Page, view: View) -> Result<HashMap<Uuid, Model>> {
+    Ok(match view {
+        View::Basic => Default::default(),
+        View::Full => {
+            let ids: Vec<Uuid> = page.entries.iter().map(|entry| entry.id).collect();
             db.models_with_ids(&ids).await?
         }
-    };
-    Ok(page
-        .entries
-        .iter()
-        .map(|entry| pb::LineageEntry {
-            model: Some(match models.remove(&entry.id) {
-                Some(model) => convert::model_to_proto(&model),
-                None => pb::Model {
-                    id: entry.id.to_string(),
-                    name: entry.name.clone(),
-                    source: entry.source.clone(),
-                    created_at: convert::timestamp(entry.created_at),
-                    ..Default::default()
-                },
-            }),
-            depth: entry.depth as u32,
-        })
-        .collect())
+    })
 }

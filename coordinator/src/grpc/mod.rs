@@ -1,5 +1,8 @@
 //! The gRPC surface: one file per service, each a thin layer that converts the request
-//! (`convert.rs`), calls the domain and the database, and converts the answer back.
+//! (`convert.rs`), calls the domain and the database, and converts the answer back; and
+//! the server itself (transport, TLS, reflection, health, layers). Only `convert.rs`
+//! builds or reads a message beyond a service's own requests and responses (its `//!`
+//! header states the rule, `tests/tidy.rs` checks it); nothing here speaks SQL.
 
 mod artifacts;
 mod convert;
@@ -15,7 +18,8 @@ mod workers;
 use crate::Services;
 use crate::auth::AuthLayer;
 use crate::config::Config;
-use heirloom_proto::connection::CALL_DEADLINE;
+use crate::error::StartupError;
+use heirloom_client::connection::CALL_DEADLINE;
 use heirloom_proto::v1 as pb;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -40,16 +44,19 @@ pub struct Transport {
 }
 
 impl Transport {
-    pub fn from_config(config: &Config) -> anyhow::Result<Transport> {
+    pub fn from_config(config: &Config) -> Result<Transport, StartupError> {
         let read = |flag: &str, path: &std::path::Path| {
-            std::fs::read(path).map_err(|err| anyhow::anyhow!("{flag} {}: {err}", path.display()))
+            std::fs::read(path)
+                .map_err(|err| StartupError::Setting(format!("{flag} {}: {err}", path.display())))
         };
         let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
-            anyhow::ensure!(
-                config.insecure_plaintext,
-                "TLS is required: pass --tls-cert and --tls-key (`heirloom certs DIR` makes \
-                 a local CA and certificates), or --insecure-plaintext to serve without it"
-            );
+            if !config.insecure_plaintext {
+                return Err(StartupError::Setting(
+                    "TLS is required: pass --tls-cert and --tls-key (`heirloom certs DIR` makes \
+                     a local CA and certificates), or --insecure-plaintext to serve without it"
+                        .into(),
+                ));
+            }
             tracing::warn!(
                 "serving WITHOUT TLS (--insecure-plaintext): tokens and weights cross the \
                  network in the clear"

@@ -1,14 +1,19 @@
+//! ModelService: importing a model (inline or from uploaded tensors), reading models and
+//! their tensors, and the lineage questions (ancestors, descendants, paths, common
+//! ancestors, blame, dataset impact, the graph). Builds only its own `*Response`
+//! messages (`convert.rs` builds the rest) and never speaks SQL.
+
 use super::{convert, lineage};
 use crate::Services;
 use crate::artifacts::ManifestEntry;
 use crate::domain::TensorRecord;
 use crate::domain::{Model, check_name};
 use crate::error::Error;
-use heirloom_proto::v1 as pb;
-use heirloom_spec::{
+use heirloom_core::{
     Architecture, Invalid, ProgramParameter, TensorStatus, Torchscript, check_manifest, limits,
     sha256_hex, under_prefix,
 };
+use heirloom_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -27,7 +32,7 @@ impl pb::model_service_server::ModelService for ModelApi {
                 .ok_or_else(|| Error::from(Invalid::new("architecture", "is required")))?;
         // The tensors come inline (`weights`) or were uploaded first (`tensors`).
         let manifest = match (request.weights.is_empty(), request.tensors.is_empty()) {
-            (false, true) => heirloom_spec::tensor_hashes("weights", &request.weights)
+            (false, true) => heirloom_core::tensor_hashes("weights", &request.weights)
                 .map_err(Error::from)?
                 .into_iter()
                 .map(|tensor| {
@@ -61,7 +66,7 @@ impl pb::model_service_server::ModelService for ModelApi {
         };
         // Each entry with where its bytes lie in `weights`, when they came inline.
         let (manifest, inline): (Vec<ManifestEntry>, Vec<_>) = manifest.into_iter().unzip();
-        let infos: Vec<heirloom_spec::TensorInfo> =
+        let infos: Vec<heirloom_core::TensorInfo> =
             manifest.iter().map(|e| e.info.clone()).collect();
         if let Architecture::Torchscript(script) = &mut architecture {
             describe_program(script, &request.program, &infos)?;
@@ -148,8 +153,10 @@ impl pb::model_service_server::ModelService for ModelApi {
                 size,
             )
             .await?;
+        let view = convert::lineage_view_from_proto(request.view)?;
+        let models = lineage::page_models(&self.0.db, &page, view).await?;
         Ok(Response::new(pb::ListAncestorsResponse {
-            entries: lineage::entries(&self.0.db, &page, request.view).await?,
+            entries: convert::lineage_entries_to_proto(&page, models),
             next_page_token: lineage::next_token(page.next),
         }))
     }
@@ -180,10 +187,7 @@ impl pb::model_service_server::ModelService for ModelApi {
         let steps = steps
             .into_iter()
             .filter_map(|(id, relation)| {
-                Some(pb::PathStep {
-                    model: Some(convert::model_to_proto(&models.remove(&id)?)),
-                    relation: relation.unwrap_or_default(),
-                })
+                Some(convert::path_step_to_proto(&models.remove(&id)?, relation))
             })
             .collect();
         Ok(Response::new(pb::FindPathResponse { steps, reversed }))
@@ -202,11 +206,12 @@ impl pb::model_service_server::ModelService for ModelApi {
         let ancestors = common
             .into_iter()
             .filter_map(|(id, depth_from_a, depth_from_b)| {
-                Some(pb::CommonAncestor {
-                    model: Some(convert::model_to_proto(&models.remove(&id)?)),
+                let model = models.remove(&id)?;
+                Some(convert::common_ancestor_to_proto(
+                    &model,
                     depth_from_a,
                     depth_from_b,
-                })
+                ))
             })
             .collect();
         Ok(Response::new(pb::CommonAncestorsResponse { ancestors }))
@@ -217,16 +222,15 @@ impl pb::model_service_server::ModelService for ModelApi {
         request: Request<pb::LineageGraphRequest>,
     ) -> Result<Response<pb::LineageGraphResponse>, Status> {
         let request = request.into_inner();
-        let format = pb::GraphFormat::try_from(request.format)
-            .map_err(|_| Error::from(Invalid::new("format", "use json, dot or mermaid")))?;
+        let format = convert::graph_format_from_proto(request.format)?;
         let model = self.0.db.find_model(&request.model).await?;
         let graph = self
             .0
             .db
             .graph(model.id, request.ancestors_depth, request.descendants_depth)
             .await?;
-        let (nodes, edges) = lineage::nodes_and_edges(&graph, model.id);
-        let rendered = lineage::render(format, &nodes, &edges);
+        let (nodes, edges) = convert::graph_to_proto(&graph, model.id);
+        let rendered = lineage::render(format, &graph, model.id);
         Ok(Response::new(pb::LineageGraphResponse {
             nodes,
             edges,
@@ -253,13 +257,7 @@ impl pb::model_service_server::ModelService for ModelApi {
         Ok(Response::new(pb::BlameTensorResponse {
             steps: steps
                 .into_iter()
-                .map(|step| pb::BlameStep {
-                    model_id: step.model_id.to_string(),
-                    model_name: step.model_name,
-                    tensor: step.tensor,
-                    status: convert::tensor_status_to_proto(step.status) as i32,
-                    sha256: step.sha256,
-                })
+                .map(convert::blame_step_to_proto)
                 .collect(),
         }))
     }
@@ -272,8 +270,10 @@ impl pb::model_service_server::ModelService for ModelApi {
         let (offset, size) = lineage::paging(&request.page_token, request.page_size)?;
         let dataset = self.0.db.find_dataset(&request.dataset).await?;
         let page = self.0.db.dataset_impact(dataset.id, offset, size).await?;
+        let view = convert::lineage_view_from_proto(request.view)?;
+        let models = lineage::page_models(&self.0.db, &page, view).await?;
         Ok(Response::new(pb::DatasetImpactResponse {
-            entries: lineage::entries(&self.0.db, &page, request.view).await?,
+            entries: convert::lineage_entries_to_proto(&page, models),
             next_page_token: lineage::next_token(page.next),
         }))
     }
@@ -308,8 +308,10 @@ impl pb::model_service_server::ModelService for ModelApi {
                 size,
             )
             .await?;
+        let view = convert::lineage_view_from_proto(request.view)?;
+        let models = lineage::page_models(&self.0.db, &page, view).await?;
         Ok(Response::new(pb::ListDescendantsResponse {
-            entries: lineage::entries(&self.0.db, &page, request.view).await?,
+            entries: convert::lineage_entries_to_proto(&page, models),
             next_page_token: lineage::next_token(page.next),
         }))
     }
@@ -320,7 +322,7 @@ impl pb::model_service_server::ModelService for ModelApi {
 fn describe_program(
     script: &mut Torchscript,
     program: &[u8],
-    weights: &[heirloom_spec::TensorInfo],
+    weights: &[heirloom_core::TensorInfo],
 ) -> Result<(), Error> {
     if program.is_empty() {
         return Err(Invalid::new(

@@ -1,10 +1,14 @@
+//! RecipeService: creating recipes (from JSON, a model or a job), deriving versions by
+//! merge patch, reading, diffing, and listing the models a recipe family made. Builds
+//! only its own `*Response` messages and never speaks SQL.
+
 use super::convert;
 use crate::Services;
 use crate::db::NewRecipe;
 use crate::error::Error;
 use crate::recipes::{Recipe, diff, merge_patch, parse_json, patch_between};
+use heirloom_core::{Invalid, limits};
 use heirloom_proto::v1 as pb;
-use heirloom_spec::{Invalid, limits};
 use tonic::{Request, Response, Status};
 
 pub struct RecipeApi(pub Services);
@@ -160,15 +164,10 @@ impl pb::recipe_service_server::RecipeService for RecipeApi {
         let request = request.into_inner();
         let a = self.0.db.find_recipe(&request.a).await?;
         let b = self.0.db.find_recipe(&request.b).await?;
-        let json = |value: Option<serde_json::Value>| value.map(|v| v.to_string());
         Ok(Response::new(pb::DiffRecipesResponse {
             changes: diff(&a.body, &b.body)
                 .into_iter()
-                .map(|change| pb::RecipeChange {
-                    path: change.path,
-                    a_json: json(change.a).unwrap_or_default(),
-                    b_json: json(change.b).unwrap_or_default(),
-                })
+                .map(convert::recipe_change_to_proto)
                 .collect(),
             patch_json: patch_between(&a.body, &b.body).to_string(),
             a: Some(convert::recipe_to_proto(&a)),
@@ -208,11 +207,7 @@ impl pb::recipe_service_server::RecipeService for RecipeApi {
                 .iter()
                 .map(|model| {
                     let recipe = model.recipe.as_ref().expect("made with a recipe");
-                    pb::RecipeModel {
-                        model: Some(convert::model_to_proto(model)),
-                        recipe: Some(convert::recipe_ref_to_proto(recipe)),
-                        depth: depth_of(recipe.id),
-                    }
+                    convert::recipe_model_to_proto(model, recipe, depth_of(recipe.id))
                 })
                 .collect(),
             recipes: family

@@ -1,10 +1,15 @@
+//! TokenService: creating, listing and revoking tokens, and WhoAmI. The secret is made
+//! here and returned once; only its hash is stored. Builds only its own `*Response`
+//! messages and never speaks SQL.
+
 use super::convert;
 use crate::Services;
-use crate::auth::{self, Caller};
+use crate::auth;
+use crate::domain::Caller;
 use crate::domain::check_name;
 use crate::error::Error;
+use heirloom_core::Invalid;
 use heirloom_proto::v1 as pb;
-use heirloom_spec::Invalid;
 use tonic::{Request, Response, Status};
 
 pub struct TokenApi(pub Services);

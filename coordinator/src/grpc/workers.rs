@@ -1,11 +1,16 @@
-use super::convert;
+//! WorkerService: registration, heartbeats, checkpoints, the assignment stream, progress
+//! and results, each checked against the caller's token owning the worker. Builds only
+//! its own `*Response` messages (an assignment comes from `convert.rs`) and never speaks
+//! SQL; what a result does is `dispatch`'s.
+
+use super::convert::{self, Completion};
 use crate::Services;
-use crate::auth::Caller;
 use crate::dispatch;
+use crate::domain::Caller;
 use crate::domain::check_name;
 use crate::error::{Error, Result};
+use heirloom_core::{Invalid, limits};
 use heirloom_proto::v1 as pb;
-use heirloom_spec::{Invalid, limits};
 use std::pin::Pin;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -23,10 +28,6 @@ impl WorkerApi {
         self.0.db.check_worker_owner(id, caller.token_id).await?;
         Ok(id)
     }
-}
-
-fn attempt(value: u32) -> Result<i32> {
-    i32::try_from(value).map_err(|_| Invalid::new("attempt", "is out of range").into())
 }
 
 #[tonic::async_trait]
@@ -78,21 +79,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let worker_id = self.own_worker(&caller, &request.worker_id).await?;
-        limits::check_count(
-            "leases",
-            request.leases.len(),
-            limits::MAX_LEASES_PER_HEARTBEAT,
-        )
-        .map_err(Error::from)?;
-        let leases = request
-            .leases
-            .iter()
-            .enumerate()
-            .map(|(i, lease)| {
-                let job_id = convert::parse_id(&format!("leases[{i}].job_id"), &lease.job_id)?;
-                Ok((job_id, attempt(lease.attempt)?))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let leases = convert::leases_from_proto(&request.leases)?;
         let stop = self
             .0
             .db
@@ -111,15 +98,9 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let request = request.into_inner();
         let worker_id = self.own_worker(&caller, &request.worker_id).await?;
         let job_id = convert::parse_id("job_id", &request.job_id)?;
-        let attempt = attempt(request.attempt)?;
-        let manifest = convert::manifest_from_proto(
-            "checkpoint.tensors",
-            request
-                .checkpoint
-                .as_ref()
-                .map_or(&[][..], |c| &c.tensors[..]),
-        )?;
-        let checkpoint = convert::checkpoint_from_proto(request.checkpoint)?;
+        let attempt = convert::attempt_from_proto(request.attempt)?;
+        let (checkpoint, manifest) =
+            convert::checkpoint_with_manifest_from_proto(request.checkpoint)?;
         self.0
             .artifacts
             .check_stored("checkpoint.tensors", &manifest)
@@ -165,7 +146,7 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
             .report_progress(
                 worker_id,
                 job_id,
-                attempt(request.attempt)?,
+                convert::attempt_from_proto(request.attempt)?,
                 &progress,
                 self.0.policy.lease,
             )
@@ -181,51 +162,31 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         let request = request.into_inner();
         let worker_id = self.own_worker(&caller, &request.worker_id).await?;
         let job_id = convert::parse_id("job_id", &request.job_id)?;
-        let attempt = attempt(request.attempt)?;
-        let cut = |text: String| limits::truncated(text, limits::MAX_REPORT_BYTES);
-        let job = match request.result.map(|result| match result {
-            pb::complete_job_request::Result::Error(error) => {
-                pb::complete_job_request::Result::Error(cut(error))
-            }
-            pb::complete_job_request::Result::Release(reason) => {
-                pb::complete_job_request::Result::Release(cut(reason))
-            }
-            output => output,
-        }) {
-            Some(pb::complete_job_request::Result::Output(output)) => {
-                let output = dispatch::Output {
-                    metrics: convert::metrics_from_proto(output.metrics)?,
-                    tensors: convert::claims_from_proto(output.tensors)?,
-                };
+        let attempt = convert::attempt_from_proto(request.attempt)?;
+        let job = match convert::completion_from_proto(request.result)? {
+            Completion::Output(output) => {
                 dispatch::record_output(&self.0, worker_id, job_id, attempt, output).await?
             }
-            Some(pb::complete_job_request::Result::Error(error)) if request.retryable => {
+            Completion::Error(error) if request.retryable => {
                 tracing::warn!(job_id = %job_id, error = %error, "attempt failed on the worker; retrying");
                 self.0
                     .db
                     .retry_job(worker_id, job_id, attempt, &error, &self.0.policy)
                     .await?
             }
-            Some(pb::complete_job_request::Result::Error(error)) => {
+            Completion::Error(error) => {
                 tracing::warn!(job_id = %job_id, error = %error, "job failed on the worker");
                 self.0
                     .db
                     .fail_job(worker_id, job_id, attempt, &error)
                     .await?
             }
-            Some(pb::complete_job_request::Result::Release(reason)) => {
+            Completion::Release(reason) => {
                 tracing::info!(job_id = %job_id, reason = %reason, "job handed back");
                 self.0
                     .db
                     .release_job(worker_id, job_id, attempt, &reason)
                     .await?
-            }
-            None => {
-                return Err(Error::from(Invalid::new(
-                    "result",
-                    "set `output`, `error` or `release`",
-                ))
-                .into());
             }
         };
         self.0.metrics.job_answered(&job);

@@ -3,7 +3,7 @@
 //! offline.
 
 use clap::{Parser, Subcommand};
-use heirloom_spec::{
+use heirloom_core::{
     Architecture, Hyperparameters, Optimizer, TrainablePatterns, plan_finetune, plan_scratch,
     plan_transfer,
 };

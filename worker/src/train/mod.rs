@@ -10,8 +10,8 @@ mod network;
 
 use crate::error::{Error, Result};
 use data::Dataset;
-use heirloom_spec::{Adjustment, Architecture, Hyperparameters, Optimizer, TensorPlan};
-pub use heirloom_spec::{Metrics, Progress};
+use heirloom_core::{Adjustment, Architecture, Hyperparameters, Optimizer, TensorPlan};
+pub use heirloom_core::{Metrics, Progress};
 use network::Network;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -325,7 +325,7 @@ pub fn predict(
     device: Device,
 ) -> Result<()> {
     let parents = vec![Weights::File(weights.to_path_buf()).load()?];
-    let plan = heirloom_spec::plan_inherit(architecture, |_| false);
+    let plan = heirloom_core::plan_inherit(architecture, |_| false);
     let network = Network::assemble(architecture, program, &plan, &parents, device)?;
     let x = Tensor::read_safetensors(input)?
         .into_iter()

@@ -2,7 +2,7 @@
 //! torchvision's modules and names, so weights from PyTorch give the same outputs here.
 
 use crate::error::{Error, Result};
-use heirloom_spec::{Architecture, Init, TensorPlan, VggLayer, resnet_stages};
+use heirloom_core::{Architecture, Init, TensorPlan, VggLayer, resnet_stages};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use tch::{CModule, Device, Kind, Tensor};

@@ -1,6 +1,6 @@
 //! Every refused request gets a precise status naming what to fix, and writes nothing.
 
-mod support;
+use heirloom_testing as support;
 
 use heirloom_proto::v1 as pb;
 use support::{Cluster, blobs, hyperparameters, mlp, refused};
@@ -364,7 +364,7 @@ async fn bad_imports_and_datasets_are_refused() {
     )
     .await;
 
-    let script: pb::Architecture = (&serde_json::from_str::<heirloom_spec::Architecture>(
+    let script: pb::Architecture = (&serde_json::from_str::<heirloom_core::Architecture>(
         r#"{"torchscript": {"input_shape": [64], "output_size": 5}}"#,
     )
     .unwrap())
@@ -418,7 +418,7 @@ async fn bad_imports_and_datasets_are_refused() {
         &cluster,
         datasets.register_dataset(pb::RegisterDatasetRequest {
             name: "d".into(),
-            sha256: heirloom_spec::sha256_hex(&no_labels),
+            sha256: heirloom_core::sha256_hex(&no_labels),
             content: no_labels.into(),
         }),
         Code::InvalidArgument,
@@ -430,7 +430,7 @@ async fn bad_imports_and_datasets_are_refused() {
         &cluster,
         datasets.register_dataset(pb::RegisterDatasetRequest {
             name: "d".into(),
-            sha256: heirloom_spec::sha256_hex(&content),
+            sha256: heirloom_core::sha256_hex(&content),
             content: content.into(),
         }),
         Code::AlreadyExists,

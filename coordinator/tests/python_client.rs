@@ -2,7 +2,7 @@
 //! worker, with stubs generated from proto/ by grpcio-tools, as a user would; and
 //! clients/python/describe.py listing the API by server reflection, as grpcurl would.
 
-mod support;
+use heirloom_testing as support;
 
 use std::path::Path;
 use std::process::Command;
@@ -28,7 +28,7 @@ fn python_client(
             cluster.address.trim_start_matches("https://"),
         ])
         .arg("--ca-cert")
-        .arg(support::certificates().join(heirloom_proto::certificates::CA_CERT))
+        .arg(support::certificates().join(heirloom_client::certificates::CA_CERT))
         .arg("--token-file")
         .arg(&token_file)
         .env("PYTHONPATH", stubs)

@@ -3,8 +3,8 @@
 //! those, in chunks, one blob after another.
 
 use crate::connection::Connection;
-use crate::v1 as pb;
-use crate::v1::artifact_service_client::ArtifactServiceClient;
+use heirloom_proto::v1 as pb;
+use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
 use bytes::Bytes;
 use futures::StreamExt;
 

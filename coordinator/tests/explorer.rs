@@ -4,7 +4,7 @@
 //! shows against what the gRPC API answers, following a job live, and saving
 //! screenshots to `target/explorer-screenshots/`.
 
-mod support;
+use heirloom_testing as support;
 
 use heirloom_proto::v1 as pb;
 use serde_json::json;

@@ -15,7 +15,7 @@
 //!   f (copy of e)
 //! ```
 
-mod support;
+use heirloom_testing as support;
 
 use heirloom_proto::v1 as pb;
 use support::{Cluster, blobs, hyperparameters, mlp};

@@ -2,24 +2,17 @@
 //! variables and flags, JSON logs with a span per call, and Prometheus metrics that follow
 //! a real job through a real worker.
 
-mod support;
+use heirloom_testing as support;
 
-use heirloom_proto::certificates;
+use heirloom_client::certificates;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::job_service_client::JobServiceClient;
 use heirloom_proto::v1::model_service_client::ModelServiceClient;
 use std::process::Stdio;
 use std::time::Duration;
+use support::free_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `GET /metrics` over plain HTTP/1.1; the body.
 async fn scrape(port: u16) -> String {

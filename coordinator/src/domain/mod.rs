@@ -1,44 +1,20 @@
 //! The coordinator's own types: what a job, a model and a dataset are, independent of
-//! both the database rows and the protobuf messages.
+//! both the database rows and the protobuf messages. Job kinds and relations are the
+//! core's one table (`heirloom_core::JobKind`); a submission before planning is a
+//! [`JobDraft`] (`draft.rs`), which checks the fields its kind takes; who is calling is a
+//! [`Caller`] with a [`Role`] (`identity.rs`).
+
+mod draft;
+mod identity;
+
+pub use draft::{JobDraft, fields_that_do_not_apply};
+pub use identity::{Caller, Role};
 
 use chrono::{DateTime, Utc};
-use heirloom_spec::{Adjustment, Architecture, Hyperparameters, TensorPlan, TensorStatus};
-pub use heirloom_spec::{Metrics, Progress};
+use heirloom_core::{Adjustment, Architecture, Hyperparameters, TensorPlan, TensorStatus};
+pub use heirloom_core::{JobKind, Metrics, Progress, Relation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobKind {
-    Train,
-    Finetune,
-    Transfer,
-    Direct,
-    Compose,
-}
-
-impl JobKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Train => "train",
-            JobKind::Finetune => "finetune",
-            JobKind::Transfer => "transfer",
-            JobKind::Direct => "direct",
-            JobKind::Compose => "compose",
-        }
-    }
-
-    /// The relation of the parent edge a job of this kind writes.
-    pub fn relation(self) -> Option<Relation> {
-        match self {
-            JobKind::Train => None,
-            JobKind::Finetune => Some(Relation::Finetune),
-            JobKind::Transfer => Some(Relation::Transfer),
-            JobKind::Direct => Some(Relation::Direct),
-            JobKind::Compose => Some(Relation::Module),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobState {
@@ -82,36 +58,6 @@ impl JobState {
             self,
             JobState::Succeeded | JobState::Failed | JobState::Cancelled
         )
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Relation {
-    Finetune,
-    Transfer,
-    Direct,
-    Module,
-}
-
-impl Relation {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Relation::Finetune => "finetune",
-            Relation::Transfer => "transfer",
-            Relation::Direct => "direct",
-            Relation::Module => "module",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Relation> {
-        [
-            Relation::Finetune,
-            Relation::Transfer,
-            Relation::Direct,
-            Relation::Module,
-        ]
-        .into_iter()
-        .find(|relation| relation.as_str() == text)
     }
 }
 
@@ -185,13 +131,48 @@ pub struct DataShift {
     pub reference_dataset: Uuid,
     pub reference_name: String,
     pub reference_version: u32,
-    pub shift: heirloom_spec::Shift,
+    pub shift: heirloom_core::Shift,
 }
 
 impl JobSpec {
     /// Does any tensor train? (A direct job, or a compose of frozen modules, does not.)
     pub fn trains(&self) -> bool {
         self.tensors.iter().any(|tensor| tensor.trainable)
+    }
+
+    /// What a parent edge records: how the child was made from the parent at
+    /// `parent_index`.
+    pub fn edge_details(&self, parent_index: usize, job_id: Uuid) -> serde_json::Value {
+        let spec = self;
+        let parent_id = spec.parents[parent_index];
+        let mut details = serde_json::json!({ "job_id": job_id });
+        if spec.trains() {
+            details["hyperparameters"] = serde_json::json!(spec.hyperparameters);
+        }
+        match spec.kind {
+            JobKind::Train => {}
+            JobKind::Finetune => details["trainable"] = serde_json::json!(spec.trainable),
+            JobKind::Transfer => {
+                details["num_classes"] = serde_json::json!(spec.num_classes);
+                details["unfreeze_blocks"] = serde_json::json!(spec.unfreeze_blocks);
+            }
+            JobKind::Direct => {
+                details["role"] = serde_json::json!(if parent_index == 0 { "a" } else { "b" })
+            }
+            JobKind::Compose => {
+                let modules: Vec<_> = spec
+                    .modules
+                    .iter()
+                    .filter(|m| m.parent_id == parent_id)
+                    .collect();
+                details["modules"] = serde_json::json!(modules);
+                details["trainable"] = serde_json::json!(spec.trainable);
+            }
+        }
+        if let Some(adjustment) = spec.adjustment {
+            details["adjustment"] = serde_json::json!(adjustment);
+        }
+        details
     }
 }
 
@@ -299,7 +280,7 @@ impl Policy {
     /// The delay before the retry that follows `failures` failed attempts, before jitter.
     pub fn backoff(&self, failures: i32) -> std::time::Duration {
         let failures = u32::try_from(failures).unwrap_or(0);
-        heirloom_spec::backoff::backoff(self.retry_backoff, Self::MAX_BACKOFF, failures)
+        heirloom_core::backoff::backoff(self.retry_backoff, Self::MAX_BACKOFF, failures)
     }
 }
 
@@ -343,7 +324,7 @@ pub struct Dataset {
     pub num_classes: u32,
     pub created_at: DateTime<Utc>,
     /// Measured at registration; `None` for datasets registered before statistics were.
-    pub statistics: Option<heirloom_spec::DatasetStatistics>,
+    pub statistics: Option<heirloom_core::DatasetStatistics>,
 }
 
 #[derive(Debug, Clone)]
@@ -380,12 +361,12 @@ pub struct Device {
 }
 
 /// Names of models and datasets: what a person types, so nothing that needs quoting.
-pub fn check_name(field: &str, name: &str) -> Result<(), heirloom_spec::Invalid> {
+pub fn check_name(field: &str, name: &str) -> Result<(), heirloom_core::Invalid> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
     let starts_well = name.starts_with(|c: char| c.is_ascii_alphanumeric());
     if name.len() > 128 || !starts_well || !name.chars().all(allowed) {
         let shown: String = name.chars().take(40).collect();
-        return Err(heirloom_spec::Invalid::new(
+        return Err(heirloom_core::Invalid::new(
             field,
             format!(
                 "{shown:?} must be 1-128 characters of letters, digits, '-', '_' or '.', \

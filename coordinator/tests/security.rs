@@ -4,7 +4,7 @@
 //! malformed safetensors, names that try to become paths, and TLS that is not the
 //! coordinator's.
 
-mod support;
+use heirloom_testing as support;
 
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
@@ -451,7 +451,7 @@ async fn a_worker_token_acts_only_for_its_own_workers_and_leases() {
     let bytes = download(honest.clone(), dataset_blob)
         .await
         .expect("the lease holder downloads its dataset");
-    assert_eq!(heirloom_spec::sha256_hex(&bytes), assignment.dataset_sha256);
+    assert_eq!(heirloom_core::sha256_hex(&bytes), assignment.dataset_sha256);
 
     let after = cluster.job(&job.id).await;
     assert_eq!(after.state(), pb::JobState::Leased, "the job is untouched");
@@ -611,7 +611,7 @@ async fn only_the_coordinator_s_tls_is_accepted() {
     let status = list(plain).await.expect_err("plain text is refused");
     assert!(refused_by_transport(&status), "{status:?}");
     let elsewhere = tempfile::tempdir().unwrap();
-    heirloom_proto::certificates::write_all(elsewhere.path(), &["127.0.0.1".into()]).unwrap();
+    heirloom_client::certificates::write_all(elsewhere.path(), &["127.0.0.1".into()]).unwrap();
     let mut strange_ca = support::ConnectArgs::to(cluster.address.clone());
     strange_ca.ca_cert = Some(elsewhere.path().join("ca.pem"));
     let status = list(

@@ -22,21 +22,61 @@ pub struct TensorPlan {
 }
 
 impl TensorPlan {
-    /// The status a worker claims for this tensor once it has carried out the plan.
+    /// The status a worker claims for this tensor once it has carried out the plan, and
+    /// the status the coordinator then requires of the claim: one function for both.
+    /// `unchanged`: whether the tensor's bytes equal its origin's (`false` where that is
+    /// not known, as in a plan shown before the work).
+    ///
     /// Integer tensors (`num_batches_tracked`) are counters: never interpolated or scaled.
-    pub fn status(&self, adjustment: Option<Adjustment>, dtype: &str) -> TensorStatus {
-        let interpolates = matches!(
-            adjustment,
-            Some(Adjustment::Interpolate { .. } | Adjustment::Scale { .. })
-        );
-        match &self.origin {
-            None => TensorStatus::New,
-            Some(_) if interpolates && dtype == "f32" => TensorStatus::Interpolated,
-            Some(_) if interpolates => TensorStatus::Inherited,
-            Some(_) if self.trainable => TensorStatus::Trained,
-            Some(_) => TensorStatus::Inherited,
+    /// An interpolation that left a tensor as its origin was (two equal tensors, alpha 0,
+    /// scale 1) records it `inherited`.
+    pub fn status(
+        &self,
+        adjustment: Option<Adjustment>,
+        dtype: &str,
+        unchanged: bool,
+    ) -> TensorStatus {
+        self.decide(adjustment, dtype, unchanged).0
+    }
+
+    /// The status, and why: the reason a claim of any other status is refused.
+    fn decide(
+        &self,
+        adjustment: Option<Adjustment>,
+        dtype: &str,
+        unchanged: bool,
+    ) -> (TensorStatus, &'static str) {
+        match (&self.origin, interpolates(adjustment)) {
+            (None, _) => (TensorStatus::New, "the plan starts it fresh"),
+            (Some(_), true) if dtype != "f32" => (
+                TensorStatus::Inherited,
+                "only f32 tensors are interpolated or scaled; a counter keeps its origin's value",
+            ),
+            (Some(_), true) if unchanged => {
+                (TensorStatus::Inherited, "its bytes equal its origin's")
+            }
+            (Some(_), true) => (
+                TensorStatus::Interpolated,
+                "this job interpolates or scales it",
+            ),
+            (Some(_), false) if self.trainable => (
+                TensorStatus::Trained,
+                "it trains in this job, which interpolates nothing",
+            ),
+            (Some(_), false) => (
+                TensorStatus::Inherited,
+                "it was frozen in this job, which interpolates nothing",
+            ),
         }
     }
+}
+
+/// Whether the adjustment moves every (float) tensor, trained or not.
+fn interpolates(adjustment: Option<Adjustment>) -> bool {
+    matches!(
+        adjustment,
+        Some(Adjustment::Interpolate { .. } | Adjustment::Scale { .. })
+    )
 }
 
 /// A weight-space step after loading (and training).
@@ -301,12 +341,14 @@ pub struct Claim {
     pub origin: Option<Origin>,
 }
 
-/// Checks a worker's provenance claims against the plan, the hashes of the file it
-/// produced (`actual`: name → sha256) and the parents' stored tensor hashes.
+/// Checks a worker's provenance claims against the plan, the tensors of the file it
+/// produced (`actual`: name → (sha256, dtype)) and the parents' stored tensor hashes.
+/// Each claimed status must be the one [`TensorPlan::status`] gives for the file's
+/// tensor, its bytes compared with the origin's stored hash.
 pub fn verify_claims(
     plan: &[TensorPlan],
     adjustment: Option<Adjustment>,
-    actual: &HashMap<String, String>,
+    actual: &HashMap<String, (String, String)>,
     claims: &[Claim],
     parent_hashes: &[HashMap<String, String>],
 ) -> Result<(), Invalid> {
@@ -321,10 +363,6 @@ pub fn verify_claims(
             ),
         ));
     }
-    let interpolates = matches!(
-        adjustment,
-        Some(Adjustment::Interpolate { .. } | Adjustment::Scale { .. })
-    );
     for tensor in plan {
         let name = &tensor.name;
         let claim = claims
@@ -332,9 +370,12 @@ pub fn verify_claims(
             .find(|claim| &claim.name == name)
             .ok_or_else(|| Invalid::new(field, format!("no claim for tensor {name}")))?;
         let fail = |reason: String| Err(Invalid::new(field, format!("tensor {name}: {reason}")));
-        if actual.get(name) != Some(&claim.sha256) {
+        let Some((sha256, dtype)) = actual
+            .get(name)
+            .filter(|(sha256, _)| *sha256 == claim.sha256)
+        else {
             return fail("the claimed hash is not the hash of the file's tensor".into());
-        }
+        };
         if let Some(origin) = &claim.origin {
             let known = parent_hashes
                 .get(origin.parent)
@@ -352,32 +393,31 @@ pub fn verify_claims(
                 claim.origin, tensor.origin
             ));
         }
-        match (claim.status, &tensor.origin) {
-            (TensorStatus::Inherited, Some(origin)) => {
-                if parent_hashes[origin.parent].get(&origin.tensor) != Some(&claim.sha256) {
-                    return fail(format!(
-                        "claimed inherited from {}, but its bytes differ from the origin's",
-                        origin.tensor
-                    ));
-                }
-            }
-            (TensorStatus::Trained, Some(_)) if tensor.trainable => {}
-            (TensorStatus::Trained, Some(_)) => {
-                return fail("claimed trained, but it was frozen in this job".into());
-            }
-            (TensorStatus::New, None) => {}
-            (TensorStatus::Interpolated, Some(_)) if interpolates => {}
-            (TensorStatus::Interpolated, Some(_)) => {
-                return fail("claimed interpolated, but this job interpolates nothing".into());
-            }
-            (status, _) => {
-                return fail(format!(
-                    "status {} does not fit its origin",
-                    status.as_str()
-                ));
-            }
+        let origin_sha256 = tensor.origin.as_ref().and_then(|origin| {
+            parent_hashes
+                .get(origin.parent)
+                .and_then(|hashes| hashes.get(&origin.tensor))
+        });
+        let unchanged = origin_sha256 == Some(sha256);
+        let (planned, why) = tensor.decide(adjustment, dtype, unchanged);
+        if claim.status != planned {
+            return fail(format!(
+                "claimed {}, but the plan says {}: {why}",
+                claim.status.as_str(),
+                planned.as_str()
+            ));
         }
-        if !tensor.trainable && !interpolates && claim.status != TensorStatus::Inherited {
+        if let (TensorStatus::Inherited, Some(origin), false) = (planned, &tensor.origin, unchanged)
+        {
+            return fail(format!(
+                "claimed inherited from {}, but its bytes differ from the origin's",
+                origin.tensor
+            ));
+        }
+        // Frozen tensors with an origin are held to `inherited` above; what is left is a
+        // fresh tensor planned not to train (no planner makes one), which no claim fits.
+        if !tensor.trainable && !interpolates(adjustment) && claim.status != TensorStatus::Inherited
+        {
             return fail("it was frozen, so it must be inherited unchanged".into());
         }
     }
@@ -416,10 +456,22 @@ mod tests {
         }
     }
 
+    /// The tensors of a produced file: name → (sha256, dtype).
+    type File = HashMap<String, (String, String)>;
+
+    fn file(tensors: &[(&str, &str, &str)]) -> File {
+        tensors
+            .iter()
+            .map(|(name, sha256, dtype)| {
+                (name.to_string(), (sha256.to_string(), dtype.to_string()))
+            })
+            .collect()
+    }
+
     /// A finetune of a 4→2→3 MLP where only the head trains.
     type Hashes = HashMap<String, String>;
 
-    fn finetune_case() -> (Vec<TensorPlan>, Hashes, Vec<Hashes>) {
+    fn finetune_case() -> (Vec<TensorPlan>, File, Vec<Hashes>) {
         let plan = plan_finetune(
             &mlp(vec![2], 3),
             &TrainablePatterns::from_checked(vec!["fc.*".into()]),
@@ -430,11 +482,11 @@ mod tests {
             ("fc.weight", "pfw"),
             ("fc.bias", "pfb"),
         ]);
-        let actual = hashes(&[
-            ("hidden.0.weight", "p0w"),
-            ("hidden.0.bias", "p0b"),
-            ("fc.weight", "cfw"),
-            ("fc.bias", "cfb"),
+        let actual = file(&[
+            ("hidden.0.weight", "p0w", "f32"),
+            ("hidden.0.bias", "p0b", "f32"),
+            ("fc.weight", "cfw", "f32"),
+            ("fc.bias", "cfb", "f32"),
         ]);
         (plan, actual, vec![parent])
     }
@@ -465,7 +517,7 @@ mod tests {
             verify_claims(&plan, None, &actual, &honest(), &parents),
             Ok(())
         );
-        let check = |index: usize, lie: Claim, actual: &HashMap<String, String>, expected: &str| {
+        let check = |index: usize, lie: Claim, actual: &File, expected: &str| {
             let mut claims = honest();
             claims[index] = lie;
             let err = verify_claims(&plan, None, actual, &claims, &parents).unwrap_err();
@@ -477,7 +529,7 @@ mod tests {
         };
         // A tensor claimed inherited that changed (the file's bytes moved).
         let mut moved = actual.clone();
-        moved.insert("hidden.0.bias".into(), "moved".into());
+        moved.insert("hidden.0.bias".into(), ("moved".into(), "f32".into()));
         check(
             1,
             claim(
@@ -543,6 +595,148 @@ mod tests {
             ),
             &actual,
             "interpolates nothing",
+        );
+    }
+
+    /// Halfway between two parents with a batch norm, planned as the coordinator plans
+    /// an interpolation (everything from parent 0, nothing trains). The file holds a
+    /// moved weight, a running mean both parents share (so it came out unchanged) and
+    /// the integer counter, carried over from parent 0.
+    fn interpolation_case() -> (Vec<TensorPlan>, File, Vec<Hashes>) {
+        let plan = ["bn.weight", "bn.running_mean", "bn.num_batches_tracked"]
+            .into_iter()
+            .map(|name| TensorPlan {
+                name: name.into(),
+                origin: Some(Origin {
+                    parent: 0,
+                    tensor: name.into(),
+                }),
+                trainable: false,
+            })
+            .collect();
+        let first = hashes(&[
+            ("bn.weight", "aw"),
+            ("bn.running_mean", "shared"),
+            ("bn.num_batches_tracked", "an"),
+        ]);
+        let second = hashes(&[
+            ("bn.weight", "bw"),
+            ("bn.running_mean", "shared"),
+            ("bn.num_batches_tracked", "bn"),
+        ]);
+        let actual = file(&[
+            ("bn.weight", "mid", "f32"),
+            ("bn.running_mean", "shared", "f32"),
+            ("bn.num_batches_tracked", "an", "i64"),
+        ]);
+        (plan, actual, vec![first, second])
+    }
+
+    const HALFWAY: Option<Adjustment> = Some(Adjustment::Interpolate { alpha: 0.5 });
+
+    fn honest_interpolation() -> Vec<Claim> {
+        vec![
+            claim(
+                "bn.weight",
+                "mid",
+                TensorStatus::Interpolated,
+                Some("bn.weight"),
+            ),
+            claim(
+                "bn.running_mean",
+                "shared",
+                TensorStatus::Inherited,
+                Some("bn.running_mean"),
+            ),
+            claim(
+                "bn.num_batches_tracked",
+                "an",
+                TensorStatus::Inherited,
+                Some("bn.num_batches_tracked"),
+            ),
+        ]
+    }
+
+    #[test]
+    fn interpolation_claims_are_the_planned_statuses() {
+        let (plan, actual, parents) = interpolation_case();
+        // What the worker claims is what `status` says of the file's tensors.
+        let claims = honest_interpolation();
+        for (tensor, claim) in plan.iter().zip(&claims) {
+            let (sha256, dtype) = &actual[&tensor.name];
+            let unchanged = parents[0].get(&tensor.name) == Some(sha256);
+            assert_eq!(tensor.status(HALFWAY, dtype, unchanged), claim.status);
+        }
+        assert_eq!(
+            verify_claims(&plan, HALFWAY, &actual, &claims, &parents),
+            Ok(())
+        );
+        let check = |index: usize, status: TensorStatus, actual: &File, expected: &[&str]| {
+            let mut claims = honest_interpolation();
+            claims[index].status = status;
+            claims[index].sha256 = actual[&claims[index].name].0.clone();
+            let err = verify_claims(&plan, HALFWAY, actual, &claims, &parents).unwrap_err();
+            for expected in expected {
+                assert!(
+                    err.reason.contains(expected),
+                    "{} should say {expected:?}",
+                    err.reason
+                );
+            }
+        };
+        // An integer counter is never interpolated, whatever the job.
+        check(
+            2,
+            TensorStatus::Interpolated,
+            &actual,
+            &[
+                "bn.num_batches_tracked",
+                "claimed interpolated",
+                "plan says inherited",
+            ],
+        );
+        // An interpolation that left a tensor as its origin was records it inherited.
+        check(
+            1,
+            TensorStatus::Interpolated,
+            &actual,
+            &[
+                "bn.running_mean",
+                "claimed interpolated",
+                "plan says inherited",
+                "equal its origin",
+            ],
+        );
+        // A tensor that moved is not inherited.
+        check(
+            0,
+            TensorStatus::Inherited,
+            &actual,
+            &["bn.weight", "claimed inherited", "plan says interpolated"],
+        );
+        // A counter claimed inherited must hold its origin's bytes.
+        let mut moved = actual.clone();
+        moved.insert(
+            "bn.num_batches_tracked".into(),
+            ("moved".into(), "i64".into()),
+        );
+        check(2, TensorStatus::Inherited, &moved, &["bytes differ"]);
+    }
+
+    #[test]
+    fn a_plan_shown_before_the_work_assumes_interpolation_moves_tensors() {
+        let (plan, _, _) = interpolation_case();
+        assert_eq!(
+            plan[1].status(HALFWAY, "f32", false),
+            TensorStatus::Interpolated
+        );
+        assert_eq!(
+            plan[1].status(HALFWAY, "f32", true),
+            TensorStatus::Inherited
+        );
+        assert_eq!(
+            plan[2].status(HALFWAY, "i64", false),
+            TensorStatus::Inherited
         );
     }
 

@@ -1,6 +1,6 @@
 // Drives Debian's Chromium through the lineage explorer of a real coordinator and checks
 // what each view shows against what the test read over gRPC (the file in EXPECTED).
-// Run by worker/tests/explorer.rs; talks to it on stdout/stdin to watch a job go live:
+// Run by coordinator/tests/explorer.rs; talks to it on stdout/stdin to watch a job go live:
 // it prints "ready for a job", then reads the new job's id from stdin.
 //
 // Environment: PLAYWRIGHT (playwright-core's index.mjs), CHROMIUM, EXPLORER (its URL),
@@ -120,13 +120,16 @@ try {
   const shallow = await page.$$eval("#lineage a.node", (as) => as.length);
   check(shallow === expected.graph.nodes_at_depth_1, `depth 1 shows ${shallow} models, expected ${expected.graph.nodes_at_depth_1}`);
 
-  // Jobs: every job with its state, then one new job followed live.
+  // Jobs: every job with its state, then one new job followed live. The server
+  // subscribes the page's event stream before it answers, so once the answer is in, no
+  // update can be missed.
+  const streaming = page.waitForResponse((response) => response.url().endsWith("/jobs/stream"));
   await page.goto(base + "/jobs");
   const states = await page.$$eval("#jobs tbody tr", (rows) =>
     Object.fromEntries(rows.map((r) => [r.dataset.job, r.querySelector(".state").textContent])));
   check(JSON.stringify(Object.keys(states).sort()) === JSON.stringify(Object.keys(expected.jobs).sort()), "jobs listed");
   for (const [id, state] of Object.entries(expected.jobs)) check(states[id] === state, `job ${id} is ${states[id]}, expected ${state}`);
-  await page.waitForTimeout(300); // the event stream connects
+  await streaming;
   console.log("ready for a job");
   const live = (await lines.next()).value.trim();
   await page.waitForSelector(`#job-${live} .state.succeeded`, { timeout: 120000 });

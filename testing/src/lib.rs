@@ -1,13 +1,23 @@
-//! The integration-test harness: a fresh database in the PostgreSQL server that
-//! `scripts/test.sh` starts, a real coordinator on 127.0.0.1:0 (the same library code as
-//! the binary), and a real worker process that trains with libtorch.
+//! The integration-test harness every suite and bench of the workspace shares: a fresh
+//! database in the PostgreSQL server that `scripts/test.sh` starts, a real coordinator on
+//! 127.0.0.1:0 (the same library code as the binary), real worker processes, the test
+//! TLS material, and the data the tests train on.
+//!
+//! It never links the worker (nor libtorch): a worker is the `heirloom-worker` binary,
+//! run as a process from the build's output directory, so the coordinator's suites build
+//! without libtorch. Tests call it as `support` (`use heirloom_testing as support;`).
 
-#![allow(dead_code)] // each test binary uses a different part
+mod data;
+mod wait;
+
+pub use data::*;
+pub use wait::{wait_for, wait_until};
 
 use futures::TryStreamExt;
+use heirloom_client::certificates;
+pub use heirloom_client::connection::{ConnectArgs, Connection};
 use heirloom_coordinator::{Config, Coordinator};
-use heirloom_proto::certificates;
-pub use heirloom_proto::connection::{ConnectArgs, Connection};
+use heirloom_core::sha256_hex;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
 use heirloom_proto::v1::dataset_service_client::DatasetServiceClient;
@@ -15,7 +25,6 @@ use heirloom_proto::v1::job_service_client::JobServiceClient;
 use heirloom_proto::v1::model_service_client::ModelServiceClient;
 use heirloom_proto::v1::recipe_service_client::RecipeServiceClient;
 use heirloom_proto::v1::token_service_client::TokenServiceClient;
-use heirloom_spec::sha256_hex;
 use object_store::ObjectStore;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use std::path::PathBuf;
@@ -39,7 +48,8 @@ pub struct Cluster {
     pub address: String,
     /// The store the coordinator uses, for tests that reach under the API.
     pub store: Arc<dyn ObjectStore>,
-    artifacts: tempfile::TempDir,
+    /// The local store and the admin token file, removed when the cluster is dropped.
+    _artifacts: tempfile::TempDir,
     pub pool: PgPool,
     /// Connected as admin.
     pub channel: Connection,
@@ -131,7 +141,7 @@ pub fn worker_process(
 ) -> Child {
     let log = std::env::var_os("TEST_LOG").is_some();
     let dir = certificates();
-    Command::new(env!("CARGO_BIN_EXE_heirloom-worker"))
+    Command::new(workspace_binary("heirloom-worker"))
         .args([
             "--coordinator",
             address,
@@ -159,16 +169,50 @@ pub fn worker_process(
         .expect("start the worker binary")
 }
 
-/// Another binary of the workspace (`heirloom`, `heirloom-coordinator`), built beside
-/// the worker by `./scripts/test.sh`.
+/// A binary of the workspace (`heirloom`, `heirloom-coordinator`, `heirloom-worker`),
+/// beside the running test's own directory in the build's output (`target/debug/` for a
+/// test in `target/debug/deps/`). Cargo builds only the binaries of the package under
+/// test, so `./scripts/test.sh` builds every binary first.
 pub fn workspace_binary(name: &str) -> PathBuf {
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_heirloom-worker")).with_file_name(name);
+    let test = std::env::current_exe().expect("the test binary's path");
+    let mut dir = test.parent().expect("a directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let binary = dir.join(name);
     assert!(
         binary.exists(),
-        "{} is missing: run the tests with ./scripts/test.sh, which builds every binary",
+        "{} is missing: run the tests with ./scripts/test.sh, which builds every binary \
+         (or `cargo build --workspace --bins` first)",
         binary.display()
     );
     binary
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Waits for a coordinator process at `address` to answer with the admin token it
+/// writes to `token_file` at its first start; returns the token.
+pub async fn wait_for_coordinator(address: &str, token_file: &std::path::Path) -> String {
+    wait_for(
+        Duration::from_secs(30),
+        "the coordinator answers",
+        || async {
+            let token = std::fs::read_to_string(token_file).ok()?;
+            ModelServiceClient::new(connect_as(address, Some(&token)))
+                .list_models(pb::ListModelsRequest {})
+                .await
+                .ok()?;
+            Some(token)
+        },
+    )
+    .await
 }
 
 /// Sends a signal (`TERM`, `KILL`, `STOP`, `CONT`) to a child process.
@@ -200,12 +244,16 @@ fn admin_url() -> String {
 async fn serve(
     config: &Config,
     listener: tokio::net::TcpListener,
+    explorer: Option<tokio::net::TcpListener>,
     shutdown: &CancellationToken,
 ) -> Connection {
     let address = format!("https://{}", listener.local_addr().expect("address"));
-    let coordinator = Coordinator::build(config)
+    let mut coordinator = Coordinator::build(config)
         .await
         .expect("coordinator starts");
+    if let Some(explorer) = explorer {
+        coordinator = coordinator.with_explorer(explorer).expect("explorer TLS");
+    }
     tokio::spawn(coordinator.run(listener, shutdown.clone()));
     let admin = admin_token(config);
     connect_args(&address, false)
@@ -280,6 +328,15 @@ impl Cluster {
             .expect("bind");
         let address = format!("https://{}", listener.local_addr().expect("address"));
         let dir = certificates();
+        // Bound once, here, and handed to the coordinator: no race for the port.
+        let explorer_listener = match explorer {
+            true => Some(
+                tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind"),
+            ),
+            false => None,
+        };
         let config = Config {
             listen: listener.local_addr().expect("address"),
             database_url: database_url.clone(),
@@ -297,12 +354,9 @@ impl Cluster {
             insecure_plaintext: false,
             admin_token_file: Some(artifacts.path().join("admin.token")),
             metrics_listen: None,
-            // A port free a moment ago: the explorer binds it when the coordinator runs.
-            explorer_listen: explorer.then(|| {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .and_then(|free| free.local_addr())
-                    .expect("a free port")
-            }),
+            explorer_listen: explorer_listener
+                .as_ref()
+                .map(|l| l.local_addr().expect("address")),
             config: None,
             log_format: "human".into(),
         };
@@ -310,7 +364,7 @@ impl Cluster {
             .expect("open the artifact store")
             .store();
         let shutdown = CancellationToken::new();
-        let channel = serve(&config, listener, &shutdown).await;
+        let channel = serve(&config, listener, explorer_listener, &shutdown).await;
         let admin_token = admin_token(&config);
         let worker_token = create_token(&channel, "test-workers", pb::Role::Worker).await;
         let pool = PgPool::connect(&database_url)
@@ -319,7 +373,7 @@ impl Cluster {
         Cluster {
             address,
             store,
-            artifacts,
+            _artifacts: artifacts,
             pool,
             channel,
             admin_token,
@@ -355,7 +409,7 @@ impl Cluster {
             ..self.config.clone()
         };
         let address = format!("https://{}", config.listen);
-        serve(&config, listener, &self.shutdown).await;
+        serve(&config, listener, None, &self.shutdown).await;
         address
     }
 
@@ -414,6 +468,25 @@ impl Cluster {
             .await
             .expect("list the store")
             .len()
+    }
+
+    /// Waits until every stored blob is at least `age` old by its stored time, as garbage
+    /// collection's `min_age_seconds` measures it.
+    pub async fn wait_until_blobs_are(&self, age: Duration) {
+        let what = format!("every stored blob is {age:?} old");
+        wait_until(Duration::from_secs(30), &what, || async {
+            let blobs: Vec<_> = self
+                .store
+                .list(Some(&object_store::path::Path::from("blobs")))
+                .try_collect()
+                .await
+                .expect("list the store");
+            let now = chrono::Utc::now();
+            blobs
+                .iter()
+                .all(|blob| (now - blob.last_modified).to_std().unwrap_or_default() >= age)
+        })
+        .await
     }
 
     pub async fn register_dataset(&self, name: &str, content: Vec<u8>) -> pb::Dataset {
@@ -534,89 +607,6 @@ pub async fn refused<T: std::fmt::Debug>(
     );
 }
 
-/// Deterministic pseudo-random numbers, so test data is the same on every run.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    pub fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-
-    pub fn normal(&mut self) -> f32 {
-        let (u, v) = (self.uniform().max(1e-7), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (std::f32::consts::TAU * v).cos()
-    }
-}
-
-pub const FEATURES: usize = 64;
-
-/// Gaussian blobs: one centre per class in 0..10, `per_class` examples of each of
-/// `classes`, labelled from 0 in the order given. The same centres on every call.
-pub fn blobs(classes: std::ops::Range<usize>, per_class: usize, seed: u64) -> Vec<u8> {
-    let mut centres = Rng::new(7);
-    let centres: Vec<Vec<f32>> = (0..10)
-        .map(|_| (0..FEATURES).map(|_| centres.normal()).collect())
-        .collect();
-    let mut rng = Rng::new(seed);
-    let (mut x, mut y) = (Vec::new(), Vec::new());
-    for _ in 0..per_class {
-        for (label, class) in classes.clone().enumerate() {
-            x.extend(centres[class].iter().map(|c| c + 1.2 * rng.normal()));
-            y.push(label as i64);
-        }
-    }
-    let rows = y.len();
-    let x_bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let y_bytes: Vec<u8> = y.iter().flat_map(|v| v.to_le_bytes()).collect();
-    safetensors_file(&[
-        ("x", safetensors::Dtype::F32, vec![rows, FEATURES], x_bytes),
-        ("y", safetensors::Dtype::I64, vec![rows], y_bytes),
-    ])
-}
-
-pub fn safetensors_file(tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
-    let views: Vec<(&str, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(name, dtype, shape, data)| {
-            (
-                *name,
-                safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).expect("view"),
-            )
-        })
-        .collect();
-    safetensors::serialize(views, None).expect("serialize")
-}
-
-pub fn mlp(input_features: u32, hidden: Vec<u32>, num_classes: u32) -> pb::Architecture {
-    pb::Architecture {
-        kind: Some(pb::architecture::Kind::Mlp(pb::Mlp {
-            input_features,
-            hidden,
-            num_classes,
-        })),
-    }
-}
-
-pub fn hyperparameters(epochs: u32, learning_rate: f64) -> Option<pb::Hyperparameters> {
-    Some(pb::Hyperparameters {
-        epochs,
-        learning_rate,
-        seed: 1,
-        ..Default::default()
-    })
-}
-
 impl Cluster {
     /// A model's tensors by name, with their provenance.
     pub async fn tensors_of(
@@ -700,33 +690,6 @@ impl Cluster {
     }
 }
 
-pub fn floats(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|chunk| f32::from_le_bytes(chunk.try_into().expect("4 bytes")))
-        .collect()
-}
-
-/// An MLP `input → hidden → classes` state dict whose four tensors are filled with
-/// `fills` (weight, bias, head weight, head bias).
-pub fn mlp_weights(input: usize, hidden: usize, classes: usize, fills: [f32; 4]) -> Vec<u8> {
-    let tensor = |name: &'static str, shape: Vec<usize>, fill: f32| {
-        let count: usize = shape.iter().product();
-        (
-            name,
-            safetensors::Dtype::F32,
-            shape,
-            fill.to_le_bytes().repeat(count),
-        )
-    };
-    safetensors_file(&[
-        tensor("hidden.0.weight", vec![hidden, input], fills[0]),
-        tensor("hidden.0.bias", vec![hidden], fills[1]),
-        tensor("fc.weight", vec![classes, hidden], fills[2]),
-        tensor("fc.bias", vec![classes], fills[3]),
-    ])
-}
-
 /// Registers a dataset with the coordinator at the other end of `channel`.
 pub async fn register_dataset_at(
     channel: &Connection,
@@ -768,47 +731,13 @@ pub async fn import_model_at(
         .expect("a model")
 }
 
-/// Random weights for an MLP `input → hidden… → classes` (torch's state-dict names).
-pub fn random_mlp_weights(input: usize, hidden: &[usize], classes: usize, seed: u64) -> Vec<u8> {
-    let mut rng = Rng::new(seed);
-    let mut tensor = |name: String, shape: Vec<usize>| {
-        let fan_in = *shape.last().expect("a shape") as f32;
-        let count: usize = shape.iter().product();
-        let values: Vec<u8> = (0..count)
-            .flat_map(|_| (rng.normal() / fan_in.sqrt()).to_le_bytes())
-            .collect();
-        (name, shape, values)
-    };
-    let mut tensors = Vec::new();
-    let mut width = input;
-    for (i, &size) in hidden.iter().enumerate() {
-        tensors.push(tensor(format!("hidden.{i}.weight"), vec![size, width]));
-        tensors.push(tensor(format!("hidden.{i}.bias"), vec![size]));
-        width = size;
-    }
-    tensors.push(tensor("fc.weight".into(), vec![classes, width]));
-    tensors.push(tensor("fc.bias".into(), vec![classes]));
-    let named: Vec<(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(name, shape, values)| {
-            (
-                name.as_str(),
-                safetensors::Dtype::F32,
-                shape.clone(),
-                values.clone(),
-            )
-        })
-        .collect();
-    safetensors_file(&named)
-}
-
 /// Runs the `heirloom` CLI against the cluster with `token`; returns (success, stdout,
 /// stderr).
 pub fn cli(cluster: &Cluster, token: &str, args: &[&str]) -> (bool, String, String) {
     let binary = workspace_binary("heirloom");
     let output = std::process::Command::new(binary)
         .args(["--coordinator", &cluster.address, "--ca-cert"])
-        .arg(certificates().join(heirloom_proto::certificates::CA_CERT))
+        .arg(certificates().join(heirloom_client::certificates::CA_CERT))
         .env("HEIRLOOM_TOKEN", token)
         .args(args)
         .output()

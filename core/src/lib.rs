@@ -1,6 +1,8 @@
 //! What the coordinator and the worker must agree on, with no libtorch and no gRPC:
-//! architecture specs and their parameter names, hyperparameters and their defaults,
-//! trainable-tensor patterns, and the dataset and weights file formats.
+//! job kinds and the relations they write (one table, `kind.rs`), architecture specs and
+//! their parameter names, hyperparameters and their defaults, trainable-tensor patterns,
+//! tensor plans and the verification of provenance claims, and the dataset and weights
+//! file formats.
 //!
 //! Every check here names the field at fault, so the coordinator can turn it into an
 //! `INVALID_ARGUMENT` that says what to fix.
@@ -9,6 +11,7 @@ mod architecture;
 pub mod backoff;
 mod files;
 mod hyperparameters;
+mod kind;
 pub mod limits;
 mod memory;
 mod patterns;
@@ -25,6 +28,7 @@ pub use files::{
     sha256_hex, tensor_hashes,
 };
 pub use hyperparameters::{Hyperparameters, Optimizer};
+pub use kind::{AdjustmentUse, DatasetUse, JobKind, KindInputs, Parents, Relation};
 pub use memory::{MemoryEstimate, activation_elements, estimate as estimate_memory};
 pub use patterns::{TrainablePatterns, pattern_matches};
 pub use plan::{

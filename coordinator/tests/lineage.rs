@@ -1,10 +1,10 @@
 //! A train → transfer → fine-tune chain through a real coordinator, PostgreSQL and
 //! worker process, checked against the database rows and the weight files.
 
-mod support;
+use heirloom_testing as support;
 
+use heirloom_core::sha256_hex;
 use heirloom_proto::v1 as pb;
-use heirloom_spec::sha256_hex;
 use support::{Cluster, blobs, hyperparameters, mlp};
 use uuid::Uuid;
 

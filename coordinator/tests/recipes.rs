@@ -2,7 +2,7 @@
 //! diffing recipes, models traced by recipe, plans that match what jobs then do, and
 //! data that does not fit refused before anything is queued.
 
-mod support;
+use heirloom_testing as support;
 
 use heirloom_proto::v1 as pb;
 use support::{Cluster, blobs, hyperparameters, mlp, refused};

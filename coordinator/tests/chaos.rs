@@ -7,21 +7,20 @@
 //! lineage agrees with the jobs.
 //!
 //! Short by default (one round, as CI runs it). The long form:
-//! `HEIRLOOM_CHAOS_ROUNDS=10 ./scripts/test.sh -p heirloom-worker --test chaos -- --nocapture`
+//! `HEIRLOOM_CHAOS_ROUNDS=10 ./scripts/test.sh -p heirloom-coordinator --test chaos -- --nocapture`
 //! prints the figures RELIABILITY.md quotes.
 
-mod support;
+use heirloom_testing as support;
 
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::job_service_client::JobServiceClient;
-use heirloom_proto::v1::model_service_client::ModelServiceClient;
 use sqlx::PgPool;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use support::{blobs, mlp, signal, worker_process};
+use support::{blobs, free_port, mlp, signal, worker_process};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tonic_health::pb::HealthCheckRequest;
@@ -48,13 +47,6 @@ fn lib_sh(function: &str, args: &[&str]) {
         .status()
         .expect("run bash");
     assert!(status.success(), "{function} {args:?} failed");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// A PostgreSQL cluster of this test's own: restarting it disturbs no other test.
@@ -155,18 +147,8 @@ impl Coordinator {
             .expect("start the coordinator binary");
         self.process = Some(child);
         // Ready when it answers.
-        for _ in 0..200 {
-            if let Ok(token) = std::fs::read_to_string(self.artifacts.path().join("admin.token"))
-                && ModelServiceClient::new(support::connect_as(&self.address(), Some(&token)))
-                    .list_models(pb::ListModelsRequest {})
-                    .await
-                    .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("the coordinator did not start");
+        support::wait_for_coordinator(&self.address(), &self.artifacts.path().join("admin.token"))
+            .await;
     }
 
     async fn kill(&mut self) {
@@ -539,16 +521,18 @@ async fn a_worker_keeps_its_lease_across_a_coordinator_restart_shorter_than_the_
             .unwrap();
         state
     };
-    while state(pool.clone()).await != "running" {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::wait_until(Duration::from_secs(120), "the job runs", || async {
+        state(pool.clone()).await == "running"
+    })
+    .await;
     // Down for 3 s of a 10 s lease, while the worker trains on.
     coordinator.kill().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     coordinator.spawn().await;
-    while !["succeeded", "failed"].contains(&state(pool.clone()).await.as_str()) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    support::wait_until(Duration::from_secs(300), "the job ends", || async {
+        ["succeeded", "failed"].contains(&state(pool.clone()).await.as_str())
+    })
+    .await;
     let attempts: Vec<(i32, String)> =
         sqlx::query_as("SELECT attempt, outcome FROM job_attempts WHERE job_id = $1")
             .bind(job_id)
