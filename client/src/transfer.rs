@@ -3,10 +3,10 @@
 //! those, in chunks, one blob after another.
 
 use crate::connection::Connection;
-use heirloom_proto::v1 as pb;
-use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
 use bytes::Bytes;
 use futures::StreamExt;
+use heirloom_proto::v1 as pb;
+use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
 
 /// Bytes per upload message: half the default 4 MiB gRPC message limit.
 pub const CHUNK_BYTES: usize = 2 << 20;

@@ -323,3 +323,141 @@ async fn every_cli_command_answers_in_json_and_refusals_say_what_to_do_next() {
     let (ok, completions, _) = support::cli(&cluster, &admin, &["completions", "bash"]);
     assert!(ok && completions.contains("_heirloom()"), "{completions}");
 }
+
+/// Kubernetes stops a pod with SIGTERM: the coordinator refuses new connections, ends its
+/// open streams (a job being watched, a worker's assignments) with UNAVAILABLE at once so
+/// clients reconnect elsewhere, and exits cleanly well inside the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_open_streams_and_stops_the_coordinator_cleanly() {
+    use heirloom_proto::v1::worker_service_client::WorkerServiceClient;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = support::certificates();
+    let path = |name: &str| certs.join(name).display().to_string();
+    let port = free_port();
+    let token_file = dir.path().join("admin.token");
+    let log_path = dir.path().join("coordinator.log");
+    let database = support::fresh_database().await;
+    let artifacts = dir.path().join("artifacts").display().to_string();
+    let mut coordinator = Command::new(support::workspace_binary("heirloom-coordinator"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--database-url", &database, "--artifacts", &artifacts])
+        .args(["--tls-cert", &path(certificates::SERVER_CERT)])
+        .args(["--tls-key", &path(certificates::SERVER_KEY)])
+        .args(["--worker-client-ca", &path(certificates::CA_CERT)])
+        .args(["--admin-token-file".as_ref(), token_file.as_os_str()])
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the coordinator binary");
+    let address = format!("https://127.0.0.1:{port}");
+    let admin_token = support::wait_for_coordinator(&address, &token_file).await;
+    let admin = support::connect_as(&address, Some(&admin_token));
+
+    // A job no worker takes (it needs a GPU), watched; and a worker's assignment stream.
+    let parent = support::import_model_at(
+        &admin,
+        "parent",
+        support::mlp(8, vec![16], 5),
+        support::random_mlp_weights(8, &[16], 5, 7),
+    )
+    .await;
+    let mut jobs = JobServiceClient::new(admin.clone());
+    let job = jobs
+        .submit_job(pb::SubmitJobRequest {
+            spec: Some(pb::JobSpec {
+                kind: pb::JobKind::Direct.into(),
+                model_name: "copy".into(),
+                parent_id: parent.id.clone(),
+                ..Default::default()
+            }),
+            requirements: Some(pb::Requirements {
+                device: "cuda".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let mut watch = jobs
+        .watch_job(pb::WatchJobRequest {
+            job_id: job.id.clone(),
+            after_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().expect("the queued event");
+    assert!(first.event.is_some());
+    let worker_token = support::create_token(&admin, "idle-worker", pb::Role::Worker).await;
+    let mut workers = WorkerServiceClient::new(support::connect_as(&address, Some(&worker_token)));
+    let worker_id = workers
+        .register_worker(pb::RegisterWorkerRequest {
+            name: "idle-cpu".into(),
+            devices: vec![pb::Device {
+                name: "cpu".into(),
+                memory_bytes: 0,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id;
+    let mut assignments = workers
+        .stream_assignments(pb::StreamAssignmentsRequest { worker_id })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let signalled = std::time::Instant::now();
+    let pid = coordinator.id().expect("running").to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let within = Duration::from_secs(5);
+    let watched = tokio::time::timeout(within, watch.message())
+        .await
+        .expect("the watch ends at once");
+    ended(watched.map(|message| format!("{message:?}")), "WatchJob");
+    let assigned = tokio::time::timeout(within, assignments.message())
+        .await
+        .expect("the assignment stream ends at once");
+    ended(
+        assigned.map(|message| format!("{message:?}")),
+        "StreamAssignments",
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), coordinator.wait())
+        .await
+        .expect("the coordinator exits")
+        .unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(log.contains("SIGTERM"), "{log}");
+    assert!(
+        !log.contains("calls still open after the drain"),
+        "every stream ended without waiting out the drain:\n{log}"
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "stopped in {:?}",
+        signalled.elapsed()
+    );
+}
+
+/// A stream that SIGTERM ended: with UNAVAILABLE, so its client reconnects.
+fn ended(result: Result<String, tonic::Status>, stream: &str) {
+    match result {
+        Err(status) => assert_eq!(
+            status.code(),
+            tonic::Code::Unavailable,
+            "{stream}: {status:?}"
+        ),
+        Ok(message) => panic!("{stream} went on after SIGTERM: {message}"),
+    }
+}

@@ -9,10 +9,10 @@
 //! - Every file of `db/` and `grpc/` opens with a `//!` header saying what it owns.
 //! - `db/` never imports `auth` (who is calling is `domain::Caller`), and the library
 //!   never names `anyhow` (only `main.rs` does; the library returns its own errors).
-//! - Across the workspace: only the worker links libtorch, and inside it only `train/`
-//!   calls `tch` (`error.rs` only names its error type); the worker reaches no store and
-//!   no database directly; nothing is ever unpickled; lineage rows are never updated or
-//!   deleted.
+//! - Across the workspace: inside the worker only `train/` calls `tch` (`error.rs` only
+//!   names its error type; that no other crate links libtorch is
+//!   `testing/tests/libtorch.rs`); the worker reaches no store and no database directly;
+//!   nothing is ever unpickled; lineage rows are never updated or deleted.
 //!
 //! Comment lines are skipped, so headers may name what they forbid. Each exception is in
 //! [`ALLOWED`] with its reason; an exception that no longer matches any line fails too,
@@ -332,7 +332,7 @@ fn dependencies(manifest: &str) -> Vec<String> {
 }
 
 #[test]
-fn only_the_worker_links_libtorch_and_it_reaches_no_store_or_database() {
+fn the_worker_reaches_no_store_or_database_and_calls_libtorch_only_from_train() {
     let root = workspace();
     let crates = [
         "proto",
@@ -372,15 +372,6 @@ fn only_the_worker_links_libtorch_and_it_reaches_no_store_or_database() {
         closure("heirloom-worker").contains("tch"),
         "the worker links tch"
     );
-    for name in direct.keys().filter(|name| *name != "heirloom-worker") {
-        let links = closure(name);
-        for torch in ["tch", "torch-sys"] {
-            assert!(
-                !links.contains(torch),
-                "{name} links {torch}: only the worker may"
-            );
-        }
-    }
     let worker = closure("heirloom-worker");
     for direct_access in ["object_store", "sqlx", "heirloom-coordinator"] {
         assert!(
@@ -477,4 +468,104 @@ fn lineage_rows_are_never_updated_or_deleted() {
         "lineage is append-only:\n{}\n",
         found.join("\n")
     );
+}
+
+/// The coordinator's top-level module a file belongs to (`db/jobs.rs` → `db`); `None`
+/// for the crate root and the binary.
+fn top_module(file: &str) -> Option<String> {
+    let first = file.split('/').next()?;
+    let module = first.strip_suffix(".rs").unwrap_or(first);
+    (!matches!(module, "lib" | "main")).then(|| module.to_string())
+}
+
+#[test]
+fn the_coordinator_s_modules_import_each_other_without_cycles() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut edges: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for path in rust_files(&src) {
+        let file = relative(&src, &path);
+        let Some(from) = top_module(&file) else {
+            continue;
+        };
+        let source: String = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let targets = edges.entry(from.clone()).or_default();
+        for name in paths_after(&source, "crate::") {
+            targets.insert(name);
+        }
+        // `use crate::{a, b::c}`, over as many lines as it takes: the first name of
+        // each member (root items are filtered out below with every non-module).
+        for (at, _) in source.match_indices("crate::{") {
+            let mut depth = 0;
+            let mut member = String::new();
+            for c in source[at + "crate::".len()..].chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+                if depth == 1 && (c == ',' || c == '{') || depth == 0 {
+                    let module = member.trim().split("::").next().unwrap_or_default();
+                    if !module.is_empty() {
+                        targets.insert(module.to_string());
+                    }
+                    member.clear();
+                } else if depth == 1 {
+                    member.push(c);
+                }
+                if depth == 0 {
+                    break;
+                }
+            }
+        }
+        targets.remove(&from);
+    }
+    let modules: std::collections::BTreeSet<String> = edges.keys().cloned().collect();
+    for targets in edges.values_mut() {
+        targets.retain(|target| modules.contains(target));
+    }
+    assert!(
+        edges
+            .get("planning")
+            .is_some_and(|targets| targets.contains("db")),
+        "the import graph was not read: {edges:?}"
+    );
+    // A cycle is a module that reaches itself.
+    let mut cycles = Vec::new();
+    for start in &modules {
+        let mut path = vec![start.clone()];
+        if let Some(cycle) = reaches(&edges, start, &mut path) {
+            cycles.push(cycle.join(" -> "));
+        }
+    }
+    assert!(cycles.is_empty(), "import cycles:\n{}\n", cycles.join("\n"));
+}
+
+/// Walks from the last module of `path`; the path back to its first, if there is one.
+fn reaches(
+    edges: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+    start: &str,
+    path: &mut Vec<String>,
+) -> Option<Vec<String>> {
+    let last = path.last().unwrap().clone();
+    for next in edges.get(&last).into_iter().flatten() {
+        if next == start {
+            let mut cycle = path.clone();
+            cycle.push(next.clone());
+            return Some(cycle);
+        }
+        if !path.contains(next) {
+            path.push(next.clone());
+            if let Some(cycle) = reaches(edges, start, path) {
+                return Some(cycle);
+            }
+            path.pop();
+        }
+    }
+    None
 }

@@ -2,12 +2,12 @@
 //! the worker run on requests, and describes what came out.
 
 use crate::Target;
-use heirloom_proto::v1 as pb;
 use heirloom_core::{
     Architecture, Invalid, Module, TensorInfo, TrainablePatterns, check_manifest, limits,
     pattern_matches, plan_compose, plan_scratch, read_dataset_info, read_tensor_infos,
     tensor_hashes,
 };
+use heirloom_proto::v1 as pb;
 use prost::Message;
 
 pub const ALL: &[Target] = &[
@@ -215,11 +215,11 @@ fn architecture_proto(data: &[u8]) -> String {
         return "undecodable".into();
     };
     let architecture = proto
-        .to_spec("architecture")
+        .to_core("architecture")
         .and_then(|architecture| architecture.validate("architecture").map(|()| architecture));
     describe(architecture, |architecture| {
         let back = pb::Architecture::from(&architecture)
-            .to_spec("again")
+            .to_core("again")
             .expect("a valid architecture converts back");
         assert_eq!(back, architecture, "protobuf round trip");
         exercise(&architecture)
@@ -330,7 +330,7 @@ fn manifest(data: &[u8]) -> String {
         request
             .architecture
             .ok_or_else(|| Invalid::new("architecture", "is required"))?
-            .to_spec("architecture")
+            .to_core("architecture")
     })
     .and_then(|architecture| {
         architecture.validate("architecture")?;

@@ -283,3 +283,73 @@ async fn every_inheritance_method_records_verified_provenance() {
         ]
     );
 }
+
+/// Interpolating two fine-tunes that froze the same layers leaves those layers' bytes
+/// as they were: they are recorded `inherited` (not `interpolated`), and blame follows
+/// them past the blend to where they last changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interpolation_that_changes_no_bytes_of_a_tensor_records_it_inherited() {
+    use pb::TensorStatus::{Inherited, Interpolated};
+    let cluster = Cluster::start().await;
+    let data = cluster.register_dataset("blobs", blobs(0..5, 60, 3)).await;
+    let base = cluster
+        .run(pb::JobSpec {
+            kind: pb::JobKind::Train as i32,
+            model_name: "base".into(),
+            dataset_id: data.id.clone(),
+            architecture: Some(mlp(64, vec![16], 5)),
+            hyperparameters: hyperparameters(3, 0.0),
+            ..Default::default()
+        })
+        .await;
+    let head_only = |name: &str, seed: u64| pb::JobSpec {
+        kind: pb::JobKind::Finetune as i32,
+        model_name: name.into(),
+        dataset_id: data.id.clone(),
+        parent_id: base.id.clone(),
+        trainable: vec!["fc.*".into()],
+        hyperparameters: Some(pb::Hyperparameters {
+            epochs: 2,
+            seed,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let first = cluster.run(head_only("head-a", 1)).await;
+    let second = cluster.run(head_only("head-b", 2)).await;
+    cluster
+        .run(pb::JobSpec {
+            kind: pb::JobKind::Direct as i32,
+            model_name: "blend".into(),
+            dataset_id: data.id.clone(),
+            parent_id: first.id.clone(),
+            second_parent_id: second.id.clone(),
+            alpha: 0.5,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        status_and_origin(&cluster.tensors_of("blend").await),
+        expect(&[
+            ("hidden.0.weight", Inherited, "head-a"),
+            ("hidden.0.bias", Inherited, "head-a"),
+            ("fc.weight", Interpolated, "head-a"),
+            ("fc.bias", Interpolated, "head-a"),
+        ])
+    );
+    let blame = cluster
+        .models()
+        .blame_tensor(pb::BlameTensorRequest {
+            model: "blend".into(),
+            tensor: "hidden.0.weight".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let chain: Vec<&str> = blame
+        .steps
+        .iter()
+        .map(|step| step.model_name.as_str())
+        .collect();
+    assert_eq!(chain, ["blend", "head-a", "base"], "last changed in base");
+}

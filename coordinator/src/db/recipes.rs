@@ -3,10 +3,10 @@
 //! made with it. Never builds a prost message; never parses or merges a recipe body
 //! (`crate::recipes` does).
 
+use super::is_unique_violation;
 use super::models::ModelRow;
 use super::{Db, check_reference, split_version};
 use crate::domain::{JobKind, Model, RecipeRecord, RecipeRef};
-use super::is_unique_violation;
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use serde_json::Value;

@@ -13,8 +13,8 @@ mod pages;
 
 use crate::Services;
 use crate::auth::{caller_for, secret_sha256};
-use crate::error::{Error, StartupError};
 use crate::domain::Role;
+use crate::error::{Error, StartupError};
 use axum::extract::{Form, Request, State};
 use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
