@@ -73,10 +73,10 @@ impl TensorPlan {
 
 /// Whether the adjustment moves every (float) tensor, trained or not.
 fn interpolates(adjustment: Option<Adjustment>) -> bool {
-    matches!(
-        adjustment,
-        Some(Adjustment::Interpolate { .. } | Adjustment::Scale { .. })
-    )
+    match adjustment {
+        Some(Adjustment::Interpolate { .. } | Adjustment::Scale { .. }) => true,
+        Some(Adjustment::WiseFt { .. }) | None => false,
+    }
 }
 
 /// A weight-space step after loading (and training).

@@ -324,9 +324,8 @@ async fn lock_leased_job(
         .map(Job::try_from)
         .transpose()?
         .ok_or_else(|| Error::NotFound(format!("job {job_id} does not exist")))?;
-    let holds_lease = job.worker_id == Some(worker_id)
-        && job.attempt == attempt
-        && matches!(job.state, JobState::Leased | JobState::Running);
+    let holds_lease =
+        job.worker_id == Some(worker_id) && job.attempt == attempt && job.state.is_leased();
     if !holds_lease {
         return Err(Error::LeaseLost(format!(
             "worker {worker_id} no longer holds job {job_id} (attempt {attempt}); the job is {} \

@@ -54,10 +54,20 @@ impl JobState {
     }
 
     pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            JobState::Succeeded | JobState::Failed | JobState::Cancelled
-        )
+        match self {
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled => true,
+            JobState::Queued | JobState::Leased | JobState::Running => false,
+        }
+    }
+
+    /// A worker holds the job's lease in this state.
+    pub fn is_leased(self) -> bool {
+        match self {
+            JobState::Leased | JobState::Running => true,
+            JobState::Queued | JobState::Succeeded | JobState::Failed | JobState::Cancelled => {
+                false
+            }
+        }
     }
 }
 
