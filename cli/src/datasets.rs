@@ -1,5 +1,4 @@
-use crate::output::Output;
-use anyhow::Context;
+use crate::output::{Output, outln};
 use clap::Subcommand;
 use heirloom_client::connection::Connection;
 use heirloom_proto::v1 as pb;
@@ -20,7 +19,8 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
     match command {
         Command::Register { name, file } => {
             let content = bytes::Bytes::from(
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?,
+                std::fs::read(&file)
+                    .map_err(|err| crate::usage(format!("{}: {err}", file.display())))?,
             );
             let sha256 = hex::encode(Sha256::digest(&content));
             // Uploaded first in chunks (unless stored already), then registered by hash.
@@ -36,9 +36,11 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
                 .dataset
                 .unwrap_or_default();
             output.print(&dataset, || {
-                println!(
+                outln!(
                     "registered dataset {} version {} ({})",
-                    dataset.name, dataset.version, dataset.id
+                    dataset.name,
+                    dataset.version,
+                    dataset.id
                 );
                 print_dataset(&dataset);
             })?;
@@ -55,7 +57,7 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
 }
 
 fn print_dataset(dataset: &pb::Dataset) {
-    println!(
+    outln!(
         "{:<24} {}  {} examples x {} features, {} classes, sha256 {}",
         format!("{}@{}", dataset.name, dataset.version),
         dataset.id,
@@ -74,7 +76,14 @@ pub async fn resolve(channel: Connection, dataset: &str) -> anyhow::Result<Strin
         .into_inner()
         .datasets;
     let (name, version) = match dataset.rsplit_once('@') {
-        Some((name, version)) => (name, Some(version.parse::<u32>()?)),
+        Some((name, version)) => {
+            let version = version.parse::<u32>().map_err(|_| {
+                crate::usage(format!(
+                    "dataset {dataset:?}: write a name, name@version (a number) or an id"
+                ))
+            })?;
+            (name, Some(version))
+        }
         None => (dataset, None),
     };
     datasets

@@ -1,7 +1,7 @@
 //! `heirloom health`: asks the coordinator's `grpc.health.v1` service whether it serves,
 //! for probes (Kubernetes `exec`, compose `healthcheck`) and people. Needs no token.
 
-use crate::output::Output;
+use crate::output::{Output, outln};
 use heirloom_client::connection::Connection;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -24,7 +24,7 @@ pub async fn run(channel: Connection, health: Health, output: Output) -> anyhow:
         .status();
     output.print(
         &serde_json::json!({ "status": status.as_str_name() }),
-        || println!("{}", status.as_str_name()),
+        || outln!("{}", status.as_str_name()),
     )?;
     anyhow::ensure!(
         status == ServingStatus::Serving,

@@ -1,4 +1,4 @@
-use crate::output::Output;
+use crate::output::{Output, out, outln};
 use crate::{datasets, models, plan};
 use clap::{Args, Subcommand};
 use heirloom_client::connection::Connection;
@@ -197,13 +197,16 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
                 .into_inner()
                 .job
                 .unwrap_or_default();
-            output.print(&job, || print_job(&job))
+            output.print(&job, || {
+                print_job(&job);
+                print_placement(&job);
+            })
         }
         Command::List { state } => {
             let state = match state.as_deref() {
                 None => pb::JobState::Unspecified,
                 Some(name) => pb::JobState::from_str_name(&format!("JOB_STATE_{}", name.to_uppercase()))
-                    .ok_or_else(|| anyhow::anyhow!("--state {name:?}: use queued, leased, running, succeeded, failed or cancelled"))?,
+                    .ok_or_else(|| crate::usage(format!("--state {name:?}: use queued, leased, running, succeeded, failed or cancelled")))?,
             };
             let listed = client
                 .list_jobs(pb::ListJobsRequest {
@@ -332,9 +335,9 @@ async fn spec_of(channel: &Connection, job: Submit) -> anyhow::Result<(pb::JobSp
                     Some((target, parent, prefix))
                 });
                 let Some((target, parent, prefix)) = parsed else {
-                    anyhow::bail!(
+                    return Err(crate::usage(format!(
                         "--module {module:?}: write TARGET=PARENT:SOURCE, such as hidden.0=base:hidden.0"
-                    );
+                    )));
                 };
                 mappings.push(pb::ModuleMapping {
                     target_prefix: target.to_string(),
@@ -356,7 +359,11 @@ async fn spec_of(channel: &Connection, job: Submit) -> anyhow::Result<(pb::JobSp
         None => pb::Optimizer::Unspecified,
         Some("adam") => pb::Optimizer::Adam,
         Some("sgd") => pb::Optimizer::Sgd,
-        Some(other) => anyhow::bail!("--optimizer {other:?}: use adam or sgd"),
+        Some(other) => {
+            return Err(crate::usage(format!(
+                "--optimizer {other:?}: use adam or sgd"
+            )));
+        }
     };
     let spec = pb::JobSpec {
         model_name: common.name.clone(),
@@ -397,7 +404,7 @@ async fn submit(channel: &Connection, job: Submit, output: Output) -> anyhow::Re
                             .split_once('=')
                             .map(|(k, v)| (k.to_string(), v.to_string()))
                             .ok_or_else(|| {
-                                anyhow::anyhow!("--require-label {label:?}: write key=value")
+                                crate::usage(format!("--require-label {label:?}: write key=value"))
                             })
                     })
                     .collect::<anyhow::Result<_>>()?,
@@ -408,9 +415,7 @@ async fn submit(channel: &Connection, job: Submit, output: Output) -> anyhow::Re
         .into_inner()
         .job
         .unwrap_or_default();
-    output.print_line(&job, || {
-        println!("submitted job {} for model {name}", job.id)
-    })?;
+    output.print_line(&job, || outln!("submitted job {} for model {name}", job.id))?;
     if placement.watch {
         watch(&mut client, &job.id, output).await?;
     }
@@ -432,7 +437,7 @@ fn state_name(state: pb::JobState) -> String {
 fn print_job(job: &pb::Job) {
     let spec = job.spec.clone().unwrap_or_default();
     let kind = crate::tree::kind(spec.kind());
-    print!(
+    out!(
         "{}  {:<9} {:<10} model {}",
         job.id,
         kind,
@@ -440,32 +445,98 @@ fn print_job(job: &pb::Job) {
         spec.model_name
     );
     if !job.model_id.is_empty() {
-        print!(" ({})", job.model_id);
+        out!(" ({})", job.model_id);
     }
     if let Some(recipe) = &job.recipe {
-        print!("  recipe {}@{}", recipe.name, recipe.version);
+        out!("  recipe {}@{}", recipe.name, recipe.version);
     }
     if !job.error.is_empty() {
-        print!("  error: {}", job.error);
+        out!("  error: {}", job.error);
     }
-    println!();
+    outln!();
     for shift in &job.data_shift {
-        print!("  ");
+        out!("  ");
         plan::print_shift(shift);
     }
     for attempt in &job.attempts {
-        print!(
+        out!(
             "  attempt {} on worker {}: {} (started {}",
-            attempt.attempt, attempt.worker_id, attempt.outcome, attempt.started_at
+            attempt.attempt,
+            attempt.worker_id,
+            attempt.outcome,
+            attempt.started_at
         );
         if !attempt.ended_at.is_empty() {
-            print!(", ended {}", attempt.ended_at);
+            out!(", ended {}", attempt.ended_at);
         }
-        print!(")");
+        out!(")");
         if !attempt.error.is_empty() {
-            print!(" {}", attempt.error);
+            out!(" {}", attempt.error);
         }
-        println!();
+        outln!();
+    }
+}
+
+/// Where a job may run and why it has not yet: its priority, what a worker must offer,
+/// and (GetJob fills it for a queued job) the reason it waits.
+fn print_placement(job: &pb::Job) {
+    let requirements = job.requirements.clone().unwrap_or_default();
+    let mut needs = Vec::new();
+    if !requirements.device.is_empty() {
+        needs.push(format!("device {}", requirements.device));
+    }
+    if requirements.min_device_memory_bytes > 0 {
+        needs.push(format!(
+            "at least {} of device memory",
+            heirloom_client::display::bytes(requirements.min_device_memory_bytes)
+        ));
+    }
+    let mut labels: Vec<_> = requirements.labels.iter().collect();
+    labels.sort();
+    needs.extend(
+        labels
+            .iter()
+            .map(|(key, value)| format!("label {key}={value}")),
+    );
+    let needs = if needs.is_empty() {
+        "any worker".to_string()
+    } else {
+        needs.join(", ")
+    };
+    outln!(
+        "  priority {}; runs on {needs}; up to {} attempts",
+        job.priority,
+        job.max_attempts
+    );
+    if !job.waiting_reason.is_empty() {
+        outln!("  waiting: {}", job.waiting_reason);
+    }
+}
+
+/// Which progress reports get a line of their own when no bar is drawn: one line per
+/// finished epoch, thinned to about five for long jobs, the last epoch always. A worker
+/// reports `epoch` as the epochs finished, so every report during epoch n + 1 repeats
+/// epoch n: only the first report of an epoch (the one sent as it ends, with the
+/// epoch's loss and accuracy) is new. A retried attempt that goes back to an epoch
+/// already printed prints nothing until it passes it.
+#[derive(Debug, Default)]
+struct EpochLines {
+    printed: Option<u32>,
+}
+
+impl EpochLines {
+    fn admit(&mut self, progress: &pb::Progress) -> bool {
+        let (epoch, epochs) = (progress.epoch, progress.epochs);
+        let stride = (epochs / 5).max(1);
+        // The first report at or past each multiple of the stride: reports carry the
+        // latest value, so a given epoch's own report may never come.
+        let printed = self.printed.unwrap_or(0);
+        let due = epoch > 0 && (epoch / stride > printed / stride || epoch == epochs);
+        let new = self.printed.is_none_or(|printed| epoch > printed);
+        if due && new {
+            self.printed = Some(epoch);
+        }
+        due && new
     }
 }
 
@@ -485,6 +556,7 @@ async fn watch(
         .into_inner();
     let interactive = output == Output::Text && std::io::stderr().is_terminal();
     let bar = ProgressBar::hidden();
+    let mut lines = EpochLines::default();
     let mut final_state = pb::JobState::Unspecified;
     while let Some(response) = events.message().await? {
         let Some(event) = response.event else {
@@ -506,11 +578,12 @@ async fn watch(
                 };
                 bar.println(&line);
                 if !interactive {
-                    println!("{line}");
+                    outln!("{line}");
                 }
                 final_state = state;
             }
-            Some(pb::job_event::Event::Progress(progress)) => {
+            // A report before training has a plan (no epochs yet) says nothing.
+            Some(pb::job_event::Event::Progress(progress)) if progress.epochs > 0 => {
                 if interactive && bar.is_hidden() && progress.total_steps > 0 {
                     bar.set_length(progress.total_steps);
                     bar.set_style(
@@ -530,14 +603,11 @@ async fn watch(
                 if interactive {
                     bar.set_position(progress.step);
                     bar.set_message(message);
-                } else if progress.epoch > 0
-                    && (progress.epoch % (progress.epochs / 5).max(1) == 0
-                        || progress.epoch == progress.epochs)
-                {
-                    println!("  {message}");
+                } else if lines.admit(&progress) {
+                    outln!("  {message}");
                 }
             }
-            None => {}
+            Some(pb::job_event::Event::Progress(_)) | None => {}
         }
     }
     bar.finish_and_clear();
@@ -554,5 +624,77 @@ async fn watch(
                 .unwrap_or_default();
             anyhow::bail!("job {job_id} ended {}: {}", state_name(other), job.error)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `reports` (epoch, epochs) in order; `expected` are the epochs that get a line.
+    fn check(reports: &[(u32, u32)], expected: &[u32]) {
+        let mut lines = EpochLines::default();
+        let printed: Vec<u32> = reports
+            .iter()
+            .map(|&(epoch, epochs)| pb::Progress {
+                epoch,
+                epochs,
+                ..Default::default()
+            })
+            .filter(|progress| lines.admit(progress))
+            .map(|progress| progress.epoch)
+            .collect();
+        assert_eq!(printed, expected, "{reports:?}");
+    }
+
+    #[test]
+    fn each_epoch_gets_one_line() {
+        // A 3-epoch job: the start, reports during each epoch, the end of each epoch.
+        check(
+            &[
+                (0, 3),
+                (0, 3),
+                (0, 3),
+                (1, 3),
+                (1, 3),
+                (1, 3),
+                (2, 3),
+                (2, 3),
+                (3, 3),
+            ],
+            &[1, 2, 3],
+        );
+        // Only epoch ends: every one is new.
+        check(&[(1, 2), (2, 2)], &[1, 2]);
+        // Long jobs print about five lines, and always the last epoch.
+        let ten: Vec<(u32, u32)> = (0..=10).flat_map(|e| [(e, 10), (e, 10)]).collect();
+        check(&ten, &[2, 4, 6, 8, 10]);
+        check(&[(7, 7)], &[7]);
+        let twelve: Vec<(u32, u32)> = (0..=12).map(|e| (e, 12)).collect();
+        check(&twelve, &[2, 4, 6, 8, 10, 12]);
+    }
+
+    #[test]
+    fn reports_without_a_finished_epoch_get_none() {
+        check(&[(0, 0), (0, 0)], &[]);
+        check(&[(0, 5), (0, 5)], &[]);
+    }
+
+    #[test]
+    fn an_epoch_whose_own_report_never_came_is_covered_by_the_next() {
+        // Reports carry the latest value: 30 epochs, stride 6, epoch 18's report skipped.
+        check(
+            &[(6, 30), (12, 30), (17, 30), (19, 30), (24, 30), (30, 30)],
+            &[6, 12, 19, 24, 30],
+        );
+    }
+
+    #[test]
+    fn a_retry_prints_only_epochs_past_those_printed() {
+        // The first attempt finished epochs 1 and 2; the retry resumes inside epoch 2.
+        check(
+            &[(1, 4), (2, 4), (2, 4), (1, 4), (2, 4), (3, 4), (4, 4)],
+            &[1, 2, 3, 4],
+        );
     }
 }

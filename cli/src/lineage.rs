@@ -1,7 +1,7 @@
 //! `heirloom lineage …`: every lineage question in one call each, printed for people or
 //! as JSON, DOT or Mermaid for tools.
 
-use crate::output::Output;
+use crate::output::{Output, out, outln};
 use clap::{Subcommand, ValueEnum};
 use heirloom_client::connection::Connection;
 use heirloom_proto::v1 as pb;
@@ -165,7 +165,7 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
                         serde_json::json!({"id": model.id, "name": model.name, "relation": step.relation})
                     })
                     .collect();
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"steps": steps, "reversed": path.reversed})
                 );
@@ -173,8 +173,8 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
                 for step in &path.steps {
                     let model = step.model.clone().unwrap_or_default();
                     match step.relation.as_str() {
-                        "" => println!("{}", model.name),
-                        relation => println!("  └─{relation}→ {}", model.name),
+                        "" => outln!("{}", model.name),
+                        relation => outln!("  └─{relation}→ {}", model.name),
                     }
                 }
             }
@@ -195,15 +195,17 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
                             "depth_from_a": c.depth_from_a, "depth_from_b": c.depth_from_b})
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(rows));
+                outln!("{}", serde_json::Value::Array(rows));
             } else if common.is_empty() {
-                println!("no common ancestor");
+                outln!("no common ancestor");
             } else {
                 for c in &common {
                     let model = c.model.clone().unwrap_or_default();
-                    println!(
+                    outln!(
                         "{}  ({} up from the first, {} up from the second)",
-                        model.name, c.depth_from_a, c.depth_from_b
+                        model.name,
+                        c.depth_from_a,
+                        c.depth_from_b
                     );
                 }
             }
@@ -230,7 +232,7 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
                 })
                 .await?
                 .into_inner();
-            print!("{}", graph.rendered);
+            out!("{}", graph.rendered);
             if let Some(image) = image {
                 draw(&model, &mut client, up, down, &image).await?;
             }
@@ -255,7 +257,7 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
                             "sha256": s.sha256})
                     })
                     .collect();
-                println!("{}", serde_json::Value::Array(rows));
+                outln!("{}", serde_json::Value::Array(rows));
             } else {
                 let last = steps.len().saturating_sub(1);
                 for (i, step) in steps.iter().enumerate() {
@@ -264,7 +266,7 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
                     } else {
                         ""
                     };
-                    println!(
+                    outln!(
                         "{:<32} {:<24} {:<12} {}{note}",
                         step.model_name,
                         step.tensor,
@@ -327,20 +329,25 @@ fn print_entries(entries: &[pb::LineageEntry], format: Format) -> anyhow::Result
                         "source": model.source})
                 })
                 .collect();
-            println!("{}", serde_json::Value::Array(rows));
+            outln!("{}", serde_json::Value::Array(rows));
         }
         Format::Text => {
-            println!("depth  model  [made by]  id");
+            outln!("depth  model  [made by]  id");
             for entry in entries {
                 let model = entry.model.clone().unwrap_or_default();
-                println!(
+                outln!(
                     "{:>5}  {}  [{}]  {}",
-                    entry.depth, model.name, model.source, model.id
+                    entry.depth,
+                    model.name,
+                    model.source,
+                    model.id
                 );
             }
         }
         Format::Dot | Format::Mermaid => {
-            anyhow::bail!("--format dot and mermaid are for `heirloom lineage graph`")
+            return Err(crate::usage(
+                "--format dot and mermaid are for `heirloom lineage graph`",
+            ));
         }
     }
     Ok(())
@@ -358,7 +365,12 @@ async fn draw(
     let kind = match image.extension().and_then(|e| e.to_str()) {
         Some("svg") => "svg",
         Some("png") => "png",
-        _ => anyhow::bail!("--image {}: name an .svg or .png file", image.display()),
+        _ => {
+            return Err(crate::usage(format!(
+                "--image {}: name an .svg or .png file",
+                image.display()
+            )));
+        }
     };
     let dot = client
         .lineage_graph(pb::LineageGraphRequest {

@@ -1,6 +1,5 @@
-use crate::output::Output;
+use crate::output::{Output, out, outln};
 use crate::tree;
-use anyhow::Context;
 use clap::Subcommand;
 use heirloom_client::connection::Connection;
 use heirloom_proto::v1 as pb;
@@ -53,10 +52,10 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
             program,
         } => {
             let architecture = parse_architecture(&arch)?;
-            let file = bytes::Bytes::from(
-                std::fs::read(&weights)
-                    .with_context(|| format!("reading {}", weights.display()))?,
-            );
+            let file =
+                bytes::Bytes::from(std::fs::read(&weights).map_err(|err| {
+                    crate::usage(format!("--weights {}: {err}", weights.display()))
+                })?);
             // Tensor by tensor, only those the store lacks, then imported by manifest:
             // no size limit, and a model sharing tensors with others uploads less.
             let tensors = heirloom_core::tensor_hashes("weights", &file)?;
@@ -73,8 +72,9 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
                     architecture: Some((&architecture).into()),
                     weights: bytes::Bytes::new(),
                     program: match program {
-                        Some(path) => std::fs::read(&path)
-                            .with_context(|| format!("reading {}", path.display()))?,
+                        Some(path) => std::fs::read(&path).map_err(|err| {
+                            crate::usage(format!("--program {}: {err}", path.display()))
+                        })?,
                         None => Vec::new(),
                     },
                     tensors: manifest,
@@ -84,10 +84,11 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
                 .model
                 .unwrap_or_default();
             output.print(&model, || {
-                println!(
+                outln!(
                     "imported model {} ({}); uploaded {sent} of {tensor_bytes} tensor bytes \
                      (the store had the rest)",
-                    model.name, model.id
+                    model.name,
+                    model.id
                 )
             })?;
         }
@@ -102,7 +103,7 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
                 .into_inner();
             output.print(&listed, || {
                 for model in &listed.models {
-                    println!("{}", tree::summary(model));
+                    outln!("{}", tree::summary(model));
                 }
             })?;
         }
@@ -160,7 +161,7 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
                 "descendants": descendants,
             });
             output.print(&family, || {
-                print!(
+                out!(
                     "{}",
                     tree::render(&root, &ancestors, &descendants, &provenance)
                 )
@@ -189,10 +190,13 @@ pub fn parse_architecture(text: &str) -> anyhow::Result<heirloom_core::Architect
     let json = if text.trim_start().starts_with('{') {
         text.to_string()
     } else {
-        std::fs::read_to_string(text).with_context(|| format!("reading {text}"))?
+        std::fs::read_to_string(text)
+            .map_err(|err| crate::usage(format!("--arch: reading {text}: {err}")))?
     };
-    serde_json::from_str(&json).with_context(|| {
-        "--arch: expected JSON such as {\"mlp\": {\"input_features\": 64, \"hidden\": [64], \"num_classes\": 10}}"
+    serde_json::from_str(&json).map_err(|err| {
+        crate::usage(format!(
+            "--arch: expected JSON such as {{\"mlp\": {{\"input_features\": 64, \"hidden\": [64], \"num_classes\": 10}}}}: {err}"
+        ))
     })
 }
 
@@ -208,7 +212,7 @@ fn print_tensors(tensors: &[pb::TensorProvenance]) {
     let name_width = tensors.iter().map(|t| t.name.len()).max().unwrap_or(0);
     let origin_width = origins.iter().map(String::len).max().unwrap_or(0);
     for (tensor, origin) in tensors.iter().zip(&origins) {
-        println!(
+        outln!(
             "{:<name_width$}  {:<12} {:<origin_width$}  {:<16} {}",
             tensor.name,
             tree::status(tensor.status()),
@@ -220,37 +224,94 @@ fn print_tensors(tensors: &[pb::TensorProvenance]) {
 }
 
 fn print_model(model: &pb::Model) {
-    println!("{}", tree::summary(model));
-    println!("  id              {}", model.id);
-    println!("  source          {}", model.source);
-    println!(
+    outln!("{}", tree::summary(model));
+    outln!("  id              {}", model.id);
+    outln!("  source          {}", model.source);
+    outln!(
         "  weights sha256  {} ({} bytes)",
-        model.weights_sha256, model.weights_bytes
+        model.weights_sha256,
+        model.weights_bytes
     );
     if let Some(architecture) = &model.architecture
         && let Ok(architecture) = architecture.to_core("architecture")
     {
-        println!(
+        outln!(
             "  architecture    {}",
             serde_json::to_string(&architecture).unwrap_or_default()
         );
     }
     if let Some(dataset) = &model.dataset {
-        println!(
+        outln!(
             "  dataset         {}@{} ({}, sha256 {}, {})",
-            dataset.name, dataset.version, dataset.id, dataset.sha256, dataset.role
+            dataset.name,
+            dataset.version,
+            dataset.id,
+            dataset.sha256,
+            dataset.role
         );
     }
     if !model.job_id.is_empty() {
-        println!("  job             {}", model.job_id);
+        outln!("  job             {}", model.job_id);
     }
     for parent in &model.parents {
-        println!(
+        outln!(
             "  parent          {} ({}) via {}: {}",
             parent.parent_name,
             parent.parent_id,
             tree::relation(parent.relation()),
             parent.details_json
         );
+    }
+    if let Some(metrics) = &model.metrics {
+        outln!(
+            "  accuracy        {:.3} held out, {:.3} while training",
+            metrics.holdout_accuracy,
+            metrics.train_accuracy
+        );
+        if let Some(note) = accuracy_gap_note(metrics) {
+            outln!("  note            {note}");
+        }
+    }
+}
+
+/// How far training accuracy may lie above held-out accuracy before the gap needs saying.
+const NOTABLE_ACCURACY_GAP: f64 = 0.2;
+
+/// Why the two accuracies can differ this much, when they do: they measure different
+/// things, and a user seeing 1.000 beside 0.488 deserves to know which to believe.
+fn accuracy_gap_note(metrics: &pb::Metrics) -> Option<String> {
+    let gap = metrics.train_accuracy - metrics.holdout_accuracy;
+    (gap > NOTABLE_ACCURACY_GAP).then(|| {
+        format!(
+            "training accuracy runs {gap:.3} above held-out accuracy. Training accuracy is \
+             measured as it trained, on its own rows, with batch norms in training mode \
+             (each batch normalised by its own statistics); held-out accuracy is the model \
+             as it will be used, in evaluation mode with the running statistics, on rows no \
+             model trained on. A gap this large is overfitting, or running statistics that \
+             have not caught up with the data (a norm whose statistics train moves them by \
+             a tenth per step; frozen ones keep the parent's): trust the held-out figure, \
+             and train longer, train the norms too, or hold more rows out"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_gap_between_the_accuracies_is_explained() {
+        let metrics = |train_accuracy, holdout_accuracy| pb::Metrics {
+            train_accuracy,
+            holdout_accuracy,
+            ..Default::default()
+        };
+        let note = accuracy_gap_note(&metrics(1.0, 0.488)).expect("a gap of 0.512");
+        assert!(
+            note.starts_with("training accuracy runs 0.512 above"),
+            "{note}"
+        );
+        assert_eq!(accuracy_gap_note(&metrics(0.99, 0.95)), None);
+        assert_eq!(accuracy_gap_note(&metrics(0.5, 0.9)), None);
     }
 }

@@ -1,5 +1,6 @@
 //! `heirloom job plan`: a job's plan, printed for people.
 
+use crate::output::{out, outln};
 use heirloom_client::display::bytes;
 use heirloom_proto::v1 as pb;
 
@@ -11,35 +12,35 @@ pub fn print(plan: &pb::JobPlan) {
         None => String::new(),
     };
     if plan.spec.is_some() {
-        println!("plan: {kind} job making {:?}{recipe}", spec.model_name);
+        outln!("plan: {kind} job making {:?}{recipe}", spec.model_name);
     } else {
-        println!("plan: no tensor plan could be made");
+        outln!("plan: no tensor plan could be made");
     }
     if plan.refusals.is_empty() {
-        println!("verdict: would be queued");
+        outln!("verdict: would be queued");
     } else {
-        println!("verdict: REFUSED ({} reason(s))", plan.refusals.len());
+        outln!("verdict: REFUSED ({} reason(s))", plan.refusals.len());
         for refusal in &plan.refusals {
-            println!("  {}: {}", refusal.code, refusal.message);
+            outln!("  {}: {}", refusal.code, refusal.message);
         }
     }
     if !plan.tensors.is_empty() {
         print_tensors(&plan.tensors);
-        println!(
+        outln!(
             "parameters: {} trainable, {} frozen",
             thousands(plan.trainable_parameters),
             thousands(plan.frozen_parameters)
         );
     }
     if !plan.checks.is_empty() {
-        println!("checks:");
+        outln!("checks:");
         for check in &plan.checks {
             let mark = if check.passed { "ok  " } else { "FAIL" };
-            println!("  {mark} {:<18} {}", check.check, check.detail);
+            outln!("  {mark} {:<18} {}", check.check, check.detail);
         }
     }
     if let Some(memory) = &plan.memory {
-        println!(
+        outln!(
             "memory at batch size {}: {} = weights {} + gradients {} + optimizer {} + activations {} + data {} + output {}",
             memory.batch_size,
             bytes(memory.total_bytes),
@@ -51,7 +52,7 @@ pub fn print(plan: &pb::JobPlan) {
             bytes(memory.output_bytes)
         );
         if !memory.note.is_empty() {
-            println!("  ({})", memory.note);
+            outln!("  ({})", memory.note);
         }
     }
 }
@@ -59,7 +60,7 @@ pub fn print(plan: &pb::JobPlan) {
 /// One line for a job's data shift from a parent's training data.
 pub fn print_shift(shift: &pb::DataShift) {
     let reference = shift.reference.clone().unwrap_or_default();
-    print!(
+    out!(
         "data shift from {}'s training data {}@{}: {} (mean shift {:.3} σ, largest {:.3} σ at \
          feature {}, deviation ratio {:.3}, label distance {:.3}",
         shift.parent_model_name,
@@ -73,9 +74,9 @@ pub fn print_shift(shift: &pb::DataShift) {
         shift.label_distance
     );
     if !shift.new_labels.is_empty() {
-        print!(", new labels {:?}", shift.new_labels);
+        out!(", new labels {:?}", shift.new_labels);
     }
-    println!(")");
+    outln!(")");
 }
 
 fn print_tensors(tensors: &[pb::PlannedTensor]) {
@@ -108,9 +109,9 @@ fn print_tensors(tensors: &[pb::PlannedTensor]) {
                 .unwrap_or(0)
         })
         .collect();
-    println!("tensors ({}):", tensors.len());
+    outln!("tensors ({}):", tensors.len());
     for row in std::iter::once(header.map(String::from)).chain(rows) {
-        println!(
+        outln!(
             "  {:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
             row[0],
             row[1],

@@ -1,8 +1,7 @@
 //! `heirloom recipe …`: create, derive, show, list and diff recipes, and the models
 //! made with a recipe and every version derived from it.
 
-use crate::output::Output;
-use anyhow::Context;
+use crate::output::{Output, outln};
 use clap::Subcommand;
 use heirloom_client::connection::Connection;
 use heirloom_proto::v1 as pb;
@@ -57,10 +56,11 @@ pub fn read_json(flag: &str, text: &str) -> anyhow::Result<String> {
     let json = if text.trim_start().starts_with('{') {
         text.to_string()
     } else {
-        std::fs::read_to_string(text).with_context(|| format!("{flag}: reading {text}"))?
+        std::fs::read_to_string(text)
+            .map_err(|err| crate::usage(format!("{flag}: reading {text}: {err}")))?
     };
     serde_json::from_str::<serde_json::Value>(&json)
-        .with_context(|| format!("{flag}: not valid JSON"))?;
+        .map_err(|err| crate::usage(format!("{flag}: not valid JSON: {err}")))?;
     Ok(json)
 }
 
@@ -79,7 +79,9 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
                 (None, Some(file)) => read_json("--file", &file.to_string_lossy())?,
                 (None, None) if from_model.is_some() || from_job.is_some() => String::new(),
                 (None, None) => {
-                    anyhow::bail!("give the recipe: --json, --file, --from-model or --from-job")
+                    return Err(crate::usage(
+                        "give the recipe: --json, --file, --from-model or --from-job",
+                    ));
                 }
             };
             let recipe = client
@@ -124,7 +126,7 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
                 .into_inner();
             output.print(&listed, || {
                 for recipe in &listed.recipes {
-                    println!("{}", summary(recipe));
+                    outln!("{}", summary(recipe));
                 }
             })
         }
@@ -172,28 +174,28 @@ fn pretty(json: &str) -> String {
 }
 
 fn print_recipe(recipe: &pb::Recipe) {
-    println!(
+    outln!(
         "recipe {} ({})",
         version(&recipe.name, recipe.version),
         recipe.id
     );
-    println!("  kind: {}", recipe.kind);
+    outln!("  kind: {}", recipe.kind);
     if let Some(parent) = &recipe.derived_from {
-        println!(
+        outln!(
             "  derived from {} with {}",
             version(&parent.name, parent.version),
             recipe.patch_json
         );
     }
     if !recipe.source_model_name.is_empty() {
-        println!(
+        outln!(
             "  taken from the job that made {}",
             recipe.source_model_name
         );
     }
-    println!("  created {}", recipe.created_at);
+    outln!("  created {}", recipe.created_at);
     for line in pretty(&recipe.body_json).lines() {
-        println!("  {line}");
+        outln!("  {line}");
     }
 }
 
@@ -204,11 +206,11 @@ fn print_diff(diff: &pb::DiffRecipesResponse) {
     );
     let (a_name, b_name) = (version(&a.name, a.version), version(&b.name, b.version));
     if diff.changes.is_empty() {
-        println!("{a_name} and {b_name} are the same recipe");
+        outln!("{a_name} and {b_name} are the same recipe");
         return;
     }
     let width = diff.changes.iter().map(|c| c.path.len()).max().unwrap_or(0);
-    println!("{:<width$}  {a_name}  →  {b_name}", "");
+    outln!("{:<width$}  {a_name}  →  {b_name}", "");
     let shown = |json: &str| {
         if json.is_empty() {
             "(absent)".to_string()
@@ -217,21 +219,21 @@ fn print_diff(diff: &pb::DiffRecipesResponse) {
         }
     };
     for change in &diff.changes {
-        println!(
+        outln!(
             "{:<width$}  {}  →  {}",
             change.path,
             shown(&change.a_json),
             shown(&change.b_json)
         );
     }
-    println!("patch: {}", diff.patch_json);
+    outln!("patch: {}", diff.patch_json);
 }
 
 /// The recipes as a derivation tree, each with the models made with it.
 fn print_recipe_models(listed: &pb::ListRecipeModelsResponse) {
     fn walk(listed: &pb::ListRecipeModelsResponse, recipe: &pb::Recipe, depth: usize) {
         let indent = "  ".repeat(depth);
-        println!("{indent}{}", summary(recipe));
+        outln!("{indent}{}", summary(recipe));
         for made in listed
             .models
             .iter()
@@ -242,7 +244,7 @@ fn print_recipe_models(listed: &pb::ListRecipeModelsResponse) {
                 .metrics
                 .map(|m| format!("  accuracy {:.3}", m.holdout_accuracy))
                 .unwrap_or_default();
-            println!("{indent}  └ model {} ({}){accuracy}", model.name, model.id);
+            outln!("{indent}  └ model {} ({}){accuracy}", model.name, model.id);
         }
         for child in listed.recipes.iter().filter(|child| {
             child
@@ -256,7 +258,7 @@ fn print_recipe_models(listed: &pb::ListRecipeModelsResponse) {
     if let Some(root) = listed.recipes.first() {
         walk(listed, root, 0);
     }
-    println!(
+    outln!(
         "{} model(s) made with {} recipe version(s)",
         listed.models.len(),
         listed.recipes.len()

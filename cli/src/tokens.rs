@@ -1,6 +1,6 @@
 //! `heirloom token …` (access tokens) and `heirloom certs` (local TLS certificates).
 
-use crate::output::Output;
+use crate::output::{Output, outln};
 use clap::{Args, Subcommand, ValueEnum};
 use heirloom_client::certificates;
 use heirloom_client::connection::Connection;
@@ -67,18 +67,18 @@ pub fn write_certificates(certs: &Certs, output: Output) -> anyhow::Result<()> {
 }
 
 fn print_certificate_flags(certs: &Certs, dir: &str) {
-    println!(
+    outln!(
         "wrote a new CA and certificates for {} into {dir}",
         certs.hosts.join(", ")
     );
-    println!(
+    outln!(
         "coordinator: --tls-cert {dir}/{} --tls-key {dir}/{} [--worker-client-ca {dir}/{}]",
         certificates::SERVER_CERT,
         certificates::SERVER_KEY,
         certificates::CA_CERT
     );
-    println!("clients:     --ca-cert {dir}/{}", certificates::CA_CERT);
-    println!(
+    outln!("clients:     --ca-cert {dir}/{}", certificates::CA_CERT);
+    outln!(
         "workers:     --ca-cert {dir}/{} --client-cert {dir}/{} --client-key {dir}/{}",
         certificates::CA_CERT,
         certificates::CLIENT_CERT,
@@ -116,7 +116,7 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
                     token.id,
                     role_name(token.role)
                 );
-                println!("{}", created.secret);
+                outln!("{}", created.secret);
             })?;
         }
         Command::List { all } => {
@@ -136,7 +136,7 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
                 .token
                 .unwrap_or_default();
             output.print(&revoked, || {
-                println!("revoked token {} ({})", revoked.name, revoked.id)
+                outln!("revoked token {} ({})", revoked.name, revoked.id)
             })?;
         }
         Command::Whoami => {
@@ -147,7 +147,7 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
                 .token
                 .unwrap_or_default();
             output.print(&token, || {
-                println!(
+                outln!(
                     "{} (role {}, token {})",
                     token.name,
                     role_name(token.role),
@@ -202,6 +202,6 @@ fn print_table(tokens: &[pb::Token]) {
             .zip(widths)
             .map(|(cell, width)| format!("{cell:<width$}"))
             .collect();
-        println!("{}", cells.join("  ").trim_end());
+        outln!("{}", cells.join("  ").trim_end());
     }
 }

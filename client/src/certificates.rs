@@ -78,7 +78,7 @@ pub const CLIENT_KEY: &str = "worker.key";
 pub fn write_all(dir: &std::path::Path, hosts: &[String]) -> std::io::Result<()> {
     let invalid = |err: rcgen::Error| std::io::Error::new(std::io::ErrorKind::InvalidInput, err);
     let authority = Authority::new("Heirloom local CA").map_err(invalid)?;
-    let server = authority.server(hosts).map_err(invalid)?;
+    let server = authority.server(&server_names(hosts)).map_err(invalid)?;
     let client = authority.client("heirloom-worker").map_err(invalid)?;
     std::fs::create_dir_all(dir)?;
     write(dir, CA_CERT, &authority.pem.certificate, false)?;
@@ -87,6 +87,19 @@ pub fn write_all(dir: &std::path::Path, hosts: &[String]) -> std::io::Result<()>
     write(dir, CLIENT_CERT, &client.certificate, false)?;
     write(dir, CLIENT_KEY, &client.key, true)?;
     Ok(())
+}
+
+/// The names the coordinator's certificate is valid for: the hosts asked for, and always
+/// `localhost` and `127.0.0.1`, so that clients on the coordinator's own machine connect
+/// whatever other names it has.
+pub fn server_names(hosts: &[String]) -> Vec<String> {
+    let mut names = hosts.to_vec();
+    for local in ["localhost", "127.0.0.1"] {
+        if !names.iter().any(|name| name == local) {
+            names.push(local.to_string());
+        }
+    }
+    names
 }
 
 fn write(dir: &std::path::Path, name: &str, text: &str, private: bool) -> std::io::Result<()> {
@@ -100,4 +113,18 @@ fn write(dir: &std::path::Path, name: &str, text: &str, private: bool) -> std::i
         .mode(mode)
         .open(dir.join(name))?;
     file.write_all(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_coordinator_s_certificate_always_names_this_machine() {
+        let names = super::server_names(&["coordinator.example".into(), "10.0.0.5".into()]);
+        assert_eq!(
+            names,
+            ["coordinator.example", "10.0.0.5", "localhost", "127.0.0.1"]
+        );
+        let local = super::server_names(&["127.0.0.1".into()]);
+        assert_eq!(local, ["127.0.0.1", "localhost"]);
+    }
 }

@@ -2,8 +2,10 @@
 //!
 //! Each worker's open assignment stream has one task that claims a job whenever the
 //! worker has room and a job that fits it is queued, waking on notifications (and polling
-//! in case one is lost). A closed stream gives nothing back: leases expire instead, so a
-//! worker that reconnects within its lease keeps its jobs.
+//! in case one is lost), and that records every few seconds that the worker is still
+//! connected (what GetJob's waiting reason counts as connected). A closed stream gives
+//! nothing back: leases expire instead, so a worker that reconnects within its lease
+//! keeps its jobs.
 
 use crate::Services;
 use crate::artifacts::ManifestEntry;
@@ -24,6 +26,11 @@ use uuid::Uuid;
 const CLAIM_POLL: Duration = Duration::from_millis(500);
 /// How often each replica looks for expired leases.
 const EXPIRY_SCAN: Duration = Duration::from_millis(500);
+/// How often a worker's task records that the worker is still connected.
+const SEEN_EVERY: Duration = Duration::from_secs(5);
+/// A worker seen this recently counts as connected (to some replica): a few refreshes,
+/// so that a slow database round does not make it vanish.
+pub const CONNECTED_WITHIN: Duration = Duration::from_secs(15);
 
 /// A job leased to a worker, with the files it needs.
 #[derive(Debug, Clone)]
@@ -57,7 +64,16 @@ pub fn assignments(services: Services, worker_id: Uuid) -> impl Stream<Item = Re
         let mut wake = services.notifier.subscribe();
         let _connected = services.metrics.worker_connected();
         tracing::info!(worker_id = %worker_id, "worker connected");
+        let mut last_seen: Option<std::time::Instant> = None;
         loop {
+            if last_seen.is_none_or(|at| at.elapsed() >= SEEN_EVERY) {
+                match services.db.mark_worker_seen(worker_id).await {
+                    Ok(()) => last_seen = Some(std::time::Instant::now()),
+                    Err(err) => {
+                        tracing::warn!(worker_id = %worker_id, error = %err, "could not record the worker as seen")
+                    }
+                }
+            }
             match claim(&services, worker_id).await {
                 Ok(Some(assignment)) => {
                     tracing::info!(job_id = %assignment.job.id, worker_id = %worker_id, "job leased");

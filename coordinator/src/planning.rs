@@ -6,8 +6,8 @@
 
 use crate::db::Db;
 use crate::domain::{
-    DataShift, Dataset, JobDraft, JobKind, JobSpec, Model, RecipeUse, check_name,
-    fields_that_do_not_apply,
+    DataShift, Dataset, JobDraft, JobKind, JobSpec, Model, ModuleMapping, RecipeUse, Reference,
+    Target, check_name, fields_that_do_not_apply,
 };
 use crate::error::{Error, Result};
 use crate::recipes::{Recipe, RecipeInputs, merge_patch};
@@ -136,8 +136,8 @@ pub async fn plan_job(db: &Db, draft: JobDraft, recipe: Option<RecipeUse>) -> Re
     for problem in fields_that_do_not_apply(&draft) {
         plan.refuse("fields", problem);
     }
-    let dataset = match draft.dataset_id {
-        Some(id) => plan.take("dataset", db.dataset(id).await)?,
+    let dataset = match &draft.dataset {
+        Some(reference) => plan.take("dataset", resolve_dataset(db, reference).await)?,
         None => None,
     };
     let derived = plan.take("tensor plan", derive(db, &draft).await)?;
@@ -146,6 +146,7 @@ pub async fn plan_job(db: &Db, draft: JobDraft, recipe: Option<RecipeUse>) -> Re
         tensors,
         parents,
         adjustment,
+        modules,
     }) = derived
     else {
         return Ok(plan);
@@ -189,7 +190,7 @@ pub async fn plan_job(db: &Db, draft: JobDraft, recipe: Option<RecipeUse>) -> Re
         trainable: draft.trainable,
         num_classes: (draft.num_classes != 0).then_some(draft.num_classes),
         unfreeze_blocks: draft.unfreeze_blocks,
-        modules: draft.modules,
+        modules,
         adjustment,
         tensors,
         recipe,
@@ -222,24 +223,55 @@ async fn check_model_name(db: &Db, name: &str, plan: &mut Plan) -> Result<()> {
     Ok(())
 }
 
-/// The child's architecture, its tensor plan, its parents in plan order, and the
-/// weight-space adjustment: everything that follows from the kind.
+/// A model reference looked up; a refusal names the field that gave it.
+async fn resolve_model(db: &Db, reference: &Reference) -> Result<Model> {
+    let found = match &reference.target {
+        Target::Id(id) => db.model(*id).await,
+        Target::Name(name) => db.model_named(name).await,
+        // Reference::model refuses a version.
+        Target::Version(..) => Err(Error::Internal("a model reference with a version".into())),
+    };
+    found.map_err(|error| in_field(&reference.field, error))
+}
+
+/// A dataset reference looked up (a bare name: its latest version).
+async fn resolve_dataset(db: &Db, reference: &Reference) -> Result<Dataset> {
+    let found = match &reference.target {
+        Target::Id(id) => db.dataset(*id).await,
+        Target::Name(name) => db.dataset_named(name, None).await,
+        Target::Version(name, version) => db.dataset_named(name, Some(*version)).await,
+    };
+    found.map_err(|error| in_field(&reference.field, error))
+}
+
+/// A refusal about what a field names, with the field in front.
+fn in_field(field: &str, error: Error) -> Error {
+    match error {
+        Error::NotFound(message) => Error::NotFound(format!("{field}: {message}")),
+        other => other,
+    }
+}
+
+/// The child's architecture, its tensor plan, its parents in plan order, the
+/// weight-space adjustment and a compose's module map: everything that follows from the
+/// kind.
 struct Derived {
     architecture: Architecture,
     tensors: Vec<TensorPlan>,
     parents: Vec<Model>,
     adjustment: Option<Adjustment>,
+    modules: Vec<ModuleMapping>,
 }
 
 async fn derive(db: &Db, draft: &JobDraft) -> Result<Derived> {
     let kind = draft.kind.as_str();
     let takes_parent = draft.kind.inputs().takes_parent();
-    let parent = match draft.parent_id {
-        Some(id) if takes_parent => Some(db.model(id).await?),
+    let parent = match &draft.parent {
+        Some(reference) if takes_parent => Some(resolve_model(db, reference).await?),
         None if takes_parent => {
             return Err(invalid(
                 "spec.parent_id",
-                format!("a {kind} job needs the parent model's id"),
+                format!("a {kind} job needs the parent model (its id or name)"),
             ));
         }
         _ => None,
@@ -254,6 +286,7 @@ async fn derive(db: &Db, draft: &JobDraft) -> Result<Derived> {
     };
     let mut parents: Vec<Model> = parent.into_iter().collect();
     let mut adjustment = None;
+    let mut mappings = Vec::new();
     let (architecture, tensors) = match draft.kind {
         JobKind::Train => {
             let architecture = architecture_required()?;
@@ -301,18 +334,24 @@ async fn derive(db: &Db, draft: &JobDraft) -> Result<Derived> {
             let names = architecture.names();
             let patterns = TrainablePatterns::parse("spec.trainable", &draft.trainable, &names)?;
             let mut modules = Vec::new();
-            for mapping in &draft.modules {
-                let index = match parents.iter().position(|p| p.id == mapping.parent_id) {
+            for module in &draft.modules {
+                let model = resolve_model(db, &module.parent).await?;
+                let index = match parents.iter().position(|p| p.id == model.id) {
                     Some(index) => index,
                     None => {
-                        parents.push(db.model(mapping.parent_id).await?);
+                        parents.push(model);
                         parents.len() - 1
                     }
                 };
                 modules.push(Module {
-                    target_prefix: mapping.target_prefix.clone(),
+                    target_prefix: module.target_prefix.clone(),
                     parent: index,
-                    source_prefix: mapping.source_prefix.clone(),
+                    source_prefix: module.source_prefix.clone(),
+                });
+                mappings.push(ModuleMapping {
+                    target_prefix: module.target_prefix.clone(),
+                    parent_id: parents[index].id,
+                    source_prefix: module.source_prefix.clone(),
                 });
             }
             let parent_architectures: Vec<Architecture> = parents
@@ -334,6 +373,7 @@ async fn derive(db: &Db, draft: &JobDraft) -> Result<Derived> {
         tensors,
         parents,
         adjustment,
+        modules: mappings,
     })
 }
 
@@ -350,7 +390,7 @@ async fn direct_adjustment(
             "alpha and scale must be finite numbers",
         ));
     }
-    let Some(second_id) = draft.second_parent_id else {
+    let Some(reference) = &draft.second_parent else {
         if draft.alpha != 0.0 {
             return Err(invalid(
                 "spec.alpha",
@@ -365,16 +405,16 @@ async fn direct_adjustment(
         return Err(invalid("spec.scale", "interpolate or scale, not both"));
     }
     let parent = &parents[0];
-    if second_id == parent.id {
+    let second = resolve_model(db, reference).await?;
+    if second.id == parent.id {
         return Err(invalid(
-            "spec.second_parent_id",
+            &reference.field,
             "interpolation needs two different models",
         ));
     }
-    let second = db.model(second_id).await?;
     if second.architecture != parent.architecture {
         return Err(invalid(
-            "spec.second_parent_id",
+            &reference.field,
             format!(
                 "cannot interpolate {:?} and {:?}: their architectures differ ({} vs {}); \
                  interpolation needs the same tensors with the same shapes",

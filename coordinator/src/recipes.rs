@@ -4,14 +4,13 @@
 //! reads it (refusing unknown keys), fills in its defaults, and turns it and a job's
 //! inputs into a submission, or a past job back into a recipe.
 
-use crate::domain::{JobDraft, JobKind, JobSpec, ModuleMapping, fields_that_do_not_apply};
+use crate::domain::{DraftModule, JobDraft, JobKind, JobSpec, Reference, fields_that_do_not_apply};
 use crate::error::{Error, Result};
 use heirloom_core::{
     Adjustment, Architecture, Hyperparameters, Invalid, Optimizer, Parents, limits,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use uuid::Uuid;
 
 /// A recipe's body. Zero and empty values are absent from the JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,9 +73,9 @@ fn is_zero_f64(value: &f64) -> bool {
 /// A job's inputs: what a recipe leaves out.
 pub struct RecipeInputs {
     pub model_name: String,
-    pub dataset_id: Option<Uuid>,
+    pub dataset: Option<Reference>,
     /// The parents in slot order.
-    pub parents: Vec<Uuid>,
+    pub parents: Vec<Reference>,
 }
 
 impl Recipe {
@@ -199,23 +198,23 @@ impl Recipe {
             )
             .into());
         }
-        self.draft_with_slots(inputs.model_name, inputs.dataset_id, &inputs.parents)
+        self.draft_with_slots(inputs.model_name, inputs.dataset, &inputs.parents)
     }
 
     fn draft_with_slots(
         &self,
         model_name: String,
-        dataset_id: Option<Uuid>,
-        parents: &[Uuid],
+        dataset: Option<Reference>,
+        parents: &[Reference],
     ) -> Result<JobDraft> {
-        let slot = |index: usize| parents.get(index).copied();
+        let slot = |index: usize| parents.get(index).cloned();
         let takes = self.kind.inputs();
         Ok(JobDraft {
             kind: self.kind,
             model_name,
-            dataset_id,
-            parent_id: if takes.takes_parent() { slot(0) } else { None },
-            second_parent_id: if takes.parents == Parents::OneOrTwo {
+            dataset,
+            parent: if takes.takes_parent() { slot(0) } else { None },
+            second_parent: if takes.parents == Parents::OneOrTwo {
                 slot(1)
             } else {
                 None
@@ -230,10 +229,10 @@ impl Recipe {
             modules: self
                 .modules
                 .iter()
-                .map(|module| ModuleMapping {
+                .map(|module| DraftModule {
                     target_prefix: module.target_prefix.clone(),
                     // Checking a recipe alone, slots have no models yet.
-                    parent_id: slot(module.parent).unwrap_or(Uuid::nil()),
+                    parent: slot(module.parent).unwrap_or_else(Reference::placeholder),
                     source_prefix: module.source_prefix.clone(),
                 })
                 .collect(),
@@ -472,8 +471,8 @@ mod tests {
         assert_eq!(compose.parent_slots(), 2);
         let inputs = RecipeInputs {
             model_name: "m".into(),
-            dataset_id: None,
-            parents: vec![Uuid::new_v4()],
+            dataset: None,
+            parents: vec![Reference::model("spec.parents[0]", "base").unwrap()],
         };
         let message = compose.draft(inputs).unwrap_err().to_string();
         assert!(

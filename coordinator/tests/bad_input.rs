@@ -63,9 +63,17 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         &unknown,
     )
     .await;
+    // A reference that could be a name is looked up as one; one that cannot is refused.
     refused(
         &cluster,
         cluster.try_submit(train("not-an-id")),
+        Code::NotFound,
+        "spec.dataset_id: no dataset is named \"not-an-id\"",
+    )
+    .await;
+    refused(
+        &cluster,
+        cluster.try_submit(train("not an id")),
         Code::InvalidArgument,
         "spec.dataset_id",
     )

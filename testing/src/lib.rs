@@ -140,8 +140,34 @@ pub fn worker_process(
     flags: &[&str],
 ) -> Child {
     let log = std::env::var_os("TEST_LOG").is_some();
+    worker_command(address, token, cache, flags)
+        .env("RUST_LOG", if log { "info" } else { "warn" })
+        .stdout(if log { Stdio::inherit() } else { Stdio::null() })
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start the worker binary")
+}
+
+/// [`worker_process`], its logs (at `info`, as JSON lines) written to `log`.
+pub fn worker_process_logging_to(
+    address: &str,
+    token: &str,
+    cache: &std::path::Path,
+    log: &std::path::Path,
+) -> Child {
+    worker_command(address, token, cache, &[])
+        .env("RUST_LOG", "info")
+        .env("HEIRLOOM_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("create the worker's log"))
+        .spawn()
+        .expect("start the worker binary")
+}
+
+fn worker_command(address: &str, token: &str, cache: &std::path::Path, flags: &[&str]) -> Command {
     let dir = certificates();
-    Command::new(workspace_binary("heirloom-worker"))
+    let mut command = Command::new(workspace_binary("heirloom-worker"));
+    command
         .args([
             "--coordinator",
             address,
@@ -161,12 +187,8 @@ pub fn worker_process(
         .arg("--cache")
         .arg(cache)
         .args(flags)
-        .env("RUST_LOG", if log { "info" } else { "warn" })
-        .stdout(if log { Stdio::inherit() } else { Stdio::null() })
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the worker binary")
+        .kill_on_drop(true);
+    command
 }
 
 /// A binary of the workspace (`heirloom`, `heirloom-coordinator`, `heirloom-worker`),

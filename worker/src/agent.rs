@@ -201,6 +201,13 @@ async fn session(
     loop {
         let assignment = tokio::select! {
             _ = drain.cancelled() => return Ok(()),
+            // Reap each job's task as it ends, so `jobs` holds only what runs.
+            Some(ended) = jobs.join_next() => {
+                if let Err(err) = ended {
+                    tracing::error!(error = %err, "a job's task panicked");
+                }
+                continue;
+            }
             message = assignments.message() => match message? {
                 Some(assignment) => assignment,
                 None => return Ok(()),

@@ -165,3 +165,34 @@ async fn a_retried_submission_returns_its_job_even_after_it_succeeded() {
     let again = submit().await.expect("the retry is answered, not refused");
     assert_eq!(again.into_inner().job.unwrap().id, first.id);
 }
+
+/// A worker forgets each job once it ends: idle after three jobs, it drains with none
+/// to hand back (it used to count every job it had ever run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_holds_no_finished_jobs() {
+    let cluster = Cluster::coordinator_only().await;
+    let dataset = cluster.register_dataset("blobs", blobs(0..5, 40, 1)).await;
+    let (cache, logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let log = logs.path().join("worker.log");
+    let worker = support::worker_process_logging_to(
+        &cluster.address,
+        &cluster.worker_token,
+        cache.path(),
+        &log,
+    );
+    for name in ["one", "two", "three"] {
+        let job = cluster.submit(train(name, &dataset.id, 1)).await;
+        let (_, job) = cluster.wait(&job.id).await;
+        assert_eq!(job.state(), pb::JobState::Succeeded, "{}", job.error);
+    }
+    support::signal(&worker, "TERM");
+    let what = "the worker logs its drain";
+    let drained = support::wait_for(Duration::from_secs(30), what, || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.lines()
+            .find(|line| line.contains("handing back what runs"))
+            .map(str::to_string)
+    })
+    .await;
+    assert!(drained.contains(r#""jobs":0"#), "{drained}");
+}

@@ -97,6 +97,11 @@ impl Db {
             return self.dataset(id).await;
         }
         let (name, version) = super::split_version("dataset", reference)?;
+        self.dataset_named(name, version).await
+    }
+
+    /// A dataset by name: that version, or the latest one.
+    pub async fn dataset_named(&self, name: &str, version: Option<i32>) -> Result<Dataset> {
         sqlx::query_as::<_, DatasetRow>(
             "SELECT * FROM datasets WHERE name = $1 AND ($2::int4 IS NULL OR version = $2)
               ORDER BY version DESC LIMIT 1",
@@ -106,7 +111,12 @@ impl Db {
         .fetch_optional(&self.pool)
         .await?
         .map(Dataset::from)
-        .ok_or_else(|| Error::NotFound(format!("no dataset is {reference:?}")))
+        .ok_or_else(|| {
+            Error::NotFound(match version {
+                Some(version) => format!("no dataset is \"{name}@{version}\""),
+                None => format!("no dataset is named {name:?}"),
+            })
+        })
     }
 
     pub async fn datasets(&self) -> Result<Vec<Dataset>> {

@@ -253,6 +253,18 @@ impl Db {
         self.job(job_id).await
     }
 
+    /// When a queued job's retry backoff ends, if that lies ahead.
+    pub async fn backoff_until(&self, job_id: Uuid) -> Result<Option<DateTime<Utc>>> {
+        let found: Option<(DateTime<Utc>,)> = sqlx::query_as(
+            "SELECT not_before FROM jobs
+              WHERE id = $1 AND state = 'queued' AND not_before > now()",
+        )
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.map(|(until,)| until))
+    }
+
     pub async fn events_after(&self, job_id: Uuid, after_sequence: i64) -> Result<Vec<JobEvent>> {
         let rows: Vec<EventRow> = sqlx::query_as(
             "SELECT sequence, job_id, at, state, progress, message FROM job_events

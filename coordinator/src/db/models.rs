@@ -263,14 +263,18 @@ impl Db {
         if let Ok(id) = Uuid::parse_str(id_or_name) {
             return self.model(id).await;
         }
+        self.model_named(id_or_name).await
+    }
+
+    /// A model by name.
+    pub async fn model_named(&self, name: &str) -> Result<Model> {
         // Its own statement, so the plan uses models_name_unique: a statement that takes
         // either an id or a name scans the table.
         let row: Option<ModelRow> = sqlx::query_as(concat!(select_models!(), " WHERE m.name = $1"))
-            .bind(id_or_name)
+            .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        let row =
-            row.ok_or_else(|| Error::NotFound(format!("no model is named {id_or_name:?}")))?;
+        let row = row.ok_or_else(|| Error::NotFound(format!("no model is named {name:?}")))?;
         Ok(self.with_parents(vec![row]).await?.remove(0))
     }
 

@@ -71,7 +71,9 @@ impl Db {
     }
 
     /// Records progress (the first report moves the job to running). Returns whether the
-    /// job was cancelled, so the worker can stop.
+    /// job was cancelled, so the worker can stop. A report that says nothing yet (no
+    /// epochs, no steps: a worker announcing that it started) still renews the lease and
+    /// moves the job to running, but is no event: watchers would see "epoch 0/0".
     pub async fn report_progress(
         &self,
         worker_id: Uuid,
@@ -86,17 +88,23 @@ impl Db {
             Err(_) if self.is_cancelled_for(job_id, worker_id, attempt).await? => return Ok(true),
             Err(err) => return Err(err),
         };
-        if job.state == JobState::Leased {
+        let starts = job.state == JobState::Leased;
+        if starts {
             set_state(&mut tx, job_id, JobState::Running, None).await?;
             insert_state_event(&mut tx, job_id, JobState::Running.as_str(), "").await?;
         }
         renew_lease(&mut tx, job_id, lease).await?;
-        sqlx::query("INSERT INTO job_events (job_id, progress) VALUES ($1, $2)")
-            .bind(job_id)
-            .bind(Json(progress))
-            .execute(&mut *tx)
-            .await?;
-        notify_event(&mut tx, job_id).await?;
+        let says_something = progress.epochs != 0 || progress.total_steps != 0;
+        if says_something {
+            sqlx::query("INSERT INTO job_events (job_id, progress) VALUES ($1, $2)")
+                .bind(job_id)
+                .bind(Json(progress))
+                .execute(&mut *tx)
+                .await?;
+        }
+        if says_something {
+            notify_event(&mut tx, job_id).await?;
+        }
         tx.commit().await?;
         Ok(false)
     }

@@ -1,12 +1,25 @@
 //! The `workers` table: registering (and re-registering) a worker under its token, who
-//! owns which worker, and which blobs a token's leased jobs need. Never builds a prost
-//! message; leases themselves live in `queue.rs`.
+//! owns which worker, which workers are connected (`last_seen_at`, kept fresh by each
+//! open assignment stream), and which blobs a token's leased jobs need. Never builds a
+//! prost message; leases themselves live in `queue.rs`.
 
 use super::Db;
-use crate::domain::Device;
+use crate::domain::{ConnectedWorker, Device};
 use crate::error::{Error, Result};
-use std::collections::HashMap;
+use sqlx::types::Json;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 use uuid::Uuid;
+
+#[derive(sqlx::FromRow)]
+struct ConnectedRow {
+    id: Uuid,
+    name: String,
+    devices: Json<Vec<Device>>,
+    labels: Json<BTreeMap<String, String>>,
+    concurrency: i32,
+    busy: i64,
+}
 
 impl Db {
     /// Registers a worker owned by `token_id`, or updates the one with `id` (a worker
@@ -58,6 +71,43 @@ impl Db {
             Some((owner,)) if owner != Some(token_id) => Err(not_yours(id)),
             Some(_) => Ok(()),
         }
+    }
+
+    /// Records that the worker is connected now: every replica's dispatcher does, while
+    /// the worker's assignment stream is open.
+    pub async fn mark_worker_seen(&self, id: Uuid) -> Result<()> {
+        sqlx::query("UPDATE workers SET last_seen_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The workers seen within `within` (connected to any replica), with the jobs each
+    /// holds now.
+    pub async fn connected_workers(&self, within: Duration) -> Result<Vec<ConnectedWorker>> {
+        let rows: Vec<ConnectedRow> = sqlx::query_as(
+            "SELECT w.id, w.name, w.devices, w.labels, w.concurrency,
+                    (SELECT count(*) FROM jobs j
+                      WHERE j.worker_id = w.id AND j.state IN ('leased', 'running')) AS busy
+               FROM workers w
+              WHERE w.last_seen_at > now() - make_interval(secs => $1)
+              ORDER BY w.name, w.id",
+        )
+        .bind(within.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| ConnectedWorker {
+                id: row.id,
+                name: row.name,
+                devices: row.devices.0,
+                labels: row.labels.0,
+                concurrency: row.concurrency.max(0) as u32,
+                busy: u32::try_from(row.busy).unwrap_or(u32::MAX),
+            })
+            .collect())
     }
 
     /// Whether a job leased to a worker of `token_id` needs this blob: a parent's

@@ -1,14 +1,18 @@
 //! The coordinator's own types: what a job, a model and a dataset are, independent of
 //! both the database rows and the protobuf messages. Job kinds and relations are the
 //! core's one table (`heirloom_core::JobKind`); a submission before planning is a
-//! [`JobDraft`] (`draft.rs`), which checks the fields its kind takes; who is calling is a
-//! [`Caller`] with a [`Role`] (`identity.rs`).
+//! [`JobDraft`] (`draft.rs`), which checks the fields its kind takes and carries the
+//! models and datasets it names as [`Reference`]s for planning to look up; who is calling
+//! is a [`Caller`] with a [`Role`] (`identity.rs`); which workers fit a job's requirements,
+//! and why a queued job waits, is `placement.rs`.
 
 mod draft;
 mod identity;
+mod placement;
 
-pub use draft::{JobDraft, fields_that_do_not_apply};
+pub use draft::{DraftModule, JobDraft, Reference, Target, fields_that_do_not_apply};
 pub use identity::{Caller, Role};
+pub use placement::{ConnectedWorker, waiting_reason};
 
 use chrono::{DateTime, Utc};
 use heirloom_core::{Adjustment, Architecture, Hyperparameters, TensorPlan, TensorStatus};

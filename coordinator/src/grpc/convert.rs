@@ -15,9 +15,9 @@ use crate::db::{BlameStep, Graph, Page, TokenRecord};
 use crate::dispatch::{Assignment, ClaimedTensor, Output};
 use crate::domain::Role;
 use crate::domain::{
-    Checkpoint, CheckpointTensor, DataShift, Dataset, Device, Job, JobAttempt, JobDraft, JobEvent,
-    JobEventKind, JobKind, JobState, Metrics, Model, ModuleMapping, Progress, RecipeRecord,
-    RecipeRef, Requirements, TensorProvenance,
+    Checkpoint, CheckpointTensor, DataShift, Dataset, Device, DraftModule, Job, JobAttempt,
+    JobDraft, JobEvent, JobEventKind, JobKind, JobState, Metrics, Model, Progress, RecipeRecord,
+    RecipeRef, Reference, Requirements, TensorProvenance,
 };
 use crate::error::{Error, Result};
 use crate::planning::{Check, Plan, RecipeSubmission};
@@ -44,6 +44,22 @@ fn optional_id(field: &str, text: &str) -> Result<Option<Uuid>> {
     }
 }
 
+/// A model named by id or name; `None` when the field is empty.
+fn optional_model(field: &str, text: &str) -> Result<Option<Reference>> {
+    match text {
+        "" => Ok(None),
+        text => Ok(Some(Reference::model(field, text)?)),
+    }
+}
+
+/// A dataset named by id, `name@version` or name; `None` when the field is empty.
+fn optional_dataset(field: &str, text: &str) -> Result<Option<Reference>> {
+    match text {
+        "" => Ok(None),
+        text => Ok(Some(Reference::dataset(field, text)?)),
+    }
+}
+
 pub fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -57,7 +73,7 @@ pub fn architecture_from_proto(
 
 /// A submission: a spec written out, or a recipe with the job's inputs.
 pub enum JobRequest {
-    Spec(JobDraft),
+    Spec(Box<JobDraft>),
     Recipe(RecipeSubmission),
 }
 
@@ -79,7 +95,7 @@ pub fn job_request_from_proto(spec: Option<pb::JobSpec>) -> Result<JobRequest> {
                 .into());
             }
         }
-        return job_draft_from_proto(spec).map(JobRequest::Spec);
+        return job_draft_from_proto(spec).map(|draft| JobRequest::Spec(Box::new(draft)));
     }
     limits::check_length("spec.recipe", &spec.recipe, limits::MAX_REFERENCE_BYTES)?;
     // The recipe says how; the spec gives only the inputs.
@@ -112,8 +128,8 @@ pub fn job_request_from_proto(spec: Option<pb::JobSpec>) -> Result<JobRequest> {
         .parents
         .iter()
         .enumerate()
-        .map(|(i, id)| parse_id(&format!("spec.parents[{i}]"), id))
-        .collect::<Result<Vec<_>>>()?;
+        .map(|(i, parent)| Reference::model(format!("spec.parents[{i}]"), parent))
+        .collect::<std::result::Result<Vec<_>, Invalid>>()?;
     let overrides = match spec.recipe_overrides_json.as_str() {
         "" => None,
         text => Some(crate::recipes::parse_json(
@@ -126,7 +142,7 @@ pub fn job_request_from_proto(spec: Option<pb::JobSpec>) -> Result<JobRequest> {
         overrides,
         inputs: RecipeInputs {
             model_name: spec.model_name,
-            dataset_id: optional_id("spec.dataset_id", &spec.dataset_id)?,
+            dataset: optional_dataset("spec.dataset_id", &spec.dataset_id)?,
             parents,
         },
     }))
@@ -162,9 +178,9 @@ fn job_draft_from_proto(spec: pb::JobSpec) -> Result<JobDraft> {
                 &module.source_prefix,
                 limits::MAX_TENSOR_NAME_BYTES,
             )?;
-            Ok(ModuleMapping {
+            Ok(DraftModule {
                 target_prefix: module.target_prefix.clone(),
-                parent_id: parse_id(&format!("spec.modules[{i}].parent_id"), &module.parent_id)?,
+                parent: Reference::model(format!("{field}.parent_id"), &module.parent_id)?,
                 source_prefix: module.source_prefix.clone(),
             })
         })
@@ -172,9 +188,9 @@ fn job_draft_from_proto(spec: pb::JobSpec) -> Result<JobDraft> {
     Ok(JobDraft {
         kind,
         model_name: spec.model_name,
-        dataset_id: optional_id("spec.dataset_id", &spec.dataset_id)?,
-        parent_id: optional_id("spec.parent_id", &spec.parent_id)?,
-        second_parent_id: optional_id("spec.second_parent_id", &spec.second_parent_id)?,
+        dataset: optional_dataset("spec.dataset_id", &spec.dataset_id)?,
+        parent: optional_model("spec.parent_id", &spec.parent_id)?,
+        second_parent: optional_model("spec.second_parent_id", &spec.second_parent_id)?,
         alpha: spec.alpha,
         scale: spec.scale,
         unfreeze_blocks: spec.unfreeze_blocks,
@@ -456,6 +472,7 @@ pub fn job_to_proto(job: &Job) -> pb::Job {
             .iter()
             .map(data_shift_to_proto)
             .collect(),
+        waiting_reason: String::new(),
     }
 }
 
@@ -498,10 +515,16 @@ pub fn attempt_to_proto(attempt: &JobAttempt) -> pb::JobAttempt {
     }
 }
 
-/// A job with the history of its attempts, as GetJob answers.
-pub fn job_with_attempts_to_proto(job: &Job, attempts: &[JobAttempt]) -> pb::Job {
+/// A job with the history of its attempts and, if it is queued, why it waits, as GetJob
+/// answers.
+pub fn job_with_attempts_to_proto(
+    job: &Job,
+    attempts: &[JobAttempt],
+    waiting_reason: Option<String>,
+) -> pb::Job {
     pb::Job {
         attempts: attempts.iter().map(attempt_to_proto).collect(),
+        waiting_reason: waiting_reason.unwrap_or_default(),
         ..job_to_proto(job)
     }
 }

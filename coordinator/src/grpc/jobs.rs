@@ -6,7 +6,8 @@ use super::convert;
 use crate::Services;
 use crate::db::Db;
 use crate::db::Submission;
-use crate::domain::JobEventKind;
+use crate::dispatch;
+use crate::domain::{Job, JobEventKind, JobState, waiting_reason};
 use crate::error::Error;
 use crate::notifier::Notification;
 use crate::planning::{Plan, draft_from_recipe, plan_job};
@@ -30,7 +31,7 @@ const DEFAULT_MAX_ATTEMPTS: i32 = 3;
 /// The plan of a submission, a recipe's expanded first.
 async fn plan(db: &Db, request: convert::JobRequest) -> Result<Plan, Error> {
     match request {
-        convert::JobRequest::Spec(draft) => plan_job(db, draft, None).await,
+        convert::JobRequest::Spec(draft) => plan_job(db, *draft, None).await,
         convert::JobRequest::Recipe(submission) => {
             let (draft, recipe) = draft_from_recipe(db, submission).await?;
             plan_job(db, draft, Some(recipe)).await
@@ -129,8 +130,16 @@ impl pb::job_service_server::JobService for JobApi {
         let id = convert::parse_id("job_id", &request.into_inner().job_id)?;
         let job = self.0.db.job(id).await?;
         let attempts = self.0.db.attempts(id).await?;
+        let waiting_reason = match job.state {
+            JobState::Queued => Some(why_waiting(&self.0.db, &job).await?),
+            _ => None,
+        };
         Ok(Response::new(pb::GetJobResponse {
-            job: Some(convert::job_with_attempts_to_proto(&job, &attempts)),
+            job: Some(convert::job_with_attempts_to_proto(
+                &job,
+                &attempts,
+                waiting_reason,
+            )),
         }))
     }
 
@@ -213,6 +222,13 @@ impl pb::job_service_server::JobService for JobApi {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
+}
+
+/// Why a queued job is not leased yet: its backoff, and the workers connected now.
+async fn why_waiting(db: &Db, job: &Job) -> Result<String, Error> {
+    let backoff_until = db.backoff_until(job.id).await?;
+    let workers = db.connected_workers(dispatch::CONNECTED_WITHIN).await?;
+    Ok(waiting_reason(&job.requirements, backoff_until, &workers))
 }
 
 async fn wait_for_event(
