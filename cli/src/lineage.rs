@@ -95,6 +95,59 @@ pub enum Command {
     },
 }
 
+/// Which way `walk` goes.
+#[derive(Clone, Copy)]
+enum Walk {
+    Up,
+    Down,
+}
+
+/// Every entry of a walk up or down from `model`, page after page: names, sources and
+/// depths, all that is printed.
+async fn walk(
+    client: &ModelServiceClient<Connection>,
+    direction: Walk,
+    model: &str,
+    depth: u32,
+    relations: &[String],
+) -> anyhow::Result<Vec<pb::LineageEntry>> {
+    all_pages(|page_token| {
+        let mut client = client.clone();
+        let (model, relations) = (model.to_string(), relations.to_vec());
+        let view = pb::LineageView::Basic as i32;
+        async move {
+            let (entries, next) = match direction {
+                Walk::Up => {
+                    let request = pb::ListAncestorsRequest {
+                        model,
+                        max_depth: depth,
+                        relations,
+                        page_size: 10_000,
+                        page_token,
+                        view,
+                    };
+                    let page = client.list_ancestors(request).await?.into_inner();
+                    (page.entries, page.next_page_token)
+                }
+                Walk::Down => {
+                    let request = pb::ListDescendantsRequest {
+                        model,
+                        max_depth: depth,
+                        relations,
+                        page_size: 10_000,
+                        page_token,
+                        view,
+                    };
+                    let page = client.list_descendants(request).await?.into_inner();
+                    (page.entries, page.next_page_token)
+                }
+            };
+            Ok((entries, next))
+        }
+    })
+    .await
+}
+
 pub async fn run(channel: Connection, command: Command, output: Output) -> anyhow::Result<()> {
     let mut client = ModelServiceClient::new(channel);
     match command {
@@ -104,25 +157,8 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
             relations,
             format,
         } => {
-            let format = format.for_output(output);
-            let entries = all_pages(|page_token| {
-                let mut client = client.clone();
-                let request = pb::ListAncestorsRequest {
-                    model: model.clone(),
-                    max_depth: depth,
-                    relations: relations.clone(),
-                    page_size: 10_000,
-                    page_token,
-                    // Names, sources and depths are all it prints.
-                    view: pb::LineageView::Basic as i32,
-                };
-                async move {
-                    let page = client.list_ancestors(request).await?.into_inner();
-                    Ok((page.entries, page.next_page_token))
-                }
-            })
-            .await?;
-            print_entries(&entries, format)?;
+            let entries = walk(&client, Walk::Up, &model, depth, &relations).await?;
+            print_entries(&entries, format.for_output(output))?;
         }
         Command::Descendants {
             model,
@@ -130,25 +166,8 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
             relations,
             format,
         } => {
-            let format = format.for_output(output);
-            let entries = all_pages(|page_token| {
-                let mut client = client.clone();
-                let request = pb::ListDescendantsRequest {
-                    model: model.clone(),
-                    max_depth: depth,
-                    relations: relations.clone(),
-                    page_size: 10_000,
-                    page_token,
-                    // Names, sources and depths are all it prints.
-                    view: pb::LineageView::Basic as i32,
-                };
-                async move {
-                    let page = client.list_descendants(request).await?.into_inner();
-                    Ok((page.entries, page.next_page_token))
-                }
-            })
-            .await?;
-            print_entries(&entries, format)?;
+            let entries = walk(&client, Walk::Down, &model, depth, &relations).await?;
+            print_entries(&entries, format.for_output(output))?;
         }
         Command::Path { from, to, format } => {
             let format = format.for_output(output);

@@ -154,3 +154,40 @@ pub async fn page_models(db: &Db, page: &Page, view: View) -> Result<HashMap<Uui
         }
     })
 }
+
+/// Which way a lineage walk goes from its model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Ancestors.
+    Up,
+    /// Descendants.
+    Down,
+}
+
+/// One page of a walk up or down from a model, as ListAncestors and ListDescendants ask
+/// for it.
+pub struct Walk<'a> {
+    pub direction: Direction,
+    pub model: &'a str,
+    pub max_depth: u32,
+    pub relations: &'a [String],
+    pub page_token: &'a str,
+    pub page_size: u32,
+    pub view: View,
+}
+
+impl Walk<'_> {
+    /// The page, and the models its entries show in full (none in the basic view).
+    pub async fn page(&self, db: &Db) -> Result<(Page, HashMap<Uuid, Model>)> {
+        let relations = relations(self.relations)?;
+        let (offset, size) = paging(self.page_token, self.page_size)?;
+        let model = db.find_model(self.model).await?;
+        let (id, depth, relations) = (model.id, self.max_depth, relations.as_deref());
+        let page = match self.direction {
+            Direction::Up => db.ancestors(id, depth, relations, offset, size).await?,
+            Direction::Down => db.descendants(id, depth, relations, offset, size).await?,
+        };
+        let models = page_models(db, &page, self.view).await?;
+        Ok((page, models))
+    }
+}

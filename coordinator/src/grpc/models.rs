@@ -139,22 +139,16 @@ impl pb::model_service_server::ModelService for ModelApi {
         request: Request<pb::ListAncestorsRequest>,
     ) -> Result<Response<pb::ListAncestorsResponse>, Status> {
         let request = request.into_inner();
-        let relations = lineage::relations(&request.relations)?;
-        let (offset, size) = lineage::paging(&request.page_token, request.page_size)?;
-        let model = self.0.db.find_model(&request.model).await?;
-        let page = self
-            .0
-            .db
-            .ancestors(
-                model.id,
-                request.max_depth,
-                relations.as_deref(),
-                offset,
-                size,
-            )
-            .await?;
-        let view = convert::lineage_view_from_proto(request.view)?;
-        let models = lineage::page_models(&self.0.db, &page, view).await?;
+        let walk = lineage::Walk {
+            direction: lineage::Direction::Up,
+            model: &request.model,
+            max_depth: request.max_depth,
+            relations: &request.relations,
+            page_token: &request.page_token,
+            page_size: request.page_size,
+            view: convert::lineage_view_from_proto(request.view)?,
+        };
+        let (page, models) = walk.page(&self.0.db).await?;
         Ok(Response::new(pb::ListAncestorsResponse {
             entries: convert::lineage_entries_to_proto(&page, models),
             next_page_token: lineage::next_token(page.next),
@@ -294,22 +288,16 @@ impl pb::model_service_server::ModelService for ModelApi {
         request: Request<pb::ListDescendantsRequest>,
     ) -> Result<Response<pb::ListDescendantsResponse>, Status> {
         let request = request.into_inner();
-        let relations = lineage::relations(&request.relations)?;
-        let (offset, size) = lineage::paging(&request.page_token, request.page_size)?;
-        let model = self.0.db.find_model(&request.model).await?;
-        let page = self
-            .0
-            .db
-            .descendants(
-                model.id,
-                request.max_depth,
-                relations.as_deref(),
-                offset,
-                size,
-            )
-            .await?;
-        let view = convert::lineage_view_from_proto(request.view)?;
-        let models = lineage::page_models(&self.0.db, &page, view).await?;
+        let walk = lineage::Walk {
+            direction: lineage::Direction::Down,
+            model: &request.model,
+            max_depth: request.max_depth,
+            relations: &request.relations,
+            page_token: &request.page_token,
+            page_size: request.page_size,
+            view: convert::lineage_view_from_proto(request.view)?,
+        };
+        let (page, models) = walk.page(&self.0.db).await?;
         Ok(Response::new(pb::ListDescendantsResponse {
             entries: convert::lineage_entries_to_proto(&page, models),
             next_page_token: lineage::next_token(page.next),
