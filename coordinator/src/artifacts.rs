@@ -2,8 +2,8 @@
 //! once under its sha256 (`blobs/<sha256>`), whatever refers to it, in a local directory
 //! or any S3-compatible bucket (one code path: `object_store`). A model's weights file is
 //! assembled from its manifest (the tensors' names, dtypes, shapes and hashes) as it is
-//! streamed out, and every blob is checked against its hash as it is read. Workers reach
-//! it only through `ArtifactService`.
+//! streamed out, and every blob is checked against its hash as it is read (and a model's
+//! float tensors, once, for being finite). Workers reach it only through `ArtifactService`.
 //!
 //! Never touches the database: what is referenced, and what garbage collection may
 //! delete, is the caller's to say.
@@ -232,12 +232,36 @@ impl Artifacts {
         Ok((total, stream::iter(parts).flatten().boxed()))
     }
 
-    /// The canonical safetensors file's sha256 and length, computed by streaming it.
-    pub async fn canonical_digest(&self, manifest: &[ManifestEntry]) -> Result<(String, u64)> {
-        let (total, mut chunks) = self.export(manifest, 0)?;
+    /// The canonical safetensors file's sha256 and length, computed by streaming it; on
+    /// the way, each float tensor is checked to be finite (`heirloom_core::check_finite`),
+    /// so the one read of every byte that a model needs before it is stored also keeps
+    /// NaN and ±inf out. A tensor that is not finite is an `InvalidArgument` naming it
+    /// under `field`.
+    pub async fn canonical_digest(
+        &self,
+        field: &str,
+        manifest: &[ManifestEntry],
+    ) -> Result<(String, u64)> {
+        let header = canonical_header(manifest)?;
         let mut hasher = Sha256::new();
-        while let Some((_, data)) = chunks.try_next().await? {
-            hasher.update(&data);
+        hasher.update(&header);
+        let mut total = header.len() as u64;
+        // The order `export` streams the file in.
+        for entry in canonical_order(manifest) {
+            let len = tensor_bytes(&entry.info);
+            let mut chunks = self.checked_chunks(&entry.sha256, len, 0, 0);
+            while let Some((at, data)) = chunks.try_next().await? {
+                // Chunks start at multiples of CHUNK_BYTES: whole elements.
+                heirloom_core::check_finite_part(
+                    field,
+                    &entry.info.name,
+                    &entry.info.dtype,
+                    &data,
+                    at as usize,
+                )?;
+                hasher.update(&data);
+            }
+            total += len;
         }
         Ok((hex::encode(hasher.finalize()), total))
     }
@@ -558,10 +582,61 @@ mod tests {
             }
             assert_eq!(file, expected[offset as usize..], "from offset {offset}");
         }
-        let (sha256, len) = artifacts.canonical_digest(&manifest).await.unwrap();
+        let (sha256, len) = artifacts
+            .canonical_digest("weights", &manifest)
+            .await
+            .unwrap();
         assert_eq!(
             (sha256, len),
             (heirloom_core::sha256_hex(&expected), expected.len() as u64)
         );
+    }
+
+    #[tokio::test]
+    async fn the_digest_refuses_a_tensor_that_is_not_finite_naming_its_element() {
+        let dir = tempfile::tempdir().unwrap();
+        let artifacts = Artifacts::open(dir.path().to_str().unwrap()).unwrap();
+        // Three chunks of floats; the NaN lies in the second, the counter's bits are all
+        // set (NaN, were it a float).
+        let count = CHUNK_BYTES / 4 * 2 + 10;
+        let bad = CHUNK_BYTES / 4 + 3;
+        let mut values = vec![0.5f32; count];
+        values[bad] = f32::NAN;
+        let weight: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let counter = vec![0xFF; 8];
+        let manifest = vec![
+            entry("a.num_batches_tracked", "i64", vec![], &counter),
+            entry("b.weight", "f32", vec![count], &weight),
+        ];
+        for (e, data) in manifest.iter().zip([&counter, &weight]) {
+            artifacts
+                .put(&e.sha256, Bytes::from(data.clone()))
+                .await
+                .unwrap();
+        }
+        let err = artifacts
+            .canonical_digest("output.tensors", &manifest)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument(message) if message == &format!(
+                "output.tensors: tensor b.weight holds NaN at element {bad}: \
+                 a model with non-finite weights is never stored"
+            )),
+            "{err}"
+        );
+        let finite_bytes: Vec<u8> = [1.0f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let finite = entry("b.weight", "f32", vec![2], &finite_bytes);
+        artifacts
+            .put(&finite.sha256, Bytes::from(finite_bytes))
+            .await
+            .unwrap();
+        artifacts
+            .canonical_digest("output.tensors", &[manifest[0].clone(), finite])
+            .await
+            .expect("integers are never scanned, and finite floats pass");
     }
 }

@@ -157,8 +157,9 @@ async fn wait_for_room_or_jobs(wake: &mut broadcast::Receiver<Notification>, wor
     }
 }
 
-/// Checks a worker's output against its claims and the job's spec, then records the
-/// model, or fails the job with the reason and records nothing.
+/// Checks a worker's output against its claims and the job's spec, and that its weights
+/// are finite, then records the model, or fails the job with the reason and records
+/// nothing.
 pub async fn record_output(
     services: &Services,
     worker_id: Uuid,
@@ -178,18 +179,26 @@ pub async fn record_output(
         }
         Err(err) => Err(err),
         Ok((manifest, tensors)) => {
-            let (weights_sha256, weights_bytes) =
-                match services.artifacts.canonical_digest(&manifest).await {
-                    Ok(digest) => digest,
-                    // Retrying cannot help: record why, instead of leaving the job to loop.
-                    Err(err) => {
-                        let reason = format!("weights could not be assembled: {err}");
-                        return services
-                            .db
-                            .fail_job(worker_id, job_id, attempt, &reason)
-                            .await;
-                    }
-                };
+            // Reads every tensor once: to hash the file, and to refuse NaN and ±inf.
+            let digest = services
+                .artifacts
+                .canonical_digest("output.tensors", &manifest)
+                .await;
+            let (weights_sha256, weights_bytes) = match digest {
+                Ok(digest) => digest,
+                // Retrying cannot help: record why, instead of leaving the job to loop.
+                Err(err) => {
+                    let reason = match err {
+                        Error::InvalidArgument(reason) => format!("weights rejected: {reason}"),
+                        err => format!("weights could not be assembled: {err}"),
+                    };
+                    tracing::warn!(job_id = %job_id, reason = %reason, "job output refused");
+                    return services
+                        .db
+                        .fail_job(worker_id, job_id, attempt, &reason)
+                        .await;
+                }
+            };
             let model = NewModel {
                 id: Uuid::new_v4(),
                 weights_bytes,

@@ -384,11 +384,20 @@ async fn direct_adjustment(
     draft: &JobDraft,
     parents: &mut Vec<Model>,
 ) -> Result<Option<Adjustment>> {
-    if !draft.alpha.is_finite() || !draft.scale.is_finite() {
-        return Err(invalid(
-            "spec.alpha",
-            "alpha and scale must be finite numbers",
-        ));
+    // Weights are float32: a factor float32 cannot hold makes every nonzero weight
+    // infinite. Any other overflow shows in the output, which the coordinator checks is
+    // finite before storing it (`dispatch.rs`).
+    for (field, value) in [("spec.alpha", draft.alpha), ("spec.scale", draft.scale)] {
+        if !value.is_finite() || value.abs() > f64::from(f32::MAX) {
+            return Err(invalid(
+                field,
+                format!(
+                    "{value:e} is out of range: weights are float32, so it must be finite \
+                     and at most {:e} in magnitude",
+                    f32::MAX
+                ),
+            ));
+        }
     }
     let Some(reference) = &draft.second_parent else {
         if draft.alpha != 0.0 {
@@ -585,7 +594,8 @@ async fn measure_shift(
         let (Some(before), Some(now)) = (&reference_dataset.statistics, &dataset.statistics) else {
             plan.passed(
                 "data shift",
-                "not measured: a dataset predates statistics".into(),
+                "not measured: a dataset has no statistics (it predates them, or they do not parse)"
+                    .into(),
             );
             continue;
         };

@@ -1,6 +1,6 @@
 //! The two file formats that cross the coordinator/worker boundary, both safetensors:
 //! datasets (`x`: float32 [N, F], `y`: int64 [N] with labels 0..C-1) and weights
-//! (one tensor per parameter, PyTorch state-dict names).
+//! (one tensor per parameter, PyTorch state-dict names). A dataset's `x` must be finite.
 
 use crate::{Architecture, DatasetStatistics, Invalid};
 use safetensors::{Dtype, SafeTensors};
@@ -134,6 +134,18 @@ pub fn read_dataset_info(field: &str, bytes: &[u8]) -> Result<DatasetInfo, Inval
             "needs at least 2 examples and 1 feature",
         ));
     }
+    // Statistics of a NaN are NaN, which JSON cannot hold, and no training survives one:
+    // refused before anything is measured or written.
+    if let Some((index, value)) = crate::first_non_finite("f32", x.data()) {
+        return Err(Invalid::new(
+            field,
+            format!(
+                "x holds {value} at row {}, feature {}: datasets must be finite",
+                index / features,
+                index % features
+            ),
+        ));
+    }
     let mut max_label = 0i64;
     for chunk in y.data().chunks_exact(8) {
         let label = i64::from_le_bytes(chunk.try_into().expect("8-byte chunk"));
@@ -191,4 +203,52 @@ pub fn tensor_hashes(field: &str, bytes: &[u8]) -> Result<Vec<HashedTensor>, Inv
         .collect();
     hashes.sort_by(|a, b| a.info.name.cmp(&b.info.name));
     Ok(hashes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dataset of `rows` × 3 features, each value its index, but `value` at `at`.
+    fn dataset(rows: usize, at: usize, value: f32) -> Vec<u8> {
+        let mut x: Vec<f32> = (0..rows * 3).map(|i| i as f32).collect();
+        x[at] = value;
+        let x: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let y: Vec<u8> = (0..rows as i64)
+            .flat_map(|v| (v % 2).to_le_bytes())
+            .collect();
+        let views = [
+            (
+                "x",
+                safetensors::tensor::TensorView::new(Dtype::F32, vec![rows, 3], &x).unwrap(),
+            ),
+            (
+                "y",
+                safetensors::tensor::TensorView::new(Dtype::I64, vec![rows], &y).unwrap(),
+            ),
+        ];
+        safetensors::serialize(views, None).unwrap()
+    }
+
+    #[test]
+    fn a_dataset_must_be_finite() {
+        let info = read_dataset_info("content", &dataset(4, 0, -7.5)).unwrap();
+        assert!(info.statistics.mean.is_finite());
+        for (at, value, message) in [
+            (5, f32::NAN, "content: x holds NaN at row 1, feature 2"),
+            (0, f32::INFINITY, "content: x holds inf at row 0, feature 0"),
+            (
+                10,
+                f32::NEG_INFINITY,
+                "content: x holds -inf at row 3, feature 1",
+            ),
+        ] {
+            assert_eq!(
+                read_dataset_info("content", &dataset(4, at, value))
+                    .unwrap_err()
+                    .to_string(),
+                format!("{message}: datasets must be finite")
+            );
+        }
+    }
 }

@@ -1,8 +1,8 @@
 //! What the coordinator and the worker must agree on, with no libtorch and no gRPC:
 //! job kinds and the relations they write (one table, `kind.rs`), architecture specs and
 //! their parameter names, hyperparameters and their defaults, trainable-tensor patterns,
-//! tensor plans and the verification of provenance claims, and the dataset and weights
-//! file formats.
+//! tensor plans and the verification of provenance claims, the dataset and weights file
+//! formats, and the check that what they hold is finite.
 //!
 //! Every check here names the field at fault, so the coordinator can turn it into an
 //! `INVALID_ARGUMENT` that says what to fix.
@@ -10,6 +10,7 @@
 mod architecture;
 pub mod backoff;
 mod files;
+mod finite;
 mod hyperparameters;
 mod kind;
 pub mod limits;
@@ -27,6 +28,7 @@ pub use files::{
     DatasetInfo, HashedTensor, TensorInfo, check_manifest, read_dataset_info, read_tensor_infos,
     sha256_hex, tensor_hashes,
 };
+pub use finite::{NonFinite, check_finite, check_finite_part, first_non_finite};
 pub use hyperparameters::{Hyperparameters, Optimizer};
 pub use kind::{AdjustmentUse, DatasetUse, JobKind, KindInputs, Parents, Relation};
 pub use memory::{MemoryEstimate, activation_elements, estimate as estimate_memory};

@@ -1,9 +1,11 @@
 //! The worker's conversation with the coordinator: connect out, register, take
 //! assignments from the stream (as many at once as the worker's concurrency), train each
 //! on a blocking thread while progress, heartbeats and checkpoints flow back, and
-//! complete it. Reconnects by itself, with backoff, when the coordinator goes away, and
-//! keeps training meanwhile: its leases outlive a short outage. On a drain (SIGTERM) it
-//! takes nothing new, checkpoints what runs and hands it back.
+//! complete it. Reconnects by itself when the coordinator goes away, backing off as gRPC
+//! connections do (`heirloom_core::backoff::retry_delay`), and keeps training meanwhile:
+//! its leases outlive a short outage, and its reports wait out their own backoff without
+//! holding training up. On a drain (SIGTERM) it takes nothing new, checkpoints what runs
+//! and hands it back.
 //!
 //! It owns the session and the leases. It never builds a job or a result message from
 //! files (`assignment.rs` does), and never retries a job's calls itself (`client.rs`
@@ -11,7 +13,7 @@
 
 use crate::assignment;
 use crate::cache::Cache;
-use crate::client::{RECONNECT_FIRST, RECONNECT_MAX, Reporter};
+use crate::client::Reporter;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::train::{self, Control, Device, Position, Progress};
@@ -120,13 +122,23 @@ pub async fn run(config: Config, drain: CancellationToken) -> Result<()> {
     let (id_sender, id) = watch::channel(None::<Registration>);
     let heartbeats = tokio::spawn(heartbeat(context.clone(), id.clone()));
     let mut jobs = JoinSet::new();
+    // Tries since an assignment stream last opened: the reconnection backs off as gRPC
+    // connections do, so that workers coming back together do not flood a coordinator.
     let mut failures = 0;
     while !drain.is_cancelled() {
-        match session(&config, &mut context, &id_sender, &mut jobs, &drain).await {
-            Ok(()) => {
-                tracing::info!("assignment stream closed; reconnecting");
-                failures = 0;
-            }
+        let ended = session(
+            &config,
+            &mut context,
+            &id_sender,
+            &mut jobs,
+            &drain,
+            &mut failures,
+        )
+        .await;
+        failures += 1;
+        let delay = backoff::retry_delay(failures);
+        match ended {
+            Ok(()) => tracing::info!(retry_in = ?delay, "assignment stream closed; reconnecting"),
             // A token refused will be refused again: stop and say so.
             Err(Error::Rpc(status))
                 if matches!(
@@ -136,10 +148,10 @@ pub async fn run(config: Config, drain: CancellationToken) -> Result<()> {
             {
                 return Err(Error::Rpc(status));
             }
-            Err(err) => tracing::warn!(error = %err, "lost the coordinator; reconnecting"),
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in = ?delay, "lost the coordinator; reconnecting")
+            }
         }
-        failures += 1;
-        let delay = backoff::jittered(backoff::backoff(RECONNECT_FIRST, RECONNECT_MAX, failures));
         tokio::select! {
             _ = drain.cancelled() => {}
             _ = tokio::time::sleep(delay) => {}
@@ -156,13 +168,15 @@ pub async fn run(config: Config, drain: CancellationToken) -> Result<()> {
 }
 
 /// One connection's worth of work: (re-)register, then take assignments until the
-/// stream ends or a drain begins.
+/// stream ends or a drain begins. Sets `failures` to 0 once the stream opens: the
+/// coordinator is back, and the next outage backs off from the first delay again.
 async fn session(
     config: &Config,
     context: &mut Context,
     id: &watch::Sender<Option<Registration>>,
     jobs: &mut JoinSet<()>,
     drain: &CancellationToken,
+    failures: &mut u32,
 ) -> Result<()> {
     let devices = train::devices(context.device)
         .into_iter()
@@ -198,6 +212,7 @@ async fn session(
         })
         .await?
         .into_inner();
+    *failures = 0;
     loop {
         let assignment = tokio::select! {
             _ = drain.cancelled() => return Ok(()),
@@ -252,7 +267,9 @@ async fn heartbeat(context: Context, mut id: watch::Receiver<Option<Registration
                     }
                 }
             }
-            Err(status) => tracing::debug!(%status, "heartbeat failed"),
+            // Not sooner, nor later: every lease/3 is what keeps the leases alive, and
+            // is already slow enough not to flood a coordinator coming back.
+            Err(status) => tracing::warn!(%status, retry_in = ?lease / 3, "heartbeat failed"),
         }
     }
 }
@@ -270,13 +287,13 @@ async fn run_assignment(
         .cache
         .staging()
         .join(format!("{job_id}-{attempt}.safetensors"));
-    let report = Reporter {
-        client: context.client.clone(),
-        worker_id: worker_id.to_string(),
-        job_id: job_id.clone(),
+    let report = Reporter::new(
+        context.client.clone(),
+        worker_id,
+        &job_id,
         attempt,
-        patience: context.lease,
-    };
+        context.lease,
+    );
     let job = match assignment::training_job(&context.cache, &assignment).await {
         Ok(job) => job,
         // A bad assignment fails for good; a download cut short (the coordinator
@@ -318,25 +335,29 @@ async fn run_assignment(
     };
     tokio::pin!(training);
 
-    // Forward the latest progress and every checkpoint until training ends; each
-    // report's answer says whether the job was cancelled.
+    // Forward the latest progress and the newest checkpoint until training ends; each
+    // report's answer says whether the job was cancelled. While the job's calls back off
+    // (the coordinator is away), training goes on: progress is only ever the latest
+    // value and one checkpoint waits, the newest, so nothing here holds training up.
     let mut last_reported = None;
+    // Only the newest checkpoint matters: one waiting is dropped when a newer one comes.
+    let mut waiting = None;
     let result = loop {
         tokio::select! {
             joined = &mut training => break joined.unwrap_or_else(|err| {
                 Err(Error::InvalidJob(format!("training panicked: {err}")))
             }),
-            Some((mut path, mut position)) = checkpoints.recv() => {
-                // Only the newest checkpoint matters: older ones still waiting are dropped.
-                while let Ok((newer_path, newer_position)) = checkpoints.try_recv() {
-                    let _ = tokio::fs::remove_file(&path).await;
-                    (path, position) = (newer_path, newer_position);
-                }
+            Some(newer) = checkpoints.recv() => supersede(&mut waiting, newer).await,
+            () = report.ready(), if waiting.is_some() => {
+                let (path, position) = waiting.take().expect("a checkpoint waits");
                 if let Err(err) = save_checkpoint(context, &report, &path, position).await {
                     tracing::warn!(job_id = %job_id, error = %err, "checkpoint not saved");
                 }
             }
-            changed = progress.changed() => {
+            changed = async {
+                report.ready().await;
+                progress.changed().await
+            } => {
                 if changed.is_err() {
                     continue;
                 }
@@ -349,20 +370,28 @@ async fn run_assignment(
                         tracing::warn!(job_id = %job_id, %status, "lease lost; stopping");
                         control.cancel();
                     }
-                    Err(status) => tracing::warn!(job_id = %job_id, %status, "progress report failed"),
+                    Err(status) => tracing::warn!(job_id = %job_id, %status, retry_in = ?report.retry_in(), "progress report failed"),
                 }
             }
         }
     };
     // A checkpoint made on the way out (a drain) is saved before the job is handed back.
-    while let Ok((path, position)) = checkpoints.try_recv() {
-        if let Err(err) = save_checkpoint(context, &report, &path, position).await {
-            tracing::warn!(job_id = %job_id, error = %err, "checkpoint not saved");
-        }
+    while let Ok(newer) = checkpoints.try_recv() {
+        supersede(&mut waiting, newer).await;
+    }
+    if let Some((path, position)) = waiting
+        && let Err(err) = save_checkpoint(context, &report, &path, position).await
+    {
+        tracing::warn!(job_id = %job_id, error = %err, "checkpoint not saved");
     }
     let latest = progress.borrow().clone();
-    if result.is_ok() && last_reported.is_some() && last_reported.as_ref() != Some(&latest) {
-        // The last epoch's figures, so watchers see the end of training.
+    if result.is_ok()
+        && last_reported.is_some()
+        && last_reported.as_ref() != Some(&latest)
+        && report.retry_in().is_none()
+    {
+        // The last epoch's figures, so watchers see the end of training (unless the
+        // coordinator is away: the completion goes first, when it may).
         let _ = report.progress(latest).await;
     }
     let (outcome, retryable) = match result {
@@ -390,6 +419,16 @@ async fn run_assignment(
     report.complete_with(outcome, retryable, &output).await
 }
 
+/// Makes `newer` the checkpoint waiting to be saved, removing the file of the one it
+/// supersedes.
+async fn supersede(waiting: &mut Option<(PathBuf, Position)>, newer: (PathBuf, Position)) {
+    if let Some((older, _)) = waiting.replace(newer)
+        && waiting.as_ref().is_none_or(|(newer, _)| *newer != older)
+    {
+        let _ = tokio::fs::remove_file(&older).await;
+    }
+}
+
 fn failure(err: &Error) -> pb::complete_job_request::Result {
     pb::complete_job_request::Result::Error(err.to_string())
 }
@@ -402,7 +441,15 @@ async fn save_checkpoint(
     path: &Path,
     position: Position,
 ) -> Result<()> {
-    let checkpoint = assignment::checkpoint(&context.cache, path, position).await?;
+    let checkpoint = match assignment::checkpoint(&context.cache, path, position).await {
+        Ok(checkpoint) => checkpoint,
+        // Its upload could not reach the coordinator either: the job's calls back off.
+        Err(Error::Rpc(status)) => {
+            report.failed(&status);
+            return Err(Error::Rpc(status));
+        }
+        Err(err) => return Err(err),
+    };
     report.checkpoint(checkpoint).await?;
     tracing::info!(job_id = %report.job_id, step = position.step, "checkpoint saved");
     Ok(())

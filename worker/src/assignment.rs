@@ -1,7 +1,8 @@
 //! What an assignment means to this worker, and what it sends back: a `pb::Assignment`
 //! becomes a `TrainingJob` with every blob it needs fetched into the local cache, and a
 //! file training wrote (the weights, or a checkpoint) becomes uploaded blobs and the
-//! message that describes them, each output tensor with its provenance claim.
+//! message that describes them, each output tensor with its provenance claim. Weights
+//! that are not finite are never uploaded.
 //!
 //! It never calls the coordinator's job RPCs (`client.rs` does) and never touches
 //! libtorch (`train/` does).
@@ -9,7 +10,7 @@
 use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::train::{self, Blob, Position, Resume, TrainingJob, Weights};
-use heirloom_core::{Architecture, HashedTensor, Origin, TensorPlan, tensor_hashes};
+use heirloom_core::{Architecture, HashedTensor, Origin, TensorPlan, check_finite, tensor_hashes};
 use heirloom_proto::v1 as pb;
 use std::path::Path;
 
@@ -115,6 +116,9 @@ pub(crate) async fn checkpoint(
     let _ = tokio::fs::remove_file(path).await;
     let hashes =
         tensor_hashes("checkpoint", &bytes).map_err(|err| Error::InvalidJob(err.to_string()))?;
+    // Training that diverged would only resume into the same NaN: such a checkpoint is
+    // not saved, the last finite one stays, and training reports the divergence.
+    check_all_finite("checkpoint", &bytes, &hashes)?;
     let blobs: Vec<(String, bytes::Bytes)> = hashes
         .iter()
         .map(|t| (t.sha256.clone(), bytes.slice(t.range.clone())))
@@ -142,6 +146,9 @@ pub(crate) async fn job_output(
     let bytes = bytes::Bytes::from(tokio::fs::read(path).await?);
     let hashes =
         tensor_hashes("weights", &bytes).map_err(|err| Error::InvalidJob(err.to_string()))?;
+    // The coordinator refuses these too; checked here, they are never uploaded, and the
+    // job fails for good naming the tensor.
+    check_all_finite("weights", &bytes, &hashes)?;
     let mut blobs = Vec::new();
     let mut tensors = Vec::new();
     for HashedTensor {
@@ -189,4 +196,18 @@ pub(crate) async fn job_output(
         metrics: metrics.as_ref().map(pb::Metrics::from),
         tensors,
     })
+}
+
+/// Refuses a file any of whose float tensors holds NaN or ±inf, naming the first.
+fn check_all_finite(field: &str, bytes: &[u8], hashes: &[HashedTensor]) -> Result<()> {
+    for tensor in hashes {
+        check_finite(
+            field,
+            &tensor.info.name,
+            &tensor.info.dtype,
+            &bytes[tensor.range.clone()],
+        )
+        .map_err(|err| Error::InvalidJob(err.to_string()))?;
+    }
+    Ok(())
 }

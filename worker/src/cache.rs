@@ -1,18 +1,20 @@
 //! The worker's side of the artifact store: a local cache of blobs keyed by their
-//! sha256, filled over gRPC (downloads resume from where a broken stream stopped, and
-//! every blob is checked against its hash before it is kept), and uploads of only the
-//! tensors the coordinator lacks.
+//! sha256, filled over gRPC (downloads resume from where a broken stream stopped, after
+//! gRPC's connection backoff, and every blob is checked against its hash before it is
+//! kept), and uploads of only the tensors the coordinator lacks.
 
 use crate::error::{Error, Result};
 use bytes::Bytes;
 use heirloom_client::connection::Connection;
 use heirloom_client::transfer::upload_missing;
+use heirloom_core::backoff;
 use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-/// How many times a broken download is resumed before the job fails.
+/// How many times a broken download is resumed before the job fails: with the backoff
+/// between them, over about 16 s.
 const RESUMES: u32 = 5;
 
 /// A file to write `path` into before renaming it there: named per process and per
@@ -107,7 +109,9 @@ impl Cache {
                 Ok(()) => break,
                 Err(status) if resumes < RESUMES && status.code() == tonic::Code::Unavailable => {
                     resumes += 1;
-                    tracing::warn!(sha256, offset, %status, "download broke; resuming");
+                    let delay = backoff::retry_delay(resumes);
+                    tracing::warn!(sha256, offset, %status, retry_in = ?delay, "download broke; resuming");
+                    tokio::time::sleep(delay).await;
                 }
                 Err(status) => {
                     drop(chunks);

@@ -1,6 +1,7 @@
 //! The `datasets` table: registering a dataset as the next version of its name (the same
 //! content twice under one name is refused) and finding one by id or `name[@version]`.
 //! Never builds a prost message and never reads a dataset's bytes (`artifacts` does).
+//! Reading a row never fails on its statistics: one bad row must not break a listing.
 
 use super::Db;
 use super::is_unique_violation;
@@ -22,7 +23,10 @@ struct DatasetRow {
     num_features: i32,
     num_classes: i32,
     created_at: DateTime<Utc>,
-    statistics: Option<Json<DatasetStatistics>>,
+    /// Read as plain JSON and parsed here, so that a row whose statistics do not parse
+    /// (NaN stored as `null` before registration refused non-finite data) reads as a
+    /// dataset without statistics instead of failing every query that touches it.
+    statistics: Option<Json<serde_json::Value>>,
 }
 
 impl From<DatasetRow> for Dataset {
@@ -37,7 +41,17 @@ impl From<DatasetRow> for Dataset {
             num_features: row.num_features as u32,
             num_classes: row.num_classes as u32,
             created_at: row.created_at,
-            statistics: row.statistics.map(|json| json.0),
+            statistics: row.statistics.and_then(|Json(json)| {
+                serde_json::from_value::<DatasetStatistics>(json)
+                    .inspect_err(|err| {
+                        tracing::warn!(
+                            dataset_id = %row.id,
+                            error = %err,
+                            "dataset statistics do not parse; reading the dataset without them"
+                        )
+                    })
+                    .ok()
+            }),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! DatasetService: registers a dataset sent inline or uploaded first, checking its hash
-//! and reading its statistics, and lists datasets. Never builds a message but its own
+//! DatasetService: registers a dataset sent inline or uploaded first, checking its hash,
+//! its format and that `x` is finite, and reading its statistics, all before anything is
+//! stored or written; and lists datasets. Never builds a message but its own
 //! `*Response` (`convert.rs` does); never speaks SQL.
 
 use super::convert;
@@ -63,6 +64,8 @@ impl pb::dataset_service_server::DatasetService for DatasetApi {
             ))
             .into());
         }
+        // Every check (NaN and ±inf too) comes before the first write: a refusal leaves
+        // no row, and no blob unless the client uploaded one (garbage collection's).
         let info = read_dataset_info("content", &content).map_err(Error::from)?;
         self.0.artifacts.put(&sha256, content.clone()).await?;
         let dataset = Dataset {

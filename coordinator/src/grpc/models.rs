@@ -85,13 +85,29 @@ impl pb::model_service_server::ModelService for ModelApi {
             .into());
         }
         check_manifest("weights", &infos, &architecture).map_err(Error::from)?;
-        for (entry, range) in manifest.iter().zip(inline) {
-            if let Some(range) = range {
-                let data = request.weights.slice(range);
-                self.0.artifacts.put(&entry.sha256, data).await?;
-            }
+        // Inline weights are checked before any tensor is stored; uploaded ones as they
+        // are read to hash the file, below (their blobs stay until garbage collection).
+        let inline: Vec<_> = manifest
+            .iter()
+            .zip(inline)
+            .filter_map(|(entry, range)| Some((entry, range?)))
+            .collect();
+        for (entry, range) in &inline {
+            let data = &request.weights[range.clone()];
+            heirloom_core::check_finite("weights", &entry.info.name, &entry.info.dtype, data)
+                .map_err(Error::from)?;
         }
-        let (weights_sha256, weights_bytes) = self.0.artifacts.canonical_digest(&manifest).await?;
+        for (entry, range) in inline {
+            let data = request.weights.slice(range);
+            self.0.artifacts.put(&entry.sha256, data).await?;
+        }
+        let field = if request.weights.is_empty() {
+            "tensors"
+        } else {
+            "weights"
+        };
+        let (weights_sha256, weights_bytes) =
+            self.0.artifacts.canonical_digest(field, &manifest).await?;
         let tensors = new_tensors(manifest);
         let model = Model {
             id: Uuid::new_v4(),

@@ -149,6 +149,19 @@ fn load_blob(blob: &Blob) -> Result<Tensor> {
     if hex::encode(digest) != blob.sha256 {
         return Err(mismatch("does not match its hash"));
     }
+    // Weights stored before the coordinator refused NaN and ±inf: say so, rather than
+    // let training report a divergence and blame the learning rate.
+    if size > 0 {
+        // SAFETY: as above; the tensor is still this function's alone.
+        let memory = unsafe { std::slice::from_raw_parts(tensor.data_ptr() as *const u8, size) };
+        if let Some((element, value)) = heirloom_core::first_non_finite(&blob.dtype, memory) {
+            return Err(Error::InvalidJob(format!(
+                "tensor {} (blob {}) holds {value} at element {element}: weights that are not \
+                 finite cannot be trained or adjusted; start from a model with finite weights",
+                blob.name, blob.sha256
+            )));
+        }
+    }
     Ok(tensor)
 }
 
