@@ -16,13 +16,12 @@ use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::job_service_client::JobServiceClient;
 use sqlx::PgPool;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use support::{blobs, free_port, mlp, signal, worker_process};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -88,73 +87,6 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         lib_sh("pg_stop", &[self.dir.to_str().unwrap()]);
-    }
-}
-
-/// The coordinator's binary, as a process of its own on a fixed port.
-struct Coordinator {
-    port: u16,
-    lease_seconds: String,
-    database_url: String,
-    artifacts: tempfile::TempDir,
-    process: Option<Child>,
-}
-
-impl Coordinator {
-    async fn start(database_url: String, lease_seconds: &str) -> Coordinator {
-        let mut coordinator = Coordinator {
-            port: free_port(),
-            lease_seconds: lease_seconds.to_string(),
-            database_url,
-            artifacts: tempfile::tempdir().expect("temp dir"),
-            process: None,
-        };
-        coordinator.spawn().await;
-        coordinator
-    }
-
-    fn address(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
-    }
-
-    /// The admin token the coordinator wrote at its first start.
-    fn admin_token(&self) -> String {
-        std::fs::read_to_string(self.artifacts.path().join("admin.token"))
-            .expect("the coordinator wrote its admin token")
-    }
-
-    fn admin(&self) -> support::Connection {
-        support::connect_as(&self.address(), Some(&self.admin_token()))
-    }
-
-    async fn spawn(&mut self) {
-        let log = std::env::var_os("TEST_LOG").is_some();
-        let child = Command::new(support::workspace_binary("heirloom-coordinator"))
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(["--database-url", &self.database_url])
-            .arg("--artifacts")
-            .arg(self.artifacts.path())
-            .args(["--lease-seconds", &self.lease_seconds])
-            .args(["--retry-backoff-seconds", "0.2", "--checkpoint-every", "50"])
-            .args(support::coordinator_tls_flags())
-            .arg("--admin-token-file")
-            .arg(self.artifacts.path().join("admin.token"))
-            .env("RUST_LOG", if log { "info" } else { "warn" })
-            .stdout(if log { Stdio::inherit() } else { Stdio::null() })
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the coordinator binary");
-        self.process = Some(child);
-        // Ready when it answers.
-        support::wait_for_coordinator(&self.address(), &self.artifacts.path().join("admin.token"))
-            .await;
-    }
-
-    async fn kill(&mut self) {
-        let mut child = self.process.take().expect("running");
-        child.start_kill().expect("kill the coordinator");
-        child.wait().await.expect("it exits");
     }
 }
 
@@ -304,7 +236,9 @@ async fn wait_for_health(address: &str, wanted: ServingStatus) {
     panic!("health never reported {wanted:?}");
 }
 
-async fn jobs_client(coordinator: &Coordinator) -> JobServiceClient<support::Connection> {
+async fn jobs_client(
+    coordinator: &support::CoordinatorProcess,
+) -> JobServiceClient<support::Connection> {
     JobServiceClient::new(coordinator.admin())
 }
 
@@ -315,7 +249,15 @@ async fn jobs_survive_killed_workers_coordinators_and_databases_and_cut_networks
         .and_then(|rounds| rounds.parse().ok())
         .unwrap_or(1);
     let postgres = Postgres::start();
-    let mut coordinator = Coordinator::start(postgres.url(), LEASE_SECONDS).await;
+    let flags = [
+        "--lease-seconds",
+        LEASE_SECONDS,
+        "--retry-backoff-seconds",
+        "0.2",
+        "--checkpoint-every",
+        "50",
+    ];
+    let mut coordinator = support::CoordinatorProcess::start(postgres.url(), &flags).await;
     let pool = PgPool::connect(&postgres.url()).await.expect("connect");
     let proxy = Proxy::start(coordinator.port).await;
     let channel = coordinator.admin();
@@ -486,7 +428,15 @@ async fn jobs_survive_killed_workers_coordinators_and_databases_and_cut_networks
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_keeps_its_lease_across_a_coordinator_restart_shorter_than_the_lease() {
     let postgres = Postgres::start();
-    let mut coordinator = Coordinator::start(postgres.url(), "10").await;
+    let flags = [
+        "--lease-seconds",
+        "10",
+        "--retry-backoff-seconds",
+        "0.2",
+        "--checkpoint-every",
+        "50",
+    ];
+    let mut coordinator = support::CoordinatorProcess::start(postgres.url(), &flags).await;
     let pool = PgPool::connect(&postgres.url()).await.expect("connect");
     let channel = coordinator.admin();
     let dataset = support::register_dataset_at(&channel, "blobs", blobs(0..5, 100, 1)).await;

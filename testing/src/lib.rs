@@ -8,9 +8,11 @@
 //! without libtorch. Tests call it as `support` (`use heirloom_testing as support;`).
 
 mod data;
+mod process;
 mod wait;
 
 pub use data::*;
+pub use process::CoordinatorProcess;
 pub use wait::{wait_for, wait_until};
 
 use futures::TryStreamExt;

@@ -12,69 +12,8 @@ use heirloom_proto::v1 as pb;
 use heirloom_proto::v1::job_service_client::JobServiceClient;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
-use support::{blobs, free_port, mlp};
-use tokio::process::{Child, Command};
-
-/// The coordinator's binary on a fixed port, so that a worker finds it again.
-struct Coordinator {
-    port: u16,
-    database_url: String,
-    artifacts: tempfile::TempDir,
-    process: Option<Child>,
-}
-
-impl Coordinator {
-    async fn start() -> Coordinator {
-        let mut coordinator = Coordinator {
-            port: free_port(),
-            database_url: support::fresh_database().await,
-            artifacts: tempfile::tempdir().expect("temp dir"),
-            process: None,
-        };
-        coordinator.spawn().await;
-        coordinator
-    }
-
-    fn address(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
-    }
-
-    fn admin(&self) -> support::Connection {
-        let token = std::fs::read_to_string(self.artifacts.path().join("admin.token"))
-            .expect("the coordinator wrote its admin token");
-        support::connect_as(&self.address(), Some(&token))
-    }
-
-    async fn spawn(&mut self) {
-        let child = Command::new(support::workspace_binary("heirloom-coordinator"))
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(["--database-url", &self.database_url])
-            .arg("--artifacts")
-            .arg(self.artifacts.path())
-            // Longer than the outage: the worker keeps its job.
-            .args(["--lease-seconds", "30", "--checkpoint-every", "100"])
-            .args(support::coordinator_tls_flags())
-            .arg("--admin-token-file")
-            .arg(self.artifacts.path().join("admin.token"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the coordinator binary");
-        self.process = Some(child);
-        support::wait_for_coordinator(&self.address(), &self.artifacts.path().join("admin.token"))
-            .await;
-    }
-
-    async fn kill(&mut self) {
-        let mut child = self.process.take().expect("running");
-        child.start_kill().expect("kill the coordinator");
-        child.wait().await.expect("it exits");
-    }
-}
+use support::{blobs, mlp};
 
 /// The messages of the log lines written between byte `from` and byte `to` of `log`,
 /// with how many times each was written.
@@ -95,7 +34,10 @@ fn log_length(log: &Path) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_backs_off_while_its_coordinator_is_down_and_keeps_its_job() {
-    let mut coordinator = Coordinator::start().await;
+    // Longer than the outage: the worker keeps its job.
+    let flags = ["--lease-seconds", "30", "--checkpoint-every", "100"];
+    let database = support::fresh_database().await;
+    let mut coordinator = support::CoordinatorProcess::start(database, &flags).await;
     let admin = coordinator.admin();
     let token = support::create_token(&admin, "workers", pb::Role::Worker).await;
     let dataset = support::register_dataset_at(&admin, "blobs", blobs(0..5, 200, 1)).await;
