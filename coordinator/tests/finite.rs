@@ -415,22 +415,8 @@ async fn the_coordinator_refuses_non_finite_output_whatever_the_worker_claims() 
         .model
         .unwrap();
     let mut worker = WorkerServiceClient::new(cluster.worker_connection());
-    let worker_id = worker
-        .register_worker(pb::RegisterWorkerRequest {
-            name: "careless".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .worker_id;
-    let mut assignments = worker
-        .stream_assignments(pb::StreamAssignmentsRequest {
-            worker_id: worker_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (worker_id, mut assignments) =
+        support::scripted_worker(&cluster.worker_connection(), "careless").await;
     let job = cluster.submit(direct("overflowed", &parent, 1e38)).await;
     let assignment = assignments.message().await.unwrap().expect("an assignment");
     assert_eq!(assignment.job_id, job.id);

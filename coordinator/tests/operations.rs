@@ -329,7 +329,6 @@ async fn every_cli_command_answers_in_json_and_refusals_say_what_to_do_next() {
 /// clients reconnect elsewhere, and exits cleanly well inside the grace period.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_open_streams_and_stops_the_coordinator_cleanly() {
-    use heirloom_proto::v1::worker_service_client::WorkerServiceClient;
     let dir = tempfile::tempdir().unwrap();
     let certs = support::certificates();
     let path = |name: &str| certs.join(name).display().to_string();
@@ -393,25 +392,8 @@ async fn sigterm_ends_open_streams_and_stops_the_coordinator_cleanly() {
     let first = watch.message().await.unwrap().expect("the queued event");
     assert!(first.event.is_some());
     let worker_token = support::create_token(&admin, "idle-worker", pb::Role::Worker).await;
-    let mut workers = WorkerServiceClient::new(support::connect_as(&address, Some(&worker_token)));
-    let worker_id = workers
-        .register_worker(pb::RegisterWorkerRequest {
-            name: "idle-cpu".into(),
-            devices: vec![pb::Device {
-                name: "cpu".into(),
-                memory_bytes: 0,
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .worker_id;
-    let mut assignments = workers
-        .stream_assignments(pb::StreamAssignmentsRequest { worker_id })
-        .await
-        .unwrap()
-        .into_inner();
+    let worker = support::connect_as(&address, Some(&worker_token));
+    let (_, mut assignments) = support::scripted_worker(&worker, "idle-cpu").await;
 
     let signalled = std::time::Instant::now();
     let pid = coordinator.id().expect("running").to_string();

@@ -323,32 +323,6 @@ async fn revoked_and_expired_tokens_are_refused_at_once() {
     assert!(listed.iter().all(|t| !t.name.is_empty()));
 }
 
-/// Registers a scripted worker with `channel`'s token; returns its id and assignments.
-async fn register(channel: &Connection, name: &str) -> (String, tonic::Streaming<pb::Assignment>) {
-    let mut client = WorkerServiceClient::new(channel.clone());
-    let id = client
-        .register_worker(pb::RegisterWorkerRequest {
-            name: name.into(),
-            devices: vec![pb::Device {
-                name: "cpu".into(),
-                memory_bytes: 0,
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .worker_id;
-    let assignments = client
-        .stream_assignments(pb::StreamAssignmentsRequest {
-            worker_id: id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    (id, assignments)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_token_acts_only_for_its_own_workers_and_leases() {
     let cluster = Cluster::coordinator_only().await;
@@ -357,7 +331,7 @@ async fn a_worker_token_acts_only_for_its_own_workers_and_leases() {
     let honest = cluster.worker_connection();
     let mallory = connect_as(&cluster.address, Some(&mallory_token));
 
-    let (honest_id, mut honest_assignments) = register(&honest, "honest").await;
+    let (honest_id, mut honest_assignments) = support::scripted_worker(&honest, "honest").await;
     let job = cluster
         .submit(training("victim", &dataset.id).spec.unwrap())
         .await;
@@ -367,7 +341,7 @@ async fn a_worker_token_acts_only_for_its_own_workers_and_leases() {
         .unwrap()
         .expect("an assignment");
     assert_eq!(assignment.job_id, job.id);
-    let (mallory_id, _mallory_assignments) = register(&mallory, "mallory").await;
+    let (mallory_id, _mallory_assignments) = support::scripted_worker(&mallory, "mallory").await;
     let mut as_mallory = WorkerServiceClient::new(mallory.clone());
     let forged_output = |worker_id: &str| pb::CompleteJobRequest {
         worker_id: worker_id.into(),

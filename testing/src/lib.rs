@@ -27,6 +27,7 @@ use heirloom_proto::v1::job_service_client::JobServiceClient;
 use heirloom_proto::v1::model_service_client::ModelServiceClient;
 use heirloom_proto::v1::recipe_service_client::RecipeServiceClient;
 use heirloom_proto::v1::token_service_client::TokenServiceClient;
+use heirloom_proto::v1::worker_service_client::WorkerServiceClient;
 use object_store::ObjectStore;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use std::path::PathBuf;
@@ -771,4 +772,33 @@ pub fn cli(cluster: &Cluster, token: &str, args: &[&str]) -> (bool, String, Stri
         String::from_utf8(output.stdout).unwrap(),
         String::from_utf8(output.stderr).unwrap(),
     )
+}
+
+/// Registers a worker the test plays (one CPU device) with `channel`'s token; returns its id and assignments.
+pub async fn scripted_worker(
+    channel: &Connection,
+    name: &str,
+) -> (String, tonic::Streaming<pb::Assignment>) {
+    let mut client = WorkerServiceClient::new(channel.clone());
+    let id = client
+        .register_worker(pb::RegisterWorkerRequest {
+            name: name.into(),
+            devices: vec![pb::Device {
+                name: "cpu".into(),
+                memory_bytes: 0,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id;
+    let assignments = client
+        .stream_assignments(pb::StreamAssignmentsRequest {
+            worker_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (id, assignments)
 }

@@ -73,22 +73,8 @@ async fn false_provenance_claims_fail_the_job_and_write_no_model() {
         .model
         .unwrap();
     let mut worker = WorkerServiceClient::new(cluster.worker_connection());
-    let worker_id = worker
-        .register_worker(pb::RegisterWorkerRequest {
-            name: "liar".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .worker_id;
-    let mut assignments = worker
-        .stream_assignments(pb::StreamAssignmentsRequest {
-            worker_id: worker_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let (worker_id, mut assignments) =
+        support::scripted_worker(&cluster.worker_connection(), "liar").await;
     let p = parent.id.as_str();
 
     // Each case: the child's bytes, its claims, and what the refusal must say.
