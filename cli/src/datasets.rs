@@ -18,6 +18,21 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
     let mut client = DatasetServiceClient::new(channel.clone());
     match command {
         Command::Register { name, file } => {
+            // Checked against the coordinator's limits before a byte is read or sent.
+            let size = std::fs::metadata(&file)
+                .map_err(|err| crate::usage(format!("{}: {err}", file.display())))?
+                .len();
+            let max_blob_bytes = crate::upload::max_blob_bytes(channel.clone()).await?;
+            crate::upload::check_fits(&file.display().to_string(), size, max_blob_bytes)?;
+            let max = heirloom_core::limits::MAX_DATASET_BYTES;
+            if size > max {
+                anyhow::bail!(
+                    "{} is {}; the coordinator registers datasets of at most {} ({max} bytes)",
+                    file.display(),
+                    heirloom_client::display::bytes(size),
+                    heirloom_client::display::bytes(max),
+                );
+            }
             let content = bytes::Bytes::from(
                 std::fs::read(&file)
                     .map_err(|err| crate::usage(format!("{}: {err}", file.display())))?,
@@ -66,30 +81,4 @@ fn print_dataset(dataset: &pb::Dataset) {
         dataset.num_classes,
         &dataset.sha256[..12.min(dataset.sha256.len())]
     );
-}
-
-/// A dataset id from an id, `name@version`, or a name (its latest version).
-pub async fn resolve(channel: Connection, dataset: &str) -> anyhow::Result<String> {
-    let datasets = DatasetServiceClient::new(channel)
-        .list_datasets(pb::ListDatasetsRequest {})
-        .await?
-        .into_inner()
-        .datasets;
-    let (name, version) = match dataset.rsplit_once('@') {
-        Some((name, version)) => {
-            let version = version.parse::<u32>().map_err(|_| {
-                crate::usage(format!(
-                    "dataset {dataset:?}: write a name, name@version (a number) or an id"
-                ))
-            })?;
-            (name, Some(version))
-        }
-        None => (dataset, None),
-    };
-    datasets
-        .into_iter()
-        .filter(|d| d.id == dataset || (d.name == name && version.is_none_or(|v| v == d.version)))
-        .max_by_key(|d| d.version)
-        .map(|d| d.id)
-        .ok_or_else(|| anyhow::anyhow!("no dataset has the id, name or name@version {dataset:?}"))
 }

@@ -1,5 +1,5 @@
 use crate::output::{Output, out, outln};
-use crate::{datasets, models, plan};
+use crate::{models, plan};
 use clap::{Args, Subcommand};
 use heirloom_client::connection::Connection;
 use heirloom_proto::v1 as pb;
@@ -107,7 +107,7 @@ pub enum Submit {
         /// A parent model (name or id); repeat in the recipe's slot order.
         #[arg(long = "parent")]
         parents: Vec<String>,
-        /// The dataset's name or id.
+        /// The dataset: its id, name@version, or name for its latest version.
         #[arg(long)]
         dataset: Option<String>,
         /// A JSON merge patch applied to the recipe for this job only, such as
@@ -124,22 +124,29 @@ pub enum Submit {
 pub struct Common {
     /// The new model's name.
     name: String,
-    /// The dataset's name or id (optional for direct jobs, which only score on it).
+    /// The dataset: its id, name@version, or name for its latest version (optional for
+    /// direct jobs, which only score on it).
     #[arg(long)]
     dataset: Option<String>,
-    #[arg(long, default_value_t = 0)]
-    epochs: u32,
-    #[arg(long, default_value_t = 0)]
-    batch_size: u32,
-    #[arg(long, default_value_t = 0.0)]
-    learning_rate: f64,
+    // The coordinator fills in what is left out and refuses what is out of range (0
+    // included): these are sent as given, and left unset when not given.
+    /// Default 10.
+    #[arg(long)]
+    epochs: Option<u32>,
+    /// Default 64.
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// Default 0.001 (adam) or 0.05 (sgd).
+    #[arg(long)]
+    learning_rate: Option<f64>,
     /// `adam` (default) or `sgd`.
     #[arg(long)]
     optimizer: Option<String>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, default_value_t = 0.0)]
-    holdout_fraction: f64,
+    /// The held-out share the final accuracy is measured on; default 0.2.
+    #[arg(long)]
+    holdout_fraction: Option<f64>,
     #[command(flatten)]
     placement: Placement,
 }
@@ -161,9 +168,10 @@ pub struct Placement {
     /// Run only on a worker with this label, as key=value; repeat for more.
     #[arg(long = "require-label")]
     require_labels: Vec<String>,
-    /// How many attempts may fail (retryable errors, lost workers) before the job does.
-    #[arg(long, default_value_t = 0)]
-    max_attempts: u32,
+    /// How many attempts may fail (retryable errors, lost workers) before the job does;
+    /// default 3.
+    #[arg(long)]
+    max_attempts: Option<u32>,
     /// Follow the job until it ends.
     #[arg(long)]
     watch: bool,
@@ -253,10 +261,7 @@ async fn spec_of(channel: &Connection, job: Submit) -> anyhow::Result<(pb::JobSp
                 recipe,
                 parents: parent_ids,
                 recipe_overrides_json: overrides,
-                dataset_id: match &dataset {
-                    Some(dataset) => datasets::resolve(channel.clone(), dataset).await?,
-                    None => String::new(),
-                },
+                dataset_id: dataset.unwrap_or_default(),
                 ..Default::default()
             };
             return Ok((spec, placement));
@@ -367,10 +372,8 @@ async fn spec_of(channel: &Connection, job: Submit) -> anyhow::Result<(pb::JobSp
     };
     let spec = pb::JobSpec {
         model_name: common.name.clone(),
-        dataset_id: match &common.dataset {
-            Some(dataset) => datasets::resolve(channel.clone(), dataset).await?,
-            None => String::new(),
-        },
+        // The coordinator resolves the reference, and says what to fix in one it cannot.
+        dataset_id: common.dataset.unwrap_or_default(),
         hyperparameters: Some(pb::Hyperparameters {
             epochs: common.epochs,
             batch_size: common.batch_size,

@@ -59,6 +59,12 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
             // Tensor by tensor, only those the store lacks, then imported by manifest:
             // no size limit, and a model sharing tensors with others uploads less.
             let tensors = heirloom_core::tensor_hashes("weights", &file)?;
+            let max_blob_bytes = crate::upload::max_blob_bytes(channel.clone()).await?;
+            for tensor in &tensors {
+                let what = format!("{}: tensor {}", weights.display(), tensor.info.name);
+                let size = tensor.range.len() as u64;
+                crate::upload::check_fits(&what, size, max_blob_bytes)?;
+            }
             let blobs: Vec<(String, bytes::Bytes)> = tensors
                 .iter()
                 .map(|t| (t.sha256.clone(), file.slice(t.range.clone())))

@@ -20,6 +20,20 @@ pub fn bytes_bar() -> ProgressBar {
     bar
 }
 
+/// The largest blob the coordinator takes (`None`: it does not say).
+pub async fn max_blob_bytes(channel: Connection) -> anyhow::Result<Option<u64>> {
+    Ok(heirloom_client::transfer::max_blob_bytes(channel).await?)
+}
+
+/// Refuses, before anything is sent, what the coordinator would refuse for its size:
+/// `what` (a file, a tensor) of `size` bytes.
+pub fn check_fits(what: &str, size: u64, max_blob_bytes: Option<u64>) -> anyhow::Result<()> {
+    match heirloom_client::transfer::too_large(what, size, max_blob_bytes) {
+        Some(why) => Err(anyhow::anyhow!(why)),
+        None => Ok(()),
+    }
+}
+
 /// Uploads those of `blobs` (sha256, bytes) the coordinator lacks; returns the bytes sent.
 pub async fn upload(channel: Connection, blobs: &[(String, Bytes)]) -> anyhow::Result<u64> {
     let bar = bytes_bar();

@@ -1,6 +1,7 @@
 //! The client side of blob uploads, shared by the worker and the CLI: ask the coordinator
-//! which blobs it lacks (which also holds them from garbage collection), then stream only
-//! those, in chunks, one blob after another.
+//! which blobs it lacks (which also holds them from garbage collection) and how large a
+//! blob it takes, then stream only those, in chunks, one blob after another, each
+//! declaring its size with its first chunk.
 
 use crate::connection::Connection;
 use bytes::Bytes;
@@ -11,9 +12,28 @@ use heirloom_proto::v1::artifact_service_client::ArtifactServiceClient;
 /// Bytes per upload message: half the default 4 MiB gRPC message limit.
 pub const CHUNK_BYTES: usize = 2 << 20;
 
+/// The largest blob the coordinator takes (`None`: it does not say).
+pub async fn max_blob_bytes(channel: Connection) -> Result<Option<u64>, tonic::Status> {
+    let asked = ArtifactServiceClient::new(channel)
+        .missing_blobs(pb::MissingBlobsRequest { sha256: Vec::new() })
+        .await?;
+    Ok(asked.into_inner().max_blob_bytes)
+}
+
+/// Why a blob of `size` bytes cannot be uploaded to a coordinator that takes at most
+/// `max_blob_bytes`, if it cannot: `what` names it (a file, a tensor, a hash).
+pub fn too_large(what: &str, size: u64, max_blob_bytes: Option<u64>) -> Option<String> {
+    let max = max_blob_bytes.filter(|&max| size > max)?;
+    Some(format!(
+        "{what} is {}; the coordinator takes blobs of at most {} ({max} bytes)",
+        crate::display::bytes(size),
+        crate::display::bytes(max),
+    ))
+}
+
 /// Uploads those of `blobs` (sha256, bytes) that the coordinator lacks. `on_chunk` hears
 /// (bytes sent so far, bytes to send in all) as each chunk goes out. Returns the bytes
-/// sent.
+/// sent. A blob larger than the coordinator takes is refused here, before any is sent.
 pub async fn upload_missing(
     channel: Connection,
     blobs: &[(String, Bytes)],
@@ -23,7 +43,18 @@ pub async fn upload_missing(
     let wanted = pb::MissingBlobsRequest {
         sha256: blobs.iter().map(|(sha256, _)| sha256.clone()).collect(),
     };
-    let missing = client.missing_blobs(wanted).await?.into_inner().sha256;
+    let answer = client.missing_blobs(wanted).await?.into_inner();
+    let missing = answer.sha256;
+    for (sha256, bytes) in blobs {
+        if let Some(why) = too_large(
+            &format!("blob {sha256}"),
+            bytes.len() as u64,
+            answer.max_blob_bytes,
+        ) && missing.contains(sha256)
+        {
+            return Err(tonic::Status::invalid_argument(why));
+        }
+    }
     let mut chunks = Vec::new();
     let mut total = 0u64;
     let mut sent = std::collections::HashSet::new();
@@ -42,6 +73,7 @@ pub async fn upload_missing(
                 offset: start as u64,
                 data: bytes.slice(start..end),
                 last: i + 1 == count,
+                total_bytes: (i == 0).then_some(bytes.len() as u64),
             });
         }
     }

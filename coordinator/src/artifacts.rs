@@ -5,6 +5,13 @@
 //! streamed out, and every blob is checked against its hash as it is read (and a model's
 //! float tensors, once, for being finite). Workers reach it only through `ArtifactService`.
 //!
+//! An upload declares its size first: one larger than `max_blob_bytes` is refused before
+//! any byte is stored, and one that sends more than it declared is cut at the chunk that
+//! passes it. Garbage collection also removes what uploads that never finished left
+//! behind, which no listing of objects shows: a coordinator killed mid-upload leaves a
+//! staging file `blobs/<sha256>#<n>` in a directory, an incomplete multipart upload in a
+//! bucket.
+//!
 //! Never touches the database: what is referenced, and what garbage collection may
 //! delete, is the caller's to say.
 
@@ -16,6 +23,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// The most bytes one read from the store, and one streamed message, carries: well under
@@ -33,6 +41,20 @@ const PART_BYTES: usize = 16 << 20;
 #[derive(Debug, Clone)]
 pub struct Artifacts {
     store: Arc<dyn ObjectStore>,
+    /// Where unfinished uploads leave what the store's listing does not show.
+    staging: Staging,
+    /// The largest blob an upload may declare.
+    max_blob_bytes: u64,
+}
+
+/// What a garbage collection deleted (or, in a dry run, would delete) and kept.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Collected {
+    pub deleted_blobs: u64,
+    pub deleted_bytes: u64,
+    pub kept_blobs: u64,
+    pub deleted_staging_files: u64,
+    pub deleted_staging_bytes: u64,
 }
 
 /// One tensor of a model's manifest.
@@ -71,31 +93,49 @@ impl Artifacts {
         let unusable = |err: &dyn std::fmt::Display| {
             StartupError::Setting(format!("--artifacts {location}: {err}"))
         };
-        let store: Arc<dyn ObjectStore> = match location.strip_prefix("s3://") {
+        let (store, staging): (Arc<dyn ObjectStore>, Staging) = match location.strip_prefix("s3://")
+        {
             Some(rest) => {
                 let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
                 let s3 = object_store::aws::AmazonS3Builder::from_env()
                     .with_bucket_name(bucket)
                     .build()
                     .map_err(|err| unusable(&err))?;
-                if prefix.trim_matches('/').is_empty() {
-                    Arc::new(s3)
+                let prefix = prefix.trim_matches('/');
+                let staging =
+                    Staging::Bucket(Bucket::new(s3.clone(), prefix).map_err(|err| unusable(&err))?);
+                if prefix.is_empty() {
+                    (Arc::new(s3), staging)
                 } else {
-                    Arc::new(object_store::prefix::PrefixStore::new(
-                        s3,
-                        prefix.trim_matches('/'),
-                    ))
+                    let store = object_store::prefix::PrefixStore::new(s3, prefix);
+                    (Arc::new(store), staging)
                 }
             }
             None => {
                 std::fs::create_dir_all(location).map_err(|err| unusable(&err))?;
-                Arc::new(
-                    object_store::local::LocalFileSystem::new_with_prefix(location)
-                        .map_err(|err| unusable(&err))?,
-                )
+                let store = object_store::local::LocalFileSystem::new_with_prefix(location)
+                    .map_err(|err| unusable(&err))?;
+                (Arc::new(store), Staging::Directory(PathBuf::from(location)))
             }
         };
-        Ok(Self { store })
+        Ok(Self {
+            store,
+            staging,
+            max_blob_bytes: heirloom_core::limits::MAX_DATASET_BYTES,
+        })
+    }
+
+    /// The same store, taking uploads of blobs up to `max_blob_bytes`.
+    pub fn with_max_blob_bytes(self, max_blob_bytes: u64) -> Self {
+        Self {
+            max_blob_bytes,
+            ..self
+        }
+    }
+
+    /// The largest blob an upload may declare.
+    pub fn max_blob_bytes(&self) -> u64 {
+        self.max_blob_bytes
     }
 
     /// The store itself, for tests that need to reach under the API (to corrupt a blob).
@@ -324,12 +364,23 @@ impl Artifacts {
             .boxed()
     }
 
-    /// Starts receiving a blob that must hash to `sha256`.
-    pub fn begin_upload(&self, sha256: &str) -> Result<Upload> {
+    /// Starts receiving a blob that must hash to `sha256` and that declares `total_bytes`:
+    /// refused, before anything is stored, if that is more than the store takes.
+    pub fn begin_upload(&self, sha256: &str, total_bytes: u64) -> Result<Upload> {
         check_sha256("sha256", sha256)?;
+        if total_bytes > self.max_blob_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "blob {sha256} declares {total_bytes} bytes ({}); the coordinator takes blobs \
+                 of at most {} bytes ({}, --max-blob-bytes); nothing was stored",
+                heirloom_client::display::bytes(total_bytes),
+                self.max_blob_bytes,
+                heirloom_client::display::bytes(self.max_blob_bytes),
+            )));
+        }
         Ok(Upload {
             store: self.store.clone(),
             sha256: sha256.to_string(),
+            total_bytes,
             hasher: Sha256::new(),
             written: 0,
             pending: Pending::Buffered(Vec::new()),
@@ -337,13 +388,14 @@ impl Artifacts {
     }
 
     /// Deletes every stored blob that `referenced` lacks and that is older than
-    /// `min_age`; returns (deleted blobs, deleted bytes, kept blobs).
+    /// `min_age`, and what every unfinished upload older than that left behind.
     pub async fn collect_garbage(
         &self,
         referenced: &HashSet<String>,
         min_age: std::time::Duration,
         dry_run: bool,
-    ) -> Result<(u64, u64, u64)> {
+    ) -> Result<Collected> {
+        let mut collected = self.staging.collect(min_age, dry_run).await?;
         let (mut deleted, mut bytes, mut kept) = (0, 0, 0);
         let now = chrono::Utc::now();
         let mut listing = self.store.list(Some(&Path::from("blobs")));
@@ -363,8 +415,274 @@ impl Artifacts {
             deleted += 1;
             bytes += meta.size;
         }
-        Ok((deleted, bytes, kept))
+        collected.deleted_blobs = deleted;
+        collected.deleted_bytes = bytes;
+        collected.kept_blobs = kept;
+        Ok(collected)
     }
+}
+
+/// Where a store's unfinished uploads leave what its listing does not show.
+#[derive(Debug, Clone)]
+enum Staging {
+    /// A directory: staging files `blobs/<sha256>#<n>` beside the blobs, written as the
+    /// upload goes.
+    Directory(PathBuf),
+    /// A bucket: incomplete multipart uploads of `blobs/<sha256>`.
+    Bucket(Bucket),
+}
+
+impl Staging {
+    /// Deletes (unless `dry_run`) what uploads older than `min_age` left: for a staging
+    /// file, since its last write; for a multipart upload, since it began.
+    async fn collect(&self, min_age: std::time::Duration, dry_run: bool) -> Result<Collected> {
+        let (files, bytes) = match self {
+            Staging::Directory(directory) => {
+                let blobs = directory.join("blobs");
+                tokio::task::spawn_blocking(move || staging_files(&blobs, min_age, dry_run))
+                    .await
+                    .map_err(|err| Error::Internal(format!("collecting staging files: {err}")))??
+            }
+            Staging::Bucket(bucket) => bucket.collect(min_age, dry_run).await?,
+        };
+        Ok(Collected {
+            deleted_staging_files: files,
+            deleted_staging_bytes: bytes,
+            ..Collected::default()
+        })
+    }
+}
+
+/// Deletes (unless `dry_run`) the staging files in `blobs` last written longer ago than
+/// `min_age`; returns how many there were and their bytes.
+fn staging_files(
+    blobs: &std::path::Path,
+    min_age: std::time::Duration,
+    dry_run: bool,
+) -> Result<(u64, u64)> {
+    let (mut files, mut bytes) = (0, 0);
+    let entries = match std::fs::read_dir(blobs) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(err) => return Err(Error::Io(err)),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if !entry.file_name().to_str().is_some_and(is_staging_name) {
+            continue;
+        }
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            // Finished (renamed into place) or aborted since it was listed.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(err) => return Err(Error::Io(err)),
+        };
+        let age = meta.modified()?.elapsed().unwrap_or_default();
+        if !meta.is_file() || age < min_age {
+            continue;
+        }
+        if !dry_run {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(Error::Io(err)),
+            }
+        }
+        files += 1;
+        bytes += meta.len();
+    }
+    Ok((files, bytes))
+}
+
+/// `<sha256>#<digits>`: how `object_store`'s directory store names an upload in progress.
+fn is_staging_name(name: &str) -> bool {
+    name.split_once('#').is_some_and(|(sha256, suffix)| {
+        heirloom_core::limits::is_sha256(sha256)
+            && !suffix.is_empty()
+            && suffix.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// A bucket's multipart uploads, which `object_store` can abort but not list: listed
+/// with S3's ListMultipartUploads and ListParts, signed by the store's own credentials.
+#[derive(Debug, Clone)]
+struct Bucket {
+    s3: object_store::aws::AmazonS3,
+    /// The store's prefix in the bucket, with its trailing `/` (or empty).
+    prefix: String,
+    http: object_store::client::HttpClient,
+}
+
+/// One incomplete multipart upload: its key in the bucket, its id, when it began.
+struct MultipartUpload {
+    key: String,
+    id: String,
+    initiated: chrono::DateTime<chrono::Utc>,
+}
+
+impl Bucket {
+    fn new(s3: object_store::aws::AmazonS3, prefix: &str) -> object_store::Result<Bucket> {
+        use object_store::client::HttpConnector;
+        // The store's own client settings are not public; plain HTTP is allowed the same
+        // way (`AWS_ALLOW_HTTP`, for a local test server).
+        let allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|value| value == "true");
+        let options = object_store::ClientOptions::new().with_allow_http(allow_http);
+        Ok(Bucket {
+            s3,
+            prefix: match prefix {
+                "" => String::new(),
+                prefix => format!("{prefix}/"),
+            },
+            http: object_store::client::ReqwestConnector::default().connect(&options)?,
+        })
+    }
+
+    async fn collect(&self, min_age: std::time::Duration, dry_run: bool) -> Result<(u64, u64)> {
+        use object_store::multipart::MultipartStore;
+        let (mut files, mut bytes) = (0, 0);
+        let now = chrono::Utc::now();
+        for upload in self.uploads().await? {
+            let age = (now - upload.initiated).to_std().unwrap_or_default();
+            let ours = upload
+                .key
+                .strip_prefix(&format!("{}blobs/", self.prefix))
+                .is_some_and(heirloom_core::limits::is_sha256);
+            if !ours || age < min_age {
+                continue;
+            }
+            let size = self.parts_bytes(&upload).await?;
+            if !dry_run {
+                match self
+                    .s3
+                    .abort_multipart(&Path::from(upload.key.as_str()), &upload.id)
+                    .await
+                {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(err) => return Err(store_error(err)),
+                }
+            }
+            files += 1;
+            bytes += size;
+        }
+        Ok((files, bytes))
+    }
+
+    /// Every incomplete multipart upload under the store's `blobs/`.
+    async fn uploads(&self) -> Result<Vec<MultipartUpload>> {
+        let mut uploads = Vec::new();
+        let mut after: Option<(String, String)> = None;
+        loop {
+            let mut query = vec![
+                ("uploads".to_string(), String::new()),
+                ("prefix".to_string(), format!("{}blobs/", self.prefix)),
+            ];
+            if let Some((key, id)) = after.take() {
+                query.push(("key-marker".into(), key));
+                query.push(("upload-id-marker".into(), id));
+            }
+            let listing = self.get(&Path::default(), query).await?;
+            for upload in xml_elements(&listing, "Upload") {
+                let field = |name| xml_element(upload, name).unwrap_or_default();
+                let initiated = chrono::DateTime::parse_from_rfc3339(&field("Initiated"))
+                    .map_err(|err| Error::Storage(format!("a multipart upload's start: {err}")))?;
+                uploads.push(MultipartUpload {
+                    key: field("Key"),
+                    id: field("UploadId"),
+                    initiated: initiated.with_timezone(&chrono::Utc),
+                });
+            }
+            if xml_element(&listing, "IsTruncated").as_deref() != Some("true") {
+                return Ok(uploads);
+            }
+            let next = |name| xml_element(&listing, name).unwrap_or_default();
+            after = Some((next("NextKeyMarker"), next("NextUploadIdMarker")));
+        }
+    }
+
+    /// The bytes an incomplete multipart upload's parts hold.
+    async fn parts_bytes(&self, upload: &MultipartUpload) -> Result<u64> {
+        let mut bytes = 0;
+        let mut after = None;
+        loop {
+            let mut query = vec![("uploadId".to_string(), upload.id.clone())];
+            if let Some(part) = after.take() {
+                query.push(("part-number-marker".into(), part));
+            }
+            let listing = self.get(&Path::from(upload.key.as_str()), query).await?;
+            for part in xml_elements(&listing, "Part") {
+                bytes += xml_element(part, "Size")
+                    .and_then(|size| size.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+            if xml_element(&listing, "IsTruncated").as_deref() != Some("true") {
+                return Ok(bytes);
+            }
+            after = xml_element(&listing, "NextPartNumberMarker");
+        }
+    }
+
+    /// A signed GET of `path` (a key, or the bucket itself) with `query`: the answer's body.
+    async fn get(&self, path: &Path, query: Vec<(String, String)>) -> Result<String> {
+        use object_store::signer::{Method, SignedUrlOptions, Signer};
+        let storage = |err: &dyn std::fmt::Display| Error::Storage(err.to_string());
+        let options = SignedUrlOptions::default().with_query(query);
+        let url = self
+            .s3
+            .signed_url_opts(
+                Method::GET,
+                path,
+                std::time::Duration::from_secs(60),
+                &options,
+            )
+            .await
+            .map_err(store_error)?;
+        let request = tonic::codegen::http::Request::get(url.as_str())
+            .body(object_store::client::HttpRequestBody::empty())
+            .map_err(|err| storage(&err))?;
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|err| storage(&err))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .bytes()
+            .await
+            .map_err(|err| storage(&err))?;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        if !status.is_success() {
+            return Err(Error::Storage(format!("{status} listing uploads: {body}")));
+        }
+        Ok(body)
+    }
+}
+
+/// The contents of each `<name>` element in `xml` (S3's answers: no attributes on these
+/// elements, no nesting of one in itself).
+fn xml_elements<'a>(xml: &'a str, name: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+    let mut found = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        let after = &rest[start + open.len()..];
+        let Some(end) = after.find(&close) else { break };
+        found.push(&after[..end]);
+        rest = &after[end + close.len()..];
+    }
+    found
+}
+
+/// The text of the first `<name>` element in `xml`, its entities decoded.
+fn xml_element(xml: &str, name: &str) -> Option<String> {
+    let text = xml_elements(xml, name).into_iter().next()?;
+    Some(
+        text.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&"),
+    )
 }
 
 fn corrupted(sha256: &str) -> Error {
@@ -432,6 +750,8 @@ fn canonical_header(manifest: &[ManifestEntry]) -> Result<Vec<u8>> {
 pub struct Upload {
     store: Arc<dyn ObjectStore>,
     sha256: String,
+    /// The size the upload declared: no byte past it is taken.
+    total_bytes: u64,
     hasher: Sha256,
     written: u64,
     pending: Pending,
@@ -454,7 +774,21 @@ impl Upload {
         self.written
     }
 
+    /// The size the upload declared.
+    pub fn total_bytes(&self) -> u64 {
+        self.total_bytes
+    }
+
+    /// Takes the next bytes; refuses them, storing none, if they pass the declared size.
     pub async fn write(&mut self, data: Bytes) -> Result<()> {
+        let arrived = self.written + data.len() as u64;
+        if arrived > self.total_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "blob {}: {arrived} bytes arrived, more than the {} it declared; the upload \
+                 is cut and nothing was stored",
+                self.sha256, self.total_bytes
+            )));
+        }
         self.hasher.update(&data);
         self.written += data.len() as u64;
         match &mut self.pending {
@@ -487,6 +821,15 @@ impl Upload {
     /// Stores the blob if its bytes hash to its name; otherwise refuses, and nothing
     /// corrupted is ever stored.
     pub async fn finish(self) -> Result<()> {
+        if self.written != self.total_bytes {
+            let message = format!(
+                "blob {}: its last chunk ends at {} bytes, not the {} it declared; nothing \
+                 was stored",
+                self.sha256, self.written, self.total_bytes
+            );
+            self.abort().await;
+            return Err(Error::InvalidArgument(message));
+        }
         let actual = hex::encode(self.hasher.finalize());
         if actual != self.sha256 {
             if let Pending::Parts(parts) = self.pending {
@@ -590,6 +933,32 @@ mod tests {
             (sha256, len),
             (heirloom_core::sha256_hex(&expected), expected.len() as u64)
         );
+    }
+
+    #[test]
+    fn staging_names_and_s3_listings_are_read() {
+        let sha256 = heirloom_core::sha256_hex(b"x");
+        assert!(is_staging_name(&format!("{sha256}#1")));
+        assert!(is_staging_name(&format!("{sha256}#12")));
+        for other in [
+            sha256.clone(),
+            format!("{sha256}#"),
+            format!("{sha256}#1a"),
+            "notahash#1".into(),
+            format!("{}#1", &sha256[1..]),
+        ] {
+            assert!(!is_staging_name(&other), "{other}");
+        }
+        let listing = "<ListMultipartUploadsResult><IsTruncated>true</IsTruncated>\
+            <Upload><Key>p/blobs/a</Key><UploadId>x&amp;y</UploadId></Upload>\
+            <Upload><Key>p/blobs/b</Key><UploadId>z</UploadId></Upload>\
+            <NextKeyMarker>p/blobs/b</NextKeyMarker></ListMultipartUploadsResult>";
+        let uploads = xml_elements(listing, "Upload");
+        assert_eq!(uploads.len(), 2);
+        assert_eq!(xml_element(uploads[0], "UploadId").as_deref(), Some("x&y"));
+        assert_eq!(xml_element(uploads[1], "Key").as_deref(), Some("p/blobs/b"));
+        assert_eq!(xml_element(listing, "IsTruncated").as_deref(), Some("true"));
+        assert_eq!(xml_element(listing, "Size"), None);
     }
 
     #[tokio::test]

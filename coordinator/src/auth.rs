@@ -7,6 +7,7 @@
 //! ([`TokenCache`]) and drops them all on every revocation, so a revoked token is
 //! refused at once, on every replica.
 
+use crate::connections::ConnectionInfo;
 use crate::db::Db;
 use crate::domain::{Caller, Role};
 use crate::error::Error;
@@ -19,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tonic::codegen::http;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::transport::server::TlsConnectInfo;
 
 impl Caller {
     /// The caller of `request`: present on every method that is not open.
@@ -191,7 +192,7 @@ fn bearer_token(headers: &http::HeaderMap) -> Result<&str, Error> {
 fn has_client_certificate<B>(request: &http::Request<B>) -> bool {
     request
         .extensions()
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .get::<TlsConnectInfo<ConnectionInfo>>()
         .and_then(|info| info.peer_certs())
         .is_some_and(|certificates| !certificates.is_empty())
 }

@@ -65,9 +65,44 @@ pub struct Config {
     /// coordinator's certificate unless `--insecure-plaintext`. Off if not given.
     #[arg(long, env = "HEIRLOOM_EXPLORER_LISTEN")]
     pub explorer_listen: Option<SocketAddr>,
+    /// At most this many open connections, all listeners together. At the cap a new
+    /// connection takes the place of the one idle longest. Lowered to fit the
+    /// file-descriptor limit (raised to its hard limit at start) less 128 for the
+    /// database pool, the store and logs.
+    #[arg(long, env = "HEIRLOOM_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// At most this many open connections from one IP address; at the cap a new one
+    /// takes the place of that address's connection idle longest.
+    #[arg(long, env = "HEIRLOOM_MAX_CONNECTIONS_PER_PEER", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_peer: u32,
+    /// A connection must begin its first call within this many seconds of opening (TLS
+    /// handshake included), or it is closed.
+    #[arg(long, env = "HEIRLOOM_FIRST_CALL_SECONDS", default_value_t = 10.0)]
+    pub first_call_seconds: f64,
+    /// A connection with no call in flight for this many seconds is closed (clients
+    /// reconnect when they next call).
+    #[arg(long, env = "HEIRLOOM_IDLE_TIMEOUT_SECONDS", default_value_t = 300.0)]
+    pub idle_timeout_seconds: f64,
     /// Log format: `human` or `json`.
     #[arg(long, env = "HEIRLOOM_LOG_FORMAT", default_value = "human")]
     pub log_format: String,
+    /// The largest blob (a tensor, a dataset, a TorchScript program) an upload may
+    /// declare, in bytes; a larger one is refused before any of it is stored. Datasets
+    /// are held to 1 GiB at registration whatever this says.
+    #[arg(long, env = "HEIRLOOM_MAX_BLOB_BYTES", default_value_t = 1 << 30)]
+    pub max_blob_bytes: u64,
+    /// Bytes each token may upload in any hour (refused uploads count what arrived);
+    /// past it, uploads are refused until enough of the hour's uploads age out. One
+    /// worker token serves a pool of workers, so this covers all their checkpoints and
+    /// outputs.
+    #[arg(long, env = "HEIRLOOM_UPLOAD_BYTES_PER_HOUR", default_value_t = 100 << 30)]
+    pub upload_bytes_per_hour: u64,
+    /// Blobs each token may hold from garbage collection at once (MissingBlobs holds
+    /// every blob it is asked about for an hour).
+    #[arg(long, env = "HEIRLOOM_MAX_HELD_BLOBS", default_value_t = 1_000_000)]
+    pub max_held_blobs: u64,
 }
 
 #[cfg(test)]

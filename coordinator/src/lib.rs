@@ -8,6 +8,7 @@
 pub mod artifacts;
 pub mod auth;
 pub mod config;
+mod connections;
 pub mod db;
 mod dispatch;
 pub mod domain;
@@ -17,7 +18,7 @@ mod grpc;
 pub mod metrics;
 mod notifier;
 mod planning;
-mod recipes;
+pub mod recipes;
 
 pub use config::Config;
 pub use error::{Error, Result, StartupError};
@@ -41,6 +42,8 @@ pub struct Services {
     notifier: Notifier,
     tokens: auth::TokenCache,
     policy: domain::Policy,
+    /// What each token may upload per hour and hold from garbage collection.
+    quotas: db::Quotas,
     metrics: metrics::Metrics,
     /// Cancelled when the coordinator begins to stop: streams that would otherwise stay
     /// open (WatchJob, StreamAssignments, the explorer's job stream) end on it, so the
@@ -56,6 +59,8 @@ pub struct Coordinator {
     explorer: Option<(TcpListener, Option<tokio_rustls::TlsAcceptor>)>,
     /// The certificate and key the explorer serves TLS with (the coordinator's).
     explorer_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Caps and deadlines for the connections of every listener.
+    connections: connections::Connections,
     /// Stops the background tasks (notifications, lease expiry, metrics) once the
     /// servers have drained.
     background: CancellationToken,
@@ -73,7 +78,8 @@ impl Coordinator {
         if let Some(path) = &config.admin_token_file {
             bootstrap_admin(&db, path).await?;
         }
-        let artifacts = Artifacts::open(&config.artifacts)?;
+        let artifacts =
+            Artifacts::open(&config.artifacts)?.with_max_blob_bytes(config.max_blob_bytes);
         let policy = domain::Policy {
             lease: Duration::from_secs_f64(config.lease_seconds),
             retry_backoff: Duration::from_secs_f64(config.retry_backoff_seconds),
@@ -81,6 +87,12 @@ impl Coordinator {
         };
         let background = CancellationToken::new();
         let notifier = Notifier::start(db.pool().clone(), background.child_token());
+        let metrics = metrics::Metrics::new();
+        let connections = connections::Connections::start(
+            connection_limits(config)?,
+            metrics.clone(),
+            background.child_token(),
+        );
         Ok(Coordinator {
             services: Services {
                 db,
@@ -88,10 +100,15 @@ impl Coordinator {
                 tokens: auth::TokenCache::start(&notifier),
                 notifier,
                 policy,
-                metrics: metrics::Metrics::new(),
+                quotas: db::Quotas {
+                    upload_bytes_per_hour: config.upload_bytes_per_hour,
+                    max_held_blobs: config.max_held_blobs,
+                },
+                metrics,
                 stopping: CancellationToken::new(),
             },
             transport,
+            connections,
             metrics: None,
             explorer: None,
             explorer_tls: config.tls_cert.clone().zip(config.tls_key.clone()),
@@ -129,6 +146,7 @@ impl Coordinator {
             transport,
             metrics,
             explorer,
+            connections,
             background,
             ..
         } = self;
@@ -144,10 +162,9 @@ impl Coordinator {
             if let Ok(address) = listener.local_addr() {
                 tracing::info!(%address, "metrics at /metrics");
             }
-            tokio::spawn(metrics::serve(
-                services.metrics.clone(),
-                services.db.clone(),
-                listener,
+            tokio::spawn(connections::serve_http(
+                connections.guard(listener, "metrics"),
+                metrics::router(services.metrics.clone(), services.db.clone()),
                 background.child_token(),
             ));
         }
@@ -158,6 +175,7 @@ impl Coordinator {
             }
             // It stops accepting when the gRPC server does; its job streams end then too.
             let (services, stop) = (services.clone(), services.stopping.clone());
+            let listener = connections.guard(listener, "explorer");
             tokio::spawn(async move {
                 if let Err(err) = explorer::serve(services, listener, tls, stop).await {
                     tracing::error!(error = %err, "the lineage explorer stopped");
@@ -165,6 +183,7 @@ impl Coordinator {
             });
         }
         let stopping = services.stopping.clone();
+        let listener = connections.guard(listener, "grpc");
         let serving = grpc::serve(services, transport, listener, shutdown.clone());
         let drained = async {
             shutdown.cancelled().await;
@@ -184,6 +203,34 @@ impl Coordinator {
         background.cancel();
         Ok(result?)
     }
+}
+
+fn connection_limits(config: &Config) -> Result<connections::Limits, StartupError> {
+    let seconds = |flag: &str, value: f64| {
+        if value.is_finite() && value > 0.0 && value <= 86_400.0 {
+            Ok(Duration::from_secs_f64(value))
+        } else {
+            Err(StartupError::Setting(format!(
+                "{flag} {value}: must be a number of seconds above 0 and at most 86400"
+            )))
+        }
+    };
+    let budget = connections::descriptor_budget();
+    let max_open = (config.max_connections as usize).min(budget);
+    if max_open < config.max_connections as usize {
+        tracing::warn!(
+            max_connections = max_open,
+            asked = config.max_connections,
+            "--max-connections lowered to fit the file-descriptor limit (`ulimit -n`, less \
+             128 for the database, the store and logs); raise the hard limit for more"
+        );
+    }
+    Ok(connections::Limits {
+        max_open,
+        max_per_peer: config.max_connections_per_peer as usize,
+        first_call_deadline: seconds("--first-call-seconds", config.first_call_seconds)?,
+        idle_timeout: seconds("--idle-timeout-seconds", config.idle_timeout_seconds)?,
+    })
 }
 
 /// Makes sure the admin token in `path` works, writing a new one there first if the

@@ -13,8 +13,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RpcLabels {
@@ -31,6 +29,17 @@ struct JobLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClosingLabels {
+    listener: String,
+    reason: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,6 +69,8 @@ pub struct Metrics {
     jobs: Family<StateLabels, Gauge>,
     workers_connected: Gauge,
     artifact_bytes: Family<DirectionLabels, Counter>,
+    connections_open: Family<ListenerLabels, Gauge>,
+    connections_closed: Family<ClosingLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -89,6 +100,8 @@ impl Metrics {
         let jobs = Family::<StateLabels, Gauge>::default();
         let workers_connected = Gauge::default();
         let artifact_bytes = Family::<DirectionLabels, Counter>::default();
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
+        let connections_closed = Family::<ClosingLabels, Counter>::default();
         registry.register(
             "rpc_duration_seconds",
             "gRPC calls served, by method and gRPC status code (a stream: until its answer starts)",
@@ -114,6 +127,17 @@ impl Metrics {
             "Bytes moved by the artifact service: upload (into the store), download (to workers), export",
             artifact_bytes.clone(),
         );
+        registry.register(
+            "connections_open",
+            "Open connections by listener (grpc, explorer, metrics)",
+            connections_open.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections the coordinator closed or refused, by listener and reason: \
+             evicted_at_cap, evicted_at_peer_cap, refused_at_cap, no_call_in_time, idle",
+            connections_closed.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             rpc_seconds,
@@ -121,7 +145,30 @@ impl Metrics {
             jobs,
             workers_connected,
             artifact_bytes,
+            connections_open,
+            connections_closed,
         }
+    }
+
+    pub fn connection_opened(&self, listener: &str) {
+        self.connections_open
+            .get_or_create(&listener_labels(listener))
+            .inc();
+    }
+
+    pub fn connection_dropped(&self, listener: &str) {
+        self.connections_open
+            .get_or_create(&listener_labels(listener))
+            .dec();
+    }
+
+    pub fn connection_closed(&self, listener: &str, reason: &str) {
+        self.connections_closed
+            .get_or_create(&ClosingLabels {
+                listener: listener.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn observe_rpc(&self, method: &str, code: &str, elapsed: Duration) {
@@ -185,6 +232,12 @@ impl Metrics {
     }
 }
 
+fn listener_labels(listener: &str) -> ListenerLabels {
+    ListenerLabels {
+        listener: listener.to_string(),
+    }
+}
+
 /// Keeps a worker counted in `heirloom_workers_connected` while it lives.
 pub struct ConnectedWorker(Gauge);
 
@@ -194,13 +247,8 @@ impl Drop for ConnectedWorker {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown`.
-pub async fn serve(
-    metrics: Metrics,
-    db: Db,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
+/// The metrics endpoint, `GET /metrics`, as a router (served by `connections`).
+pub fn router(metrics: Metrics, db: Db) -> axum::Router {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
     let scrape = move || {
@@ -220,8 +268,5 @@ pub async fn serve(
             }
         }
     };
-    let app = axum::Router::new().route("/metrics", axum::routing::get(scrape));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    axum::Router::new().route("/metrics", axum::routing::get(scrape))
 }

@@ -7,12 +7,13 @@
 use crate::domain::{DraftModule, JobDraft, JobKind, JobSpec, Reference, fields_that_do_not_apply};
 use crate::error::{Error, Result};
 use heirloom_core::{
-    Adjustment, Architecture, Hyperparameters, Invalid, Optimizer, Parents, limits,
+    Adjustment, Architecture, HyperparameterInput, Hyperparameters, Invalid, Parents, limits,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// A recipe's body. Zero and empty values are absent from the JSON.
+/// A recipe's body. Zero and empty values are absent from the JSON; absent
+/// hyperparameters take their defaults, and a zero one is refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
@@ -39,18 +40,6 @@ pub struct Recipe {
     /// Compose: target prefix ← (parent slot, source prefix).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub modules: Vec<RecipeModule>,
-}
-
-/// Hyperparameters as a recipe states them: absent ones take the defaults.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HyperparameterInput {
-    pub epochs: u32,
-    pub batch_size: u32,
-    pub learning_rate: f64,
-    pub optimizer: Option<Optimizer>,
-    pub seed: u64,
-    pub holdout_fraction: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,14 +78,7 @@ impl Recipe {
             )
         })?;
         let resolved = recipe.resolved_hyperparameters(&format!("{field}.hyperparameters"))?;
-        recipe.hyperparameters = HyperparameterInput {
-            epochs: resolved.epochs,
-            batch_size: resolved.batch_size,
-            learning_rate: resolved.learning_rate,
-            optimizer: Some(resolved.optimizer),
-            seed: resolved.seed,
-            holdout_fraction: resolved.holdout_fraction,
-        };
+        recipe.hyperparameters = HyperparameterInput::from(&resolved);
         if let Some(architecture) = &recipe.architecture {
             architecture.validate(&format!("{field}.architecture"))?;
         }
@@ -156,16 +138,7 @@ impl Recipe {
     }
 
     fn resolved_hyperparameters(&self, field: &str) -> Result<Hyperparameters> {
-        let input = &self.hyperparameters;
-        Ok(Hyperparameters::resolve(
-            field,
-            input.epochs,
-            input.batch_size,
-            input.learning_rate,
-            input.optimizer,
-            input.seed,
-            input.holdout_fraction,
-        )?)
+        Ok(Hyperparameters::resolve(field, &self.hyperparameters)?)
     }
 
     /// How many parents a job of this recipe takes.
@@ -246,7 +219,6 @@ impl Recipe {
             Some(Adjustment::Scale { factor }) => (0.0, factor),
             None => (0.0, 0.0),
         };
-        let hp = &spec.hyperparameters;
         Recipe {
             kind: spec.kind,
             architecture: spec
@@ -254,14 +226,7 @@ impl Recipe {
                 .inputs()
                 .architecture
                 .then(|| spec.architecture.clone()),
-            hyperparameters: HyperparameterInput {
-                epochs: hp.epochs,
-                batch_size: hp.batch_size,
-                learning_rate: hp.learning_rate,
-                optimizer: Some(hp.optimizer),
-                seed: hp.seed,
-                holdout_fraction: hp.holdout_fraction,
-            },
+            hyperparameters: HyperparameterInput::from(&spec.hyperparameters),
             trainable: spec.trainable.clone(),
             num_classes: spec.num_classes.unwrap_or(0),
             unfreeze_blocks: spec.unfreeze_blocks,
@@ -429,6 +394,16 @@ mod tests {
             Recipe::parse("body", &body).unwrap(),
             recipe,
             "canonical is stable"
+        );
+
+        let zero = Recipe::parse(
+            "body",
+            &json!({"kind": "finetune", "hyperparameters": {"epochs": 0}}),
+        );
+        let message = zero.unwrap_err().to_string();
+        assert!(
+            message.contains("body.hyperparameters.epochs: must be between 1 and"),
+            "a zero is refused, not replaced by the default: {message}"
         );
 
         let unknown = Recipe::parse("body", &json!({"kind": "finetune", "epochs": 2}));

@@ -12,7 +12,7 @@ fn train(dataset_id: &str) -> pb::JobSpec {
         model_name: "child".into(),
         dataset_id: dataset_id.into(),
         architecture: Some(mlp(64, vec![16], 5)),
-        hyperparameters: hyperparameters(1, 0.0),
+        hyperparameters: hyperparameters(1, None),
         ..Default::default()
     }
 }
@@ -122,7 +122,7 @@ async fn bad_submissions_are_refused_with_the_field_named() {
         &cluster,
         cluster.try_submit(pb::JobSpec {
             hyperparameters: Some(pb::Hyperparameters {
-                holdout_fraction: 0.9,
+                holdout_fraction: Some(0.9),
                 ..Default::default()
             }),
             ..train(&dataset.id)

@@ -304,7 +304,7 @@ async fn jobs_survive_killed_workers_coordinators_and_databases_and_cut_networks
                 .submit_job(pb::SubmitJobRequest {
                     spec: Some(spec),
                     request_id: name.clone(),
-                    max_attempts: 20,
+                    max_attempts: Some(20),
                     ..Default::default()
                 })
                 .await
@@ -501,8 +501,8 @@ fn chaos_job(name: &str, dataset_id: &str) -> pb::JobSpec {
         model_name: name.into(),
         dataset_id: dataset_id.into(),
         hyperparameters: Some(pb::Hyperparameters {
-            epochs: 500,
-            batch_size: 16,
+            epochs: Some(500),
+            batch_size: Some(16),
             seed: 5,
             ..Default::default()
         }),

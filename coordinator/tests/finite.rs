@@ -70,6 +70,7 @@ async fn upload_tensors(cluster: &Cluster, bytes: &[u8]) -> Vec<pb::ManifestTens
             offset: 0,
             data: view.data().to_vec().into(),
             last: true,
+            total_bytes: Some(view.data().len() as u64),
         });
     }
     ArtifactServiceClient::new(cluster.channel.clone())
@@ -156,6 +157,7 @@ async fn a_dataset_holding_nan_or_inf_is_refused_and_writes_nothing() {
             offset: 0,
             data: bad.clone().into(),
             last: true,
+            total_bytes: Some(bad.len() as u64),
         }]))
         .await
         .expect("upload the dataset");

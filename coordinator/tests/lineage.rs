@@ -31,7 +31,7 @@ async fn train_transfer_finetune_chain_records_exact_lineage() {
             model_name: "base".into(),
             dataset_id: first_five.id.clone(),
             architecture: Some(mlp(64, vec![64], 5)),
-            hyperparameters: hyperparameters(20, 0.0),
+            hyperparameters: hyperparameters(20, None),
             ..Default::default()
         })
         .await;
@@ -90,7 +90,7 @@ async fn train_transfer_finetune_chain_records_exact_lineage() {
             dataset_id: last_five.id.clone(),
             parent_id: transfer_job.model_id.clone(),
             trainable: vec!["hidden.0.bias".into(), "fc.*".into()],
-            hyperparameters: hyperparameters(10, 0.0),
+            hyperparameters: hyperparameters(10, None),
             ..Default::default()
         })
         .await;
@@ -291,7 +291,7 @@ async fn imported_model_can_be_finetuned() {
             dataset_id: data.id,
             parent_id: imported.id.clone(),
             trainable: vec!["fc.*".into()],
-            hyperparameters: hyperparameters(5, 0.0),
+            hyperparameters: hyperparameters(5, None),
             ..Default::default()
         })
         .await;

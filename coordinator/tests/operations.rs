@@ -11,33 +11,8 @@ use heirloom_proto::v1::model_service_client::ModelServiceClient;
 use std::process::Stdio;
 use std::time::Duration;
 use support::free_port;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use support::metrics::{sample, scrape};
 use tokio::process::Command;
-
-/// `GET /metrics` over plain HTTP/1.1; the body.
-async fn scrape(port: u16) -> String {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("the metrics port answers");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-}
-
-/// The value of the sample whose line starts with `prefix` (name and labels).
-fn sample(metrics: &str, prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(prefix))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {prefix} in:\n{metrics}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_takes_a_settings_file_logs_json_spans_and_serves_metrics() {

@@ -205,7 +205,7 @@ async fn recipes_derive_diff_and_trace_the_models_made_with_them() {
     let two_spec = two.spec.unwrap();
     assert_eq!(
         two_spec.hyperparameters.unwrap().epochs,
-        1,
+        Some(1),
         "the override ran"
     );
     assert_eq!(

@@ -23,7 +23,7 @@ fn training(name: &str, dataset_id: &str) -> pb::SubmitJobRequest {
             model_name: name.into(),
             dataset_id: dataset_id.into(),
             architecture: Some(mlp(64, vec![8], 5)),
-            hyperparameters: support::hyperparameters(1, 0.0),
+            hyperparameters: support::hyperparameters(1, None),
             ..Default::default()
         }),
         ..Default::default()

@@ -15,7 +15,7 @@ fn training(name: &str, dataset_id: &str, epochs: u32) -> pb::JobSpec {
         model_name: name.into(),
         dataset_id: dataset_id.into(),
         architecture: Some(mlp(64, vec![8], 5)),
-        hyperparameters: hyperparameters(epochs, 0.0),
+        hyperparameters: hyperparameters(epochs, None),
         ..Default::default()
     }
 }

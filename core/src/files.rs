@@ -17,6 +17,43 @@ pub struct TensorInfo {
     pub shape: Vec<usize>,
 }
 
+/// The dtypes Heirloom stores: float32 weights, int64 counters (`num_batches_tracked`).
+const STORED_DTYPES: [&str; 2] = ["f32", "i64"];
+
+impl TensorInfo {
+    /// The bytes the tensor's elements take; `None` when `dtype` names no safetensors
+    /// dtype.
+    pub fn byte_len(&self) -> Option<u64> {
+        let dtype: Dtype =
+            serde_json::from_value(serde_json::Value::String(self.dtype.to_uppercase())).ok()?;
+        let elements = self
+            .shape
+            .iter()
+            .try_fold(1u64, |product, &d| product.checked_mul(d as u64))?;
+        Some(elements.checked_mul(dtype.bitsize() as u64)?.div_ceil(8))
+    }
+}
+
+/// Checks that a tensor a request lists has a dtype Heirloom stores; `field` names the
+/// tensor in the request.
+pub fn check_stored_dtype(field: &str, info: &TensorInfo) -> Result<(), Invalid> {
+    if STORED_DTYPES.contains(&info.dtype.as_str()) {
+        return Ok(());
+    }
+    let (name, dtype, shape) = (&info.name, &info.dtype, &info.shape);
+    let what = match info.byte_len() {
+        Some(bytes) => format!("tensor {name} is {dtype} {shape:?}, {bytes} bytes"),
+        None => format!("tensor {name} has dtype {dtype:?}, which safetensors does not name"),
+    };
+    Err(Invalid::new(
+        format!("{field}.dtype"),
+        format!(
+            "{what}; Heirloom stores weights as f32 (and counters such as \
+             num_batches_tracked as i64): convert it"
+        ),
+    ))
+}
+
 pub fn read_tensor_infos(field: &str, bytes: &[u8]) -> Result<Vec<TensorInfo>, Invalid> {
     let tensors = SafeTensors::deserialize(bytes)
         .map_err(|err| Invalid::new(field, format!("not a safetensors file: {err}")))?;
@@ -100,6 +137,19 @@ pub struct DatasetInfo {
 pub fn read_dataset_info(field: &str, bytes: &[u8]) -> Result<DatasetInfo, Invalid> {
     let tensors = SafeTensors::deserialize(bytes)
         .map_err(|err| Invalid::new(field, format!("not a safetensors file: {err}")))?;
+    // A tensor beside `x` and `y` would be stored and never read: most likely the data
+    // meant to be in one of them.
+    if let Some(extra) = tensors
+        .names()
+        .into_iter()
+        .filter(|name| !matches!(*name, "x" | "y"))
+        .min()
+    {
+        return Err(Invalid::new(
+            field,
+            format!("holds tensor `{extra}`; a dataset holds only `x` and `y`: remove it"),
+        ));
+    }
     let x = tensors
         .tensor("x")
         .map_err(|_| Invalid::new(field, "has no tensor `x` (float32 [N, F])"))?;
@@ -228,6 +278,59 @@ mod tests {
             ),
         ];
         safetensors::serialize(views, None).unwrap()
+    }
+
+    #[test]
+    fn a_dataset_holds_only_x_and_y() {
+        let bytes = dataset(4, 0, 1.0);
+        let mut tensors = SafeTensors::deserialize(&bytes).unwrap().tensors();
+        let weights: Vec<u8> = [0.5f32; 2].iter().flat_map(|v| v.to_le_bytes()).collect();
+        tensors.push((
+            "weights".into(),
+            safetensors::tensor::TensorView::new(Dtype::F32, vec![2], &weights).unwrap(),
+        ));
+        let bytes = safetensors::serialize(tensors, None).unwrap();
+        assert_eq!(
+            read_dataset_info("content", &bytes)
+                .unwrap_err()
+                .to_string(),
+            "content: holds tensor `weights`; a dataset holds only `x` and `y`: remove it"
+        );
+    }
+
+    #[test]
+    fn a_stored_tensor_is_f32_or_i64_and_its_size_is_counted_in_its_dtype() {
+        let info = |dtype: &str, shape: Vec<usize>| TensorInfo {
+            name: "w".into(),
+            dtype: dtype.into(),
+            shape,
+        };
+        assert_eq!(info("f64", vec![5]).byte_len(), Some(40));
+        assert_eq!(info("f32", vec![5]).byte_len(), Some(20));
+        assert_eq!(info("i64", vec![2, 3]).byte_len(), Some(48));
+        assert_eq!(info("bf16", vec![]).byte_len(), Some(2));
+        assert_eq!(info("f4", vec![3]).byte_len(), Some(2));
+        assert_eq!(info("nope", vec![5]).byte_len(), None);
+        for dtype in STORED_DTYPES {
+            assert_eq!(
+                check_stored_dtype("tensors[0]", &info(dtype, vec![5])),
+                Ok(())
+            );
+        }
+        assert_eq!(
+            check_stored_dtype("tensors[0]", &info("f64", vec![5]))
+                .unwrap_err()
+                .to_string(),
+            "tensors[0].dtype: tensor w is f64 [5], 40 bytes; Heirloom stores weights as f32 \
+             (and counters such as num_batches_tracked as i64): convert it"
+        );
+        let unknown = check_stored_dtype("tensors[1]", &info("float", vec![5])).unwrap_err();
+        assert_eq!(unknown.field, "tensors[1].dtype");
+        assert!(
+            unknown
+                .reason
+                .starts_with("tensor w has dtype \"float\", which safetensors does not name")
+        );
     }
 
     #[test]

@@ -25,11 +25,11 @@ pub use architecture::{
     VggLayer, resnet_stages,
 };
 pub use files::{
-    DatasetInfo, HashedTensor, TensorInfo, check_manifest, read_dataset_info, read_tensor_infos,
-    sha256_hex, tensor_hashes,
+    DatasetInfo, HashedTensor, TensorInfo, check_manifest, check_stored_dtype, read_dataset_info,
+    read_tensor_infos, sha256_hex, tensor_hashes,
 };
 pub use finite::{NonFinite, check_finite, check_finite_part, first_non_finite};
-pub use hyperparameters::{Hyperparameters, Optimizer};
+pub use hyperparameters::{HyperparameterInput, Hyperparameters, Optimizer};
 pub use kind::{AdjustmentUse, DatasetUse, JobKind, KindInputs, Parents, Relation};
 pub use memory::{MemoryEstimate, activation_elements, estimate as estimate_memory};
 pub use patterns::{TrainablePatterns, pattern_matches};

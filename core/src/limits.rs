@@ -67,6 +67,29 @@ pub fn check_count(field: &str, count: usize, max: usize) -> Result<(), Invalid>
 }
 
 /// At most `max` bytes.
+/// Splits `name@version` at its last `@` into the name and the version; text without
+/// `@` is a name alone. The version is digits only, from 1: `-1`, `0`, `+3`, `x` and an
+/// empty version are refused saying what to write.
+pub fn split_version<'a>(field: &str, text: &'a str) -> Result<(&'a str, Option<i32>), Invalid> {
+    let Some((name, version)) = text.rsplit_once('@') else {
+        return Ok((text, None));
+    };
+    // Digits only: `parse` would also take `+3`, and its own error names no fix.
+    Some(version)
+        .filter(|digits| digits.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|digits| digits.parse::<i32>().ok())
+        .filter(|&version| version >= 1)
+        .map(|version| (name, Some(version)))
+        .ok_or_else(|| {
+            Invalid::new(
+                field,
+                format!(
+                    "{text:?}: the version after @ must be a whole number from 1, e.g. {name}@3"
+                ),
+            )
+        })
+}
+
 pub fn check_length(field: &str, text: &str, max: usize) -> Result<(), Invalid> {
     if text.len() > max {
         return Err(Invalid::new(

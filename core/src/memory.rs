@@ -180,7 +180,13 @@ mod tests {
     }
 
     fn hyperparameters(optimizer: Optimizer) -> Hyperparameters {
-        Hyperparameters::resolve("hp", 1, 8, 0.0, Some(optimizer), 0, 0.0).unwrap()
+        let input = crate::HyperparameterInput {
+            epochs: Some(1),
+            batch_size: Some(8),
+            optimizer: Some(optimizer),
+            ..Default::default()
+        };
+        Hyperparameters::resolve("hp", &input).unwrap()
     }
 
     #[test]

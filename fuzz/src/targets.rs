@@ -3,9 +3,9 @@
 
 use crate::Target;
 use heirloom_core::{
-    Architecture, Invalid, Module, TensorInfo, TrainablePatterns, check_manifest, limits,
-    pattern_matches, plan_compose, plan_scratch, read_dataset_info, read_tensor_infos,
-    tensor_hashes,
+    Architecture, Invalid, Module, TensorInfo, TrainablePatterns, check_finite_part,
+    check_manifest, first_non_finite, limits, pattern_matches, plan_compose, plan_scratch,
+    read_dataset_info, read_tensor_infos, tensor_hashes,
 };
 use heirloom_proto::v1 as pb;
 use prost::Message;
@@ -47,6 +47,22 @@ pub const ALL: &[Target] = &[
         name: "safetensors",
         run: safetensors,
         dictionary: SAFETENSORS_WORDS,
+    },
+    Target {
+        name: "reference",
+        run: reference,
+        dictionary: &["@", "@1", "@0", "@-1", "@+3", "@2147483648", "ds", "."],
+    },
+    Target {
+        name: "recipe",
+        run: recipe,
+        dictionary: RECIPE_WORDS,
+    },
+    Target {
+        name: "finite",
+        run: finite,
+        // Seeds hold NaN and infinity of each width; raw bytes are not `&str` tokens.
+        dictionary: &[],
     },
 ];
 
@@ -115,6 +131,40 @@ const MODULE_MAP_WORDS: &[&str] = &[
     "\"hidden.1\"",
     "\"conv\"",
     "\"layer4\"",
+];
+
+const RECIPE_WORDS: &[&str] = &[
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    ":",
+    "\"",
+    "null",
+    "0",
+    "1",
+    "-1",
+    "1e309",
+    "\u{0}",
+    "\"kind\"",
+    "\"train\"",
+    "\"finetune\"",
+    "\"transfer\"",
+    "\"direct\"",
+    "\"compose\"",
+    "\"architecture\"",
+    "\"hyperparameters\"",
+    "\"epochs\"",
+    "\"batch_size\"",
+    "\"learning_rate\"",
+    "\"trainable\"",
+    "\"num_classes\"",
+    "\"alpha\"",
+    "\"scale\"",
+    "\"modules\"",
+    "\"parent\"",
+    "\"unfreeze_blocks\"",
 ];
 
 const SAFETENSORS_WORDS: &[&str] = &[
@@ -370,6 +420,133 @@ fn safetensors(data: &[u8]) -> String {
     format!("{infos} | {hashes} | {dataset}")
 }
 
+/// A recipe body and a merge patch (separated by a NUL byte), as CreateRecipe and a
+/// job's `recipe_overrides_json` take them: a parsed recipe's canonical JSON parses to
+/// itself, and the patch between two bodies turns one into the other.
+fn recipe(data: &[u8]) -> String {
+    use heirloom_coordinator::recipes::{Recipe, merge_patch, parse_json, patch_between};
+    let text = String::from_utf8_lossy(data);
+    let (body, patch) = text.split_once('\0').unwrap_or((&text, ""));
+    let Ok(body) = parse_json("body", body) else {
+        return "json".into();
+    };
+    let parsed = match Recipe::parse("body", &body) {
+        Ok(recipe) => {
+            let canonical = recipe.to_json();
+            let again = Recipe::parse("body", &canonical)
+                .unwrap_or_else(|err| panic!("{canonical} no longer parses: {err}"));
+            assert_eq!(
+                again.to_json(),
+                canonical,
+                "the canonical body is a fixed point"
+            );
+            "ok".to_string()
+        }
+        Err(err) => format!("refused {}", gist(&err.to_string())),
+    };
+    let Ok(patch) = parse_json("patch", patch) else {
+        return format!("{parsed} | no patch");
+    };
+    let mut patched = body.clone();
+    merge_patch(&mut patched, &patch);
+    if !contains_null(&patched) {
+        let mut rebuilt = body.clone();
+        merge_patch(&mut rebuilt, &patch_between(&body, &patched));
+        assert_eq!(rebuilt, patched, "patch_between(a, b) turns a into b");
+    }
+    let outcome = match Recipe::parse("body", &patched) {
+        Ok(_) => "ok".to_string(),
+        Err(err) => format!("refused {}", gist(&err.to_string())),
+    };
+    format!("{parsed} | patched {outcome}")
+}
+
+/// Whether `value` holds a `null` anywhere (a merge patch can only remove keys, never
+/// write a null, so such a target cannot be reached by one).
+fn contains_null(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::Null => true,
+        serde_json::Value::Array(items) => items.iter().any(contains_null),
+        serde_json::Value::Object(map) => map.values().any(contains_null),
+        _ => false,
+    }
+}
+
+/// `name@version` references to datasets and recipes: a version is a whole number from
+/// 1, and what is accepted writes back as it was read.
+fn reference(data: &[u8]) -> String {
+    let text = String::from_utf8_lossy(data);
+    describe(
+        limits::split_version("reference", &text),
+        |(name, version)| {
+            match version {
+                None => assert_eq!(name, text, "a reference without @ is all name"),
+                Some(version) => {
+                    assert!(version >= 1, "versions start at 1");
+                    let written = format!("{name}@{version}");
+                    assert_eq!(
+                        limits::split_version("reference", &written).ok(),
+                        Some((name, Some(version))),
+                        "{written} reads back"
+                    );
+                }
+            }
+            format!("versioned {}", version.is_some())
+        },
+    )
+}
+
+/// The finite check on arbitrary tensor bytes: the first byte picks the dtype, the
+/// second where a stream would split the tensor. Checked against the standard library's
+/// `is_finite` for f32 and f64, and whole against split (as uploads arrive in chunks).
+fn finite(data: &[u8]) -> String {
+    const DTYPES: [&str; 6] = ["f32", "f64", "f16", "bf16", "i64", "u8"];
+    let (Some(&pick), Some(&split)) = (data.first(), data.get(1)) else {
+        return "short".into();
+    };
+    let dtype = DTYPES[pick as usize % DTYPES.len()];
+    let bytes = &data[2..];
+    let whole = first_non_finite(dtype, bytes);
+    let width = match dtype {
+        "f64" | "i64" => 8,
+        "f32" => 4,
+        "f16" | "bf16" => 2,
+        _ => 1,
+    };
+    let oracle = match dtype {
+        "f32" => bytes
+            .chunks_exact(4)
+            .position(|v| !f32::from_le_bytes(v.try_into().unwrap()).is_finite()),
+        "f64" => bytes
+            .chunks_exact(8)
+            .position(|v| !f64::from_le_bytes(v.try_into().unwrap()).is_finite()),
+        _ => whole.map(|(index, _)| index),
+    };
+    assert_eq!(
+        whole.map(|(index, _)| index),
+        oracle,
+        "{dtype} agrees with std"
+    );
+    if matches!(dtype, "i64" | "u8") {
+        assert!(whole.is_none(), "integers are always finite");
+    }
+    let cut = (split as usize * width).min(bytes.len() / width * width);
+    let (first, second) = bytes.split_at(cut);
+    let parts = check_finite_part("t", "x", dtype, first, 0)
+        .and_then(|()| check_finite_part("t", "x", dtype, second, cut));
+    match (whole, parts) {
+        (None, Ok(())) => format!("ok {dtype}"),
+        (Some((index, value)), Err(invalid)) => {
+            assert!(
+                invalid.reason.contains(&format!("at element {index}:")),
+                "the split check names the element the whole one found: {invalid:?}"
+            );
+            format!("{dtype} {value}")
+        }
+        (whole, parts) => panic!("whole {whole:?} but in parts {parts:?}"),
+    }
+}
+
 /// Inputs every run starts from, besides `fuzz/corpus/<target>/`: one valid input of
 /// each shape the target knows.
 pub fn seeds(target: &str) -> Vec<Vec<u8>> {
@@ -393,9 +570,9 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             .collect(),
         "hyperparameters" => vec![
             pb::Hyperparameters {
-                epochs: 3,
-                batch_size: 32,
-                learning_rate: 0.01,
+                epochs: Some(3),
+                batch_size: Some(32),
+                learning_rate: Some(0.01),
                 seed: 7,
                 ..Default::default()
             }
@@ -436,6 +613,28 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             })
             .collect(),
         "safetensors" => vec![small_safetensors(), dataset_safetensors()],
+        "recipe" => vec![
+            json(&format!(
+                r#"{{"kind":"train","architecture":{},"hyperparameters":{{"epochs":3}}}}"#,
+                architectures[0]
+            )),
+            json(
+                "{\"kind\":\"finetune\",\"trainable\":[\"fc.*\"]}\u{0}{\"hyperparameters\":{\"epochs\":0}}",
+            ),
+            json("{\"kind\":\"transfer\",\"num_classes\":4}\u{0}{\"num_classes\":null}"),
+        ],
+        "reference" => vec![json("digits@3"), json("digits"), json("ds@-1")],
+        "finite" => vec![
+            [
+                &[0u8, 1][..],
+                &1.5f32.to_le_bytes(),
+                &f32::NAN.to_le_bytes(),
+            ]
+            .concat(),
+            [&[1u8, 0][..], &f64::INFINITY.to_le_bytes()].concat(),
+            vec![2, 3, 0, 0x7c, 0, 0x3c],
+            vec![3, 0, 0x80, 0xff],
+        ],
         _ => Vec::new(),
     }
 }

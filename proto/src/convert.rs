@@ -5,8 +5,8 @@
 
 use crate::v1 as pb;
 use heirloom_core::{
-    Adjustment, Architecture, Hyperparameters, Invalid, Metrics, Mlp, Optimizer, ProgramParameter,
-    Progress, Resnet, SmallCnn, TensorStatus, Torchscript, Vgg,
+    Adjustment, Architecture, HyperparameterInput, Hyperparameters, Invalid, Metrics, Mlp,
+    Optimizer, ProgramParameter, Progress, Resnet, SmallCnn, TensorStatus, Torchscript, Vgg,
 };
 
 impl From<&Architecture> for pb::Architecture {
@@ -119,24 +119,26 @@ impl pb::Architecture {
     }
 }
 
+/// Every field set: the values a job really uses.
 impl From<&Hyperparameters> for pb::Hyperparameters {
     fn from(hyperparameters: &Hyperparameters) -> Self {
         pb::Hyperparameters {
-            epochs: hyperparameters.epochs,
-            batch_size: hyperparameters.batch_size,
-            learning_rate: hyperparameters.learning_rate,
+            epochs: Some(hyperparameters.epochs),
+            batch_size: Some(hyperparameters.batch_size),
+            learning_rate: Some(hyperparameters.learning_rate),
             optimizer: match hyperparameters.optimizer {
                 Optimizer::Sgd => pb::Optimizer::Sgd,
                 Optimizer::Adam => pb::Optimizer::Adam,
             } as i32,
             seed: hyperparameters.seed,
-            holdout_fraction: hyperparameters.holdout_fraction,
+            holdout_fraction: Some(hyperparameters.holdout_fraction),
         }
     }
 }
 
 impl pb::Hyperparameters {
-    /// The settings with defaults filled in, checked; `field` is their path in the request.
+    /// The settings with unset fields taking their defaults, checked (a set field out of
+    /// range is refused, never replaced); `field` is their path in the request.
     pub fn resolve(&self, field: &str) -> Result<Hyperparameters, Invalid> {
         let optimizer = match pb::Optimizer::try_from(self.optimizer) {
             Ok(pb::Optimizer::Unspecified) => None,
@@ -149,15 +151,15 @@ impl pb::Hyperparameters {
                 ));
             }
         };
-        Hyperparameters::resolve(
-            field,
-            self.epochs,
-            self.batch_size,
-            self.learning_rate,
+        let input = HyperparameterInput {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            learning_rate: self.learning_rate,
             optimizer,
-            self.seed,
-            self.holdout_fraction,
-        )
+            seed: self.seed,
+            holdout_fraction: self.holdout_fraction,
+        };
+        Hyperparameters::resolve(field, &input)
     }
 }
 
@@ -356,6 +358,20 @@ mod tests {
             let err = message.to_core("output.tensors[0].status").unwrap_err();
             assert_eq!(err.field, "output.tensors[0].status");
         }
+    }
+
+    #[test]
+    fn hyperparameters_unset_take_defaults_and_zero_is_refused() {
+        let resolved = pb::Hyperparameters::default().resolve("hp").unwrap();
+        let written_out = pb::Hyperparameters::from(&resolved);
+        assert_eq!(written_out.epochs, Some(10));
+        assert_eq!(written_out.batch_size, Some(64));
+        assert_eq!(written_out.resolve("hp"), Ok(resolved));
+        let zero = pb::Hyperparameters {
+            epochs: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(zero.resolve("hp").unwrap_err().field, "hp.epochs");
     }
 
     #[test]

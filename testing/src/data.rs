@@ -78,10 +78,15 @@ pub fn mlp(input_features: u32, hidden: Vec<u32>, num_classes: u32) -> pb::Archi
     }
 }
 
-pub fn hyperparameters(epochs: u32, learning_rate: f64) -> Option<pb::Hyperparameters> {
+/// Seed 1, `epochs`, and `learning_rate` (`None` leaves it to the optimizer's default);
+/// the rest unset, taking their defaults.
+pub fn hyperparameters(
+    epochs: u32,
+    learning_rate: impl Into<Option<f64>>,
+) -> Option<pb::Hyperparameters> {
     Some(pb::Hyperparameters {
-        epochs,
-        learning_rate,
+        epochs: Some(epochs),
+        learning_rate: learning_rate.into(),
         seed: 1,
         ..Default::default()
     })

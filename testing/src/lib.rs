@@ -8,6 +8,7 @@
 //! without libtorch. Tests call it as `support` (`use heirloom_testing as support;`).
 
 mod data;
+pub mod metrics;
 mod process;
 mod wait;
 
@@ -382,8 +383,15 @@ impl Cluster {
             explorer_listen: explorer_listener
                 .as_ref()
                 .map(|l| l.local_addr().expect("address")),
+            max_connections: 10_000,
+            max_connections_per_peer: 2_000,
+            first_call_seconds: 10.0,
+            idle_timeout_seconds: 300.0,
             config: None,
             log_format: "human".into(),
+            max_blob_bytes: 1 << 30,
+            upload_bytes_per_hour: 100 << 30,
+            max_held_blobs: 1_000_000,
         };
         let store = heirloom_coordinator::artifacts::Artifacts::open(&config.artifacts)
             .expect("open the artifact store")
@@ -713,6 +721,23 @@ impl Cluster {
         );
         self.model(&name).await
     }
+}
+
+/// Collects garbage through `channel` (admin): blobs older than `min_age_seconds`
+/// (unset: the default hour), or only reports them with `dry_run`.
+pub async fn collect_garbage(
+    channel: &Connection,
+    min_age_seconds: Option<u64>,
+    dry_run: bool,
+) -> pb::CollectGarbageResponse {
+    ArtifactServiceClient::new(channel.clone())
+        .collect_garbage(pb::CollectGarbageRequest {
+            min_age_seconds,
+            dry_run,
+        })
+        .await
+        .expect("collect garbage")
+        .into_inner()
 }
 
 /// Registers a dataset with the coordinator at the other end of `channel`.

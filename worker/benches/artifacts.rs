@@ -194,9 +194,9 @@ async fn main() {
                 parent_id: parent.id.clone(),
                 trainable: vec!["layer4.1.*".into(), "fc.*".into()],
                 hyperparameters: Some(pb::Hyperparameters {
-                    epochs: 1,
-                    batch_size: 32,
-                    holdout_fraction: 0.1,
+                    epochs: Some(1),
+                    batch_size: Some(32),
+                    holdout_fraction: Some(0.1),
                     ..Default::default()
                 }),
                 ..Default::default()

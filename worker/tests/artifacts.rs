@@ -48,7 +48,7 @@ async fn tensors_are_stored_once_and_exports_resume_and_detect_corruption(backen
             model_name: "base".into(),
             dataset_id: data.id.clone(),
             architecture: Some(mlp(64, vec![32, 32], 5)),
-            hyperparameters: hyperparameters(2, 0.0),
+            hyperparameters: hyperparameters(2, None),
             ..Default::default()
         })
         .await;
@@ -66,7 +66,7 @@ async fn tensors_are_stored_once_and_exports_resume_and_detect_corruption(backen
             dataset_id: data.id.clone(),
             parent_id: base.id.clone(),
             trainable: vec!["fc.*".into()],
-            hyperparameters: hyperparameters(2, 0.0),
+            hyperparameters: hyperparameters(2, None),
             ..Default::default()
         })
         .await;
@@ -125,11 +125,13 @@ async fn an_upload_that_does_not_match_its_hash_is_refused_and_not_stored(backen
     let data = b"the bytes of a tensor".to_vec();
     let honest = heirloom_core::sha256_hex(&data);
     let claimed = heirloom_core::sha256_hex(b"other bytes");
+    let whole = data.len() as u64;
     let chunk = |sha256: &str, offset: u64, data: &[u8], last: bool| pb::UploadBlobsRequest {
         sha256: sha256.into(),
         offset,
         data: data.to_vec().into(),
         last,
+        total_bytes: (offset == 0).then_some(whole),
     };
     let refused = client
         .upload_blobs(tokio_stream::iter(vec![chunk(&claimed, 0, &data, true)]))
@@ -194,7 +196,7 @@ async fn garbage_collection_deletes_only_what_nothing_references_or_holds(backen
             model_name: "base".into(),
             dataset_id: data.id.clone(),
             architecture: Some(mlp(64, vec![16], 5)),
-            hyperparameters: hyperparameters(1, 0.0),
+            hyperparameters: hyperparameters(1, None),
             ..Default::default()
         })
         .await;
@@ -204,6 +206,7 @@ async fn garbage_collection_deletes_only_what_nothing_references_or_holds(backen
         offset: 0,
         data: data.to_vec().into(),
         last: true,
+        total_bytes: Some(data.len() as u64),
     };
     let orphan = b"a tensor nobody will claim".to_vec();
     client
@@ -222,31 +225,21 @@ async fn garbage_collection_deletes_only_what_nothing_references_or_holds(backen
         .upload_blobs(tokio_stream::iter(vec![upload(&awaited)]))
         .await
         .unwrap();
-    let collect = |min_age_seconds, dry_run| {
-        let mut client = client.clone();
-        async move {
-            client
-                .collect_garbage(pb::CollectGarbageRequest {
-                    min_age_seconds,
-                    dry_run,
-                })
-                .await
-                .unwrap()
-                .into_inner()
-        }
+    let collect = |min_age_seconds: Option<u64>, dry_run| {
+        support::collect_garbage(&cluster.channel, min_age_seconds, dry_run)
     };
     // Young blobs are spared by default: they may belong to a job still running.
-    assert_eq!(collect(0, false).await.deleted_blobs, 0);
+    assert_eq!(collect(None, false).await.deleted_blobs, 0);
     cluster
         .wait_until_blobs_are(std::time::Duration::from_secs(1))
         .await;
-    let dry = collect(1, true).await;
+    let dry = collect(Some(1), true).await;
     assert_eq!(
         (dry.deleted_blobs, dry.deleted_bytes),
         (1, orphan.len() as u64)
     );
     assert_eq!(cluster.stored_blobs().await, 7, "a dry run deletes nothing");
-    let done = collect(1, false).await;
+    let done = collect(Some(1), false).await;
     assert_eq!(done.deleted_blobs, 1);
     // 4 tensors, the dataset and the held blob stay.
     assert_eq!(done.kept_blobs, 6);
@@ -273,6 +266,7 @@ async fn a_model_of_any_size_is_imported_from_uploaded_tensors(backend: Backend)
             offset: 0,
             data: view.data().to_vec().into(),
             last: true,
+            total_bytes: Some(view.data().len() as u64),
         });
     }
     let import =

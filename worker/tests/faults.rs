@@ -21,8 +21,8 @@ fn long_training(name: &str, dataset_id: &str) -> pb::JobSpec {
         dataset_id: dataset_id.into(),
         architecture: Some(mlp(64, vec![256, 256], 5)),
         hyperparameters: Some(pb::Hyperparameters {
-            epochs: 150,
-            batch_size: 64,
+            epochs: Some(150),
+            batch_size: Some(64),
             seed: 3,
             ..Default::default()
         }),
@@ -36,7 +36,7 @@ fn short_training(name: &str, dataset_id: &str) -> pb::JobSpec {
         model_name: name.into(),
         dataset_id: dataset_id.into(),
         architecture: Some(mlp(64, vec![8], 5)),
-        hyperparameters: support::hyperparameters(1, 0.0),
+        hyperparameters: support::hyperparameters(1, None),
         ..Default::default()
     }
 }
@@ -135,7 +135,7 @@ async fn a_draining_worker_checkpoints_and_hands_its_job_back() {
     cluster.wait_until_blobs_are(Duration::from_secs(1)).await;
     ArtifactServiceClient::new(cluster.channel.clone())
         .collect_garbage(pb::CollectGarbageRequest {
-            min_age_seconds: 1,
+            min_age_seconds: Some(1),
             dry_run: false,
         })
         .await
@@ -356,7 +356,7 @@ async fn retryable_errors_back_off_until_the_attempts_run_out_and_permanent_ones
         .jobs()
         .submit_job(pb::SubmitJobRequest {
             spec: Some(short_training("flaky", &dataset.id)),
-            max_attempts: 3,
+            max_attempts: Some(3),
             ..Default::default()
         })
         .await

@@ -40,7 +40,7 @@ async fn every_inheritance_method_records_verified_provenance() {
         dataset_id: first.id.clone(),
         architecture: Some(mlp(64, vec![32, 32], 5)),
         hyperparameters: Some(pb::Hyperparameters {
-            epochs: 10,
+            epochs: Some(10),
             seed,
             ..Default::default()
         }),
@@ -64,7 +64,7 @@ async fn every_inheritance_method_records_verified_provenance() {
             parent_id: base.id.clone(),
             num_classes: 5,
             unfreeze_blocks: 1,
-            hyperparameters: hyperparameters(10, 0.0),
+            hyperparameters: hyperparameters(10, None),
             ..Default::default()
         })
         .await;
@@ -89,7 +89,7 @@ async fn every_inheritance_method_records_verified_provenance() {
             parent_id: transfer.id.clone(),
             trainable: vec!["fc.*".into()],
             alpha: 0.5,
-            hyperparameters: hyperparameters(5, 0.0),
+            hyperparameters: hyperparameters(5, None),
             ..Default::default()
         })
         .await;
@@ -298,7 +298,7 @@ async fn an_interpolation_that_changes_no_bytes_of_a_tensor_records_it_inherited
             model_name: "base".into(),
             dataset_id: data.id.clone(),
             architecture: Some(mlp(64, vec![16], 5)),
-            hyperparameters: hyperparameters(3, 0.0),
+            hyperparameters: hyperparameters(3, None),
             ..Default::default()
         })
         .await;
@@ -309,7 +309,7 @@ async fn an_interpolation_that_changes_no_bytes_of_a_tensor_records_it_inherited
         parent_id: base.id.clone(),
         trainable: vec!["fc.*".into()],
         hyperparameters: Some(pb::Hyperparameters {
-            epochs: 2,
+            epochs: Some(2),
             seed,
             ..Default::default()
         }),

@@ -55,8 +55,8 @@ async fn a_worker_backs_off_while_its_coordinator_is_down_and_keeps_its_job() {
                 dataset_id: dataset.id.clone(),
                 architecture: Some(mlp(64, vec![256, 256], 5)),
                 hyperparameters: Some(pb::Hyperparameters {
-                    epochs: 1000,
-                    batch_size: 64,
+                    epochs: Some(1000),
+                    batch_size: Some(64),
                     seed: 3,
                     ..Default::default()
                 }),

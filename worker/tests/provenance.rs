@@ -45,6 +45,7 @@ async fn upload(cluster: &Cluster, bytes: &[u8]) {
             offset: 0,
             data: view.data().to_vec().into(),
             last: true,
+            total_bytes: Some(view.data().len() as u64),
         })
         .collect();
     ArtifactServiceClient::new(cluster.channel.clone())
@@ -158,7 +159,7 @@ async fn false_provenance_claims_fail_the_job_and_write_no_model() {
                 dataset_id: dataset.id.clone(),
                 parent_id: parent.id.clone(),
                 trainable: vec!["fc.*".into()],
-                hyperparameters: hyperparameters(1, 0.0),
+                hyperparameters: hyperparameters(1, None),
                 ..Default::default()
             })
             .await;

@@ -152,8 +152,8 @@ async fn resnet18_from_pytorch_is_finetuned_and_gives_pytorchs_logits() {
             parent_id: parent.id.clone(),
             trainable: vec!["layer4.*".into(), "fc.*".into()],
             hyperparameters: Some(pb::Hyperparameters {
-                epochs: 1,
-                batch_size: 16,
+                epochs: Some(1),
+                batch_size: Some(16),
                 ..Default::default()
             }),
             ..Default::default()
@@ -327,9 +327,9 @@ async fn torchscript_module_is_finetuned_and_used_as_a_frozen_feature_extractor(
 
 fn hyperparameters_for(epochs: u32) -> Option<pb::Hyperparameters> {
     Some(pb::Hyperparameters {
-        epochs,
-        batch_size: 32,
-        learning_rate: 0.01,
+        epochs: Some(epochs),
+        batch_size: Some(32),
+        learning_rate: Some(0.01),
         ..Default::default()
     })
 }

@@ -9,6 +9,7 @@ mod jobs;
 mod lineage;
 mod models;
 mod queue;
+mod quotas;
 mod recipes;
 mod tokens;
 mod workers;
@@ -17,6 +18,7 @@ pub use jobs::Submission;
 pub use lineage::{BlameStep, Graph, Page};
 pub use models::CollectionLock;
 pub use queue::{Claimed, NewModel};
+pub use quotas::{Exceeded, Quotas, UploadCharge};
 pub use recipes::NewRecipe;
 pub use tokens::TokenRecord;
 
@@ -84,17 +86,7 @@ fn check_reference(reference: &str) -> crate::Result<()> {
 /// `name@version` as (name, version), or a bare name as (name, None): `what` names the
 /// kind of thing in the error.
 fn split_version<'a>(what: &str, reference: &'a str) -> crate::Result<(&'a str, Option<i32>)> {
-    match reference.rsplit_once('@') {
-        Some((name, version)) => {
-            let version: i32 = version.parse().map_err(|_| {
-                crate::Error::InvalidArgument(format!(
-                    "{what}: {reference:?}: the version after @ must be a number"
-                ))
-            })?;
-            Ok((name, Some(version)))
-        }
-        None => Ok((reference, None)),
-    }
+    Ok(heirloom_core::limits::split_version(what, reference)?)
 }
 
 /// Is this the unique-violation SQLSTATE (23505) on the named constraint?

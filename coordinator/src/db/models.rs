@@ -1,7 +1,7 @@
 //! The `models` table and what hangs off it: inserting an imported model with its
 //! tensors, finding models, their parents, tensors and manifests; and the blob references
-//! garbage collection and MissingBlobs' holds rely on. Never builds a prost message and
-//! never touches a blob's bytes (`artifacts` does).
+//! garbage collection relies on (MissingBlobs' holds are written in `quotas.rs`). Never
+//! builds a prost message and never touches a blob's bytes (`artifacts` does).
 
 use super::is_unique_violation;
 use super::{Db, check_reference};
@@ -15,13 +15,12 @@ use heirloom_core::{Architecture, TensorInfo, TensorStatus};
 use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 use uuid::Uuid;
 
 /// Rows of `model_tensors` written by one INSERT.
 const TENSORS_PER_STATEMENT: usize = 5_000;
 /// The advisory lock a garbage collection holds exclusively and MissingBlobs shares.
-const GARBAGE_COLLECTION_LOCK: i64 = 0x6865_6972_6c6f_6f6d; // "heirloom"
+pub(super) const GARBAGE_COLLECTION_LOCK: i64 = 0x6865_6972_6c6f_6f6d; // "heirloom"
 
 /// The garbage collection lock, held from [`Db::begin_garbage_collection`] until
 /// [`CollectionLock::release`] (or until dropped, which also releases it).
@@ -188,8 +187,9 @@ impl Db {
     }
 
     /// Starts a garbage collection: takes the collection lock (MissingBlobs waits while
-    /// it is held), drops expired holds, and returns every blob that the lineage or an
-    /// unfinished job's checkpoint references, or that a hold keeps. The lock lasts until the transaction ends.
+    /// it is held), drops expired holds and upload usage, and returns every blob that the
+    /// lineage or an unfinished job's checkpoint references, or that a hold keeps. The
+    /// lock lasts until the transaction ends.
     pub async fn begin_garbage_collection(&self) -> Result<(CollectionLock, HashSet<String>)> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -197,6 +197,10 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM blob_holds WHERE held_until < now()")
+            .execute(&mut *tx)
+            .await?;
+        // Upload usage of tokens that stopped uploading, which nothing else would clear.
+        sqlx::query("DELETE FROM upload_usage WHERE minute <= now() - interval '1 hour'")
             .execute(&mut *tx)
             .await?;
         // Blob names are hashes, so the kinds cannot collide.
@@ -216,28 +220,6 @@ impl Db {
             CollectionLock(tx),
             rows.into_iter().filter_map(|(sha,)| sha).collect(),
         ))
-    }
-
-    /// Holds these blobs from garbage collection for `duration` (waiting out a
-    /// collection in progress).
-    pub async fn hold_blobs(&self, sha256: &[String], duration: Duration) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
-            .bind(GARBAGE_COLLECTION_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO blob_holds (sha256, held_until)
-             SELECT DISTINCT unnest($1::text[]), now() + make_interval(secs => $2)
-             ON CONFLICT (sha256) DO UPDATE
-                SET held_until = greatest(blob_holds.held_until, excluded.held_until)",
-        )
-        .bind(sha256)
-        .bind(duration.as_secs_f64())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     /// A model's tensor hashes by name.

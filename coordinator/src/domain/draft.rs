@@ -95,20 +95,7 @@ impl Reference {
                     format!("{text:?}: a model has no versions; give {forms}"),
                 ));
             }
-            Some((name, version)) => {
-                let version = version
-                    .parse::<u32>()
-                    .ok()
-                    .and_then(|version| i32::try_from(version).ok())
-                    .ok_or_else(|| {
-                        Invalid::new(
-                            &field,
-                            format!("{text:?}: the version after @ must be a number"),
-                        )
-                    })?;
-                (name, Some(version))
-            }
-            None => (text, None),
+            _ => limits::split_version(&field, text)?,
         };
         if check_name(&field, name).is_err() {
             return Err(Invalid::new(
@@ -221,17 +208,10 @@ mod tests {
             Ok(Target::Version("stub-digits".into(), 3)),
         );
         check("", true, Err("is required"));
-        check(
-            "stub-digits@x",
-            true,
-            Err("the version after @ must be a number"),
-        );
-        check(
-            "stub-digits@-1",
-            true,
-            Err("the version after @ must be a number"),
-        );
-        check("stub-digits@99999999999", true, Err("must be a number"));
+        let bad_version = "the version after @ must be a whole number from 1, e.g. stub-digits@3";
+        for version in ["x", "-1", "0", "+3", "1.5", "", "99999999999"] {
+            check(&format!("stub-digits@{version}"), true, Err(bad_version));
+        }
         check("base@2", false, Err("a model has no versions"));
         check("has space", false, Err("is not an id or a name of a model"));
         check("@3", true, Err("is not an id, a name, or name@version"));

@@ -13,6 +13,7 @@ mod pages;
 
 use crate::Services;
 use crate::auth::{caller_for, secret_sha256};
+use crate::connections::{self, ConnectionInfo, GuardedListener, Tracked};
 use crate::domain::Role;
 use crate::error::{Error, StartupError};
 use axum::extract::{Form, Request, State};
@@ -22,7 +23,6 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use std::path::Path;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_util::sync::CancellationToken;
@@ -33,20 +33,16 @@ const COOKIE: &str = "heirloom_token";
 /// when given an acceptor ([`tls`]).
 pub async fn serve(
     services: Services,
-    listener: TcpListener,
+    listener: GuardedListener,
     tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let app = router(services, tls.is_some());
     match tls {
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-        }
+        None => connections::serve_http(listener, app, shutdown).await,
         Some(acceptor) => {
             let listener = TlsListener::new(listener, acceptor)?;
-            axum::serve(listener, app)
+            axum::serve(listener, connections::tracked(app))
                 .with_graceful_shutdown(shutdown.cancelled_owned())
                 .await
         }
@@ -240,37 +236,29 @@ struct TlsListener {
     address: std::net::SocketAddr,
 }
 
-type TlsStream = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+type TlsStream = tokio_rustls::server::TlsStream<Tracked<tokio::net::TcpStream>>;
 
 impl TlsListener {
-    fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<TlsListener> {
+    /// Handshakes run in tasks of their own, so a slow one holds up nobody; the
+    /// connection's first-call deadline (`connections`) bounds each.
+    fn new(mut tcp: GuardedListener, acceptor: TlsAcceptor) -> std::io::Result<TlsListener> {
         let address = tcp.local_addr()?;
         let (sender, handshaken) = tokio::sync::mpsc::channel(64);
         tokio::spawn(async move {
             loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "explorer: accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+                let (stream, peer) = tcp.next().await;
                 if sender.is_closed() {
                     return;
                 }
                 let (acceptor, handed) = (acceptor.clone(), sender.clone());
                 tokio::spawn(async move {
-                    let handshake = acceptor.accept(stream);
-                    match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await
-                    {
-                        Ok(Ok(tls)) => {
+                    match acceptor.accept(stream).await {
+                        Ok(tls) => {
                             let _ = handed.send((tls, peer)).await;
                         }
-                        Ok(Err(err)) => {
+                        Err(err) => {
                             tracing::debug!(error = %err, %peer, "explorer: TLS handshake failed")
                         }
-                        Err(_) => tracing::debug!(%peer, "explorer: TLS handshake timed out"),
                     }
                 });
             }
@@ -279,6 +267,14 @@ impl TlsListener {
             handshaken,
             address,
         })
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for ConnectionInfo
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> ConnectionInfo {
+        stream.io().get_ref().0.info()
     }
 }
 

@@ -4,7 +4,8 @@
 //! touches the store's files (it asks `Artifacts`).
 
 use crate::Services;
-use crate::artifacts::{Chunks, Upload, check_sha256};
+use crate::artifacts::{Chunks, Collected, Upload, check_sha256};
+use crate::db::{Exceeded, UploadCharge};
 use crate::domain::{Caller, Role};
 use crate::error::Error;
 use futures::StreamExt;
@@ -111,23 +112,31 @@ impl pb::artifact_service_server::ArtifactService for ArtifactApi {
         request: Request<pb::CollectGarbageRequest>,
     ) -> Result<Response<pb::CollectGarbageResponse>, Status> {
         let request = request.into_inner();
-        let min_age = match request.min_age_seconds {
-            0 => DEFAULT_GARBAGE_AGE,
-            seconds => std::time::Duration::from_secs(seconds),
-        };
+        let min_age = request
+            .min_age_seconds
+            .map_or(DEFAULT_GARBAGE_AGE, std::time::Duration::from_secs);
         // The collection lock keeps MissingBlobs from reporting a blob present while it
         // is being deleted; every blob held or referenced before it was taken is kept.
         let (lock, referenced) = self.0.db.begin_garbage_collection().await?;
-        let (deleted_blobs, deleted_bytes, kept_blobs) = self
+        let collected = self
             .0
             .artifacts
             .collect_garbage(&referenced, min_age, request.dry_run)
             .await?;
         lock.release().await?;
+        let Collected {
+            deleted_blobs,
+            deleted_bytes,
+            kept_blobs,
+            deleted_staging_files,
+            deleted_staging_bytes,
+        } = collected;
         tracing::info!(
             deleted_blobs,
             deleted_bytes,
             kept_blobs,
+            deleted_staging_files,
+            deleted_staging_bytes,
             dry_run = request.dry_run,
             "garbage collected"
         );
@@ -135,6 +144,8 @@ impl pb::artifact_service_server::ArtifactService for ArtifactApi {
             deleted_blobs,
             deleted_bytes,
             kept_blobs,
+            deleted_staging_files,
+            deleted_staging_bytes,
         }))
     }
 
@@ -142,44 +153,54 @@ impl pb::artifact_service_server::ArtifactService for ArtifactApi {
         &self,
         request: Request<pb::MissingBlobsRequest>,
     ) -> Result<Response<pb::MissingBlobsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let wanted = request.into_inner().sha256;
         for (i, sha256) in wanted.iter().enumerate() {
             check_sha256(&format!("sha256[{i}]"), sha256)?;
         }
         // Held first, looked up after: a collection either saw the hold, or finished
         // before the lookup (which then reports what it deleted as missing).
-        self.0.db.hold_blobs(&wanted, HOLD).await?;
+        self.0
+            .db
+            .hold_blobs(caller.token_id, &wanted, HOLD, self.0.quotas.max_held_blobs)
+            .await?
+            .map_err(refusal)?;
         let stored = self.0.artifacts.lens(&wanted).await?;
         let missing = wanted
             .into_iter()
             .zip(stored)
             .filter_map(|(sha256, stored)| stored.is_none().then_some(sha256))
             .collect();
-        Ok(Response::new(pb::MissingBlobsResponse { sha256: missing }))
+        Ok(Response::new(pb::MissingBlobsResponse {
+            sha256: missing,
+            max_blob_bytes: Some(self.0.artifacts.max_blob_bytes()),
+        }))
     }
 
     async fn upload_blobs(
         &self,
         request: Request<Streaming<pb::UploadBlobsRequest>>,
     ) -> Result<Response<pb::UploadBlobsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let mut stream = request.into_inner();
         let mut stored = Vec::new();
-        let mut open: Option<Upload> = None;
+        let mut open: Option<(Upload, UploadCharge)> = None;
         let result = async {
             while let Some(chunk) = stream.message().await.map_err(|status| {
                 Error::InvalidArgument(format!("the upload stream broke: {}", status.message()))
             })? {
-                if let Some(upload) = &open
+                if let Some((upload, _)) = &open
                     && upload.sha256() != chunk.sha256
                 {
                     return Err(Error::InvalidArgument(format!(
                         "blob {} ended without a chunk marked last",
                         upload.sha256()
-                    )));
+                    ))
+                    .into());
                 }
-                let upload = match &mut open {
-                    Some(upload) => upload,
-                    None => open.insert(self.0.artifacts.begin_upload(&chunk.sha256)?),
+                let (upload, _) = match &mut open {
+                    Some(open) => open,
+                    None => open.insert(self.begin(&caller, &chunk).await?),
                 };
                 if chunk.offset != upload.written() {
                     return Err(Error::InvalidArgument(format!(
@@ -187,33 +208,105 @@ impl pb::artifact_service_server::ArtifactService for ArtifactApi {
                         chunk.sha256,
                         chunk.offset,
                         upload.written()
-                    )));
+                    ))
+                    .into());
+                }
+                if let Some(declared) = chunk.total_bytes
+                    && declared != upload.total_bytes()
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "blob {}: a chunk declares total_bytes {declared}, the first declared {}",
+                        chunk.sha256,
+                        upload.total_bytes()
+                    ))
+                    .into());
                 }
                 self.0
                     .metrics
                     .artifact_bytes("upload", chunk.data.len() as u64);
                 upload.write(chunk.data).await?;
                 if chunk.last {
-                    let upload = open.take().expect("a blob is open");
-                    let sha256 = upload.sha256().to_string();
-                    upload.finish().await?;
+                    let (upload, charge) = open.take().expect("a blob is open");
+                    let (sha256, received) = (upload.sha256().to_string(), upload.written());
+                    let finished = upload.finish().await;
+                    self.settle(charge, received).await;
+                    finished?;
                     stored.push(sha256);
                 }
             }
-            if let Some(upload) = &open {
+            if let Some((upload, _)) = &open {
                 return Err(Error::InvalidArgument(format!(
                     "the stream ended inside blob {}",
                     upload.sha256()
-                )));
+                ))
+                .into());
             }
-            Ok(())
+            Ok::<(), Status>(())
         }
         .await;
-        // Whatever failed on the way, a blob left open is never stored.
-        if let Some(upload) = open {
+        // Whatever failed on the way, a blob left open is never stored, and what never
+        // arrived of it is not charged.
+        if let Some((upload, charge)) = open {
+            let received = upload.written();
             upload.abort().await;
+            self.settle(charge, received).await;
         }
         result?;
         Ok(Response::new(pb::UploadBlobsResponse { stored }))
     }
+}
+
+impl ArtifactApi {
+    /// Opens the blob a first chunk starts: its declared size is checked against the
+    /// largest blob taken and charged to the caller's upload quota before any byte of it
+    /// is stored.
+    async fn begin(
+        &self,
+        caller: &Caller,
+        first: &pb::UploadBlobsRequest,
+    ) -> Result<(Upload, UploadCharge), Status> {
+        check_sha256("sha256", &first.sha256)?;
+        if first.offset != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "blob {}: its first chunk starts at offset {}; a blob is sent from offset 0",
+                first.sha256, first.offset
+            ))
+            .into());
+        }
+        let Some(total_bytes) = first.total_bytes else {
+            return Err(Error::InvalidArgument(format!(
+                "blob {}: its first chunk declares no total_bytes; send the blob's size in \
+                 bytes with its first chunk (at most {})",
+                first.sha256,
+                self.0.artifacts.max_blob_bytes()
+            ))
+            .into());
+        };
+        let upload = self.0.artifacts.begin_upload(&first.sha256, total_bytes)?;
+        let charge = self
+            .0
+            .db
+            .charge_upload(
+                caller.token_id,
+                &first.sha256,
+                total_bytes,
+                self.0.quotas.upload_bytes_per_hour,
+            )
+            .await?
+            .map_err(refusal)?;
+        Ok((upload, charge))
+    }
+
+    /// Ends an upload's charge at what arrived. A failure to record it is logged, not
+    /// the caller's: the charge stays as declared and ages out within the hour.
+    async fn settle(&self, charge: UploadCharge, received: u64) {
+        if let Err(err) = self.0.db.settle_upload(charge, received).await {
+            tracing::warn!(error = %err, "could not refund an unfinished upload's charge");
+        }
+    }
+}
+
+/// A quota's refusal: RESOURCE_EXHAUSTED, saying which quota, the usage and when it frees.
+fn refusal(exceeded: Exceeded) -> Status {
+    Status::resource_exhausted(exceeded.to_string())
 }

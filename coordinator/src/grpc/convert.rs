@@ -628,9 +628,9 @@ fn checkpoint_to_proto(checkpoint: &Checkpoint) -> pb::Checkpoint {
     }
 }
 
-/// Manifest entries from their messages (shapes and hashes are checked where the blobs
-/// are looked up).
-/// A manifest from a request: every tensor's name, shape and hash within bounds.
+/// A manifest from a request: every tensor's name, shape and hash within bounds, and
+/// its dtype one that Heirloom stores (so that the stored sizes checked later are
+/// counted in it).
 pub fn manifest_from_proto(
     field: &str,
     tensors: &[pb::ManifestTensor],
@@ -641,17 +641,22 @@ pub fn manifest_from_proto(
             .iter()
             .map(|t| (&t.name[..], &t.shape[..], &t.sha256[..])),
     )?;
-    Ok(tensors
+    tensors
         .iter()
-        .map(|t| ManifestEntry {
-            info: heirloom_core::TensorInfo {
+        .enumerate()
+        .map(|(i, t)| {
+            let info = heirloom_core::TensorInfo {
                 name: t.name.clone(),
                 dtype: t.dtype.clone(),
                 shape: t.shape.iter().map(|&d| d as usize).collect(),
-            },
-            sha256: t.sha256.clone(),
+            };
+            heirloom_core::check_stored_dtype(&format!("{field}[{i}]"), &info)?;
+            Ok(ManifestEntry {
+                info,
+                sha256: t.sha256.clone(),
+            })
         })
-        .collect())
+        .collect()
 }
 
 pub fn progress_from_proto(proto: Option<pb::Progress>) -> Result<Progress> {

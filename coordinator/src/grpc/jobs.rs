@@ -26,7 +26,25 @@ const WATCH_POLL: Duration = Duration::from_secs(1);
 pub struct JobApi(pub Services);
 
 /// How many attempts may fail before a job does, unless the submission says.
-const DEFAULT_MAX_ATTEMPTS: i32 = 3;
+const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// The most attempts a submission may allow.
+const MAX_ATTEMPTS: u32 = 100;
+
+/// The submission's `max_attempts`: unset takes the default; 0 or too many is refused,
+/// never replaced.
+fn max_attempts(requested: Option<u32>) -> Result<i32, Error> {
+    let attempts = requested.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+    if !(1..=MAX_ATTEMPTS).contains(&attempts) {
+        return Err(Invalid::new(
+            "max_attempts",
+            format!(
+                "must be between 1 and {MAX_ATTEMPTS}, got {attempts}; leave it unset for the default {DEFAULT_MAX_ATTEMPTS}"
+            ),
+        )
+        .into());
+    }
+    Ok(i32::try_from(attempts).expect("at most MAX_ATTEMPTS"))
+}
 
 /// The plan of a submission, a recipe's expanded first.
 async fn plan(db: &Db, request: convert::JobRequest) -> Result<Plan, Error> {
@@ -54,10 +72,7 @@ impl pb::job_service_server::JobService for JobApi {
             );
         }
         let request_id = Some(request.request_id.as_str()).filter(|id| !id.is_empty());
-        let max_attempts = match request.max_attempts {
-            0 => DEFAULT_MAX_ATTEMPTS,
-            n => i32::try_from(n.min(100)).expect("at most 100"),
-        };
+        let max_attempts = max_attempts(request.max_attempts)?;
         let requirements = convert::requirements_from_proto(request.requirements.clone())?;
         if request.priority.abs() > limits::MAX_PRIORITY {
             return Err(Error::from(Invalid::new(

@@ -18,13 +18,13 @@ mod workers;
 use crate::Services;
 use crate::auth::AuthLayer;
 use crate::config::Config;
+use crate::connections::{GuardedListener, TrackCallsLayer};
 use crate::error::StartupError;
 use heirloom_client::connection::CALL_DEADLINE;
 use heirloom_proto::v1 as pb;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::{ServerTlsConfig, TcpIncoming};
+use tonic::transport::server::ServerTlsConfig;
 use tonic::transport::{Certificate, Identity};
 
 /// Weights and datasets sent inline travel in one message of at most this size; larger
@@ -97,7 +97,7 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
 pub async fn serve(
     services: Services,
     transport: Transport,
-    listener: TcpListener,
+    listener: GuardedListener,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -124,8 +124,10 @@ pub async fn serve(
         .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         // Frames as large as a chunk: a 2 MiB message crosses in one frame, not 128.
         .max_frame_size(Some(MAX_FRAME_BYTES))
+        // Pings find dead peers; the connection deadlines (`connections`) live idle ones.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(TrackCallsLayer)
         .layer(observe::ObserveLayer(services.metrics.clone()))
         .layer(AuthLayer {
             db: services.db.clone(),
@@ -160,11 +162,7 @@ pub async fn serve(
         .add_service(pb::token_service_server::TokenServiceServer::new(
             tokens::TokenApi(services),
         ))
-        // TCP_NODELAY: without it, small answers wait out the peer's delayed ACK (40 ms).
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.cancelled_owned(),
-        )
+        .serve_with_incoming_shutdown(listener.into_incoming(), shutdown.cancelled_owned())
         .await
 }
 

@@ -4,8 +4,8 @@
 
 use clap::{Parser, Subcommand};
 use heirloom_core::{
-    Architecture, Hyperparameters, Optimizer, TrainablePatterns, plan_finetune, plan_scratch,
-    plan_transfer,
+    Architecture, HyperparameterInput, Hyperparameters, Optimizer, TrainablePatterns,
+    plan_finetune, plan_scratch, plan_transfer,
 };
 use heirloom_worker::train::{self, TrainingJob, Weights};
 use std::path::PathBuf;
@@ -45,12 +45,15 @@ enum Command {
         trainable: Vec<String>,
         #[arg(long)]
         transfer: bool,
-        #[arg(long, default_value_t = 10)]
-        epochs: u32,
-        #[arg(long, default_value_t = 64)]
-        batch_size: u32,
-        #[arg(long, default_value_t = 0.001)]
-        learning_rate: f64,
+        /// Default 10.
+        #[arg(long)]
+        epochs: Option<u32>,
+        /// Default 64.
+        #[arg(long)]
+        batch_size: Option<u32>,
+        /// Default 0.001 (adam).
+        #[arg(long)]
+        learning_rate: Option<f64>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
@@ -110,15 +113,15 @@ fn main() -> anyhow::Result<()> {
             seed,
         } => {
             let architecture = architecture(&arch)?;
-            let hyperparameters = Hyperparameters::resolve(
-                "hyperparameters",
+            let input = HyperparameterInput {
                 epochs,
                 batch_size,
                 learning_rate,
-                Some(Optimizer::Adam),
+                optimizer: Some(Optimizer::Adam),
                 seed,
-                0.0,
-            )?;
+                holdout_fraction: None,
+            };
+            let hyperparameters = Hyperparameters::resolve("hyperparameters", &input)?;
             let (tensors, parents) = match parent {
                 None => (plan_scratch(&architecture), vec![]),
                 Some(parent) if transfer => (
