@@ -693,12 +693,8 @@ fn corrupted(sha256: &str) -> Error {
 
 /// How many bytes a tensor of this dtype and shape takes.
 pub fn tensor_bytes(info: &TensorInfo) -> u64 {
-    let element = if info.dtype == "i64" { 8 } else { 4 };
     // Shapes are bounded at the edge (limits::check_tensor); saturate all the same.
-    info.shape
-        .iter()
-        .fold(1u64, |product, &d| product.saturating_mul(d as u64))
-        .saturating_mul(element)
+    info.byte_len().unwrap_or(u64::MAX)
 }
 
 fn dtype(info: &TensorInfo) -> Result<safetensors::Dtype> {

@@ -28,6 +28,9 @@ pub enum Error {
     /// The server has no such method.
     #[error("{0}")]
     Unimplemented(String),
+    /// A quota is used up: the message says which, the usage, and when it frees.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// Cannot answer now (the database is unreachable, the server is stopping): retry.
     #[error("{0}")]
     Unavailable(String),
@@ -64,6 +67,7 @@ impl Error {
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) | Error::LeaseLost(_) => Code::FailedPrecondition,
             Error::Unimplemented(_) => Code::Unimplemented,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Unavailable(_) => Code::Unavailable,
             Error::DataLoss(_) => Code::DataLoss,
             Error::Database(_) | Error::Io(_) | Error::Storage(_) | Error::Internal(_) => {
@@ -190,6 +194,12 @@ mod tests {
                 Error::Unavailable(fix()),
                 Code::Unavailable,
                 503,
+                "what to fix",
+            ),
+            (
+                Error::ResourceExhausted(fix()),
+                Code::ResourceExhausted,
+                429,
                 "what to fix",
             ),
             (Error::DataLoss(fix()), Code::DataLoss, 500, "what to fix"),

@@ -428,3 +428,37 @@ async fn a_dataset_version_that_is_not_a_whole_number_from_1_says_what_to_fix() 
     assert!(ok, "{stderr}");
     assert!(stdout.contains("would be queued"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_s_concurrency_of_zero_is_refused_and_unset_is_one() {
+    use heirloom_proto::v1::worker_service_client::WorkerServiceClient;
+    let cluster = Cluster::coordinator_only().await;
+    let register = |concurrency: Option<u32>, name: &str| {
+        let mut workers = WorkerServiceClient::new(cluster.worker_connection());
+        let request = pb::RegisterWorkerRequest {
+            name: name.into(),
+            concurrency,
+            ..Default::default()
+        };
+        async move { workers.register_worker(request).await }
+    };
+    for (concurrency, message) in [
+        (
+            0,
+            "concurrency: must be between 1 and 256, got 0; leave it unset for 1",
+        ),
+        (257, "concurrency: must be between 1 and 256, got 257"),
+    ] {
+        let attempt = register(Some(concurrency), "refused");
+        refused(&cluster, attempt, Code::InvalidArgument, message).await;
+    }
+    for (concurrency, name, expected) in [(None, "unset", 1), (Some(4), "four", 4)] {
+        register(concurrency, name).await.expect("registered");
+        let stored: i32 = sqlx::query_scalar("SELECT concurrency FROM workers WHERE name = $1")
+            .bind(name)
+            .fetch_one(&cluster.pool)
+            .await
+            .unwrap();
+        assert_eq!(stored, expected, "{name}");
+    }
+}

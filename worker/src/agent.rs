@@ -115,9 +115,7 @@ pub async fn run(config: Config, drain: CancellationToken) -> Result<()> {
         device,
         held: Held::default(),
         lease: Duration::from_secs(30),
-        slots: Arc::new(tokio::sync::Semaphore::new(
-            config.concurrency.max(1) as usize
-        )),
+        slots: Arc::new(tokio::sync::Semaphore::new(config.concurrency as usize)),
     };
     let (id_sender, id) = watch::channel(None::<Registration>);
     let heartbeats = tokio::spawn(heartbeat(context.clone(), id.clone()));
@@ -188,7 +186,7 @@ async fn session(
             name: config.name.clone(),
             devices,
             labels: config.labels.iter().cloned().collect(),
-            concurrency: config.concurrency,
+            concurrency: Some(config.concurrency),
             // A worker coming back keeps its id, and so its leases.
             worker_id: id
                 .borrow()

@@ -27,8 +27,9 @@ pub struct Config {
     /// `auto` (CUDA when present), `cpu`, or `cuda`.
     #[arg(long, env = "HEIRLOOM_DEVICE", default_value = "auto")]
     pub device: String,
-    /// How many jobs this worker runs at once.
-    #[arg(long, env = "HEIRLOOM_CONCURRENCY", default_value_t = 1)]
+    /// How many jobs this worker runs at once (1 to 256).
+    #[arg(long, env = "HEIRLOOM_CONCURRENCY", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
     pub concurrency: u32,
     /// A label jobs can require, as key=value (repeat the flag for more).
     #[arg(long = "label", value_parser = parse_label)]

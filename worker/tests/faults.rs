@@ -428,7 +428,7 @@ async fn jobs_go_only_to_workers_that_fit_and_up_to_their_concurrency() {
         &cluster,
         pb::RegisterWorkerRequest {
             labels: [("zone".to_string(), "a".to_string())].into(),
-            concurrency: 2,
+            concurrency: Some(2),
             ..plain_worker("cpu-a")
         },
     )
@@ -532,7 +532,7 @@ async fn two_coordinator_replicas_never_lease_one_job_twice() {
             support::connect_as(&replica, Some(&cluster.worker_token))
         };
         let register = pb::RegisterWorkerRequest {
-            concurrency: 6,
+            concurrency: Some(6),
             ..plain_worker(&format!("w{i}"))
         };
         workers.push(Scripted::connect_to(channel, register).await);

@@ -307,6 +307,6 @@ impl ArtifactApi {
 }
 
 /// A quota's refusal: RESOURCE_EXHAUSTED, saying which quota, the usage and when it frees.
-fn refusal(exceeded: Exceeded) -> Status {
-    Status::resource_exhausted(exceeded.to_string())
+fn refusal(exceeded: Exceeded) -> Error {
+    Error::ResourceExhausted(exceeded.to_string())
 }

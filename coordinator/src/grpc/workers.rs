@@ -43,14 +43,20 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
             "" => None,
             id => Some(convert::parse_id("worker_id", id)?),
         };
-        if request.concurrency > limits::MAX_CONCURRENCY {
-            return Err(Error::from(Invalid::new(
-                "concurrency",
-                format!("must be at most {}", limits::MAX_CONCURRENCY),
-            ))
-            .into());
-        }
-        let concurrency = request.concurrency.max(1) as i32;
+        let concurrency = match request.concurrency {
+            None => 1,
+            Some(count @ 1..=limits::MAX_CONCURRENCY) => count as i32,
+            Some(count) => {
+                return Err(Error::from(Invalid::new(
+                    "concurrency",
+                    format!(
+                        "must be between 1 and {}, got {count}; leave it unset for 1",
+                        limits::MAX_CONCURRENCY
+                    ),
+                ))
+                .into());
+            }
+        };
         limits::check_labels("labels", &request.labels).map_err(Error::from)?;
         let devices = convert::devices_from_proto(request.devices)?;
         let id = self
