@@ -111,7 +111,7 @@ impl Simulated {
                     name: "cpu".into(),
                     memory_bytes: 0,
                 }],
-                concurrency,
+                concurrency: Some(concurrency),
                 ..Default::default()
             })
             .await
