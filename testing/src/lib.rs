@@ -593,39 +593,47 @@ impl Cluster {
 
     /// Row counts of every table, to show that a refused request wrote nothing.
     pub async fn row_counts(&self) -> Vec<(String, i64)> {
+        // Every table but the migrations' own and the upload quota's accounting (a
+        // refused upload is charged what arrived).
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables
+             WHERE table_schema = 'public' AND table_type = 'BASE TABLE'
+               AND table_name NOT IN ('_sqlx_migrations', 'upload_usage')
+             ORDER BY table_name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .expect("list the tables");
         let mut counts = Vec::new();
-        for table in [
-            "datasets",
-            "models",
-            "model_parents",
-            "model_datasets",
-            "jobs",
-            "job_events",
-            "job_attempts",
-            "workers",
-            "tokens",
-            "recipes",
-        ] {
+        for table in tables {
             let (count,): (i64,) =
                 sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
                     .fetch_one(&self.pool)
                     .await
                     .expect("count rows");
-            counts.push((table.to_string(), count));
+            counts.push((table, count));
         }
         counts
+    }
+
+    /// What a call can leave behind: the rows of every table and the store's blobs.
+    pub async fn footprint(&self) -> Vec<(String, i64)> {
+        let mut footprint = self.row_counts().await;
+        footprint.push(("stored blobs".into(), self.stored_blobs().await as i64));
+        footprint
     }
 }
 
 /// Asserts that `call` is refused with `code`, its message naming `fragment`, and that
-/// no row of any table changed (counted before the call and after).
+/// it left nothing behind: no row of any table and no stored blob changed (counted
+/// before the call and after).
 pub async fn refused<T: std::fmt::Debug>(
     cluster: &Cluster,
     call: impl std::future::Future<Output = Result<T, tonic::Status>>,
     code: tonic::Code,
     fragment: &str,
 ) {
-    let before = cluster.row_counts().await;
+    let before = cluster.footprint().await;
     let status = call.await.expect_err("the call is refused");
     assert_eq!(status.code(), code, "{fragment}: {}", status.message());
     assert!(
@@ -634,7 +642,7 @@ pub async fn refused<T: std::fmt::Debug>(
         status.message()
     );
     assert_eq!(
-        cluster.row_counts().await,
+        cluster.footprint().await,
         before,
         "nothing is written for {fragment}"
     );

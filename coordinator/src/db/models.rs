@@ -111,12 +111,7 @@ impl Db {
         tensors: &[TensorRecord],
     ) -> Result<Model> {
         let mut tx = self.pool.begin().await?;
-        if let Some(job_id) = self.job_holding_name(&model.name).await? {
-            return Err(Error::AlreadyExists(format!(
-                "name: job {job_id} will create a model named {:?}; choose another name",
-                model.name
-            )));
-        }
+        self.check_model_name_free(&model.name).await?;
         sqlx::query(
             "INSERT INTO models (id, name, architecture, weights_sha256, weights_bytes, source)
              VALUES ($1, $2, $3, $4, $5, 'import')",
@@ -269,6 +264,22 @@ impl Db {
         .fetch_optional(&self.pool)
         .await?;
         Ok(held.map(|(id,)| id))
+    }
+
+    /// Refuses (ALREADY_EXISTS) a name a model has or a job in progress will give its
+    /// model. Asked before anything is stored; the unique constraints decide races.
+    pub async fn check_model_name_free(&self, name: &str) -> Result<()> {
+        if let Some(job_id) = self.job_holding_name(name).await? {
+            return Err(Error::AlreadyExists(format!(
+                "name: job {job_id} will create a model named {name:?}; choose another name"
+            )));
+        }
+        if self.model_name_exists(name).await? {
+            return Err(Error::AlreadyExists(format!(
+                "model name {name:?} is taken by a model or a job in progress; choose another name"
+            )));
+        }
+        Ok(())
     }
 
     pub async fn model_name_exists(&self, name: &str) -> Result<bool> {

@@ -27,6 +27,8 @@ impl pb::model_service_server::ModelService for ModelApi {
     ) -> Result<Response<pb::ImportModelResponse>, Status> {
         let request = request.into_inner();
         check_name("name", &request.name).map_err(Error::from)?;
+        // Before any blob is stored: a refused import leaves nothing behind.
+        self.0.db.check_model_name_free(&request.name).await?;
         let mut architecture =
             convert::architecture_from_proto("architecture", request.architecture)?
                 .ok_or_else(|| Error::from(Invalid::new("architecture", "is required")))?;
