@@ -5,6 +5,7 @@
 //! tensors with a forward function per architecture, so the names on disk are exactly
 //! PyTorch's and a frozen tensor is never even seen by the optimizer.
 
+pub mod collectives;
 mod data;
 mod network;
 

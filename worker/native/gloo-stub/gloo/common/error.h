@@ -1,0 +1,2 @@
+// Stub: nothing from gloo/common/error.h is referenced by ProcessGroupGloo.hpp.
+#pragma once

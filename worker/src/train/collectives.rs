@@ -1,0 +1,223 @@
+//! PyTorch's own collectives, for one job trained on several ranks: c10d's TCPStore
+//! (rank 0 hosts it) for the rendezvous, under a prefix per attempt so that a rank of an
+//! earlier attempt cannot join, and ProcessGroupGloo for all-reduce, broadcast and
+//! barrier on CPU tensors. `tch` does not expose c10d, so `native/c10d.cpp` (compiled by
+//! `build.rs` against the libtorch `tch` links) offers a narrow C surface, and this
+//! module is the only Rust that calls it.
+//!
+//! Every collective blocks until it is done on every rank, or fails: a peer that dies
+//! ends it within milliseconds (its connection resets), one that stalls within the
+//! group's timeout. Collectives must be issued in the same order on every rank.
+
+use std::ffi::{CStr, CString, c_char, c_int};
+use std::ptr::NonNull;
+use std::time::Duration;
+use tch::{Device, Kind, Tensor};
+
+/// Why a collective (or joining the group) failed: c10d's own words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("collective: {0}")]
+pub struct CollectiveError(pub String);
+
+/// Where and how the ranks of one attempt meet.
+#[derive(Debug, Clone)]
+pub struct Rendezvous {
+    /// The address of rank 0, which hosts the store.
+    pub store_host: String,
+    pub store_port: u16,
+    /// Namespaces every store key: a fresh one per attempt.
+    pub prefix: String,
+    pub rank: usize,
+    pub world_size: usize,
+    /// The address this rank's Gloo connections bind to.
+    pub bind_host: String,
+    /// Bounds joining, and every collective.
+    pub timeout: Duration,
+}
+
+#[repr(C)]
+struct RawGroup {
+    _private: [u8; 0],
+}
+
+unsafe extern "C" {
+    fn hl_group_new(
+        store_host: *const c_char,
+        store_port: u16,
+        is_master: c_int,
+        prefix: *const c_char,
+        rank: c_int,
+        world_size: c_int,
+        device_host: *const c_char,
+        timeout_ms: c_int,
+        error: *mut c_char,
+        error_len: usize,
+    ) -> *mut RawGroup;
+    fn hl_allreduce_sum_f32(
+        group: *mut RawGroup,
+        data: *mut f32,
+        count: i64,
+        error: *mut c_char,
+        error_len: usize,
+    ) -> c_int;
+    fn hl_broadcast_f32(
+        group: *mut RawGroup,
+        data: *mut f32,
+        count: i64,
+        root: c_int,
+        error: *mut c_char,
+        error_len: usize,
+    ) -> c_int;
+    fn hl_barrier(group: *mut RawGroup, error: *mut c_char, error_len: usize) -> c_int;
+    fn hl_group_free(group: *mut RawGroup);
+}
+
+const ERROR_BYTES: usize = 4096;
+
+/// One rank's membership of a process group.
+pub struct ProcessGroup {
+    raw: NonNull<RawGroup>,
+    rank: usize,
+    world_size: usize,
+}
+
+// c10d's group may be used from any thread, one call at a time (`&mut self`).
+unsafe impl Send for ProcessGroup {}
+
+impl ProcessGroup {
+    /// Joins the group `rendezvous` describes: rank 0 starts the store, every rank
+    /// waits until all `world_size` have joined (or the timeout passes).
+    pub fn join(rendezvous: &Rendezvous) -> Result<ProcessGroup, CollectiveError> {
+        let text = |value: &str| {
+            CString::new(value).map_err(|_| CollectiveError(format!("{value:?} holds a NUL")))
+        };
+        let number = |value: u128, what: &str| {
+            c_int::try_from(value)
+                .map_err(|_| CollectiveError(format!("{what} {value} is too large")))
+        };
+        let (host, prefix, bind) = (
+            text(&rendezvous.store_host)?,
+            text(&rendezvous.prefix)?,
+            text(&rendezvous.bind_host)?,
+        );
+        let mut error = [0u8; ERROR_BYTES];
+        // SAFETY: every pointer is a live NUL-terminated string or the error buffer of
+        // ERROR_BYTES; the shim catches every C++ exception.
+        let raw = unsafe {
+            hl_group_new(
+                host.as_ptr(),
+                rendezvous.store_port,
+                c_int::from(rendezvous.rank == 0),
+                prefix.as_ptr(),
+                number(rendezvous.rank as u128, "rank")?,
+                number(rendezvous.world_size as u128, "world size")?,
+                bind.as_ptr(),
+                number(rendezvous.timeout.as_millis(), "timeout (ms)")?,
+                error.as_mut_ptr().cast(),
+                ERROR_BYTES,
+            )
+        };
+        NonNull::new(raw)
+            .map(|raw| ProcessGroup {
+                raw,
+                rank: rendezvous.rank,
+                world_size: rendezvous.world_size,
+            })
+            .ok_or_else(|| CollectiveError(message(&error)))
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    /// Sums `data` across ranks, in place.
+    pub fn all_reduce_sum(&mut self, data: &mut [f32]) -> Result<(), CollectiveError> {
+        let (pointer, count) = (data.as_mut_ptr(), data.len() as i64);
+        // SAFETY: the slice is `count` writable floats, borrowed for the call.
+        self.call(|group, error| unsafe {
+            hl_allreduce_sum_f32(group, pointer, count, error, ERROR_BYTES)
+        })
+    }
+
+    /// Replaces `data` on every rank with `root`'s.
+    pub fn broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CollectiveError> {
+        let (pointer, count, root) = (data.as_mut_ptr(), data.len() as i64, root as c_int);
+        // SAFETY: as in `all_reduce_sum`.
+        self.call(|group, error| unsafe {
+            hl_broadcast_f32(group, pointer, count, root, error, ERROR_BYTES)
+        })
+    }
+
+    /// Averages a CPU float tensor (a gradient) across ranks, in place.
+    pub fn average(&mut self, tensor: &mut Tensor) -> Result<(), CollectiveError> {
+        let world = self.world_size as f64;
+        self.with_floats(tensor, |group, data| group.all_reduce_sum(data))?;
+        let _ = tensor.g_div_scalar_(world);
+        Ok(())
+    }
+
+    /// Replaces a CPU float tensor (a weight, a batch-norm buffer) with `root`'s.
+    pub fn broadcast_tensor(
+        &mut self,
+        tensor: &mut Tensor,
+        root: usize,
+    ) -> Result<(), CollectiveError> {
+        self.with_floats(tensor, |group, data| group.broadcast(data, root))
+    }
+
+    pub fn barrier(&mut self) -> Result<(), CollectiveError> {
+        // SAFETY: the group is live; the error buffer is ERROR_BYTES long.
+        self.call(|group, error| unsafe { hl_barrier(group, error, ERROR_BYTES) })
+    }
+
+    /// Runs `collective` on `tensor`'s elements, which must be a contiguous CPU f32
+    /// tensor (a gradient or parameter as the training loop holds them).
+    fn with_floats(
+        &mut self,
+        tensor: &mut Tensor,
+        collective: impl FnOnce(&mut ProcessGroup, &mut [f32]) -> Result<(), CollectiveError>,
+    ) -> Result<(), CollectiveError> {
+        if tensor.device() != Device::Cpu || tensor.kind() != Kind::Float || !tensor.is_contiguous()
+        {
+            return Err(CollectiveError(format!(
+                "only contiguous CPU f32 tensors take part, not {:?} on {:?}",
+                tensor.kind(),
+                tensor.device()
+            )));
+        }
+        let count = tensor.numel();
+        // SAFETY: a contiguous CPU f32 tensor holds `count` floats at its data pointer,
+        // and `tensor` is borrowed mutably for the call, so nothing else touches them.
+        let data =
+            unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr().cast::<f32>(), count) };
+        collective(self, data)
+    }
+
+    fn call(
+        &mut self,
+        collective: impl FnOnce(*mut RawGroup, *mut c_char) -> c_int,
+    ) -> Result<(), CollectiveError> {
+        let mut error = [0u8; ERROR_BYTES];
+        match collective(self.raw.as_ptr(), error.as_mut_ptr().cast()) {
+            0 => Ok(()),
+            _ => Err(CollectiveError(message(&error))),
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // SAFETY: `raw` came from hl_group_new and is freed once, here.
+        unsafe { hl_group_free(self.raw.as_ptr()) }
+    }
+}
+
+fn message(buffer: &[u8]) -> String {
+    CStr::from_bytes_until_nul(buffer)
+        .map(|text| text.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "an error c10d did not describe".into())
+}
