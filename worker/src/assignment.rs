@@ -87,6 +87,7 @@ pub(crate) async fn training_job(
         program,
         resume,
         checkpoint_every: assignment.checkpoint_every,
+        ranks: None,
     })
 }
 

@@ -19,6 +19,9 @@ pub enum Error {
     Rpc(#[from] tonic::Status),
     #[error("cannot reach the coordinator: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// A rank of a data-parallel job failed or left: the attempt ends on every rank.
+    #[error("{0}")]
+    Collective(#[from] crate::train::collectives::CollectiveError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

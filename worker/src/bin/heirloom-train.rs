@@ -7,6 +7,7 @@ use heirloom_core::{
     Architecture, HyperparameterInput, Hyperparameters, Optimizer, TrainablePatterns,
     plan_finetune, plan_scratch, plan_transfer,
 };
+use heirloom_worker::train::collectives::Rendezvous;
 use heirloom_worker::train::{self, TrainingJob, Weights};
 use std::path::PathBuf;
 
@@ -56,6 +57,14 @@ enum Command {
         learning_rate: Option<f64>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Train as rank R of --world-size data-parallel ranks (PyTorch's c10d, Gloo).
+        #[arg(long, requires = "world_size")]
+        rank: Option<usize>,
+        #[arg(long, requires = "rank")]
+        world_size: Option<usize>,
+        /// Where rank 0 hosts the ranks' store (127.0.0.1:PORT).
+        #[arg(long, default_value = "127.0.0.1:29500")]
+        store: String,
     },
     /// Write a model's logits (evaluation mode) for the rows of `x` in --input.
     Predict {
@@ -77,6 +86,21 @@ fn architecture(json: &str) -> anyhow::Result<Architecture> {
     let architecture: Architecture = serde_json::from_str(json)?;
     architecture.validate("--arch")?;
     Ok(architecture)
+}
+
+fn rendezvous(store: &str, rank: usize, world_size: usize) -> anyhow::Result<Rendezvous> {
+    let (host, port) = store
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("--store {store}: give HOST:PORT"))?;
+    Ok(Rendezvous {
+        store_host: host.to_string(),
+        store_port: port.parse()?,
+        prefix: "heirloom-train".into(),
+        rank,
+        world_size,
+        bind_host: host.to_string(),
+        timeout: std::time::Duration::from_secs(30),
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -111,6 +135,9 @@ fn main() -> anyhow::Result<()> {
             batch_size,
             learning_rate,
             seed,
+            rank,
+            world_size,
+            store,
         } => {
             let architecture = architecture(&arch)?;
             let input = HyperparameterInput {
@@ -146,6 +173,10 @@ fn main() -> anyhow::Result<()> {
                 program: None,
                 resume: None,
                 checkpoint_every: 0,
+                ranks: match rank.zip(world_size) {
+                    None => None,
+                    Some((rank, world_size)) => Some(rendezvous(&store, rank, world_size)?),
+                },
             };
             let started = std::time::Instant::now();
             let metrics = train::train(

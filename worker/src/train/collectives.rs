@@ -152,11 +152,15 @@ impl ProcessGroup {
         })
     }
 
-    /// Averages a CPU float tensor (a gradient) across ranks, in place.
+    /// Sums a CPU float tensor (a gradient) across ranks, in place.
+    pub fn sum(&mut self, tensor: &mut Tensor) -> Result<(), CollectiveError> {
+        self.with_floats(tensor, |group, data| group.all_reduce_sum(data))
+    }
+
+    /// Averages a CPU float tensor across ranks, in place.
     pub fn average(&mut self, tensor: &mut Tensor) -> Result<(), CollectiveError> {
-        let world = self.world_size as f64;
-        self.with_floats(tensor, |group, data| group.all_reduce_sum(data))?;
-        let _ = tensor.g_div_scalar_(world);
+        self.sum(tensor)?;
+        let _ = tensor.g_div_scalar_(self.world_size as f64);
         Ok(())
     }
 

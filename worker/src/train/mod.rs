@@ -10,6 +10,7 @@ mod data;
 mod network;
 
 use crate::error::{Error, Result};
+use collectives::ProcessGroup;
 use data::Dataset;
 use heirloom_core::{Adjustment, Architecture, Hyperparameters, Optimizer, TensorPlan};
 pub use heirloom_core::{Metrics, Progress};
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
-use tch::{COptimizer, Kind, Tensor};
+use tch::{COptimizer, Kind, Reduction, Tensor};
 
 pub use tch::Device;
 
@@ -46,6 +47,9 @@ pub struct TrainingJob {
     pub resume: Option<Resume>,
     /// Checkpoint every this many steps (0: never).
     pub checkpoint_every: u64,
+    /// Data-parallel training: this process is one rank of the group the rendezvous
+    /// describes (none: it trains alone).
+    pub ranks: Option<collectives::Rendezvous>,
 }
 
 /// A position in training: how many steps are done, and the running sums of the epoch
@@ -378,10 +382,19 @@ where
         report,
         checkpoint,
     } = run;
+    let mut group = job.ranks.as_ref().map(ProcessGroup::join).transpose()?;
     let mut optimizer = match hp.optimizer {
         Optimizer::Adam => COptimizer::adam(hp.learning_rate, 0.9, 0.999, 0.0, 1e-8, false)?,
         Optimizer::Sgd => COptimizer::sgd(hp.learning_rate, 0.9, 0.0, 0.0, false)?,
     };
+    if let Some(group) = &mut group {
+        // Every rank starts from rank 0's tensors, whatever its own initialisation drew.
+        for (_, tensor) in network.parameters_mut() {
+            if tensor.kind() == Kind::Float {
+                tch::no_grad(|| group.broadcast_tensor(tensor, 0))?;
+            }
+        }
+    }
     for (name, tensor) in network.parameters_mut() {
         // Buffers (batch-norm statistics) train by running, not by gradients.
         let is_parameter = tensor.is_floating_point()
@@ -453,14 +466,30 @@ where
             }
             let first = batch * batch_size;
             let rows = order.narrow(0, first, batch_size.min(train_count - first));
+            let batch_rows = rows.size()[0];
+            let rows = match &group {
+                Some(group) => rank_share(&rows, group.rank(), group.world_size()),
+                None => rows,
+            };
             let (x, y) = dataset.rows(&rows);
             let logits = network.forward(&x, true)?;
-            let loss = logits.cross_entropy_for_logits(&y);
+            let loss = match &group {
+                None => logits.cross_entropy_for_logits(&y),
+                // Summed over this rank's rows and divided by the whole batch's count:
+                // the ranks' gradients then sum to the gradient of the batch's mean loss.
+                Some(_) => {
+                    logits.cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0)
+                        / batch_rows as f64
+                }
+            };
             optimizer.zero_grad()?;
             loss.backward();
+            if let Some(group) = &mut group {
+                sum_gradients(network, group)?;
+            }
             optimizer.step()?;
             step += 1;
-            loss_sum += loss.detach() * rows.size()[0];
+            loss_sum += loss.detach() * batch_rows;
             correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64);
             // Long epochs still report every second: each report's answer is how a
             // cancellation reaches the job.
@@ -478,13 +507,24 @@ where
                 last_report = Instant::now();
             }
         }
+        let (epoch_loss, epoch_correct) = match &mut group {
+            None => (loss_sum.double_value(&[]), correct.int64_value(&[]) as f64),
+            Some(group) => {
+                let mut sums = [
+                    loss_sum.double_value(&[]) as f32,
+                    correct.int64_value(&[]) as f32,
+                ];
+                group.all_reduce_sum(&mut sums)?;
+                (f64::from(sums[0]), f64::from(sums[1]))
+            }
+        };
         progress = Progress {
             epoch,
             epochs: hp.epochs,
             step,
             total_steps,
-            loss: loss_sum.double_value(&[]) / train_count as f64,
-            accuracy: correct.int64_value(&[]) as f64 / train_count as f64,
+            loss: epoch_loss / train_count as f64,
+            accuracy: epoch_correct / train_count as f64,
             steps_per_second: step as f64 / started.elapsed().as_secs_f64().max(1e-9),
         };
         if !progress.loss.is_finite() {
@@ -503,6 +543,30 @@ where
         steps: step,
         steps_per_second: progress.steps_per_second,
     })
+}
+
+/// Rank `rank`'s share of a batch's rows: the batch cut into `world_size` runs as even as
+/// can be, in order (the first ranks take one row more when it does not divide).
+fn rank_share(rows: &Tensor, rank: usize, world_size: usize) -> Tensor {
+    let (count, ranks, rank) = (rows.size()[0], world_size as i64, rank as i64);
+    let (each, more) = (count / ranks, count % ranks);
+    let start = rank * each + rank.min(more);
+    rows.narrow(0, start, each + i64::from(rank < more))
+}
+
+/// Sums every trainable parameter's gradient across the ranks, in place, so each takes
+/// the same optimizer step.
+fn sum_gradients(network: &mut Network, group: &mut ProcessGroup) -> Result<()> {
+    for (_, tensor) in network.parameters_mut() {
+        if !tensor.requires_grad() {
+            continue;
+        }
+        let mut gradient = tensor.grad();
+        if gradient.defined() {
+            group.sum(&mut gradient)?;
+        }
+    }
+    Ok(())
 }
 
 /// Interpolation, scaling or the WiSE-FT blend, each against the tensors' origins.
