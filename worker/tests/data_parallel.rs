@@ -83,3 +83,53 @@ fn two_and_three_ranks_end_where_one_process_does() {
         }
     }
 }
+
+#[test]
+fn a_rank_killed_mid_training_ends_the_others_with_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let dataset = dir.path().join("blobs.safetensors");
+    std::fs::write(&dataset, support::blobs(0..5, 400, 1)).unwrap();
+    let store = format!("127.0.0.1:{}", support::free_port());
+    let mut ranks: Vec<_> = (0..2)
+        .map(|rank| {
+            let flags = [
+                "--rank".to_string(),
+                rank.to_string(),
+                "--world-size".into(),
+                "2".into(),
+                "--store".into(),
+                store.clone(),
+                // Long enough to be training when the kill comes.
+                "--epochs".into(),
+                "1000".into(),
+            ];
+            let out = dir.path().join(format!("rank{rank}.safetensors"));
+            Command::new(support::workspace_binary("heirloom-train"))
+                .args(["--threads", "1", "fit", "--arch", ARCHITECTURE])
+                .arg("--dataset")
+                .arg(&dataset)
+                .arg("--out")
+                .arg(&out)
+                .args(flags)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run heirloom-train")
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(ranks[0].try_wait().unwrap().is_none(), "rank 0 is training");
+    ranks[1].kill().unwrap();
+    ranks[1].wait().unwrap();
+    let killed = std::time::Instant::now();
+    let survivor = ranks.remove(0).wait_with_output().unwrap();
+    let took = killed.elapsed();
+    let stderr = String::from_utf8_lossy(&survivor.stderr);
+    println!("rank 0 ended {took:?} after rank 1 was killed");
+    assert!(!survivor.status.success(), "rank 0 finished alone");
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    assert!(
+        stderr.contains("Connection reset") || stderr.contains("Connection closed"),
+        "{stderr}"
+    );
+}
