@@ -1,7 +1,8 @@
 //! Fuzzing for every parser that takes input from outside: architecture specs (JSON, as
 //! the CLI takes them, and protobuf, as the API does), hyperparameters, trainable
-//! patterns, compose module maps, manifests of uploaded tensors, and safetensors files
-//! (weights and datasets).
+//! patterns, compose module maps, manifests of uploaded tensors, safetensors files
+//! (weights and datasets), `name@version` references, recipe bodies with their merge
+//! patches, and the finite check on tensor bytes.
 //!
 //! Each target takes arbitrary bytes and must neither panic nor take long; it answers
 //! with an outcome (`ok …` or the refused field and reason, numbers blanked) that the
