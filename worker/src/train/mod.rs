@@ -555,16 +555,26 @@ fn rank_share(rows: &Tensor, rank: usize, world_size: usize) -> Tensor {
 }
 
 /// Sums every trainable parameter's gradient across the ranks, in place, so each takes
-/// the same optimizer step.
+/// the same optimizer step: flattened into one buffer and summed in one all-reduce (a
+/// collective per tensor costs its latency dozens of times a step).
 fn sum_gradients(network: &mut Network, group: &mut ProcessGroup) -> Result<()> {
-    for (_, tensor) in network.parameters_mut() {
-        if !tensor.requires_grad() {
-            continue;
-        }
-        let mut gradient = tensor.grad();
-        if gradient.defined() {
-            group.sum(&mut gradient)?;
-        }
+    let mut gradients: Vec<Tensor> = network
+        .parameters_mut()
+        .filter(|(_, tensor)| tensor.requires_grad())
+        .map(|(_, tensor)| tensor.grad())
+        .filter(Tensor::defined)
+        .collect();
+    if gradients.is_empty() {
+        return Ok(());
+    }
+    let flat: Vec<Tensor> = gradients.iter().map(|gradient| gradient.view(-1)).collect();
+    let mut bucket = Tensor::cat(&flat, 0);
+    group.sum(&mut bucket)?;
+    let mut offset = 0;
+    for gradient in &mut gradients {
+        let count = gradient.numel() as i64;
+        gradient.copy_(&bucket.narrow(0, offset, count).view_as(gradient));
+        offset += count;
     }
     Ok(())
 }
