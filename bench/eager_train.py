@@ -5,6 +5,9 @@
                                 trains the same MLP, or ResNet (torchvision's, on 3xHxW
                                 rows), the same way in PyTorch eager, prints steps/s
   same-frozen A B PATTERN...    asserts every tensor of A and B not matching a PATTERN is byte-identical
+  all-reduce RANK WORLD PORT BYTES,... REPEATS
+                                times torch.distributed's all-reduce (gloo) of float buffers,
+                                one JSON line per size, as `heirloom-train all-reduce` does
 
 Writes and reads safetensors by hand, so it needs nothing but torch.
 """
@@ -102,6 +105,21 @@ def same_frozen(a, b, patterns):
     print(json.dumps({"frozen_identical": frozen, "trained_changed": changed}))
 
 
+def all_reduce(rank, world, port, sizes, repeats):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    for size in sizes:
+        data = torch.ones(size // 4)
+        dist.all_reduce(data)  # the first pays for connections
+        started = time.perf_counter()
+        for _ in range(repeats):
+            dist.all_reduce(data)
+        seconds = (time.perf_counter() - started) / repeats
+        print(json.dumps({"bytes": size, "milliseconds": seconds * 1e3, "gigabytes_per_second": size / seconds / 1e9}))
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     command = sys.argv[1]
     if command == "make-data":
@@ -112,3 +130,7 @@ if __name__ == "__main__":
         eager(sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4]), device, int(sys.argv[6]))
     elif command == "same-frozen":
         same_frozen(sys.argv[2], sys.argv[3], sys.argv[4:])
+    elif command == "all-reduce":
+        torch.set_num_threads(1)
+        sizes = [int(size) for size in sys.argv[5].split(",")]
+        all_reduce(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sizes, int(sys.argv[6]))

@@ -7,7 +7,7 @@ use heirloom_core::{
     Architecture, HyperparameterInput, Hyperparameters, Optimizer, TrainablePatterns,
     plan_finetune, plan_scratch, plan_transfer,
 };
-use heirloom_worker::train::collectives::Rendezvous;
+use heirloom_worker::train::collectives::{ProcessGroup, Rendezvous};
 use heirloom_worker::train::{self, TrainingJob, Weights};
 use std::path::PathBuf;
 
@@ -66,6 +66,26 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:29500")]
         store: String,
     },
+    /// Time all-reduces (sum) of float buffers of these sizes as rank --rank of
+    /// --world-size, through the worker's c10d layer; one JSON line per size.
+    AllReduce {
+        #[arg(long)]
+        rank: usize,
+        #[arg(long)]
+        world_size: usize,
+        #[arg(long, default_value = "127.0.0.1:29500")]
+        store: String,
+        /// Buffer sizes in bytes.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "4096,1048576,16777216,104857600"
+        )]
+        bytes: Vec<usize>,
+        /// Timed all-reduces per size, after one untimed.
+        #[arg(long, default_value_t = 5)]
+        repeats: u32,
+    },
     /// Write a model's logits (evaluation mode) for the rows of `x` in --input.
     Predict {
         #[arg(long)]
@@ -108,6 +128,29 @@ fn main() -> anyhow::Result<()> {
     train::set_threads(args.threads);
     let device = train::pick_device(&args.device)?;
     match args.command {
+        Command::AllReduce {
+            rank,
+            world_size,
+            store,
+            bytes,
+            repeats,
+        } => {
+            let mut group = ProcessGroup::join(&rendezvous(&store, rank, world_size)?)?;
+            for size in bytes {
+                let mut data = vec![1.0f32; size / 4];
+                group.all_reduce_sum(&mut data)?; // the first pays for connections
+                let started = std::time::Instant::now();
+                for _ in 0..repeats {
+                    group.all_reduce_sum(&mut data)?;
+                }
+                let seconds = started.elapsed().as_secs_f64() / f64::from(repeats);
+                println!(
+                    "{}",
+                    serde_json::json!({"bytes": size, "milliseconds": seconds * 1e3,
+                                       "gigabytes_per_second": size as f64 / seconds / 1e9})
+                );
+            }
+        }
         Command::Predict {
             arch,
             program,
