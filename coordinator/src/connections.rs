@@ -20,12 +20,13 @@
 //! failing its writes, which ends its TLS handshake or HTTP session where it stands.
 
 use crate::metrics::Metrics;
+use futures::task::AtomicWaker;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -139,7 +140,7 @@ pub struct Slot {
     last_call_ms: AtomicU64,
     closed: AtomicBool,
     /// The task waiting to read from the connection, woken when it is closed.
-    reader: Mutex<Option<Waker>>,
+    reader: AtomicWaker,
 }
 
 impl Slot {
@@ -154,9 +155,7 @@ impl Slot {
 
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        if let Some(reader) = self.reader.lock().expect("reader lock").take() {
-            reader.wake();
-        }
+        self.reader.wake();
     }
 
     fn is_closed(&self) -> bool {
@@ -251,7 +250,7 @@ impl Connections {
             began_a_call: AtomicBool::new(false),
             last_call_ms: AtomicU64::new(0),
             closed: AtomicBool::new(false),
-            reader: Mutex::new(None),
+            reader: AtomicWaker::new(),
         });
         open.push(slot.clone());
         self.0.metrics.connection_opened(listener);
@@ -439,15 +438,8 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
         context: &mut Context<'_>,
         buffer: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        {
-            let mut reader = self.slot.reader.lock().expect("reader lock");
-            if !reader
-                .as_ref()
-                .is_some_and(|w| w.will_wake(context.waker()))
-            {
-                *reader = Some(context.waker().clone());
-            }
-        }
+        // Lock-free: this runs on every read of every connection.
+        self.slot.reader.register(context.waker());
         // Checked after the waker is stored, so a close in between still wakes us.
         if self.slot.is_closed() {
             return Poll::Ready(Ok(())); // end of stream
@@ -582,7 +574,7 @@ fn health_only_refusal<B: Default>(listener: &str) -> http::Response<B> {
                 "grpc-status",
                 (tonic::Code::ResourceExhausted as i32).to_string(),
             )
-            .header("grpc-message", message.replace(' ', "%20"))
+            .header("grpc-message", message)
     } else {
         builder.status(http::StatusCode::SERVICE_UNAVAILABLE)
     };
