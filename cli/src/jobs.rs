@@ -151,7 +151,8 @@ pub struct Common {
     placement: Placement,
 }
 
-/// Where and how the job is queued (ignored by `plan`).
+/// Where and how the job is queued (`plan` takes the requirements, and shows the gang of
+/// a job on several ranks).
 #[derive(Args)]
 pub struct Placement {
     #[arg(long, default_value_t = 0)]
@@ -172,9 +173,41 @@ pub struct Placement {
     /// default 3.
     #[arg(long)]
     max_attempts: Option<u32>,
+    /// Train on this many ranks at once (data parallel: the batch is split between
+    /// them), each a worker slot that meets the requirements above; default 1.
+    #[arg(long)]
+    ranks: Option<u32>,
+    /// Elastic: a retry may run with as few as this many ranks when no more are free
+    /// (keeping the global batch); default: every rank.
+    #[arg(long)]
+    min_ranks: Option<u32>,
     /// Follow the job until it ends.
     #[arg(long)]
     watch: bool,
+}
+
+impl Placement {
+    /// What a worker must offer, as the flags say.
+    fn requirements(&self) -> anyhow::Result<pb::Requirements> {
+        Ok(pb::Requirements {
+            device: self.device.clone(),
+            min_device_memory_bytes: self.min_device_memory,
+            labels: self
+                .require_labels
+                .iter()
+                .map(|label| {
+                    label
+                        .split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| {
+                            crate::usage(format!("--require-label {label:?}: write key=value"))
+                        })
+                })
+                .collect::<anyhow::Result<_>>()?,
+            world_size: self.ranks,
+            min_ranks: self.min_ranks,
+        })
+    }
 }
 
 pub async fn run(channel: Connection, command: Command, output: Output) -> anyhow::Result<()> {
@@ -182,9 +215,12 @@ pub async fn run(channel: Connection, command: Command, output: Output) -> anyho
     match command {
         Command::Submit(job) => submit(&channel, job, output).await,
         Command::Plan { job } => {
-            let (spec, _) = spec_of(&channel, job).await?;
+            let (spec, placement) = spec_of(&channel, job).await?;
             let plan = client
-                .plan_job(pb::PlanJobRequest { spec: Some(spec) })
+                .plan_job(pb::PlanJobRequest {
+                    spec: Some(spec),
+                    requirements: Some(placement.requirements()?),
+                })
                 .await?
                 .into_inner()
                 .plan
@@ -395,23 +431,8 @@ async fn submit(channel: &Connection, job: Submit, output: Output) -> anyhow::Re
         .submit_job(pb::SubmitJobRequest {
             spec: Some(spec),
             priority: placement.priority,
+            requirements: Some(placement.requirements()?),
             request_id: placement.request_id,
-            requirements: Some(pb::Requirements {
-                device: placement.device,
-                min_device_memory_bytes: placement.min_device_memory,
-                labels: placement
-                    .require_labels
-                    .iter()
-                    .map(|label| {
-                        label
-                            .split_once('=')
-                            .map(|(k, v)| (k.to_string(), v.to_string()))
-                            .ok_or_else(|| {
-                                crate::usage(format!("--require-label {label:?}: write key=value"))
-                            })
-                    })
-                    .collect::<anyhow::Result<_>>()?,
-            }),
             max_attempts: placement.max_attempts,
         })
         .await?
@@ -477,6 +498,23 @@ fn print_job(job: &pb::Job) {
             out!(" {}", attempt.error);
         }
         outln!();
+        if attempt.world_size > 1 {
+            let ranks: Vec<String> = attempt
+                .ranks
+                .iter()
+                .map(|rank| format!("{} on {} ({})", rank.rank, rank.worker_id, rank.device))
+                .collect();
+            out!(
+                "    {} ranks over {}: {}",
+                attempt.world_size,
+                attempt.backend,
+                ranks.join(", ")
+            );
+            if let Some(rank) = attempt.failed_rank {
+                out!("; rank {rank} was lost");
+            }
+            outln!();
+        }
     }
 }
 
@@ -506,8 +544,13 @@ fn print_placement(job: &pb::Job) {
     } else {
         needs.join(", ")
     };
+    let ranks = match (requirements.world_size(), requirements.min_ranks()) {
+        (0 | 1, _) => String::new(),
+        (world, min) if min == 0 || min == world => format!("{world} ranks, each "),
+        (world, min) => format!("{world} ranks (at least {min}), each "),
+    };
     outln!(
-        "  priority {}; runs on {needs}; up to {} attempts",
+        "  priority {}; runs {ranks}on {needs}; up to {} attempts",
         job.priority,
         job.max_attempts
     );

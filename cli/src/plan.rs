@@ -55,6 +55,19 @@ pub fn print(plan: &pb::JobPlan) {
             outln!("  ({})", memory.note);
         }
     }
+    if let Some(gang) = &plan.gang {
+        let elastic = match gang.min_ranks {
+            min if min < gang.world_size => format!(" (a retry may run with {min})"),
+            _ => String::new(),
+        };
+        outln!(
+            "gang: {} ranks{elastic}, {} rows of each batch and {} of memory per rank",
+            gang.world_size,
+            gang.batch_per_rank,
+            bytes(gang.memory_per_rank_bytes)
+        );
+        outln!("  placement now: {}", gang.placement);
+    }
 }
 
 /// One line for a job's data shift from a parent's training data.

@@ -37,6 +37,15 @@ pub struct Config {
     /// Workers checkpoint a training job every this many steps (0: never).
     #[arg(long, env = "HEIRLOOM_CHECKPOINT_EVERY", default_value_t = 200)]
     pub checkpoint_every: u64,
+    /// The ranks of a job on several ranks must all meet within this long, and every
+    /// collective (a gradient all-reduce) ends within it or fails the attempt: a rank
+    /// whose address cannot be reached, or that stalls, is given up on this fast.
+    #[arg(
+        long,
+        env = "HEIRLOOM_COLLECTIVE_TIMEOUT_SECONDS",
+        default_value_t = 60.0
+    )]
+    pub collective_timeout_seconds: f64,
     /// The coordinator's TLS certificate chain (PEM); with `--tls-key`. TLS is on unless
     /// `--insecure-plaintext` is given.
     #[arg(long, env = "HEIRLOOM_TLS_CERT", requires = "tls_key")]

@@ -2,15 +2,17 @@
 //!
 //! Each worker's open assignment stream has one task that claims a job whenever the
 //! worker has room and a job that fits it is queued, waking on notifications (and polling
-//! in case one is lost), and that records every few seconds that the worker is still
-//! connected (what GetJob's waiting reason counts as connected). A closed stream gives
-//! nothing back: leases expire instead, so a worker that reconnects within its lease
-//! keeps its jobs.
+//! in case one is lost), that delivers the ranks another worker's claim of a gang placed
+//! on it, and that records every few seconds that the worker is still connected (what
+//! GetJob's waiting reason and gang placement count as connected), and when its stream
+//! closes. A closed stream gives nothing back: leases expire instead, so a worker that
+//! reconnects within its lease keeps its jobs.
 
 use crate::Services;
 use crate::artifacts::ManifestEntry;
+use crate::db::Claimed;
 use crate::db::NewModel;
-use crate::domain::{Job, Metrics, TensorRecord};
+use crate::domain::{Gang, Job, Metrics, TensorRecord};
 use crate::error::{Error, Result};
 use crate::notifier::Notification;
 use heirloom_core::{Claim, Origin, TensorInfo, TensorStatus, check_manifest, verify_claims};
@@ -32,14 +34,19 @@ const SEEN_EVERY: Duration = Duration::from_secs(5);
 /// so that a slow database round does not make it vanish.
 pub const CONNECTED_WITHIN: Duration = Duration::from_secs(15);
 
-/// A job leased to a worker, with the files it needs.
+/// A job leased to a worker (or the ranks it hosts of one), with the files it needs.
 #[derive(Debug, Clone)]
 pub struct Assignment {
     pub job: Job,
+    /// For a job on several ranks: all of them, and where they meet.
+    pub gang: Option<Gang>,
+    /// The worker the assignment is for: it runs the gang's ranks placed on it.
+    pub worker_id: Uuid,
     pub dataset_sha256: Option<String>,
     /// Each parent's id and manifest, in the order of the job's spec.
     pub parents: Vec<(Uuid, Vec<ManifestEntry>)>,
     pub checkpoint_every: u64,
+    pub collective_timeout: Duration,
 }
 
 /// What a worker reports it produced.
@@ -65,12 +72,31 @@ pub fn assignments(services: Services, worker_id: Uuid) -> impl Stream<Item = Re
         let _connected = services.metrics.worker_connected();
         tracing::info!(worker_id = %worker_id, "worker connected");
         let mut last_seen: Option<std::time::Instant> = None;
-        loop {
+        // Ranks placed here by another worker's claim: looked for when woken for this
+        // worker, and on every poll.
+        let mut look_for_ranks = true;
+        'serve: loop {
             if last_seen.is_none_or(|at| at.elapsed() >= SEEN_EVERY) {
                 match services.db.mark_worker_seen(worker_id).await {
                     Ok(()) => last_seen = Some(std::time::Instant::now()),
                     Err(err) => {
                         tracing::warn!(worker_id = %worker_id, error = %err, "could not record the worker as seen")
+                    }
+                }
+            }
+            if look_for_ranks {
+                match deliver_ranks(&services, worker_id).await {
+                    Ok(delivered) => {
+                        look_for_ranks = false;
+                        for assignment in delivered {
+                            tracing::info!(job_id = %assignment.job.id, worker_id = %worker_id, "gang ranks delivered");
+                            if sender.send(Ok(assignment)).await.is_err() {
+                                break 'serve;
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(worker_id = %worker_id, error = %err, "rank delivery failed")
                     }
                 }
             }
@@ -93,12 +119,16 @@ pub fn assignments(services: Services, worker_id: Uuid) -> impl Stream<Item = Re
                     let _ = sender.try_send(Err(stopping));
                     break;
                 }
-                _ = wait_for_room_or_jobs(&mut wake, worker_id) => {}
-                _ = tokio::time::sleep(CLAIM_POLL) => {}
+                mine = wait_for_room_or_jobs(&mut wake, worker_id) => look_for_ranks |= mine,
+                _ = tokio::time::sleep(CLAIM_POLL) => look_for_ranks = true,
             }
         }
         // Its leases stay: a worker cut off briefly reconnects and goes on; one that
-        // does not come back loses them when they expire.
+        // does not come back loses them when they expire. Until it is seen again, gangs
+        // are not placed on it, and a gang that loses a rank here names it.
+        if let Err(err) = services.db.mark_worker_disconnected(worker_id).await {
+            tracing::warn!(worker_id = %worker_id, error = %err, "could not record the worker as disconnected");
+        }
         tracing::info!(worker_id = %worker_id, "worker disconnected");
     });
     ReceiverStream::new(receiver)
@@ -121,14 +151,27 @@ pub async fn expire_leases(services: Services, shutdown: tokio_util::sync::Cance
 }
 
 async fn claim(services: &Services, worker_id: Uuid) -> Result<Option<Assignment>> {
-    let Some(claimed) = services
+    let claimed = services
         .db
-        .claim_job(worker_id, services.policy.lease)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let job = claimed.job;
+        .claim_job(worker_id, services.policy.lease, CONNECTED_WITHIN)
+        .await?;
+    match claimed {
+        Some(claimed) => Ok(Some(assignment(services, worker_id, claimed).await?)),
+        None => Ok(None),
+    }
+}
+
+/// The assignments for the gang ranks other workers' claims placed on this one.
+async fn deliver_ranks(services: &Services, worker_id: Uuid) -> Result<Vec<Assignment>> {
+    let mut assignments = Vec::new();
+    for claimed in services.db.deliver_ranks(worker_id).await? {
+        assignments.push(assignment(services, worker_id, claimed).await?);
+    }
+    Ok(assignments)
+}
+
+async fn assignment(services: &Services, worker_id: Uuid, claimed: Claimed) -> Result<Assignment> {
+    let Claimed { job, gang } = claimed;
     let dataset_sha256 = match job.spec.dataset_id {
         Some(id) => Some(services.db.dataset(id).await?.sha256),
         None => None,
@@ -137,21 +180,29 @@ async fn claim(services: &Services, worker_id: Uuid) -> Result<Option<Assignment
     for parent_id in &job.spec.parents {
         parents.push((*parent_id, services.db.manifest(*parent_id).await?));
     }
-    Ok(Some(Assignment {
+    Ok(Assignment {
         job,
+        gang,
+        worker_id,
         dataset_sha256,
         parents,
         checkpoint_every: services.policy.checkpoint_every,
-    }))
+        collective_timeout: services.policy.collective_timeout,
+    })
 }
 
-/// Returns when a job may have become claimable, or one of this worker's jobs ended.
-/// Another worker's ended job is no reason to look: it freed room only there.
-async fn wait_for_room_or_jobs(wake: &mut broadcast::Receiver<Notification>, worker_id: Uuid) {
+/// Returns when a job may have become claimable, or something happened to this worker
+/// (one of its jobs ended, or a gang placed ranks on it): then `true`. Another worker's
+/// ended job is no reason to look: it freed room only there.
+async fn wait_for_room_or_jobs(
+    wake: &mut broadcast::Receiver<Notification>,
+    worker_id: Uuid,
+) -> bool {
     loop {
         match wake.recv().await {
-            Ok(Notification::Jobs) | Err(_) => return,
-            Ok(Notification::WorkerFreed(id)) if id == worker_id => return,
+            Ok(Notification::Jobs) => return false,
+            Ok(Notification::WorkerFreed(id)) if id == worker_id => return true,
+            Err(_) => return true,
             Ok(_) => {}
         }
     }

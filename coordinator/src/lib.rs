@@ -84,6 +84,7 @@ impl Coordinator {
             lease: Duration::from_secs_f64(config.lease_seconds),
             retry_backoff: Duration::from_secs_f64(config.retry_backoff_seconds),
             checkpoint_every: config.checkpoint_every,
+            collective_timeout: Duration::from_secs_f64(config.collective_timeout_seconds),
         };
         let background = CancellationToken::new();
         let notifier = Notifier::start(db.pool().clone(), background.child_token());

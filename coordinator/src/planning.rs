@@ -45,6 +45,46 @@ pub struct Plan {
     pub memory: Option<MemoryEstimate>,
     /// Every reason SubmitJob would refuse the job; empty if it would queue it.
     pub refusals: Vec<Error>,
+    /// For a job on several ranks: how the work splits, and whether it can be placed.
+    pub gang: Option<GangPlan>,
+}
+
+/// A job on several ranks, as PlanJob shows it.
+#[derive(Debug, Clone)]
+pub struct GangPlan {
+    pub world_size: u32,
+    pub min_ranks: u32,
+    /// Rows of each global batch one rank takes (the most any takes).
+    pub batch_per_rank: u64,
+    /// The memory estimate for one rank: its share of the activations, all the rest.
+    pub memory_per_rank_bytes: u64,
+    /// Whether the connected workers have the slots now, and if not why.
+    pub placement: String,
+}
+
+impl GangPlan {
+    /// The split of a job with `memory` (its estimate for the whole batch) over the ranks
+    /// `requirements` ask for, and `placement` as the workers connected now allow it.
+    pub fn new(
+        requirements: &crate::domain::Requirements,
+        memory: Option<&MemoryEstimate>,
+        placement: String,
+    ) -> GangPlan {
+        let ranks = u64::from(requirements.world_size.max(1));
+        let batch = memory.map_or(0, |memory| memory.batch_size);
+        let batch_per_rank = batch.div_ceil(ranks);
+        let memory_per_rank_bytes = memory.map_or(0, |memory| {
+            let activations_per_row = memory.activations_bytes / batch.max(1);
+            memory.total_bytes() - memory.activations_bytes + activations_per_row * batch_per_rank
+        });
+        GangPlan {
+            world_size: requirements.world_size,
+            min_ranks: requirements.min_ranks,
+            batch_per_rank,
+            memory_per_rank_bytes,
+            placement,
+        }
+    }
 }
 
 impl Plan {

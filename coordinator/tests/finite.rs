@@ -239,6 +239,7 @@ async fn a_dataset_whose_statistics_do_not_parse_never_breaks_a_listing() {
                 hyperparameters: support::hyperparameters(1, 0.01),
                 ..Default::default()
             }),
+            requirements: None,
         })
         .await
         .expect("a plan on the legacy dataset")

@@ -67,7 +67,10 @@ async fn derive(
 async fn plan(cluster: &Cluster, spec: pb::JobSpec) -> pb::JobPlan {
     cluster
         .jobs()
-        .plan_job(pb::PlanJobRequest { spec: Some(spec) })
+        .plan_job(pb::PlanJobRequest {
+            spec: Some(spec),
+            requirements: None,
+        })
         .await
         .expect("plan")
         .into_inner()

@@ -106,7 +106,10 @@ async fn create_recipe(cluster: &Cluster, name: &str, body: &str) {
 async fn plan(cluster: &Cluster, spec: pb::JobSpec) -> Result<pb::JobPlan, tonic::Status> {
     let response = cluster
         .jobs()
-        .plan_job(pb::PlanJobRequest { spec: Some(spec) })
+        .plan_job(pb::PlanJobRequest {
+            spec: Some(spec),
+            requirements: None,
+        })
         .await?;
     Ok(response.into_inner().plan.expect("a plan"))
 }

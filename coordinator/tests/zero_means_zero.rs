@@ -62,7 +62,10 @@ async fn check(
     )
     .await;
     let mut jobs = cluster.jobs();
-    let plan = jobs.plan_job(pb::PlanJobRequest { spec: Some(spec) });
+    let plan = jobs.plan_job(pb::PlanJobRequest {
+        spec: Some(spec),
+        requirements: None,
+    });
     refused(cluster, plan, Code::InvalidArgument, message).await;
 }
 
@@ -213,6 +216,7 @@ async fn unset_hyperparameters_take_the_defaults_that_the_plan_shows() {
             .jobs()
             .plan_job(pb::PlanJobRequest {
                 spec: Some(train(&dataset.id, hyperparameters)),
+                requirements: None,
             })
             .await
             .expect("plan")

@@ -19,6 +19,8 @@ pub const MAX_LABEL_BYTES: usize = 128;
 pub const MAX_DEVICES: usize = 64;
 /// Jobs one worker runs at once.
 pub const MAX_CONCURRENCY: u32 = 256;
+/// The most ranks one job may train on at once.
+pub const MAX_WORLD_SIZE: u32 = 64;
 /// Leases one heartbeat renews.
 pub const MAX_LEASES_PER_HEARTBEAT: usize = 1024;
 /// Trainable patterns in one job, and bytes in each.

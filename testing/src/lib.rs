@@ -374,6 +374,8 @@ impl Cluster {
             lease_seconds: 3.0,
             retry_backoff_seconds: 0.2,
             checkpoint_every: 100,
+            // Short, so that a rank nobody can reach fails its attempt quickly.
+            collective_timeout_seconds: 10.0,
             tls_cert: Some(dir.join(certificates::SERVER_CERT)),
             tls_key: Some(dir.join(certificates::SERVER_KEY)),
             worker_client_ca: Some(dir.join(certificates::CA_CERT)),

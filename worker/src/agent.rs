@@ -14,9 +14,10 @@
 use crate::assignment;
 use crate::cache::Cache;
 use crate::client::Reporter;
-use crate::config::Config;
+use crate::config::{Collective, Config};
 use crate::error::{Error, Result};
-use crate::train::{self, Control, Device, Position, Progress};
+use crate::train::collectives::Rendezvous;
+use crate::train::{self, Control, Device, Position, Progress, TrainingJob};
 use heirloom_client::connection::Connection;
 use heirloom_core::backoff;
 use heirloom_proto::v1 as pb;
@@ -97,6 +98,9 @@ struct Context {
     /// job as gone at once, so the next may arrive while the cancelled one is still
     /// stopping (up to a second): it waits here, its lease renewed, not on the device.
     slots: Arc<tokio::sync::Semaphore>,
+    /// Where this worker's ranks of multi-rank jobs meet their peers; `None` when it
+    /// takes none.
+    collective: Option<Collective>,
 }
 
 /// Runs until the process is stopped, or until `drain` fires and every job it held has
@@ -104,6 +108,7 @@ struct Context {
 pub async fn run(config: Config, drain: CancellationToken) -> Result<()> {
     train::set_threads(config.threads);
     let device = train::pick_device(&config.device)?;
+    let collective = config.collective().map_err(Error::InvalidJob)?;
     // One channel for the process: it reconnects by itself after the coordinator returns.
     let channel = config
         .connect
@@ -116,6 +121,7 @@ pub async fn run(config: Config, drain: CancellationToken) -> Result<()> {
         held: Held::default(),
         lease: Duration::from_secs(30),
         slots: Arc::new(tokio::sync::Semaphore::new(config.concurrency as usize)),
+        collective,
     };
     let (id_sender, id) = watch::channel(None::<Registration>);
     let heartbeats = tokio::spawn(heartbeat(context.clone(), id.clone()));
@@ -193,6 +199,15 @@ async fn session(
                 .as_ref()
                 .map(|known| known.worker_id.clone())
                 .unwrap_or_default(),
+            collective_address: context
+                .collective
+                .as_ref()
+                .map(|c| c.address.clone())
+                .unwrap_or_default(),
+            collective_port: context
+                .collective
+                .as_ref()
+                .map_or(0, |c| u32::from(c.store_port)),
         })
         .await?
         .into_inner();
@@ -302,6 +317,16 @@ async fn run_assignment(
                 .await;
         }
     };
+    // One rank for a job on one; this worker's ranks of a gang, lowest first.
+    let mut ranks = match rank_jobs(context, &job, assignment.gang.as_ref()) {
+        Ok(ranks) => ranks,
+        Err(err) => return report.complete_with(failure(&err), false, &output).await,
+    };
+    if ranks[0].rank != 0 {
+        return run_member_ranks(&report, ranks, &control, &output).await;
+    }
+    let leader = ranks.remove(0);
+    let (job, device) = (leader.job, leader.device);
     // The first report moves the job to running, and may already say it was cancelled.
     match report.progress(Progress::default()).await {
         Ok(true) => return Ok(()), // cancelled before it started
@@ -313,9 +338,10 @@ async fn run_assignment(
     }
     let (progress_sender, mut progress) = watch::channel(Progress::default());
     let (checkpoint_sender, mut checkpoints) = mpsc::unbounded_channel::<(PathBuf, Position)>();
+    // This worker's other ranks train beside rank 0, and report nothing.
+    let followers = spawn_ranks(ranks, &control, &output);
     let training = {
-        let (job, control, output, device) =
-            (job.clone(), control.clone(), output.clone(), context.device);
+        let (job, control, output) = (job.clone(), control.clone(), output.clone());
         tokio::task::spawn_blocking(move || {
             train::train(
                 &job,
@@ -373,6 +399,13 @@ async fn run_assignment(
             }
         }
     };
+    // The other ranks end with rank 0 (a collective of theirs fails once its group is
+    // gone); had rank 0 succeeded, so had they.
+    let followed = join_ranks(followers).await;
+    let result = match (result, followed) {
+        (Ok(_), Some(err)) => Err(err),
+        (result, _) => result,
+    };
     // A checkpoint made on the way out (a drain) is saved before the job is handed back.
     while let Ok(newer) = checkpoints.try_recv() {
         supersede(&mut waiting, newer).await;
@@ -411,10 +444,146 @@ async fn run_assignment(
         }
         Err(err) => {
             tracing::warn!(job_id = %job_id, error = %err, "attempt failed");
+            settle_before_reporting(&err).await;
             (failure(&err), err.is_retryable())
         }
     };
     report.complete_with(outcome, retryable, &output).await
+}
+
+/// One rank this worker runs: the job as that rank sees it, and its device.
+struct RankJob {
+    rank: u32,
+    job: TrainingJob,
+    device: Device,
+}
+
+/// The ranks this worker runs of `job`, lowest first: the one rank of a single-rank job,
+/// on the worker's device; or the gang's ranks placed here, each on its own device, all
+/// meeting under the attempt's store prefix.
+fn rank_jobs(
+    context: &Context,
+    job: &TrainingJob,
+    gang: Option<&pb::Gang>,
+) -> Result<Vec<RankJob>> {
+    let Some(gang) = gang else {
+        return Ok(vec![RankJob {
+            rank: 0,
+            job: job.clone(),
+            device: context.device,
+        }]);
+    };
+    let collective = context.collective.as_ref().ok_or_else(|| {
+        Error::InvalidJob(
+            "a multi-rank job reached a worker started with --collective-ports none".into(),
+        )
+    })?;
+    if gang.ranks.is_empty() || gang.ranks.len() != gang.devices.len() {
+        return Err(Error::InvalidJob(
+            "assignment: the gang lists no ranks, or not one device per rank".into(),
+        ));
+    }
+    let store_port = u16::try_from(gang.store_port).map_err(|_| {
+        Error::InvalidJob(format!(
+            "assignment: store port {} is not a port",
+            gang.store_port
+        ))
+    })?;
+    let mut ranks = gang
+        .ranks
+        .iter()
+        .zip(&gang.devices)
+        .map(|(&rank, device)| {
+            let rendezvous = Rendezvous {
+                store_host: gang.store_address.clone(),
+                store_port,
+                prefix: gang.store_prefix.clone(),
+                rank: rank as usize,
+                world_size: gang.world_size as usize,
+                bind_host: collective.address.clone(),
+                timeout: Duration::from_secs(u64::from(gang.timeout_seconds.max(1))),
+            };
+            Ok(RankJob {
+                rank,
+                job: TrainingJob {
+                    ranks: Some(rendezvous),
+                    ..job.clone()
+                },
+                device: train::named_device(device)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    ranks.sort_by_key(|rank| rank.rank);
+    Ok(ranks)
+}
+
+/// Trains `ranks` on blocking threads that report nothing (rank 0 speaks for the gang);
+/// their weights files are not kept.
+fn spawn_ranks(
+    ranks: Vec<RankJob>,
+    control: &Control,
+    output: &Path,
+) -> Vec<tokio::task::JoinHandle<Result<()>>> {
+    ranks
+        .into_iter()
+        .map(|RankJob { rank, job, device }| {
+            let control = control.clone();
+            let output = output.with_extension(format!("rank{rank}.safetensors"));
+            tokio::task::spawn_blocking(move || {
+                let trained = train::train(&job, device, &output, &control, |_| {}, |_, _| {});
+                let _ = std::fs::remove_file(&output);
+                trained.map(|_| ())
+            })
+        })
+        .collect()
+}
+
+/// Waits for every rank; the first error, if any.
+async fn join_ranks(ranks: Vec<tokio::task::JoinHandle<Result<()>>>) -> Option<Error> {
+    let mut first = None;
+    for rank in ranks {
+        let ended = rank
+            .await
+            .unwrap_or_else(|err| Err(Error::InvalidJob(format!("training panicked: {err}"))));
+        if let Err(err) = ended {
+            first.get_or_insert(err);
+        }
+    }
+    first
+}
+
+/// A worker hosting ranks of a gang but not rank 0: trains them, and reports only how
+/// the attempt ended for them if it did not succeed (that ends it for every rank).
+async fn run_member_ranks(
+    report: &Reporter,
+    ranks: Vec<RankJob>,
+    control: &Control,
+    output: &Path,
+) -> Result<()> {
+    match join_ranks(spawn_ranks(ranks, control, output)).await {
+        None | Some(Error::Cancelled) => Ok(()),
+        Some(Error::Drained) => {
+            let release =
+                pb::complete_job_request::Result::Release("the worker is draining".into());
+            report.complete_with(release, false, output).await
+        }
+        Some(err) => {
+            tracing::warn!(job_id = %report.job_id, error = %err, "rank failed");
+            settle_before_reporting(&err).await;
+            report
+                .complete_with(failure(&err), err.is_retryable(), output)
+                .await
+        }
+    }
+}
+
+/// A collective fails on every surviving rank the moment a peer dies. Each waits a
+/// moment before reporting, so the coordinator has seen the dead peer's worker go and
+/// records that rank as the one lost, not the first survivor to speak.
+async fn settle_before_reporting(err: &Error) {
+    if matches!(err, Error::Collective(_)) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Makes `newer` the checkpoint waiting to be saved, removing the file of the one it

@@ -37,6 +37,61 @@ pub struct Config {
     /// Log format: `human` or `json`.
     #[arg(long, env = "HEIRLOOM_LOG_FORMAT", default_value = "human")]
     pub log_format: String,
+    /// The address other workers reach this one's ranks of a multi-rank job at (on
+    /// Kubernetes, the pod IP: `status.podIP`); its ranks' collective connections bind
+    /// to it too.
+    #[arg(long, env = "HEIRLOOM_ADVERTISE_ADDRESS", default_value = "127.0.0.1")]
+    pub advertise_address: String,
+    /// The ports for the c10d store its rank 0 hosts, as `FIRST-LAST`: the first free one
+    /// is taken at start. Unset: any free port. `none`: this worker takes no ranks of
+    /// multi-rank jobs.
+    #[arg(long, env = "HEIRLOOM_COLLECTIVE_PORTS", default_value = "")]
+    pub collective_ports: String,
+}
+
+/// Where a worker's ranks meet their peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collective {
+    pub address: String,
+    pub store_port: u16,
+}
+
+impl Config {
+    /// The address and store port to advertise, the port the first free one of
+    /// `--collective-ports`; `None` for `none`.
+    pub fn collective(&self) -> Result<Option<Collective>, String> {
+        let free = |port: u16| {
+            std::net::TcpListener::bind(("0.0.0.0", port))
+                .and_then(|listener| listener.local_addr())
+                .map(|address| address.port())
+                .ok()
+        };
+        let store_port = match self.collective_ports.trim() {
+            "none" => return Ok(None),
+            "" => free(0),
+            range => {
+                let (first, last) = range.split_once('-').unwrap_or((range, range));
+                let parse =
+                    |port: &str| {
+                        port.trim().parse::<u16>().ok().filter(|&port| port > 0).ok_or_else(|| {
+                        format!("--collective-ports {range:?}: write FIRST-LAST, ports 1 to 65535")
+                    })
+                    };
+                let (first, last) = (parse(first)?, parse(last)?);
+                (first..=last).find_map(free)
+            }
+        };
+        let store_port = store_port.ok_or_else(|| {
+            format!(
+                "--collective-ports {:?}: no port in it is free",
+                self.collective_ports
+            )
+        })?;
+        Ok(Some(Collective {
+            address: self.advertise_address.clone(),
+            store_port,
+        }))
+    }
 }
 
 impl Config {

@@ -6,7 +6,8 @@
 use super::models::name_taken;
 use super::{Db, EVENTS_CHANNEL, JOBS_CHANNEL};
 use crate::domain::{
-    Checkpoint, Job, JobAttempt, JobEvent, JobEventKind, JobSpec, JobState, Progress, Requirements,
+    Checkpoint, Job, JobAttempt, JobEvent, JobEventKind, JobSpec, JobState, Progress,
+    RankPlacement, Requirements,
 };
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
@@ -67,6 +68,9 @@ struct AttemptRow {
     ended_at: Option<DateTime<Utc>>,
     outcome: String,
     error: Option<String>,
+    world_size: i32,
+    backend: String,
+    failed_rank: Option<i32>,
 }
 
 /// What a submission asks for, beyond its spec.
@@ -194,8 +198,16 @@ impl Db {
     /// Every attempt at a job, oldest first.
     pub async fn attempts(&self, job_id: Uuid) -> Result<Vec<JobAttempt>> {
         let rows: Vec<AttemptRow> = sqlx::query_as(
-            "SELECT attempt, worker_id, started_at, ended_at, outcome, error
+            "SELECT attempt, worker_id, started_at, ended_at, outcome, error, world_size,
+                    backend, failed_rank
                FROM job_attempts WHERE job_id = $1 ORDER BY attempt",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let ranks: Vec<(i32, i32, Uuid, String)> = sqlx::query_as(
+            "SELECT attempt, rank, worker_id, device FROM job_ranks
+              WHERE job_id = $1 ORDER BY attempt, rank",
         )
         .bind(job_id)
         .fetch_all(&self.pool)
@@ -209,18 +221,30 @@ impl Db {
                 ended_at: row.ended_at,
                 outcome: row.outcome,
                 error: row.error,
+                world_size: row.world_size,
+                backend: row.backend,
+                failed_rank: row.failed_rank,
+                ranks: ranks
+                    .iter()
+                    .filter(|(attempt, ..)| *attempt == row.attempt)
+                    .map(|(_, rank, worker_id, device)| RankPlacement {
+                        rank: *rank as u32,
+                        worker_id: *worker_id,
+                        device: device.clone(),
+                    })
+                    .collect(),
             })
             .collect())
     }
 
     pub async fn cancel_job(&self, job_id: Uuid) -> Result<Job> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<(String, Option<Uuid>)> =
-            sqlx::query_as("SELECT state, worker_id FROM jobs WHERE id = $1 FOR UPDATE")
+        let row: Option<(String, Option<Uuid>, i32)> =
+            sqlx::query_as("SELECT state, worker_id, attempt FROM jobs WHERE id = $1 FOR UPDATE")
                 .bind(job_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some((state, worker_id)) = row else {
+        let Some((state, worker_id, attempt)) = row else {
             return Err(Error::NotFound(format!("job {job_id} does not exist")));
         };
         let state = JobState::parse(&state)
@@ -232,13 +256,7 @@ impl Db {
             )));
         }
         set_state(&mut tx, job_id, JobState::Cancelled, None).await?;
-        sqlx::query(
-            "UPDATE job_attempts SET outcome = 'cancelled', ended_at = now()
-              WHERE job_id = $1 AND outcome = 'running'",
-        )
-        .bind(job_id)
-        .execute(&mut *tx)
-        .await?;
+        end_attempt(&mut tx, job_id, attempt, "cancelled", None).await?;
         insert_state_event(
             &mut tx,
             job_id,
@@ -381,14 +399,21 @@ pub(super) async fn end_attempt(
     outcome: &str,
     error: Option<&str>,
 ) -> Result<()> {
+    // With the wake-up of every worker that hosted another rank of the attempt (its slot
+    // is free now, and it must stop), in one round trip.
     sqlx::query(
-        "UPDATE job_attempts SET outcome = $3, error = $4, ended_at = now()
-          WHERE job_id = $1 AND attempt = $2",
+        "WITH ended AS (
+             UPDATE job_attempts SET outcome = $3, error = $4, ended_at = now()
+              WHERE job_id = $1 AND attempt = $2 AND outcome = 'running')
+         SELECT pg_notify($5, worker_id::text)
+           FROM (SELECT DISTINCT worker_id FROM job_ranks
+                  WHERE job_id = $1 AND attempt = $2 AND rank > 0) hosts",
     )
     .bind(job_id)
     .bind(attempt)
     .bind(outcome)
     .bind(error)
+    .bind(JOBS_CHANNEL)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -21,6 +21,7 @@ pub use queue::{Claimed, NewModel};
 pub use quotas::{Exceeded, Quotas, UploadCharge};
 pub use recipes::NewRecipe;
 pub use tokens::TokenRecord;
+pub use workers::WorkerOffer;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;

@@ -9,17 +9,23 @@ use super::jobs::{
     set_state,
 };
 use super::models::name_taken;
+use super::workers::lock_connected_workers;
 use super::{Db, EVENTS_CHANNEL};
-use crate::domain::{Checkpoint, Job, JobState, Metrics, Policy, Progress, TensorRecord};
+use crate::domain::{
+    Checkpoint, Gang, Job, JobState, Metrics, Policy, Progress, RankPlacement, TensorRecord,
+    place_gang,
+};
 use crate::error::{Error, Result};
 use sqlx::types::Json;
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-/// A job just leased to a worker.
+/// A job just leased to a worker (or a rank of one delivered to it).
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub job: Job,
+    /// The attempt's ranks, when the job trains on several at once.
+    pub gang: Option<Gang>,
 }
 
 /// The model a successful job produces, checked and stored, ready to be recorded.
@@ -49,24 +55,215 @@ impl Db {
     /// Leases to the worker the next queued job that fits it (its devices, memory and
     /// labels meet the job's requirements, its backoff has passed), highest priority
     /// first, then oldest; none while the worker runs as many jobs as its concurrency.
+    /// When that job is a gang, it is leased only if all its ranks can be placed at once
+    /// (`claim_gang`); otherwise the next single-rank job is (a gang that waits for slots
+    /// does not hold the queue up).
     pub async fn claim_job(
         &self,
         worker_id: Uuid,
         lease: std::time::Duration,
+        connected_within: std::time::Duration,
     ) -> Result<Option<Claimed>> {
-        // The claim is a function (migration 000007), so that the planner walks the
-        // queue in index order and stops at the first fit.
-        let row: Option<JobRow> = sqlx::query_as("SELECT * FROM claim_job($1, $2, $3)")
+        let Some(job) = self.claim_next(worker_id, lease, false).await? else {
+            return Ok(None);
+        };
+        if job.state.is_leased() {
+            return Ok(Some(Claimed { job, gang: None }));
+        }
+        if let Some(claimed) = self
+            .claim_gang(worker_id, job.id, lease, connected_within)
+            .await?
+        {
+            return Ok(Some(claimed));
+        }
+        let single = self.claim_next(worker_id, lease, true).await?;
+        Ok(single
+            .filter(|job| job.state.is_leased())
+            .map(|job| Claimed { job, gang: None }))
+    }
+
+    /// One call of the SQL claim (migration 000010): the next fitting job, leased when it
+    /// has one rank, returned still queued when it is a gang.
+    async fn claim_next(
+        &self,
+        worker_id: Uuid,
+        lease: std::time::Duration,
+        singles_only: bool,
+    ) -> Result<Option<Job>> {
+        // The claim is a function, so that the planner walks the queue in index order
+        // and stops at the first fit.
+        let row: Option<JobRow> = sqlx::query_as("SELECT * FROM claim_job($1, $2, $3, $4)")
             .bind(worker_id)
             .bind(lease.as_secs_f64())
             .bind(EVENTS_CHANNEL)
+            .bind(singles_only)
             .fetch_optional(&self.pool)
             .await?;
-        let Some(row) = row else {
+        row.map(Job::try_from).transpose()
+    }
+
+    /// Leases every rank of a queued gang job at once, or none: rank 0 (and as many more
+    /// as fit) on the claiming worker, the rest on the other connected workers that fit,
+    /// packed onto as few as fit. The rows of the connected workers are locked for the
+    /// placement, so no slot is counted twice. An attempt after a failure may run with
+    /// fewer ranks, down to the job's `min_ranks`. The other workers' dispatchers are
+    /// woken to deliver their ranks (`deliver_ranks`).
+    async fn claim_gang(
+        &self,
+        worker_id: Uuid,
+        job_id: Uuid,
+        lease: std::time::Duration,
+        connected_within: std::time::Duration,
+    ) -> Result<Option<Claimed>> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<JobRow> = sqlx::query_as(
+            "SELECT * FROM jobs WHERE id = $1 AND state = 'queued' AND not_before <= now()
+                FOR UPDATE SKIP LOCKED",
+        )
+        .bind(job_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(job) = row.map(Job::try_from).transpose()? else {
             return Ok(None);
         };
+        let workers = lock_connected_workers(&mut tx, connected_within).await?;
+        let wanted = &job.requirements;
+        let elastic =
+            (job.failures > 0 && wanted.min_ranks < wanted.world_size).then_some(wanted.min_ranks);
+        let Ok(ranks) = place_gang(wanted, worker_id, &workers, elastic) else {
+            return Ok(None); // the rollback releases the locks; nothing was written
+        };
+        let store = workers
+            .iter()
+            .find(|w| w.id == worker_id)
+            .and_then(|w| w.collective.clone())
+            .ok_or_else(|| Error::Internal("rank 0's worker has no collective port".into()))?;
+        let gang = Gang { ranks, store };
+        let leased: JobRow = sqlx::query_as(
+            "UPDATE jobs SET state = 'leased', worker_id = $2, attempt = attempt + 1,
+                             lease_expires_at = now() + make_interval(secs => $3),
+                             updated_at = now()
+              WHERE id = $1
+             RETURNING *",
+        )
+        .bind(job_id)
+        .bind(worker_id)
+        .bind(lease.as_secs_f64())
+        .fetch_one(&mut *tx)
+        .await?;
+        let job = Job::try_from(leased)?;
+        sqlx::query(
+            "INSERT INTO job_attempts (job_id, attempt, worker_id, world_size, backend)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(job_id)
+        .bind(job.attempt)
+        .bind(worker_id)
+        .bind(gang.ranks.len() as i32)
+        .bind(gang.backend())
+        .execute(&mut *tx)
+        .await?;
+        let (ranks, (hosts, devices)): (Vec<i32>, (Vec<Uuid>, Vec<String>)) = gang
+            .ranks
+            .iter()
+            .map(|r| (r.rank as i32, (r.worker_id, r.device.clone())))
+            .unzip();
+        sqlx::query(
+            "INSERT INTO job_ranks (job_id, attempt, rank, worker_id, device, lease_expires_at,
+                                    delivered)
+             SELECT $1, $2, rank, host, device, now() + make_interval(secs => $3), host = $4
+               FROM unnest($5::int4[], $6::uuid[], $7::text[]) AS r(rank, host, device)",
+        )
+        .bind(job_id)
+        .bind(job.attempt)
+        .bind(lease.as_secs_f64())
+        .bind(worker_id)
+        .bind(&ranks)
+        .bind(&hosts)
+        .bind(&devices)
+        .execute(&mut *tx)
+        .await?;
+        let placement: Vec<String> = gang
+            .ranks
+            .iter()
+            .map(|r| format!("rank {} on worker {} ({})", r.rank, r.worker_id, r.device))
+            .collect();
+        let resuming = job
+            .checkpoint
+            .as_ref()
+            .map(|checkpoint| format!(", resuming from step {}", checkpoint.step))
+            .unwrap_or_default();
+        let message = format!(
+            "leased to {} ranks ({}), attempt {}{resuming}: {}",
+            gang.ranks.len(),
+            gang.backend(),
+            job.attempt,
+            placement.join(", ")
+        );
+        insert_state_event(&mut tx, job_id, JobState::Leased.as_str(), &message).await?;
+        let mut others: Vec<Uuid> = hosts.into_iter().filter(|&h| h != worker_id).collect();
+        others.sort();
+        others.dedup();
+        for other in others {
+            notify_worker_freed(&mut tx, other).await?;
+        }
+        tx.commit().await?;
         Ok(Some(Claimed {
-            job: Job::try_from(row)?,
+            job,
+            gang: Some(gang),
+        }))
+    }
+
+    /// The gang attempts with ranks on this worker that it has not been sent yet, marked
+    /// sent.
+    pub async fn deliver_ranks(&self, worker_id: Uuid) -> Result<Vec<Claimed>> {
+        let marked: Vec<(Uuid,)> = sqlx::query_as(
+            "UPDATE job_ranks r SET delivered = true
+               FROM jobs j
+              WHERE r.worker_id = $1 AND NOT r.delivered
+                AND j.id = r.job_id AND j.attempt = r.attempt AND j.state IN ('leased', 'running')
+             RETURNING r.job_id",
+        )
+        .bind(worker_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut job_ids: Vec<Uuid> = marked.into_iter().map(|(id,)| id).collect();
+        job_ids.sort();
+        job_ids.dedup();
+        let mut delivered = Vec::new();
+        for job_id in job_ids {
+            let job = self.job(job_id).await?;
+            let gang = self.gang(job_id, job.attempt).await?;
+            delivered.push(Claimed { job, gang });
+        }
+        Ok(delivered)
+    }
+
+    /// The ranks of a job's attempt and where rank 0 hosts the store; `None` for a
+    /// single-rank attempt.
+    pub async fn gang(&self, job_id: Uuid, attempt: i32) -> Result<Option<Gang>> {
+        let rows: Vec<(i32, Uuid, String, String, i32)> = sqlx::query_as(
+            "SELECT r.rank, r.worker_id, r.device, w.collective_address, w.collective_port
+               FROM job_ranks r JOIN workers w ON w.id = r.worker_id
+              WHERE r.job_id = $1 AND r.attempt = $2 ORDER BY r.rank",
+        )
+        .bind(job_id)
+        .bind(attempt)
+        .fetch_all(&self.pool)
+        .await?;
+        let Some((_, _, _, address, port)) = rows.first().cloned() else {
+            return Ok(None);
+        };
+        Ok(Some(Gang {
+            ranks: rows
+                .into_iter()
+                .map(|(rank, worker_id, device, ..)| RankPlacement {
+                    rank: rank as u32,
+                    worker_id,
+                    device,
+                })
+                .collect(),
+            store: (address, u16::try_from(port).unwrap_or(0)),
         }))
     }
 
@@ -183,7 +380,7 @@ impl Db {
         Job::try_from(succeeded)
     }
 
-    /// Fails a job its worker holds; writes no model.
+    /// Fails a job its worker holds (or hosts a rank of); writes no model.
     pub async fn fail_job(
         &self,
         worker_id: Uuid,
@@ -192,17 +389,21 @@ impl Db {
         error: &str,
     ) -> Result<Job> {
         let mut tx = self.pool.begin().await?;
-        lock_leased_job(&mut tx, worker_id, job_id, attempt).await?;
+        let (job, reporter) = lock_attempt_member(&mut tx, worker_id, job_id, attempt).await?;
+        let error = &attribute_failure(&mut tx, &job, reporter, error).await?;
         set_state(&mut tx, job_id, JobState::Failed, Some(error)).await?;
         end_attempt(&mut tx, job_id, attempt, "failed", Some(error)).await?;
         insert_state_event(&mut tx, job_id, JobState::Failed.as_str(), error).await?;
-        notify_worker_freed(&mut tx, worker_id).await?;
+        if let Some(rank0) = job.worker_id {
+            notify_worker_freed(&mut tx, rank0).await?;
+        }
         tx.commit().await?;
         self.job(job_id).await
     }
 
     /// Ends a worker's attempt with a retryable error: queued again after a backoff, or
-    /// failed once the job has used its attempts.
+    /// failed once the job has used its attempts. From any rank of a gang, it ends the
+    /// attempt for every rank.
     pub async fn retry_job(
         &self,
         worker_id: Uuid,
@@ -212,14 +413,16 @@ impl Db {
         policy: &Policy,
     ) -> Result<Job> {
         let mut tx = self.pool.begin().await?;
-        let job = lock_leased_job(&mut tx, worker_id, job_id, attempt).await?;
-        retry_or_fail(&mut tx, &job, "retried", error, policy).await?;
+        let (job, reporter) = lock_attempt_member(&mut tx, worker_id, job_id, attempt).await?;
+        let error = attribute_failure(&mut tx, &job, reporter, error).await?;
+        retry_or_fail(&mut tx, &job, "retried", &error, policy).await?;
         tx.commit().await?;
         self.job(job_id).await
     }
 
     /// A draining worker hands its job back unfinished: queued again at once, keeping its
-    /// checkpoint, and not counted as a failure.
+    /// checkpoint, and not counted as a failure. A worker hosting any rank of a gang hands
+    /// back the whole attempt.
     pub async fn release_job(
         &self,
         worker_id: Uuid,
@@ -228,7 +431,7 @@ impl Db {
         reason: &str,
     ) -> Result<Job> {
         let mut tx = self.pool.begin().await?;
-        lock_leased_job(&mut tx, worker_id, job_id, attempt).await?;
+        lock_attempt_member(&mut tx, worker_id, job_id, attempt).await?;
         requeue(&mut tx, job_id, std::time::Duration::ZERO).await?;
         end_attempt(&mut tx, job_id, attempt, "released", Some(reason)).await?;
         let message = format!("handed back by worker {worker_id}: {reason}");
@@ -238,8 +441,8 @@ impl Db {
         self.job(job_id).await
     }
 
-    /// Renews the leases a worker still holds; returns the job ids it must stop working
-    /// on (cancelled, or no longer its lease).
+    /// Renews the leases a worker still holds (its jobs, and the ranks it hosts); returns
+    /// the job ids it must stop working on (cancelled, or no longer its lease).
     pub async fn heartbeat(
         &self,
         worker_id: Uuid,
@@ -247,11 +450,23 @@ impl Db {
         lease: std::time::Duration,
     ) -> Result<Vec<Uuid>> {
         let (ids, attempts): (Vec<Uuid>, Vec<i32>) = leases.iter().copied().unzip();
+        // The job's own lease where the worker holds it (rank 0), and the lease of every
+        // other rank it hosts of a current attempt.
         let renewed: Vec<(Uuid,)> = sqlx::query_as(
-            "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $4)
-              WHERE worker_id = $1 AND state IN ('leased', 'running')
-                AND (id, attempt) IN (SELECT * FROM unnest($2::uuid[], $3::int4[]))
-             RETURNING id",
+            "WITH held (id, attempt) AS (SELECT * FROM unnest($2::uuid[], $3::int4[])),
+             own AS (
+                UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $4)
+                 WHERE worker_id = $1 AND state IN ('leased', 'running')
+                   AND (id, attempt) IN (SELECT id, attempt FROM held)
+                RETURNING id),
+             ranks AS (
+                UPDATE job_ranks r SET lease_expires_at = now() + make_interval(secs => $4)
+                  FROM jobs j
+                 WHERE r.worker_id = $1 AND j.id = r.job_id AND j.attempt = r.attempt
+                   AND j.state IN ('leased', 'running')
+                   AND (r.job_id, r.attempt) IN (SELECT id, attempt FROM held)
+                RETURNING r.job_id AS id)
+             SELECT id FROM own UNION SELECT id FROM ranks",
         )
         .bind(worker_id)
         .bind(&ids)
@@ -290,14 +505,19 @@ impl Db {
         Ok(())
     }
 
-    /// Takes back every job whose lease has expired (its worker died, or was cut off):
+    /// Takes back every job whose lease (or the lease of any of its ranks) has expired
+    /// (its worker died, or was cut off):
     /// queued again after a backoff, or failed once it has used its attempts. Safe to
     /// run on every replica at once. Returns how many it took back.
     pub async fn expire_leases(&self, policy: &Policy) -> Result<usize> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<JobRow> = sqlx::query_as(
-            "SELECT * FROM jobs
-              WHERE state IN ('leased', 'running') AND lease_expires_at < now()
+            "SELECT * FROM jobs j
+              WHERE state IN ('leased', 'running')
+                AND (lease_expires_at < now()
+                     OR EXISTS (SELECT 1 FROM job_ranks r
+                                 WHERE r.job_id = j.id AND r.attempt = j.attempt AND r.rank > 0
+                                   AND r.lease_expires_at < now()))
               FOR UPDATE SKIP LOCKED",
         )
         .fetch_all(&mut *tx)
@@ -305,16 +525,44 @@ impl Db {
         let count = rows.len();
         for row in rows {
             let job = Job::try_from(row)?;
-            let error = format!(
-                "the lease of worker {} expired (attempt {})",
-                job.worker_id.map(|id| id.to_string()).unwrap_or_default(),
-                job.attempt
-            );
+            let expired: Option<(i32, Uuid)> = sqlx::query_as(
+                "SELECT rank, worker_id FROM job_ranks
+                  WHERE job_id = $1 AND attempt = $2 AND rank > 0 AND lease_expires_at < now()
+                  ORDER BY rank LIMIT 1",
+            )
+            .bind(job.id)
+            .bind(job.attempt)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let error = match expired {
+                Some((rank, worker_id)) => {
+                    record_failed_rank(&mut tx, job.id, job.attempt, rank).await?;
+                    format!(
+                        "the lease of rank {rank} (worker {worker_id}) expired (attempt {})",
+                        job.attempt
+                    )
+                }
+                None => format!(
+                    "the lease of worker {} expired (attempt {})",
+                    job.worker_id.map(|id| id.to_string()).unwrap_or_default(),
+                    job.attempt
+                ),
+            };
             retry_or_fail(&mut tx, &job, "lease_expired", &error, policy).await?;
         }
         tx.commit().await?;
         Ok(count)
     }
+}
+
+async fn lock_job(tx: &mut Transaction<'_, Postgres>, job_id: Uuid) -> Result<Job> {
+    let row: Option<JobRow> = sqlx::query_as("SELECT * FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(job_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.map(Job::try_from)
+        .transpose()?
+        .ok_or_else(|| Error::NotFound(format!("job {job_id} does not exist")))
 }
 
 /// Locks a job for a report from its worker, refusing anyone but the lease holder.
@@ -324,14 +572,7 @@ async fn lock_leased_job(
     job_id: Uuid,
     attempt: i32,
 ) -> Result<Job> {
-    let row: Option<JobRow> = sqlx::query_as("SELECT * FROM jobs WHERE id = $1 FOR UPDATE")
-        .bind(job_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    let job = row
-        .map(Job::try_from)
-        .transpose()?
-        .ok_or_else(|| Error::NotFound(format!("job {job_id} does not exist")))?;
+    let job = lock_job(tx, job_id).await?;
     let holds_lease =
         job.worker_id == Some(worker_id) && job.attempt == attempt && job.state.is_leased();
     if !holds_lease {
@@ -343,6 +584,91 @@ async fn lock_leased_job(
         )));
     }
     Ok(job)
+}
+
+/// Locks a job for a report that ends its attempt, from its lease holder or from a
+/// worker hosting another rank of the attempt; returns the job and the reporter's rank
+/// (its lowest on that worker; 0 for a single-rank job's holder).
+async fn lock_attempt_member(
+    tx: &mut Transaction<'_, Postgres>,
+    worker_id: Uuid,
+    job_id: Uuid,
+    attempt: i32,
+) -> Result<(Job, i32)> {
+    let hosted: Option<(i32,)> = sqlx::query_as(
+        "SELECT min(rank) FROM job_ranks WHERE job_id = $1 AND attempt = $2 AND worker_id = $3
+         HAVING count(*) > 0",
+    )
+    .bind(job_id)
+    .bind(attempt)
+    .bind(worker_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some((rank,)) = hosted else {
+        return Ok((lock_leased_job(tx, worker_id, job_id, attempt).await?, 0));
+    };
+    let job = lock_job(tx, job_id).await?;
+    if job.attempt != attempt || !job.state.is_leased() {
+        return Err(Error::LeaseLost(format!(
+            "worker {worker_id} no longer holds a rank of job {job_id} (attempt {attempt}); the \
+             job is {} at attempt {}: stop working on it",
+            job.state.as_str(),
+            job.attempt
+        )));
+    }
+    Ok((job, rank))
+}
+
+/// Says which rank a gang attempt lost, for the failure `reported` by rank `reporter`: a
+/// rank whose worker's assignment stream has closed (a process that died) rather than the
+/// survivor that saw its collective fail; records it on the attempt. A single-rank job's
+/// error is returned as it is.
+async fn attribute_failure(
+    tx: &mut Transaction<'_, Postgres>,
+    job: &Job,
+    reporter: i32,
+    reported: &str,
+) -> Result<String> {
+    if job.requirements.world_size <= 1 {
+        return Ok(reported.to_string());
+    }
+    let lost: Option<(i32, Uuid)> = sqlx::query_as(
+        "SELECT r.rank, r.worker_id FROM job_ranks r JOIN workers w ON w.id = r.worker_id
+          WHERE r.job_id = $1 AND r.attempt = $2
+            AND w.disconnected_at IS NOT NULL AND w.disconnected_at > w.last_seen_at
+          ORDER BY r.rank LIMIT 1",
+    )
+    .bind(job.id)
+    .bind(job.attempt)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let (rank, error) = match lost {
+        Some((rank, worker_id)) if rank != reporter => (
+            rank,
+            format!(
+                "rank {rank} (worker {worker_id}) was lost: its worker disconnected; rank \
+                 {reporter} reported: {reported}"
+            ),
+        ),
+        _ => (reporter, format!("rank {reporter}: {reported}")),
+    };
+    record_failed_rank(tx, job.id, job.attempt, rank).await?;
+    Ok(error)
+}
+
+async fn record_failed_rank(
+    tx: &mut Transaction<'_, Postgres>,
+    job_id: Uuid,
+    attempt: i32,
+    rank: i32,
+) -> Result<()> {
+    sqlx::query("UPDATE job_attempts SET failed_rank = $3 WHERE job_id = $1 AND attempt = $2")
+        .bind(job_id)
+        .bind(attempt)
+        .bind(rank)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 async fn renew_lease(

@@ -4,7 +4,7 @@
 //! [`JobDraft`] (`draft.rs`), which checks the fields its kind takes and carries the
 //! models and datasets it names as [`Reference`]s for planning to look up; who is calling
 //! is a [`Caller`] with a [`Role`] (`identity.rs`); which workers fit a job's requirements,
-//! and why a queued job waits, is `placement.rs`.
+//! why a queued job waits, and where the ranks of a gang go, is `placement.rs`.
 
 mod draft;
 mod identity;
@@ -12,7 +12,7 @@ mod placement;
 
 pub use draft::{DraftModule, JobDraft, Reference, Target, fields_that_do_not_apply};
 pub use identity::{Caller, Role};
-pub use placement::{ConnectedWorker, waiting_reason};
+pub use placement::{ConnectedWorker, gang_shortfall, place_gang, waiting_reason};
 
 use chrono::{DateTime, Utc};
 use heirloom_core::{Adjustment, Architecture, Hyperparameters, TensorPlan, TensorStatus};
@@ -238,7 +238,7 @@ pub struct Job {
 }
 
 /// What a worker must offer to be given a job.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Requirements {
     /// `cpu` or `cuda`; empty for any.
     #[serde(default)]
@@ -247,6 +247,62 @@ pub struct Requirements {
     pub min_device_memory_bytes: u64,
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Ranks the job trains on at once, each a slot meeting the requirements above.
+    /// Left out of the stored form when 1, so a single-rank job's fingerprint is what it
+    /// was before gangs existed.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub world_size: u32,
+    /// The fewest ranks an attempt after a failure may run with (elastic); the world
+    /// size when the job is not elastic.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub min_ranks: u32,
+}
+
+impl Default for Requirements {
+    fn default() -> Self {
+        Requirements {
+            device: String::new(),
+            min_device_memory_bytes: 0,
+            labels: Default::default(),
+            world_size: 1,
+            min_ranks: 1,
+        }
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(value: &u32) -> bool {
+    *value == 1
+}
+
+/// The ranks of a gang attempt, and where they meet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gang {
+    /// Every rank of the attempt, rank 0 first.
+    pub ranks: Vec<RankPlacement>,
+    /// Where rank 0's worker hosts the c10d store: its advertised address and port.
+    pub store: (String, u16),
+}
+
+impl Gang {
+    /// `gloo` on CPU, `nccl` on CUDA: PyTorch's choices.
+    pub fn backend(&self) -> &'static str {
+        match self.ranks.first() {
+            Some(rank) if rank.device.starts_with("cuda") => "nccl",
+            _ => "gloo",
+        }
+    }
+}
+
+/// Where one rank of an attempt runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RankPlacement {
+    pub rank: u32,
+    pub worker_id: Uuid,
+    pub device: String,
 }
 
 /// Where an attempt got to: its tensors (stored as blobs) and its position.
@@ -276,6 +332,13 @@ pub struct JobAttempt {
     /// running, succeeded, failed, retried, lease_expired, released or cancelled.
     pub outcome: String,
     pub error: Option<String>,
+    /// The ranks it ran on (1 for a single-rank job), and their collectives' backend.
+    pub world_size: i32,
+    pub backend: String,
+    /// The rank whose loss ended the attempt, when one was lost.
+    pub failed_rank: Option<i32>,
+    /// Where each rank ran; empty for a single-rank attempt.
+    pub ranks: Vec<RankPlacement>,
 }
 
 /// How long leases last and how retries back off; the coordinator's settings.
@@ -286,6 +349,8 @@ pub struct Policy {
     pub retry_backoff: std::time::Duration,
     /// Workers checkpoint every this many steps (0: never).
     pub checkpoint_every: u64,
+    /// How long the ranks of a gang have to meet, and each collective to finish.
+    pub collective_timeout: std::time::Duration,
 }
 
 impl Policy {

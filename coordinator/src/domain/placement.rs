@@ -17,13 +17,102 @@ pub struct ConnectedWorker {
     pub devices: Vec<Device>,
     pub labels: BTreeMap<String, String>,
     pub concurrency: u32,
-    /// Jobs leased to it or running on it.
+    /// Slots its leases take: its jobs, and the ranks of gangs it hosts.
     pub busy: u32,
+    /// Where its ranks meet their peers; `None` for a worker that hosts no ranks of a gang
+    /// (one older than gangs, or started without a collective port).
+    pub collective: Option<(String, u16)>,
 }
 
 impl ConnectedWorker {
     fn has_room(&self) -> bool {
         self.busy < self.concurrency
+    }
+
+    fn free_slots(&self) -> u32 {
+        self.concurrency.saturating_sub(self.busy)
+    }
+
+    /// The devices a rank meeting `requirements` may be pinned to, in the worker's order.
+    fn rank_devices(&self, requirements: &Requirements) -> Vec<String> {
+        let fitting: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|d| requirements.device_fits(d))
+            .map(|d| d.name.clone())
+            .collect();
+        if fitting.is_empty() {
+            vec!["cpu".to_string()]
+        } else {
+            fitting
+        }
+    }
+}
+
+/// Where the ranks of a gang go: rank 0 and as many more as fit on `claimer` (the worker
+/// whose dispatcher is claiming), then the other fitting workers with the most free slots
+/// first, so a job spans as few workers as fit. Each worker's ranks are pinned to its
+/// fitting devices in turn. Asks for `world_size` ranks, or, when `elastic_from` is set,
+/// settles for as few as that many. Refuses with why when the free slots fall short.
+pub fn place_gang(
+    requirements: &Requirements,
+    claimer: Uuid,
+    workers: &[ConnectedWorker],
+    elastic_from: Option<u32>,
+) -> Result<Vec<super::RankPlacement>, String> {
+    let wanted = requirements.world_size;
+    let fits =
+        |w: &&ConnectedWorker| requirements.fit(w) && w.collective.is_some() && w.free_slots() > 0;
+    let Some(first) = workers.iter().filter(fits).find(|w| w.id == claimer) else {
+        return Err("the claiming worker has no free slot that fits".into());
+    };
+    let mut others: Vec<&ConnectedWorker> = workers
+        .iter()
+        .filter(fits)
+        .filter(|w| w.id != claimer)
+        .collect();
+    others.sort_by_key(|w| (std::cmp::Reverse(w.free_slots()), w.id));
+    let mut ranks = Vec::new();
+    for worker in std::iter::once(first).chain(others) {
+        let devices = worker.rank_devices(requirements);
+        for local in 0..worker.free_slots() as usize {
+            if ranks.len() == wanted as usize {
+                break;
+            }
+            ranks.push(super::RankPlacement {
+                rank: ranks.len() as u32,
+                worker_id: worker.id,
+                device: devices[local % devices.len()].clone(),
+            });
+        }
+    }
+    let enough = elastic_from.unwrap_or(wanted);
+    if ranks.len() < enough as usize {
+        return Err(gang_shortfall(requirements, workers));
+    }
+    Ok(ranks)
+}
+
+/// Why a gang of `requirements.world_size` ranks cannot be placed on `workers` now.
+pub fn gang_shortfall(requirements: &Requirements, workers: &[ConnectedWorker]) -> String {
+    let fitting: Vec<&ConnectedWorker> = workers
+        .iter()
+        .filter(|w| requirements.fit(w) && w.collective.is_some())
+        .collect();
+    let slots: u32 = fitting.iter().map(|w| w.concurrency).sum();
+    let free: u32 = fitting.iter().map(|w| w.free_slots()).sum();
+    let wanted = requirements.world_size;
+    if slots < wanted {
+        format!(
+            "needs {wanted} ranks at once, but the connected workers that fit offer {slots} {} \
+             in all: start more workers (or give them more --concurrency)",
+            plural(slots as usize, "slot", "slots")
+        )
+    } else {
+        format!(
+            "waiting for {wanted} free slots at once: {free} of the {slots} that fit {} free",
+            plural(free as usize, "is", "are")
+        )
     }
 }
 
@@ -95,6 +184,20 @@ pub fn waiting_reason(
     }
     if !reasons.is_empty() {
         return reasons.join("; ");
+    }
+    if requirements.world_size > 1 {
+        let free: u32 = fitting
+            .iter()
+            .filter(|w| w.collective.is_some())
+            .map(|w| w.free_slots())
+            .sum();
+        if free >= requirements.world_size {
+            return format!(
+                "next to be leased: {free} free slots that fit, for {} ranks",
+                requirements.world_size
+            );
+        }
+        return gang_shortfall(requirements, workers);
     }
     let free = fitting.iter().filter(|w| w.has_room()).count();
     let fit = fitting.len();
@@ -187,6 +290,7 @@ mod tests {
                 .collect(),
             concurrency: 1,
             busy,
+            collective: Some(("127.0.0.1".into(), 29500)),
         }
     }
 
@@ -198,6 +302,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            ..Requirements::default()
         }
     }
 
@@ -270,5 +375,78 @@ mod tests {
             waiting_reason(&needs("cuda", 0, &[]), Some(until), &[cpu]),
             format!("{backoff}; no connected worker has a cuda device")
         );
+    }
+
+    fn cpu_slots(concurrency: u32, busy: u32) -> ConnectedWorker {
+        ConnectedWorker {
+            concurrency,
+            ..worker(&[("cpu", 0)], &[], busy)
+        }
+    }
+
+    fn ranks(world_size: u32) -> Requirements {
+        Requirements {
+            world_size,
+            min_ranks: world_size,
+            ..Requirements::default()
+        }
+    }
+
+    #[test]
+    fn a_gang_packs_onto_the_claimer_then_the_roomiest_workers() {
+        let (claimer, roomy, tight) = (cpu_slots(2, 0), cpu_slots(4, 1), cpu_slots(2, 1));
+        let workers = [tight.clone(), claimer.clone(), roomy.clone()];
+        let placed = place_gang(&ranks(4), claimer.id, &workers, None).unwrap();
+        let hosts: Vec<Uuid> = placed.iter().map(|p| p.worker_id).collect();
+        assert_eq!(hosts, [claimer.id, claimer.id, roomy.id, roomy.id]);
+        assert_eq!(
+            placed.iter().map(|p| p.rank).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        assert!(placed.iter().all(|p| p.device == "cpu"));
+    }
+
+    #[test]
+    fn a_gang_that_does_not_fit_takes_nothing_and_says_why() {
+        let (claimer, other) = (cpu_slots(1, 0), cpu_slots(2, 1));
+        let workers = [claimer.clone(), other];
+        let refused = place_gang(&ranks(3), claimer.id, &workers, None).unwrap_err();
+        assert_eq!(
+            refused,
+            "waiting for 3 free slots at once: 2 of the 3 that fit are free"
+        );
+        let too_big = place_gang(&ranks(5), claimer.id, &workers, None).unwrap_err();
+        assert!(too_big.starts_with(
+            "needs 5 ranks at once, but the connected workers that fit offer 3 slots"
+        ));
+        // Elastic: an attempt after a failure settles for what there is.
+        let placed = place_gang(&ranks(3), claimer.id, &workers, Some(1)).unwrap();
+        assert_eq!(placed.len(), 2);
+    }
+
+    #[test]
+    fn gang_ranks_take_one_gpu_each() {
+        let gpus = ConnectedWorker {
+            concurrency: 2,
+            ..worker(&[("cuda:0", 80 * GIB), ("cuda:1", 80 * GIB)], &[], 0)
+        };
+        let needs_cuda = Requirements {
+            device: "cuda".into(),
+            ..ranks(2)
+        };
+        let placed = place_gang(&needs_cuda, gpus.id, std::slice::from_ref(&gpus), None).unwrap();
+        assert_eq!(
+            placed.iter().map(|p| p.device.as_str()).collect::<Vec<_>>(),
+            ["cuda:0", "cuda:1"]
+        );
+    }
+
+    #[test]
+    fn a_worker_without_a_collective_port_hosts_no_rank() {
+        let claimer = ConnectedWorker {
+            collective: None,
+            ..cpu_slots(2, 0)
+        };
+        assert!(place_gang(&ranks(2), claimer.id, &[claimer], None).is_err());
     }
 }

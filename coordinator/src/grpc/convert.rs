@@ -425,6 +425,13 @@ pub fn plan_to_proto(plan: &Plan) -> pb::JobPlan {
         }),
         data_shift: spec.data_shift.iter().map(data_shift_to_proto).collect(),
         refusals: plan.refusals.iter().map(refusal_to_proto).collect(),
+        gang: plan.gang.as_ref().map(|gang| pb::GangPlan {
+            world_size: gang.world_size,
+            min_ranks: gang.min_ranks,
+            batch_per_rank: gang.batch_per_rank,
+            memory_per_rank_bytes: gang.memory_per_rank_bytes,
+            placement: gang.placement.clone(),
+        }),
     }
 }
 
@@ -489,10 +496,34 @@ pub fn requirements_from_proto(proto: Option<pb::Requirements>) -> Result<Requir
         .into());
     }
     limits::check_labels("requirements.labels", &proto.labels)?;
+    let world_size = proto.world_size.unwrap_or(1);
+    if !(1..=limits::MAX_WORLD_SIZE).contains(&world_size) {
+        return Err(Invalid::new(
+            "requirements.world_size",
+            format!(
+                "must be between 1 and {}, got {world_size}; leave it unset for one rank",
+                limits::MAX_WORLD_SIZE
+            ),
+        )
+        .into());
+    }
+    let min_ranks = proto.min_ranks.unwrap_or(world_size);
+    if !(1..=world_size).contains(&min_ranks) {
+        return Err(Invalid::new(
+            "requirements.min_ranks",
+            format!(
+                "must be between 1 and the world size {world_size}, got {min_ranks}; leave it \
+                 unset for a run that always has every rank"
+            ),
+        )
+        .into());
+    }
     Ok(Requirements {
         device: proto.device,
         min_device_memory_bytes: proto.min_device_memory_bytes,
         labels: proto.labels.into_iter().collect(),
+        world_size,
+        min_ranks,
     })
 }
 
@@ -501,6 +532,8 @@ fn requirements_to_proto(requirements: &Requirements) -> pb::Requirements {
         device: requirements.device.clone(),
         min_device_memory_bytes: requirements.min_device_memory_bytes,
         labels: requirements.labels.clone().into_iter().collect(),
+        world_size: Some(requirements.world_size),
+        min_ranks: Some(requirements.min_ranks),
     }
 }
 
@@ -512,6 +545,18 @@ pub fn attempt_to_proto(attempt: &JobAttempt) -> pb::JobAttempt {
         ended_at: attempt.ended_at.map(timestamp).unwrap_or_default(),
         outcome: attempt.outcome.clone(),
         error: attempt.error.clone().unwrap_or_default(),
+        world_size: attempt.world_size.max(1) as u32,
+        backend: attempt.backend.clone(),
+        ranks: attempt
+            .ranks
+            .iter()
+            .map(|rank| pb::RankPlacement {
+                rank: rank.rank,
+                worker_id: rank.worker_id.to_string(),
+                device: rank.device.clone(),
+            })
+            .collect(),
+        failed_rank: attempt.failed_rank.map(|rank| rank.max(0) as u32),
     }
 }
 
@@ -546,6 +591,37 @@ pub fn submission_fingerprint(
     let mut bytes = rest.encode_to_vec();
     bytes.extend(serde_json::to_vec(requirements).expect("requirements serialize"));
     heirloom_core::sha256_hex(&bytes)
+}
+
+/// Where a registering worker's gang ranks are reached: both set, or neither.
+pub fn collective_from_proto(address: &str, port: u32) -> Result<Option<(&str, u16)>> {
+    match (address, port) {
+        ("", 0) => Ok(None),
+        ("", _) => Err(Invalid::new(
+            "collective_address",
+            "is empty while collective_port is set: give the address other workers reach this \
+             one at (its pod IP)",
+        )
+        .into()),
+        (_, 0) => Err(Invalid::new(
+            "collective_port",
+            "is 0 while collective_address is set: give the port its ranks' store listens on",
+        )
+        .into()),
+        (address, port) => {
+            let port = u16::try_from(port).map_err(|_| {
+                Invalid::new("collective_port", format!("{port} is not a TCP port"))
+            })?;
+            if address.len() > 253 || address.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(Invalid::new(
+                    "collective_address",
+                    "must be a host name or IP address of at most 253 characters",
+                )
+                .into());
+            }
+            Ok(Some((address, port)))
+        }
+    }
 }
 
 /// An attempt number from a worker's request, as the database counts them.
@@ -987,6 +1063,25 @@ pub fn assignment_to_proto(assignment: &Assignment) -> pb::Assignment {
         adjustment,
         checkpoint: job.checkpoint.as_ref().map(checkpoint_to_proto),
         checkpoint_every: assignment.checkpoint_every,
+        gang: assignment.gang.as_ref().map(|gang| {
+            let (ranks, devices) = gang
+                .ranks
+                .iter()
+                .filter(|rank| rank.worker_id == assignment.worker_id)
+                .map(|rank| (rank.rank, rank.device.clone()))
+                .unzip();
+            pb::Gang {
+                world_size: gang.ranks.len() as u32,
+                ranks,
+                devices,
+                store_address: gang.store.0.clone(),
+                store_port: u32::from(gang.store.1),
+                // Fresh for every attempt: a rank of an earlier one meets nobody.
+                store_prefix: format!("heirloom/{}/{}/", job.id, job.attempt),
+                backend: gang.backend().to_string(),
+                timeout_seconds: assignment.collective_timeout.as_secs().max(1) as u32,
+            }
+        }),
     }
 }
 

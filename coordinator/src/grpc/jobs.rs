@@ -10,7 +10,7 @@ use crate::dispatch;
 use crate::domain::{Job, JobEventKind, JobState, waiting_reason};
 use crate::error::Error;
 use crate::notifier::Notification;
-use crate::planning::{Plan, draft_from_recipe, plan_job};
+use crate::planning::{GangPlan, Plan, draft_from_recipe, plan_job};
 use heirloom_core::{Invalid, limits};
 use heirloom_proto::v1 as pb;
 use std::pin::Pin;
@@ -123,8 +123,10 @@ impl pb::job_service_server::JobService for JobApi {
         &self,
         request: Request<pb::PlanJobRequest>,
     ) -> Result<Response<pb::PlanJobResponse>, Status> {
-        let request = convert::job_request_from_proto(request.into_inner().spec)?;
-        let plan = match plan(&self.0.db, request).await {
+        let request = request.into_inner();
+        let requirements = convert::requirements_from_proto(request.requirements)?;
+        let request = convert::job_request_from_proto(request.spec)?;
+        let mut plan = match plan(&self.0.db, request).await {
             Ok(plan) => plan,
             // A recipe that is not there, or overrides that do not fit it: the one refusal.
             Err(error) if error.code() != tonic::Code::Internal => Plan {
@@ -133,6 +135,19 @@ impl pb::job_service_server::JobService for JobApi {
             },
             Err(error) => return Err(error.into()),
         };
+        if requirements.world_size > 1 {
+            let workers = self
+                .0
+                .db
+                .connected_workers(dispatch::CONNECTED_WITHIN)
+                .await?;
+            let placement = waiting_reason(&requirements, None, &workers);
+            plan.gang = Some(GangPlan::new(
+                &requirements,
+                plan.memory.as_ref(),
+                placement,
+            ));
+        }
         Ok(Response::new(pb::PlanJobResponse {
             plan: Some(convert::plan_to_proto(&plan)),
         }))

@@ -5,6 +5,7 @@
 
 use super::convert::{self, Completion};
 use crate::Services;
+use crate::db::WorkerOffer;
 use crate::dispatch;
 use crate::domain::Caller;
 use crate::domain::check_name;
@@ -59,16 +60,21 @@ impl pb::worker_service_server::WorkerService for WorkerApi {
         };
         limits::check_labels("labels", &request.labels).map_err(Error::from)?;
         let devices = convert::devices_from_proto(request.devices)?;
+        let collective =
+            convert::collective_from_proto(&request.collective_address, request.collective_port)?;
         let id = self
             .0
             .db
             .upsert_worker(
                 caller.token_id,
                 known_id,
-                &request.name,
-                &devices,
-                &request.labels,
-                concurrency,
+                &WorkerOffer {
+                    name: &request.name,
+                    devices: &devices,
+                    labels: &request.labels,
+                    concurrency,
+                    collective,
+                },
             )
             .await?;
         tracing::info!(worker_id = %id, name = %request.name, reconnected = known_id.is_some(), "worker registered");

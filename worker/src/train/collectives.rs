@@ -152,19 +152,19 @@ impl ProcessGroup {
         })
     }
 
-    /// Sums a CPU float tensor (a gradient) across ranks, in place.
+    /// Sums a float tensor (a gradient) across ranks, in place.
     pub fn sum(&mut self, tensor: &mut Tensor) -> Result<(), CollectiveError> {
         self.with_floats(tensor, |group, data| group.all_reduce_sum(data))
     }
 
-    /// Averages a CPU float tensor across ranks, in place.
+    /// Averages a float tensor across ranks, in place.
     pub fn average(&mut self, tensor: &mut Tensor) -> Result<(), CollectiveError> {
         self.sum(tensor)?;
         let _ = tensor.g_div_scalar_(self.world_size as f64);
         Ok(())
     }
 
-    /// Replaces a CPU float tensor (a weight, a batch-norm buffer) with `root`'s.
+    /// Replaces a float tensor (a weight, a batch-norm buffer) with `root`'s.
     pub fn broadcast_tensor(
         &mut self,
         tensor: &mut Tensor,
@@ -178,20 +178,25 @@ impl ProcessGroup {
         self.call(|group, error| unsafe { hl_barrier(group, error, ERROR_BYTES) })
     }
 
-    /// Runs `collective` on `tensor`'s elements, which must be a contiguous CPU f32
-    /// tensor (a gradient or parameter as the training loop holds them).
+    /// Runs `collective` on `tensor`'s elements, which must be f32 (a gradient or a
+    /// parameter as the training loop holds them). Gloo works on host memory: a CUDA
+    /// tensor (or a view that is not contiguous) goes through a host copy and back.
     fn with_floats(
         &mut self,
         tensor: &mut Tensor,
         collective: impl FnOnce(&mut ProcessGroup, &mut [f32]) -> Result<(), CollectiveError>,
     ) -> Result<(), CollectiveError> {
-        if tensor.device() != Device::Cpu || tensor.kind() != Kind::Float || !tensor.is_contiguous()
-        {
+        if tensor.kind() != Kind::Float {
             return Err(CollectiveError(format!(
-                "only contiguous CPU f32 tensors take part, not {:?} on {:?}",
-                tensor.kind(),
-                tensor.device()
+                "only f32 tensors take part, not {:?}",
+                tensor.kind()
             )));
+        }
+        if tensor.device() != Device::Cpu || !tensor.is_contiguous() {
+            let mut host = tensor.to_device(Device::Cpu).contiguous();
+            self.with_floats(&mut host, collective)?;
+            tensor.copy_(&host);
+            return Ok(());
         }
         let count = tensor.numel();
         // SAFETY: a contiguous CPU f32 tensor holds `count` floats at its data pointer,

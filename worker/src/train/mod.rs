@@ -225,11 +225,36 @@ pub fn pick_device(wanted: &str) -> Result<Device> {
     }
 }
 
-/// The devices this worker offers: (name, memory in bytes when known).
+/// The devices this worker offers: (name, memory in bytes when known). A CUDA worker
+/// offers every GPU it sees; a job on one rank runs on `device`, and the ranks of a
+/// multi-rank job each on the GPU they are given.
 pub fn devices(device: Device) -> Vec<(String, u64)> {
     match device {
-        Device::Cuda(index) => vec![(format!("cuda:{index}"), 0)],
+        Device::Cuda(_) => (0..tch::Cuda::device_count())
+            .map(|index| (format!("cuda:{index}"), 0))
+            .collect(),
         _ => vec![("cpu".to_string(), 0)],
+    }
+}
+
+/// The device a rank is pinned to by name (`cpu`, `cuda:1`), if this worker has it.
+pub fn named_device(name: &str) -> Result<Device> {
+    let unknown = || {
+        Error::InvalidJob(format!(
+            "the assignment names device {name:?}, which this worker lacks"
+        ))
+    };
+    match name.split_once(':') {
+        None if name == "cpu" => Ok(Device::Cpu),
+        Some(("cuda", index)) => {
+            let index: usize = index.parse().map_err(|_| unknown())?;
+            if (index as i64) < tch::Cuda::device_count() {
+                Ok(Device::Cuda(index))
+            } else {
+                Err(unknown())
+            }
+        }
+        _ => Err(unknown()),
     }
 }
 
@@ -433,8 +458,10 @@ where
             0
         };
         // Summed on the device and read once per epoch (and per checkpoint): a read per
-        // step would stall a GPU on every step.
-        let (mut loss_sum, mut correct) = if resumed {
+        // step would stall a GPU on every step. A checkpoint holds the sums of every
+        // rank: rank 0 resumes with them, the others from nothing.
+        let leads = group.as_ref().is_none_or(|group| group.rank() == 0);
+        let (mut loss_sum, mut correct) = if resumed && leads {
             (
                 Tensor::from(start.loss_sum as f32).to_device(device),
                 Tensor::from(start.correct as i64).to_device(device),
@@ -454,7 +481,10 @@ where
             match control.get() {
                 Control::CANCEL => return Err(Error::Cancelled),
                 Control::DRAIN => {
-                    if step > start.step {
+                    // A gang's ranks do not drain together, so no collective here: rank
+                    // 0's checkpoint carries its own sums (the resumed epoch's loss and
+                    // accuracy then count only its rows until the epoch ends).
+                    if step > start.step && leads {
                         checkpoint(network, position(step))?;
                     }
                     return Err(Error::Drained);
@@ -462,7 +492,17 @@ where
                 _ => {}
             }
             if job.checkpoint_every > 0 && step > start.step && step % job.checkpoint_every == 0 {
-                checkpoint(network, position(step))?;
+                // Every rank is at this step together: their sums are added up, and
+                // rank 0 alone writes the checkpoint (every rank's weights are the same).
+                let mut at = position(step);
+                if let Some(group) = &mut group {
+                    let mut sums = [at.loss_sum as f32, at.correct as f32];
+                    group.all_reduce_sum(&mut sums)?;
+                    (at.loss_sum, at.correct) = (f64::from(sums[0]), sums[1] as u64);
+                }
+                if leads {
+                    checkpoint(network, at)?;
+                }
             }
             let first = batch * batch_size;
             let rows = order.narrow(0, first, batch_size.min(train_count - first));
