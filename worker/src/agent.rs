@@ -323,7 +323,7 @@ async fn run_assignment(
         Err(err) => return report.complete_with(failure(&err), false, &output).await,
     };
     if ranks[0].rank != 0 {
-        return run_member_ranks(&report, ranks, &control, &output).await;
+        return run_member_ranks(context, &report, ranks, &control, &output).await;
     }
     let leader = ranks.remove(0);
     let (job, device) = (leader.job, leader.device);
@@ -401,7 +401,10 @@ async fn run_assignment(
     };
     // The other ranks end with rank 0 (a collective of theirs fails once its group is
     // gone); had rank 0 succeeded, so had they.
-    let followed = join_ranks(followers).await;
+    let (followed, drained) = join_ranks(followers).await;
+    if let Some((path, _)) = drained {
+        let _ = tokio::fs::remove_file(&path).await; // rank 0 checkpoints for the gang
+    }
     let result = match (result, followed) {
         (Ok(_), Some(err)) => Err(err),
         (result, _) => result,
@@ -517,50 +520,85 @@ fn rank_jobs(
     Ok(ranks)
 }
 
+/// A rank training beside another that speaks for the gang, and the checkpoint it wrote
+/// when it drained.
+type RankTask = tokio::task::JoinHandle<(Result<()>, Option<(PathBuf, Position)>)>;
+
 /// Trains `ranks` on blocking threads that report nothing (rank 0 speaks for the gang);
 /// their weights files are not kept.
-fn spawn_ranks(
-    ranks: Vec<RankJob>,
-    control: &Control,
-    output: &Path,
-) -> Vec<tokio::task::JoinHandle<Result<()>>> {
+fn spawn_ranks(ranks: Vec<RankJob>, control: &Control, output: &Path) -> Vec<RankTask> {
     ranks
         .into_iter()
         .map(|RankJob { rank, job, device }| {
             let control = control.clone();
             let output = output.with_extension(format!("rank{rank}.safetensors"));
             tokio::task::spawn_blocking(move || {
-                let trained = train::train(&job, device, &output, &control, |_| {}, |_, _| {});
+                // Only a drain makes a rank other than 0 checkpoint.
+                let mut drained = None;
+                let trained = train::train(
+                    &job,
+                    device,
+                    &output,
+                    &control,
+                    |_| {},
+                    |path, at| {
+                        drained = Some((path.to_path_buf(), at));
+                    },
+                );
                 let _ = std::fs::remove_file(&output);
-                trained.map(|_| ())
+                (trained.map(|_| ()), drained)
             })
         })
         .collect()
 }
 
-/// Waits for every rank; the first error, if any.
-async fn join_ranks(ranks: Vec<tokio::task::JoinHandle<Result<()>>>) -> Option<Error> {
-    let mut first = None;
+/// Waits for every rank; the first error, if any, and the first drain checkpoint (the
+/// others' files removed).
+async fn join_ranks(ranks: Vec<RankTask>) -> (Option<Error>, Option<(PathBuf, Position)>) {
+    let (mut first, mut checkpoint) = (None, None);
     for rank in ranks {
-        let ended = rank
-            .await
-            .unwrap_or_else(|err| Err(Error::InvalidJob(format!("training panicked: {err}"))));
+        let (ended, drained) = rank.await.unwrap_or_else(|err| {
+            (
+                Err(Error::InvalidJob(format!("training panicked: {err}"))),
+                None,
+            )
+        });
         if let Err(err) = ended {
             first.get_or_insert(err);
         }
+        if let Some((path, at)) = drained {
+            match checkpoint {
+                None => checkpoint = Some((path, at)),
+                Some(_) => {
+                    let _ = tokio::fs::remove_file(&path).await;
+                }
+            }
+        }
     }
-    first
+    (first, checkpoint)
 }
 
 /// A worker hosting ranks of a gang but not rank 0: trains them, and reports only how
-/// the attempt ended for them if it did not succeed (that ends it for every rank).
+/// the attempt ended for them if it did not succeed (that ends it for every rank). On
+/// a drain it checkpoints for the gang and hands it back.
 async fn run_member_ranks(
+    context: &Context,
     report: &Reporter,
     ranks: Vec<RankJob>,
     control: &Control,
     output: &Path,
 ) -> Result<()> {
-    match join_ranks(spawn_ranks(ranks, control, output)).await {
+    let (ended, drained) = join_ranks(spawn_ranks(ranks, control, output)).await;
+    if let Some((path, position)) = drained {
+        if matches!(ended, Some(Error::Drained)) {
+            if let Err(err) = save_checkpoint(context, report, &path, position).await {
+                tracing::warn!(job_id = %report.job_id, error = %err, "checkpoint not saved");
+            }
+        } else {
+            let _ = tokio::fs::remove_file(&path).await;
+        }
+    }
+    match ended {
         None | Some(Error::Cancelled) => Ok(()),
         Some(Error::Drained) => {
             let release =

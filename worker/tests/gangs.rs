@@ -478,3 +478,117 @@ async fn bad_gang_requests_are_refused_and_plans_say_why_a_gang_waits() {
         .await;
     }
 }
+
+/// The furthest step the job's progress has reported.
+async fn reported_step(cluster: &Cluster, job_id: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(max((progress->>'step')::bigint), 0) FROM job_events
+          WHERE job_id::text = $1",
+    )
+    .bind(job_id)
+    .fetch_one(&cluster.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_rank_checkpoints_and_hands_the_whole_gang_back() {
+    let mut cluster = Cluster::coordinator_only().await;
+    let names = ["w0", "w1", "w2"];
+    for name in names {
+        cluster.start_worker_with(&["--name", name]);
+    }
+    let dataset = cluster.register_dataset("blobs", blobs(0..5, 200, 5)).await;
+    let job = submit_on(
+        &cluster,
+        training("handed-back", &dataset.id, 150),
+        on_ranks(2, None),
+    )
+    .await
+    .expect("submit");
+    let running = support::wait_for(Duration::from_secs(120), "training runs", || async {
+        let job = cluster.job(&job.id).await;
+        let step = reported_step(&cluster, &job.id).await;
+        (job.state() == pb::JobState::Running && step > 0).then_some(job)
+    })
+    .await;
+    let first = running.attempts.last().unwrap().clone();
+    let rank1 = worker_named(&cluster, &first.ranks[1].worker_id).await;
+    let index = names.iter().position(|n| *n == rank1).unwrap();
+    let before = reported_step(&cluster, &job.id).await as u64;
+    let status = cluster.terminate_worker(index).await;
+    assert!(
+        status.success(),
+        "the worker drains and exits cleanly: {status:?}"
+    );
+
+    let (events, done) = cluster.wait(&job.id).await;
+    assert_eq!(done.state(), pb::JobState::Succeeded, "{}", done.error);
+    let handed = done
+        .attempts
+        .iter()
+        .find(|a| a.attempt == first.attempt)
+        .unwrap();
+    assert_eq!(handed.outcome, "released", "{handed:?}");
+    assert_eq!(done.failures, 0, "a hand-back is no failure");
+    let resumed: u64 = events
+        .iter()
+        .find_map(|e| e.message.split("resuming from step ").nth(1))
+        .and_then(|rest| rest.split(':').next())
+        .and_then(|step| step.trim().parse().ok())
+        .expect("the next attempt resumed from a checkpoint");
+    println!("drained at step ≥ {before}; resumed from step {resumed}");
+    assert!(
+        resumed >= before,
+        "the drain's own checkpoint: {resumed} < {before}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_gang_stops_every_rank_and_frees_every_slot() {
+    let mut cluster = Cluster::coordinator_only().await;
+    cluster.start_worker_with(&["--name", "w0"]);
+    cluster.start_worker_with(&["--name", "w1"]);
+    let dataset = cluster.register_dataset("blobs", blobs(0..5, 200, 6)).await;
+    let long = submit_on(
+        &cluster,
+        training("cancelled", &dataset.id, 150),
+        on_ranks(2, None),
+    )
+    .await
+    .expect("submit");
+    support::wait_for(Duration::from_secs(120), "training runs", || async {
+        (reported_step(&cluster, &long.id).await > 0).then_some(())
+    })
+    .await;
+    cluster
+        .jobs()
+        .cancel_job(pb::CancelJobRequest {
+            job_id: long.id.clone(),
+        })
+        .await
+        .expect("cancel");
+    let cancelled_at = Instant::now();
+    // Both workers' slots free at once in the database, and both ranks really stop: a
+    // gang needing both slots again runs to its end long before the cancelled one
+    // would have.
+    let busy: i64 = sqlx::query_scalar("SELECT sum(worker_busy(id))::int8 FROM workers")
+        .fetch_one(&cluster.pool)
+        .await
+        .unwrap();
+    assert_eq!(busy, 0);
+    let next = run_on(&cluster, training("after", &dataset.id, 1), 2).await;
+    println!(
+        "the next gang finished {:?} after the cancel",
+        cancelled_at.elapsed()
+    );
+    assert!(cancelled_at.elapsed() < Duration::from_secs(60));
+    assert_eq!(next.attempts.len(), 1);
+    let step_at_end = reported_step(&cluster, &long.id).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        reported_step(&cluster, &long.id).await,
+        step_at_end,
+        "no rank reports after the cancel"
+    );
+}

@@ -494,7 +494,9 @@ impl Db {
         lease: std::time::Duration,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        lock_leased_job(&mut tx, worker_id, job_id, attempt).await?;
+        // Any rank of a gang may: their weights are the same (a draining worker that
+        // hosts no rank 0 checkpoints for the gang it hands back).
+        lock_attempt_member(&mut tx, worker_id, job_id, attempt).await?;
         sqlx::query("UPDATE jobs SET checkpoint = $2 WHERE id = $1")
             .bind(job_id)
             .bind(Json(checkpoint))

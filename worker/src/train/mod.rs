@@ -481,10 +481,12 @@ where
             match control.get() {
                 Control::CANCEL => return Err(Error::Cancelled),
                 Control::DRAIN => {
-                    // A gang's ranks do not drain together, so no collective here: rank
-                    // 0's checkpoint carries its own sums (the resumed epoch's loss and
-                    // accuracy then count only its rows until the epoch ends).
-                    if step > start.step && leads {
+                    // A gang's ranks do not drain together, so no collective here, and
+                    // every draining rank checkpoints (their weights are the same): the
+                    // worker hands the gang back with one. It carries that rank's sums
+                    // alone (the resumed epoch's loss and accuracy then count only its
+                    // rows until the epoch ends).
+                    if step > start.step {
                         checkpoint(network, position(step))?;
                     }
                     return Err(Error::Drained);
