@@ -140,7 +140,7 @@ async fn expectations(
             "nodes_at_depth_1": shallow.nodes.len(),
         },
         "jobs": jobs.iter().map(|j| (j.id.clone(), json!(j.state().as_str_name().trim_start_matches("JOB_STATE_").to_lowercase()))).collect::<serde_json::Map<_, _>>(),
-        "chart": { "job": chart_job, "points": reports },
+        "chart": { "job": chart_job, "points": reports, "ranks": "2 ranks over gloo" },
         "impact": {
             "dataset": "blobs-a@1",
             "models": impact.entries.iter().map(|e| e.model.as_ref().unwrap().name.clone()).collect::<Vec<_>>(),
@@ -157,25 +157,44 @@ async fn the_explorer_shows_every_view_in_a_real_browser() {
         .find(|path| std::path::Path::new(path).exists())
         .expect("Debian's chromium is installed (./scripts/test.sh installs it)");
 
-    let cluster = Cluster::with_explorer().await;
+    let mut cluster = Cluster::with_explorer().await;
+    // A second worker: the first model trains on two ranks, and its page says so.
+    cluster.start_worker();
     let a = cluster
         .register_dataset("blobs-a", blobs(0..5, 40, 1))
         .await;
     let b = cluster
         .register_dataset("blobs-b", blobs(5..10, 40, 2))
         .await;
-    let base_job = run_job(
-        &cluster,
-        pb::JobSpec {
-            kind: pb::JobKind::Train as i32,
-            model_name: "base".into(),
-            dataset_id: a.id.clone(),
-            architecture: Some(mlp(64, vec![32, 16], 5)),
-            hyperparameters: hyperparameters(3, 0.01),
+    let base_job = cluster
+        .jobs()
+        .submit_job(pb::SubmitJobRequest {
+            spec: Some(pb::JobSpec {
+                kind: pb::JobKind::Train as i32,
+                model_name: "base".into(),
+                dataset_id: a.id.clone(),
+                architecture: Some(mlp(64, vec![32, 16], 5)),
+                hyperparameters: hyperparameters(3, 0.01),
+                ..Default::default()
+            }),
+            requirements: Some(pb::Requirements {
+                world_size: Some(2),
+                ..Default::default()
+            }),
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let (_, base_job) = cluster.wait(&base_job.id).await;
+    assert_eq!(
+        base_job.state(),
+        pb::JobState::Succeeded,
+        "{}",
+        base_job.error
+    );
     let base = cluster.model(&base_job.model_id).await;
     let transfer = run_job(
         &cluster,

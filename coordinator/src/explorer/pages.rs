@@ -534,6 +534,33 @@ pub async fn job_chart(State(services): State<Services>, Path(id): Path<String>)
     Ok(Html(chart(&progress_points(&services, id).await?)))
 }
 
+/// How many ranks an attempt ran on, over what, and where each ran (and which was lost).
+fn ranks_cell(attempt: &crate::domain::JobAttempt) -> String {
+    if attempt.world_size <= 1 {
+        return "1".to_string();
+    }
+    let placed: Vec<String> = attempt
+        .ranks
+        .iter()
+        .map(|rank| {
+            let lost = attempt.failed_rank == Some(rank.rank as i32);
+            format!(
+                "<span title=\"worker {}\"{}>{}: {}</span>",
+                rank.worker_id,
+                if lost { " class=\"error\"" } else { "" },
+                rank.rank,
+                esc(&rank.device)
+            )
+        })
+        .collect();
+    format!(
+        "{} ranks over {} ({})",
+        attempt.world_size,
+        esc(&attempt.backend),
+        placed.join(", ")
+    )
+}
+
 /// One job: its spec, state, attempts, data shift, curves and events.
 pub async fn job(State(services): State<Services>, Path(id): Path<String>) -> PageResult {
     let job = services.db.job(parse_job_id(&id)?).await?;
@@ -610,17 +637,19 @@ pub async fn job(State(services): State<Services>, Path(id): Path<String>) -> Pa
         body,
         "</section></div><h2>Loss and accuracy</h2><div id=\"chart-box\" data-chart=\"/jobs/{}/chart\">{}</div>\
          <h2>Attempts</h2><table id=\"attempts\"><thead><tr><th>attempt</th><th>worker</th><th>outcome</th>\
-         <th>started</th><th>ended</th><th>error</th></tr></thead><tbody>",
+         <th>ranks</th><th>started</th><th>ended</th><th>error</th></tr></thead><tbody>",
         job.id,
         chart(&points)
     );
     for attempt in &attempts {
         let _ = write!(
             body,
-            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td class=\"ranks\">{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td></tr>",
             attempt.attempt,
             attempt.worker_id,
             esc(&attempt.outcome),
+            ranks_cell(attempt),
             time(attempt.started_at),
             attempt.ended_at.map(time).unwrap_or_default(),
             esc(attempt.error.as_deref().unwrap_or(""))

@@ -141,6 +141,9 @@ try {
   check(points === expected.chart.points, `the chart draws ${points} reports, expected ${expected.chart.points}`);
   const loss = (await page.getAttribute("#loss-line", "points")).trim().split(" ");
   check(loss.length === expected.chart.points, "one loss point per report");
+  // It trained on two ranks: the attempt says how many, over what, and where.
+  const ranks = await page.textContent("#attempts tbody tr:last-child .ranks");
+  check(ranks.includes(expected.chart.ranks), `the attempt shows its ranks: ${ranks}`);
   await shot(page, "job");
 
   // Dataset impact: every model downstream of the dataset.
