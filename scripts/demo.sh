@@ -58,21 +58,28 @@ heirloom token whoami
 explorer="https://127.0.0.1:${HEIRLOOM_EXPLORER_PORT:-7080}/"
 echo "-- the lineage explorer: $explorer (log in with the token in $work/user.token;"
 echo "   the certificate is the demo's own CA: $work/tls/ca.pem)"
-# The worker shares no directory with the coordinator: blobs come over gRPC into its cache.
-"$bin/heirloom-worker" --name demo-worker --threads "${HEIRLOOM_THREADS:-2}" \
-  --cache "$work/worker-cache" --token-file "$work/worker.token" \
-  --client-cert "$work/tls/worker.pem" --client-key "$work/tls/worker.key" \
-  >"$work/worker.log" 2>&1 &
-pids+=($!)
+# The workers share no directory with the coordinator: blobs come over gRPC into their
+# caches. Two of them, so that a job can train on two ranks at once (one thread each).
+for worker in demo-worker demo-worker-2; do
+  "$bin/heirloom-worker" --name "$worker" --threads 1 \
+    --cache "$work/$worker-cache" --token-file "$work/worker.token" \
+    --client-cert "$work/tls/worker.pem" --client-key "$work/tls/worker.key" \
+    >"$work/$worker.log" 2>&1 &
+  pids+=($!)
+done
 
 echo "== datasets from scikit-learn's 8x8 digits"
 python3 scripts/make_digits.py "$work/data"
 heirloom dataset register digits-0-4 "$work/data/digits-0-4.safetensors"
 heirloom dataset register digits-5-9 "$work/data/digits-5-9.safetensors"
 
-echo "== train a base model on digits 0-4"
-heirloom job train digits-base --dataset digits-0-4 --epochs 30 --seed 1 --watch \
+echo "== train a base model on digits 0-4, on two ranks at once (one per worker, gradients"
+echo "   summed by PyTorch's Gloo all-reduce; the same weights one rank would reach)"
+heirloom job train digits-base --dataset digits-0-4 --epochs 30 --seed 1 --ranks 2 --watch \
   --arch '{"mlp": {"input_features": 64, "hidden": [128, 64], "num_classes": 5}}'
+base_job=$(heirloom --output json model show digits-base \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["jobId"])')
+heirloom job get "$base_job"
 
 echo "== transfer it to digits 5-9: frozen first block, last block unfrozen, new 5-way head"
 heirloom job transfer digits-5-9-transfer --parent digits-base --num-classes 5 --unfreeze-blocks 1 \
