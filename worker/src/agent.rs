@@ -503,6 +503,7 @@ fn rank_jobs(
                 prefix: gang.store_prefix.clone(),
                 rank: rank as usize,
                 world_size: gang.world_size as usize,
+                planned_world_size: gang.planned_world_size as usize,
                 bind_host: collective.address.clone(),
                 timeout: Duration::from_secs(u64::from(gang.timeout_seconds.max(1))),
             };
@@ -599,7 +600,16 @@ async fn run_member_ranks(
         }
     }
     match ended {
-        None | Some(Error::Cancelled) => Ok(()),
+        // Done: its lease is still the gang's until rank 0 has completed the job (a rank
+        // lease that lapses ends the attempt), so it is held, and heartbeats renew it,
+        // until the coordinator says the job is over.
+        None => {
+            while !control.stopped() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(())
+        }
+        Some(Error::Cancelled) => Ok(()),
         Some(Error::Drained) => {
             let release =
                 pb::complete_job_request::Result::Release("the worker is draining".into());

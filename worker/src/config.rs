@@ -45,8 +45,8 @@ pub struct Config {
     /// The ports for the c10d store its rank 0 hosts, as `FIRST-LAST`: the first free one
     /// is taken at start. Unset: any free port. `none`: this worker takes no ranks of
     /// multi-rank jobs.
-    #[arg(long, env = "HEIRLOOM_COLLECTIVE_PORTS", default_value = "")]
-    pub collective_ports: String,
+    #[arg(long, env = "HEIRLOOM_COLLECTIVE_PORTS")]
+    pub collective_ports: Option<String>,
 }
 
 /// Where a worker's ranks meet their peers.
@@ -66,7 +66,8 @@ impl Config {
                 .map(|address| address.port())
                 .ok()
         };
-        let store_port = match self.collective_ports.trim() {
+        let ports = self.collective_ports.as_deref().unwrap_or_default().trim();
+        let store_port = match ports {
             "none" => return Ok(None),
             "" => free(0),
             range => {
@@ -81,12 +82,8 @@ impl Config {
                 (first..=last).find_map(free)
             }
         };
-        let store_port = store_port.ok_or_else(|| {
-            format!(
-                "--collective-ports {:?}: no port in it is free",
-                self.collective_ports
-            )
-        })?;
+        let store_port = store_port
+            .ok_or_else(|| format!("--collective-ports {ports:?}: no port in it is free"))?;
         Ok(Some(Collective {
             address: self.advertise_address.clone(),
             store_port,

@@ -16,6 +16,7 @@ fn rendezvous(port: u16, prefix: &str, rank: usize, world_size: usize) -> Rendez
         prefix: prefix.into(),
         rank,
         world_size,
+        planned_world_size: world_size,
         bind_host: "127.0.0.1".into(),
         timeout: Duration::from_secs(5),
     }
@@ -43,7 +44,7 @@ fn on_every_rank<T: Send + 'static>(
 #[test]
 fn three_ranks_sum_average_and_broadcast_real_tensors() {
     let port = support::free_port();
-    let results = on_every_rank(port, "attempt-1", 3, |mut group| {
+    let results = on_every_rank(port, "attempt-1", 3, |group| {
         let rank = group.rank() as f32;
         // Rank r holds r + 1 at every element: the sum is 6, the mean 2.
         let mut sum = vec![rank + 1.0; 1_000_003];
@@ -79,7 +80,7 @@ fn groups_under_different_prefixes_on_one_store_stay_apart() {
         .map(|(prefix, value)| {
             let prefix = prefix.to_string();
             std::thread::spawn(move || {
-                on_every_rank(port, &prefix, 2, move |mut group| {
+                on_every_rank(port, &prefix, 2, move |group| {
                     let mut data = vec![value; 16];
                     group.all_reduce_sum(&mut data).unwrap();
                     data[0]
@@ -108,7 +109,7 @@ fn a_rank_that_never_comes_fails_the_join_within_the_timeout() {
 #[test]
 fn a_peer_that_leaves_ends_the_collective_with_an_error() {
     let port = support::free_port();
-    let results = on_every_rank(port, "attempt-1", 2, |mut group| {
+    let results = on_every_rank(port, "attempt-1", 2, |group| {
         if group.rank() == 1 {
             drop(group); // gone, as a killed rank's connections are
             return None;
@@ -121,4 +122,99 @@ fn a_peer_that_leaves_ends_the_collective_with_an_error() {
     let (outcome, took) = results[0].clone().expect("rank 0 tried");
     assert!(outcome.is_err(), "a sum with a departed peer succeeded");
     assert!(took < Duration::from_secs(6), "noticed after {took:?}");
+}
+
+/// A batch norm's output, input gradient, weight and bias gradients, running variance.
+type Seen = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+
+#[test]
+fn a_synchronised_batch_norm_on_two_ranks_computes_what_one_on_the_whole_batch_does() {
+    let port = support::free_port();
+    tch::manual_seed(3);
+    let x = Tensor::randn([8, 3, 4, 4], (tch::Kind::Float, tch::Device::Cpu)) * 2.0 + 0.5;
+    let upstream = Tensor::randn([8, 3, 4, 4], (tch::Kind::Float, tch::Device::Cpu));
+    let affine = || {
+        (
+            Tensor::from_slice(&[1.5f32, 0.5, -1.0]).set_requires_grad(true),
+            Tensor::from_slice(&[0.1f32, -0.2, 0.3]).set_requires_grad(true),
+        )
+    };
+    // One process, the whole batch: PyTorch's own batch norm.
+    let (weight, bias) = affine();
+    let input = x.copy().set_requires_grad(true);
+    let (mean, var) = (
+        Tensor::zeros([3], tch::kind::FLOAT_CPU),
+        Tensor::ones([3], tch::kind::FLOAT_CPU),
+    );
+    let y = input.batch_norm(
+        Some(&weight),
+        Some(&bias),
+        Some(&mean),
+        Some(&var),
+        true,
+        0.1,
+        1e-5,
+        false,
+    );
+    (&y * &upstream).sum(tch::Kind::Float).backward();
+    let whole = (
+        Vec::<f32>::try_from(y.flatten(0, -1)).unwrap(),
+        Vec::<f32>::try_from(input.grad().flatten(0, -1)).unwrap(),
+        Vec::<f32>::try_from(weight.grad()).unwrap(),
+        Vec::<f32>::try_from(bias.grad()).unwrap(),
+        Vec::<f32>::try_from(&var).unwrap(),
+    );
+    // Two ranks, four rows each (tensors do not cross threads: their numbers do).
+    let numbers = |t: &Tensor| Vec::<f32>::try_from(t.flatten(0, -1)).unwrap();
+    let (x, upstream) = (numbers(&x), numbers(&upstream));
+    let halves = on_every_rank(port, "sync-bn", 2, move |group| {
+        let rank = group.rank() as i64;
+        let x = Tensor::from_slice(&x).reshape([8, 3, 4, 4]);
+        let upstream = Tensor::from_slice(&upstream).reshape([8, 3, 4, 4]);
+        let (weight, bias) = affine();
+        let input = x.narrow(0, 4 * rank, 4).copy().set_requires_grad(true);
+        let (mean, var) = (
+            Tensor::zeros([3], tch::kind::FLOAT_CPU),
+            Tensor::ones([3], tch::kind::FLOAT_CPU),
+        );
+        let y = group
+            .sync_batch_norm(&input, [&weight, &bias], [&mean, &var], 0.1, 1e-5)
+            .unwrap();
+        (&y * upstream.narrow(0, 4 * rank, 4))
+            .sum(tch::Kind::Float)
+            .backward();
+        let mut weight_grad = weight.grad();
+        let mut bias_grad = bias.grad();
+        group.sum(&mut weight_grad).unwrap();
+        group.sum(&mut bias_grad).unwrap();
+        (
+            Vec::<f32>::try_from(y.flatten(0, -1)).unwrap(),
+            Vec::<f32>::try_from(input.grad().flatten(0, -1)).unwrap(),
+            Vec::<f32>::try_from(&weight_grad).unwrap(),
+            Vec::<f32>::try_from(&bias_grad).unwrap(),
+            Vec::<f32>::try_from(&var).unwrap(),
+        )
+    });
+    let close = |what: &str, a: &[f32], b: &[f32]| {
+        let off = a
+            .iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert_eq!(a.len(), b.len(), "{what}");
+        assert!(off < 1e-5, "{what} differs by {off}");
+    };
+    let joined = |part: fn(&Seen) -> &Vec<f32>| {
+        halves
+            .iter()
+            .flat_map(|h| part(h).clone())
+            .collect::<Vec<f32>>()
+    };
+    close("output", &whole.0, &joined(|h| &h.0));
+    close("input gradient", &whole.1, &joined(|h| &h.1));
+    for half in &halves {
+        close("weight gradient", &whole.2, &half.2);
+        close("bias gradient", &whole.3, &half.3);
+        close("running variance", &whole.4, &half.4);
+    }
 }

@@ -61,7 +61,13 @@ async fn run_on(cluster: &Cluster, spec: pb::JobSpec, world_size: u32) -> pb::Jo
         .await
         .expect("submit");
     let (_, done) = cluster.wait(&job.id).await;
-    assert_eq!(done.state(), pb::JobState::Succeeded, "{}", done.error);
+    assert_eq!(
+        done.state(),
+        pb::JobState::Succeeded,
+        "{}: {:#?}",
+        done.error,
+        done.attempts
+    );
     done
 }
 
@@ -159,6 +165,63 @@ async fn two_and_three_ranks_on_separate_workers_train_what_one_rank_does() {
         statuses(&cluster.tensors_of(&single.id).await),
         statuses(&cluster.tensors_of(&double.id).await)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_with_batch_norm_on_two_ranks_trains_what_one_rank_does() {
+    let mut cluster = Cluster::coordinator_only().await;
+    cluster.start_worker_with(&["--name", "w0"]);
+    cluster.start_worker_with(&["--name", "w1"]);
+    let dataset = cluster.register_dataset("blobs", blobs(0..5, 40, 7)).await;
+    // ResNet-18 on 1x8x8 images: twenty batch norms, whose statistics the two ranks
+    // take over both halves of each batch (SyncBatchNorm), as one rank does over all.
+    // A gentle learning rate: at 0.01 this tiny net diverges, and chaos amplifies the
+    // last bit of rounding into anything.
+    let resnet = |name: &str| pb::JobSpec {
+        architecture: Some(pb::Architecture {
+            kind: Some(pb::architecture::Kind::Resnet(pb::Resnet {
+                depth: 18,
+                in_channels: 1,
+                height: 8,
+                width: 8,
+                num_classes: 5,
+            })),
+        }),
+        hyperparameters: Some(pb::Hyperparameters {
+            epochs: Some(1),
+            batch_size: Some(32),
+            learning_rate: Some(0.001),
+            optimizer: pb::Optimizer::Sgd as i32,
+            seed: 5,
+            ..Default::default()
+        }),
+        ..training(name, &dataset.id, 1)
+    };
+    let one = run_on(&cluster, resnet("resnet-one"), 1).await;
+    let two = run_on(&cluster, resnet("resnet-two"), 2).await;
+    let weights = |job: pb::Job| {
+        let cluster = &cluster;
+        async move { cluster.weights(&cluster.model(&job.model_id).await).await }
+    };
+    let (one, two) = (weights(one).await, weights(two).await);
+    let floats: BTreeMap<String, Vec<u8>> = one
+        .iter()
+        .filter(|(name, _)| !name.ends_with("num_batches_tracked"))
+        .map(|(name, bytes)| (name.clone(), bytes.clone()))
+        .collect();
+    let others: BTreeMap<String, Vec<u8>> = two
+        .iter()
+        .filter(|(name, _)| floats.contains_key(*name))
+        .map(|(name, bytes)| (name.clone(), bytes.clone()))
+        .collect();
+    let off = largest_difference(&floats, &others);
+    println!("ResNet-18, 2 ranks: largest difference from one rank {off:e}");
+    assert!(off <= 1e-5, "2 ranks differ by {off}");
+    for (name, bytes) in &one {
+        if name.ends_with("num_batches_tracked") {
+            assert_eq!(bytes, &two[name], "{name}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,7 +450,11 @@ async fn an_unreachable_rank_fails_the_attempt_within_the_collective_timeout() {
             attempt.attempt, attempt.error
         );
         assert!(attempt.error.contains("collective"), "{}", attempt.error);
-        assert!(took < Duration::from_secs(10 + 8), "{took:?}");
+        // The first attempt's ranks start at once; a later one's may first wait for a
+        // rank of the one before to give up (within the timeout too).
+        if attempt.attempt == 1 {
+            assert!(took < Duration::from_secs(10 + 8), "{took:?}");
+        }
     }
 }
 

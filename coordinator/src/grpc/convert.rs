@@ -1080,6 +1080,7 @@ pub fn assignment_to_proto(assignment: &Assignment) -> pb::Assignment {
                 store_prefix: format!("heirloom/{}/{}/", job.id, job.attempt),
                 backend: gang.backend().to_string(),
                 timeout_seconds: assignment.collective_timeout.as_secs().max(1) as u32,
+                planned_world_size: job.requirements.world_size,
             }
         }),
     }

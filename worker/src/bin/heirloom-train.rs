@@ -118,6 +118,7 @@ fn rendezvous(store: &str, rank: usize, world_size: usize) -> anyhow::Result<Ren
         prefix: "heirloom-train".into(),
         rank,
         world_size,
+        planned_world_size: world_size,
         bind_host: host.to_string(),
         timeout: std::time::Duration::from_secs(30),
     })
@@ -135,7 +136,7 @@ fn main() -> anyhow::Result<()> {
             bytes,
             repeats,
         } => {
-            let mut group = ProcessGroup::join(&rendezvous(&store, rank, world_size)?)?;
+            let group = ProcessGroup::join(&rendezvous(&store, rank, world_size)?)?;
             for size in bytes {
                 let mut data = vec![1.0f32; size / 4];
                 group.all_reduce_sum(&mut data)?; // the first pays for connections

@@ -29,10 +29,22 @@ pub struct Rendezvous {
     pub prefix: String,
     pub rank: usize,
     pub world_size: usize,
+    /// The world size the job asked for; more than `world_size` when an elastic attempt
+    /// runs on fewer ranks.
+    pub planned_world_size: usize,
     /// The address this rank's Gloo connections bind to.
     pub bind_host: String,
     /// Bounds joining, and every collective.
     pub timeout: Duration,
+}
+
+impl Rendezvous {
+    /// The most rows of a global batch of `batch_size` a rank trains on at once: its
+    /// share when every planned rank runs.
+    pub fn micro_batch(&self, batch_size: i64) -> i64 {
+        let planned = self.planned_world_size.max(self.world_size).max(1) as i64;
+        (batch_size + planned - 1) / planned
+    }
 }
 
 #[repr(C)]
@@ -69,6 +81,18 @@ unsafe extern "C" {
         error_len: usize,
     ) -> c_int;
     fn hl_barrier(group: *mut RawGroup, error: *mut c_char, error_len: usize) -> c_int;
+    fn hl_sync_batch_norm(
+        group: *mut RawGroup,
+        input: *mut torch_sys::C_tensor,
+        weight: *mut torch_sys::C_tensor,
+        bias: *mut torch_sys::C_tensor,
+        running_mean: *mut torch_sys::C_tensor,
+        running_var: *mut torch_sys::C_tensor,
+        momentum: f64,
+        eps: f64,
+        error: *mut c_char,
+        error_len: usize,
+    ) -> *mut torch_sys::C_tensor;
     fn hl_group_free(group: *mut RawGroup);
 }
 
@@ -81,8 +105,10 @@ pub struct ProcessGroup {
     world_size: usize,
 }
 
-// c10d's group may be used from any thread, one call at a time (`&mut self`).
+// c10d's process group may be used from any thread: ProcessGroupGloo queues each call's
+// work, and the collectives of one group are issued in the same order on every rank.
 unsafe impl Send for ProcessGroup {}
+unsafe impl Sync for ProcessGroup {}
 
 impl ProcessGroup {
     /// Joins the group `rendezvous` describes: rank 0 starts the store, every rank
@@ -135,7 +161,7 @@ impl ProcessGroup {
     }
 
     /// Sums `data` across ranks, in place.
-    pub fn all_reduce_sum(&mut self, data: &mut [f32]) -> Result<(), CollectiveError> {
+    pub fn all_reduce_sum(&self, data: &mut [f32]) -> Result<(), CollectiveError> {
         let (pointer, count) = (data.as_mut_ptr(), data.len() as i64);
         // SAFETY: the slice is `count` writable floats, borrowed for the call.
         self.call(|group, error| unsafe {
@@ -144,7 +170,7 @@ impl ProcessGroup {
     }
 
     /// Replaces `data` on every rank with `root`'s.
-    pub fn broadcast(&mut self, data: &mut [f32], root: usize) -> Result<(), CollectiveError> {
+    pub fn broadcast(&self, data: &mut [f32], root: usize) -> Result<(), CollectiveError> {
         let (pointer, count, root) = (data.as_mut_ptr(), data.len() as i64, root as c_int);
         // SAFETY: as in `all_reduce_sum`.
         self.call(|group, error| unsafe {
@@ -153,12 +179,12 @@ impl ProcessGroup {
     }
 
     /// Sums a float tensor (a gradient) across ranks, in place.
-    pub fn sum(&mut self, tensor: &mut Tensor) -> Result<(), CollectiveError> {
+    pub fn sum(&self, tensor: &mut Tensor) -> Result<(), CollectiveError> {
         self.with_floats(tensor, |group, data| group.all_reduce_sum(data))
     }
 
     /// Averages a float tensor across ranks, in place.
-    pub fn average(&mut self, tensor: &mut Tensor) -> Result<(), CollectiveError> {
+    pub fn average(&self, tensor: &mut Tensor) -> Result<(), CollectiveError> {
         self.sum(tensor)?;
         let _ = tensor.g_div_scalar_(self.world_size as f64);
         Ok(())
@@ -166,14 +192,52 @@ impl ProcessGroup {
 
     /// Replaces a float tensor (a weight, a batch-norm buffer) with `root`'s.
     pub fn broadcast_tensor(
-        &mut self,
+        &self,
         tensor: &mut Tensor,
         root: usize,
     ) -> Result<(), CollectiveError> {
         self.with_floats(tensor, |group, data| group.broadcast(data, root))
     }
 
-    pub fn barrier(&mut self) -> Result<(), CollectiveError> {
+    /// Batch norm in training mode with the statistics of every rank's rows (PyTorch's
+    /// SyncBatchNorm): `affine` is (weight, bias), `running` (mean, var), updated in
+    /// place. Its backward pass all-reduces too, so every rank must run the same layers
+    /// and the same backward.
+    pub fn sync_batch_norm(
+        &self,
+        input: &Tensor,
+        affine: [&Tensor; 2],
+        running: [&Tensor; 2],
+        momentum: f64,
+        eps: f64,
+    ) -> Result<Tensor, CollectiveError> {
+        let mut error = [0u8; ERROR_BYTES];
+        let pointer = |tensor: &Tensor| tensor.as_ptr().cast_mut();
+        // SAFETY: every pointer is a live libtorch tensor borrowed for the call (the shim
+        // copies the handles it keeps for the backward pass); the result is a new tensor
+        // this side owns.
+        let raw = unsafe {
+            hl_sync_batch_norm(
+                self.raw.as_ptr(),
+                pointer(input),
+                pointer(affine[0]),
+                pointer(affine[1]),
+                pointer(running[0]),
+                pointer(running[1]),
+                momentum,
+                eps,
+                error.as_mut_ptr().cast(),
+                ERROR_BYTES,
+            )
+        };
+        if raw.is_null() {
+            return Err(CollectiveError(message(&error)));
+        }
+        // SAFETY: a tensor the shim allocated for us, owned from here on.
+        Ok(unsafe { Tensor::from_ptr(raw) })
+    }
+
+    pub fn barrier(&self) -> Result<(), CollectiveError> {
         // SAFETY: the group is live; the error buffer is ERROR_BYTES long.
         self.call(|group, error| unsafe { hl_barrier(group, error, ERROR_BYTES) })
     }
@@ -182,9 +246,9 @@ impl ProcessGroup {
     /// parameter as the training loop holds them). Gloo works on host memory: a CUDA
     /// tensor (or a view that is not contiguous) goes through a host copy and back.
     fn with_floats(
-        &mut self,
+        &self,
         tensor: &mut Tensor,
-        collective: impl FnOnce(&mut ProcessGroup, &mut [f32]) -> Result<(), CollectiveError>,
+        collective: impl FnOnce(&ProcessGroup, &mut [f32]) -> Result<(), CollectiveError>,
     ) -> Result<(), CollectiveError> {
         if tensor.kind() != Kind::Float {
             return Err(CollectiveError(format!(
@@ -207,7 +271,7 @@ impl ProcessGroup {
     }
 
     fn call(
-        &mut self,
+        &self,
         collective: impl FnOnce(*mut RawGroup, *mut c_char) -> c_int,
     ) -> Result<(), CollectiveError> {
         let mut error = [0u8; ERROR_BYTES];

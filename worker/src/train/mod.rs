@@ -10,7 +10,7 @@ mod data;
 mod network;
 
 use crate::error::{Error, Result};
-use collectives::ProcessGroup;
+use collectives::{CollectiveError, ProcessGroup};
 use data::Dataset;
 use heirloom_core::{Adjustment, Architecture, Hyperparameters, Optimizer, TensorPlan};
 pub use heirloom_core::{Metrics, Progress};
@@ -91,6 +91,11 @@ impl Control {
 
     fn get(&self) -> u8 {
         self.0.load(Ordering::Relaxed)
+    }
+
+    /// Whether the job was told to stop (cancelled, lost, or draining).
+    pub fn stopped(&self) -> bool {
+        self.get() != Self::RUN
     }
 }
 
@@ -407,18 +412,24 @@ where
         report,
         checkpoint,
     } = run;
-    let mut group = job.ranks.as_ref().map(ProcessGroup::join).transpose()?;
+    let group = job
+        .ranks
+        .as_ref()
+        .map(ProcessGroup::join)
+        .transpose()?
+        .map(Arc::new);
     let mut optimizer = match hp.optimizer {
         Optimizer::Adam => COptimizer::adam(hp.learning_rate, 0.9, 0.999, 0.0, 1e-8, false)?,
         Optimizer::Sgd => COptimizer::sgd(hp.learning_rate, 0.9, 0.0, 0.0, false)?,
     };
-    if let Some(group) = &mut group {
+    if let Some(group) = &group {
         // Every rank starts from rank 0's tensors, whatever its own initialisation drew.
         for (_, tensor) in network.parameters_mut() {
             if tensor.kind() == Kind::Float {
                 tch::no_grad(|| group.broadcast_tensor(tensor, 0))?;
             }
         }
+        network.synchronise_norms(group.clone());
     }
     for (name, tensor) in network.parameters_mut() {
         // Buffers (batch-norm statistics) train by running, not by gradients.
@@ -497,7 +508,7 @@ where
                 // Every rank is at this step together: their sums are added up, and
                 // rank 0 alone writes the checkpoint (every rank's weights are the same).
                 let mut at = position(step);
-                if let Some(group) = &mut group {
+                if let Some(group) = &group {
                     let mut sums = [at.loss_sum as f32, at.correct as f32];
                     group.all_reduce_sum(&mut sums)?;
                     (at.loss_sum, at.correct) = (f64::from(sums[0]), sums[1] as u64);
@@ -513,26 +524,44 @@ where
                 Some(group) => rank_share(&rows, group.rank(), group.world_size()),
                 None => rows,
             };
-            let (x, y) = dataset.rows(&rows);
-            let logits = network.forward(&x, true)?;
-            let loss = match &group {
-                None => logits.cross_entropy_for_logits(&y),
-                // Summed over this rank's rows and divided by the whole batch's count:
-                // the ranks' gradients then sum to the gradient of the batch's mean loss.
-                Some(_) => {
-                    logits.cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0)
-                        / batch_rows as f64
-                }
-            };
             optimizer.zero_grad()?;
-            loss.backward();
-            if let Some(group) = &mut group {
+            // An elastic attempt on fewer ranks than planned keeps the global batch: each
+            // rank takes a larger share, in micro-batches of the planned per-rank size,
+            // accumulating their gradients (so no rank holds more activations than
+            // planned; batch norms then see a micro-batch's statistics).
+            let micro_rows = job
+                .ranks
+                .as_ref()
+                .map_or(rows.size()[0], |ranks| ranks.micro_batch(batch_size))
+                .max(1);
+            for part in rows.split(micro_rows, 0) {
+                let (x, y) = dataset.rows(&part);
+                let logits = network.forward(&x, true)?;
+                let loss = match &group {
+                    None => logits.cross_entropy_for_logits(&y),
+                    // Summed over these rows and divided by the whole batch's count: the
+                    // ranks' gradients then sum to the gradient of the batch's mean loss.
+                    Some(_) => {
+                        logits.cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0)
+                            / batch_rows as f64
+                    }
+                };
+                match &group {
+                    None => loss.f_backward()?,
+                    // Synchronised batch norms all-reduce in the backward pass too: a
+                    // failure there is a collective's.
+                    Some(_) => loss
+                        .f_backward()
+                        .map_err(|err| CollectiveError(err.to_string()))?,
+                }
+                loss_sum += loss.detach() * batch_rows;
+                correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64);
+            }
+            if let Some(group) = &group {
                 sum_gradients(network, group)?;
             }
             optimizer.step()?;
             step += 1;
-            loss_sum += loss.detach() * batch_rows;
-            correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64);
             // Long epochs still report every second: each report's answer is how a
             // cancellation reaches the job.
             if last_report.elapsed() >= REPORT_EVERY {
@@ -549,7 +578,7 @@ where
                 last_report = Instant::now();
             }
         }
-        let (epoch_loss, epoch_correct) = match &mut group {
+        let (epoch_loss, epoch_correct) = match &group {
             None => (loss_sum.double_value(&[]), correct.int64_value(&[]) as f64),
             Some(group) => {
                 let mut sums = [
@@ -599,7 +628,7 @@ fn rank_share(rows: &Tensor, rank: usize, world_size: usize) -> Tensor {
 /// Sums every trainable parameter's gradient across the ranks, in place, so each takes
 /// the same optimizer step: flattened into one buffer and summed in one all-reduce (a
 /// collective per tensor costs its latency dozens of times a step).
-fn sum_gradients(network: &mut Network, group: &mut ProcessGroup) -> Result<()> {
+fn sum_gradients(network: &mut Network, group: &ProcessGroup) -> Result<()> {
     let mut gradients: Vec<Tensor> = network
         .parameters_mut()
         .filter(|(_, tensor)| tensor.requires_grad())

@@ -1,10 +1,12 @@
 //! Built-in architectures as named tensors and a forward function. ResNet and VGG follow
 //! torchvision's modules and names, so weights from PyTorch give the same outputs here.
 
+use super::collectives::ProcessGroup;
 use crate::error::{Error, Result};
 use heirloom_core::{Architecture, Init, TensorPlan, VggLayer, resnet_stages};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use tch::{CModule, Device, Kind, Tensor};
 
 const BATCH_NORM_MOMENTUM: f64 = 0.1;
@@ -19,6 +21,10 @@ pub struct Network {
     training_norms: HashSet<String>,
     /// The TorchScript program, for that architecture; always in evaluation mode.
     program: Option<CModule>,
+    /// The ranks of a data-parallel run: training-mode batch norms take their
+    /// statistics over every rank's rows (SyncBatchNorm), so the ranks compute what one
+    /// process would on the whole batch.
+    ranks: Option<Arc<ProcessGroup>>,
 }
 
 impl Network {
@@ -91,6 +97,7 @@ impl Network {
             tensors,
             training_norms: HashSet::new(),
             program,
+            ranks: None,
         })
     }
 
@@ -197,17 +204,22 @@ impl Network {
                 None => output,
             });
         }
-        Ok(self.forward_builtin(x, training))
+        self.forward_builtin(x, training)
     }
 
-    fn forward_builtin(&self, x: &Tensor, training: bool) -> Tensor {
+    /// Makes training-mode batch norms synchronise their statistics over `ranks`.
+    pub fn synchronise_norms(&mut self, ranks: Arc<ProcessGroup>) {
+        self.ranks = Some(ranks);
+    }
+
+    fn forward_builtin(&self, x: &Tensor, training: bool) -> Result<Tensor> {
         match &self.architecture {
             Architecture::Mlp(mlp) => {
                 let mut h = x.shallow_clone();
                 for i in 0..mlp.hidden.len() {
                     h = self.linear(&h, &format!("hidden.{i}")).relu();
                 }
-                self.linear(&h, "fc")
+                Ok(self.linear(&h, "fc"))
             }
             Architecture::SmallCnn(cnn) => {
                 let mut h = x.reshape([
@@ -226,7 +238,7 @@ impl Network {
                     );
                 }
                 let pooled = h.mean_dim([2i64, 3].as_slice(), false, Kind::Float);
-                self.linear(&pooled, "fc")
+                Ok(self.linear(&pooled, "fc"))
             }
             Architecture::Resnet(resnet) => {
                 let h = x.reshape([
@@ -236,7 +248,7 @@ impl Network {
                     resnet.width.into(),
                 ]);
                 let h = self.conv(&h, "conv1", 2, 3);
-                let mut h = self.batch_norm(&h, "bn1", training).relu().max_pool2d(
+                let mut h = self.batch_norm(&h, "bn1", training)?.relu().max_pool2d(
                     [3, 3],
                     [2, 2],
                     [1, 1],
@@ -248,11 +260,11 @@ impl Network {
                     for block in 0..count {
                         let prefix = format!("layer{}.{block}", stage + 1);
                         let stride = if block == 0 && stage > 0 { 2 } else { 1 };
-                        h = self.basic_block(&h, &prefix, stride, training);
+                        h = self.basic_block(&h, &prefix, stride, training)?;
                     }
                 }
                 let pooled = h.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
-                self.linear(&pooled, "fc")
+                Ok(self.linear(&pooled, "fc"))
             }
             Architecture::Vgg(vgg) => {
                 let mut h = x.reshape([
@@ -266,7 +278,11 @@ impl Network {
                         VggLayer::Conv { index, .. } => {
                             let conv = self.conv(&h, &format!("features.{index}"), 1, 1);
                             let normed = if vgg.batch_norm {
-                                self.batch_norm(&conv, &format!("features.{}", index + 1), training)
+                                self.batch_norm(
+                                    &conv,
+                                    &format!("features.{}", index + 1),
+                                    training,
+                                )?
                             } else {
                                 conv
                             };
@@ -284,30 +300,30 @@ impl Network {
                     .linear(&h, "classifier.3")
                     .relu()
                     .dropout(0.5, training);
-                self.linear(&h, "classifier.6")
+                Ok(self.linear(&h, "classifier.6"))
             }
             Architecture::Torchscript(_) => unreachable!("forward runs the program"),
         }
     }
 
-    fn basic_block(&self, x: &Tensor, prefix: &str, stride: i64, training: bool) -> Tensor {
+    fn basic_block(&self, x: &Tensor, prefix: &str, stride: i64, training: bool) -> Result<Tensor> {
         let h = self.conv(x, &format!("{prefix}.conv1"), stride, 1);
         let h = self
-            .batch_norm(&h, &format!("{prefix}.bn1"), training)
+            .batch_norm(&h, &format!("{prefix}.bn1"), training)?
             .relu();
         let h = self.conv(&h, &format!("{prefix}.conv2"), 1, 1);
-        let h = self.batch_norm(&h, &format!("{prefix}.bn2"), training);
+        let h = self.batch_norm(&h, &format!("{prefix}.bn2"), training)?;
         let shortcut = if self
             .tensors
             .iter()
             .any(|(n, _)| n == &format!("{prefix}.downsample.0.weight"))
         {
             let d = self.conv(x, &format!("{prefix}.downsample.0"), stride, 0);
-            self.batch_norm(&d, &format!("{prefix}.downsample.1"), training)
+            self.batch_norm(&d, &format!("{prefix}.downsample.1"), training)?
         } else {
             x.shallow_clone()
         };
-        (h + shortcut).relu()
+        Ok((h + shortcut).relu())
     }
 
     fn linear(&self, x: &Tensor, prefix: &str) -> Tensor {
@@ -336,8 +352,9 @@ impl Network {
 
     /// Batch norm as `torch.nn.BatchNorm2d`: in training mode (for norms whose statistics
     /// train) it normalises with the batch's statistics and updates the running ones and
-    /// `num_batches_tracked`; otherwise it uses the running statistics unchanged.
-    fn batch_norm(&self, x: &Tensor, prefix: &str, training: bool) -> Tensor {
+    /// `num_batches_tracked`; otherwise it uses the running statistics unchanged. In a
+    /// data-parallel run the training mode's statistics are every rank's.
+    fn batch_norm(&self, x: &Tensor, prefix: &str, training: bool) -> Result<Tensor> {
         let training = training && self.training_norms.contains(prefix);
         if training {
             tch::no_grad(|| {
@@ -347,16 +364,26 @@ impl Network {
                 let _ = tracked.g_add_scalar_(1);
             });
         }
-        x.batch_norm(
-            Some(self.get(&format!("{prefix}.weight"))),
-            Some(self.get(&format!("{prefix}.bias"))),
-            Some(self.get(&format!("{prefix}.running_mean"))),
-            Some(self.get(&format!("{prefix}.running_var"))),
+        let part = |name: &str| self.get(&format!("{prefix}.{name}"));
+        if let (true, Some(ranks)) = (training, &self.ranks) {
+            return Ok(ranks.sync_batch_norm(
+                x,
+                [part("weight"), part("bias")],
+                [part("running_mean"), part("running_var")],
+                BATCH_NORM_MOMENTUM,
+                BATCH_NORM_EPS,
+            )?);
+        }
+        Ok(x.batch_norm(
+            Some(part("weight")),
+            Some(part("bias")),
+            Some(part("running_mean")),
+            Some(part("running_var")),
             training,
             BATCH_NORM_MOMENTUM,
             BATCH_NORM_EPS,
             false,
-        )
+        ))
     }
 
     /// Writes the weights as safetensors with their state-dict names.
