@@ -5,6 +5,7 @@
 #include "c10d.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <string>
 
@@ -21,6 +22,16 @@ struct hl_group {
 };
 
 namespace {
+
+// PyTorch's flight recorder (a trace of recent collectives, on by default) inserts a
+// process group's first record into a shared map before taking its lock: process groups
+// used from several threads at once (this worker runs ranks as threads) crashed it, about
+// one run in thirty of the collectives tests. It is switched off here, while the program
+// starts (static initialisation, one thread), before libtorch first reads the variable.
+const bool flight_recorder_off = [] {
+  setenv("TORCH_FR_BUFFER_SIZE", "0", 1);
+  return true;
+}();
 
 void set_error(char* error, size_t error_len, const char* msg) {
   if (error != nullptr && error_len > 0) std::snprintf(error, error_len, "%s", msg);

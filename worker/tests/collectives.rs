@@ -218,3 +218,10 @@ fn a_synchronised_batch_norm_on_two_ranks_computes_what_one_on_the_whole_batch_d
         close("running variance", &whole.4, &half.4);
     }
 }
+
+#[test]
+fn pytorch_s_flight_recorder_is_off_so_ranks_as_threads_do_not_race_in_it() {
+    // Set by the c10d layer while the program starts (its first record into a shared map
+    // is unlocked: ranks enqueueing from several threads crashed it).
+    assert_eq!(std::env::var("TORCH_FR_BUFFER_SIZE").as_deref(), Ok("0"));
+}
