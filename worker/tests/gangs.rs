@@ -450,10 +450,11 @@ async fn an_unreachable_rank_fails_the_attempt_within_the_collective_timeout() {
             attempt.attempt, attempt.error
         );
         assert!(attempt.error.contains("collective"), "{}", attempt.error);
-        // The first attempt's ranks start at once; a later one's may first wait for a
-        // rank of the one before to give up (within the timeout too).
+        // The first attempt's ranks start at once (a later one's may first wait for a
+        // rank of the one before to give up, within the timeout too): the 10 s timeout,
+        // the assignment's delivery and data, the report (about 16 s on 2 busy cores).
         if attempt.attempt == 1 {
-            assert!(took < Duration::from_secs(10 + 8), "{took:?}");
+            assert!(took < Duration::from_secs(10 + 15), "{took:?}");
         }
     }
 }
