@@ -452,9 +452,10 @@ async fn an_unreachable_rank_fails_the_attempt_within_the_collective_timeout() {
         assert!(attempt.error.contains("collective"), "{}", attempt.error);
         // The first attempt's ranks start at once (a later one's may first wait for a
         // rank of the one before to give up, within the timeout too): the 10 s timeout,
-        // the assignment's delivery and data, the report (about 16 s on 2 busy cores).
+        // the assignment's delivery and data, the report — 16 to 21 s measured on 2 busy
+        // cores; bounded here well below what a lease expiry or a hang would take.
         if attempt.attempt == 1 {
-            assert!(took < Duration::from_secs(10 + 15), "{took:?}");
+            assert!(took < Duration::from_secs(10 + 20), "{took:?}");
         }
     }
 }
