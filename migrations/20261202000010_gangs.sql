@@ -36,14 +36,18 @@ ALTER TABLE job_attempts
     ADD COLUMN failed_rank integer;
 
 -- The slots a worker's leases take now: its single-rank jobs and rank-0 roles (one each,
--- through jobs.worker_id) and every other rank of a current attempt it hosts.
+-- through jobs.worker_id) and every other rank of a current attempt it hosts. PL/pgSQL,
+-- not SQL: a SQL function holding subqueries is never inlined, and was planned again on
+-- every call — 0.6 ms of every claim, a quarter of the queue's throughput.
 CREATE FUNCTION worker_busy(worker uuid) RETURNS bigint
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 AS $$
-    SELECT (SELECT count(*) FROM jobs
+BEGIN
+    RETURN (SELECT count(*) FROM jobs
              WHERE worker_id = worker AND state IN ('leased', 'running'))
          + (SELECT count(*) FROM job_ranks r JOIN jobs j ON j.id = r.job_id AND j.attempt = r.attempt
              WHERE r.worker_id = worker AND r.rank > 0 AND j.state IN ('leased', 'running'));
+END
 $$;
 
 -- The claim of migration 000007, aware of gangs. The worker's row is share-locked, so a

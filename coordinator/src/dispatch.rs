@@ -72,8 +72,8 @@ pub fn assignments(services: Services, worker_id: Uuid) -> impl Stream<Item = Re
         let _connected = services.metrics.worker_connected();
         tracing::info!(worker_id = %worker_id, "worker connected");
         let mut last_seen: Option<std::time::Instant> = None;
-        // Ranks placed here by another worker's claim: looked for when woken for this
-        // worker, and on every poll.
+        // Ranks placed here by another worker's claim: looked for when told so, and on
+        // every poll (a notification may be lost).
         let mut look_for_ranks = true;
         'serve: loop {
             if last_seen.is_none_or(|at| at.elapsed() >= SEEN_EVERY) {
@@ -191,9 +191,10 @@ async fn assignment(services: &Services, worker_id: Uuid, claimed: Claimed) -> R
     })
 }
 
-/// Returns when a job may have become claimable, or something happened to this worker
-/// (one of its jobs ended, or a gang placed ranks on it): then `true`. Another worker's
-/// ended job is no reason to look: it freed room only there.
+/// Returns when a job may have become claimable or one of this worker's jobs ended
+/// (`false`), or a gang placed ranks on this worker (`true`: deliver them; so is a lag,
+/// in which that may have been missed). Another worker's ended job is no reason to look:
+/// it freed room only there.
 async fn wait_for_room_or_jobs(
     wake: &mut broadcast::Receiver<Notification>,
     worker_id: Uuid,
@@ -201,7 +202,8 @@ async fn wait_for_room_or_jobs(
     loop {
         match wake.recv().await {
             Ok(Notification::Jobs) => return false,
-            Ok(Notification::WorkerFreed(id)) if id == worker_id => return true,
+            Ok(Notification::WorkerFreed(id)) if id == worker_id => return false,
+            Ok(Notification::RanksPlaced(id)) if id == worker_id => return true,
             Err(_) => return true,
             Ok(_) => {}
         }

@@ -10,12 +10,18 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// The jobs channel's payload prefix (before a worker id) for `RanksPlaced`.
+pub const RANKS_PLACED: &str = "ranks:";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notification {
     /// A job may have become claimable (submitted, queued again): every dispatcher looks.
     Jobs,
     /// A job of this worker ended, so it has room: only its dispatcher looks.
     WorkerFreed(Uuid),
+    /// Another worker's claim placed ranks of a gang on this worker: its dispatcher
+    /// delivers them.
+    RanksPlaced(Uuid),
     /// This job has a new event.
     JobEvent(Uuid),
     /// A token was revoked (or revocations may have been missed): drop cached tokens.
@@ -77,9 +83,15 @@ async fn listen(
         let notification = match message.channel() {
             TOKENS_CHANNEL => Notification::Tokens,
             JOBS_CHANNEL if payload.is_empty() => Notification::Jobs,
-            JOBS_CHANNEL => match Uuid::parse_str(payload) {
-                Ok(worker_id) => Notification::WorkerFreed(worker_id),
-                Err(_) => Notification::Jobs,
+            JOBS_CHANNEL => match payload.strip_prefix(RANKS_PLACED) {
+                Some(worker_id) => match Uuid::parse_str(worker_id) {
+                    Ok(worker_id) => Notification::RanksPlaced(worker_id),
+                    Err(_) => Notification::Jobs,
+                },
+                None => match Uuid::parse_str(payload) {
+                    Ok(worker_id) => Notification::WorkerFreed(worker_id),
+                    Err(_) => Notification::Jobs,
+                },
             },
             _ => match Uuid::parse_str(payload) {
                 Ok(job_id) => Notification::JobEvent(job_id),

@@ -392,6 +392,19 @@ pub(super) async fn notify_worker_freed(
     Ok(())
 }
 
+/// Wakes this worker's dispatcher to deliver the ranks of a gang placed on it.
+pub(super) async fn notify_ranks_placed(
+    tx: &mut Transaction<'_, Postgres>,
+    worker_id: Uuid,
+) -> Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(JOBS_CHANNEL)
+        .bind(format!("{}{worker_id}", crate::notifier::RANKS_PLACED))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 pub(super) async fn end_attempt(
     tx: &mut Transaction<'_, Postgres>,
     job_id: Uuid,

@@ -5,8 +5,8 @@
 //! Never builds a protobuf message; rows become domain types in `jobs.rs`.
 
 use super::jobs::{
-    JobRow, end_attempt, insert_state_event, notify_event, notify_queued, notify_worker_freed,
-    set_state,
+    JobRow, end_attempt, insert_state_event, notify_event, notify_queued, notify_ranks_placed,
+    notify_worker_freed, set_state,
 };
 use super::models::name_taken;
 use super::workers::lock_connected_workers;
@@ -205,7 +205,7 @@ impl Db {
         others.sort();
         others.dedup();
         for other in others {
-            notify_worker_freed(&mut tx, other).await?;
+            notify_ranks_placed(&mut tx, other).await?;
         }
         tx.commit().await?;
         Ok(Some(Claimed {
