@@ -2,16 +2,13 @@
 //! watchers on every replica wake when something changes, whichever replica changed it.
 //! Listeners also poll, so a lost notification only delays them.
 
-use crate::db::{EVENTS_CHANNEL, JOBS_CHANNEL, TOKENS_CHANNEL};
+use crate::db::{EVENTS_CHANNEL, JOBS_CHANNEL, RANKS_PLACED, TOKENS_CHANNEL};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-/// The jobs channel's payload prefix (before a worker id) for `RanksPlaced`.
-pub const RANKS_PLACED: &str = "ranks:";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notification {

@@ -4,7 +4,7 @@
 //! `queue.rs` shares. Never builds a prost message; never plans a job (`planning` does).
 
 use super::models::name_taken;
-use super::{Db, EVENTS_CHANNEL, JOBS_CHANNEL};
+use super::{Db, EVENTS_CHANNEL, JOBS_CHANNEL, RANKS_PLACED};
 use crate::domain::{
     Checkpoint, Job, JobAttempt, JobEvent, JobEventKind, JobSpec, JobState, Progress,
     RankPlacement, Requirements,
@@ -399,7 +399,7 @@ pub(super) async fn notify_ranks_placed(
 ) -> Result<()> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(JOBS_CHANNEL)
-        .bind(format!("{}{worker_id}", crate::notifier::RANKS_PLACED))
+        .bind(format!("{RANKS_PLACED}{worker_id}"))
         .execute(&mut **tx)
         .await?;
     Ok(())

@@ -28,6 +28,9 @@ use sqlx::postgres::PgPoolOptions;
 
 /// Channel notified when a job may be claimable (submitted, requeued, a worker freed).
 pub const JOBS_CHANNEL: &str = "heirloom_jobs";
+/// The jobs channel's payload prefix, before a worker id, that tells that worker's
+/// dispatcher a gang placed ranks on it (a bare worker id: one of its jobs ended).
+pub const RANKS_PLACED: &str = "ranks:";
 /// Channel notified with a job id whenever that job has a new event.
 pub const EVENTS_CHANNEL: &str = "heirloom_job_events";
 /// Channel notified when a token is revoked: every replica drops its cached tokens.
