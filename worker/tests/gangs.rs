@@ -464,22 +464,6 @@ async fn an_unreachable_rank_fails_the_attempt_within_the_collective_timeout() {
 async fn bad_gang_requests_are_refused_and_plans_say_why_a_gang_waits() {
     let cluster = Cluster::start().await;
     let dataset = cluster.register_dataset("blobs", blobs(0..5, 50, 3)).await;
-    let refusals = [
-        (on_ranks(0, None), "requirements.world_size"),
-        (on_ranks(65, None), "requirements.world_size"),
-        (on_ranks(2, Some(3)), "requirements.min_ranks"),
-        (on_ranks(2, Some(0)), "requirements.min_ranks"),
-    ];
-    for (requirements, field) in refusals {
-        support::refused(
-            &cluster,
-            submit_on(&cluster, training("refused", &dataset.id, 1), requirements),
-            tonic::Code::InvalidArgument,
-            field,
-        )
-        .await;
-    }
-
     let plan = |requirements: pb::Requirements| {
         let cluster = &cluster;
         let spec = training("planned", &dataset.id, 1);
@@ -497,11 +481,28 @@ async fn bad_gang_requests_are_refused_and_plans_say_why_a_gang_waits() {
                 .unwrap()
         }
     };
+    // The worker registers first: a refusal below must find every table as it was.
     support::wait_for(Duration::from_secs(30), "the worker connects", || async {
         let gang = plan(on_ranks(2, None)).await.gang?;
         (!gang.placement.contains("no worker is connected")).then_some(())
     })
     .await;
+    let refusals = [
+        (on_ranks(0, None), "requirements.world_size"),
+        (on_ranks(65, None), "requirements.world_size"),
+        (on_ranks(2, Some(3)), "requirements.min_ranks"),
+        (on_ranks(2, Some(0)), "requirements.min_ranks"),
+    ];
+    for (requirements, field) in refusals {
+        support::refused(
+            &cluster,
+            submit_on(&cluster, training("refused", &dataset.id, 1), requirements),
+            tonic::Code::InvalidArgument,
+            field,
+        )
+        .await;
+    }
+
     let too_big = plan(on_ranks(4, None)).await;
     let gang = too_big.gang.expect("a gang plan");
     assert_eq!(gang.world_size, 4);
