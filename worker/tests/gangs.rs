@@ -414,9 +414,10 @@ async fn an_elastic_job_goes_on_with_fewer_ranks_when_a_worker_is_gone_for_good(
 async fn an_unreachable_rank_fails_the_attempt_within_the_collective_timeout() {
     let mut cluster = Cluster::coordinator_only().await;
     cluster.start_worker_with(&["--name", "reachable"]);
-    // An address of TEST-NET-1: nothing answers there, and this machine has no such
-    // interface to bind to.
-    cluster.start_worker_with(&["--name", "lost", "--advertise-address", "192.0.2.1"]);
+    // The limited-broadcast address: no interface has it, and the kernel refuses a TCP
+    // connection to it (ENETUNREACH) without sending a packet, so this rank can be
+    // reached by no one while the test sends nothing beyond loopback.
+    cluster.start_worker_with(&["--name", "lost", "--advertise-address", "255.255.255.255"]);
     let dataset = cluster.register_dataset("blobs", blobs(0..5, 50, 3)).await;
     let job = cluster
         .jobs()
