@@ -142,6 +142,25 @@ fn shape(architecture: &heirloom_core::Architecture) -> String {
             t.output_size,
             t.head.map(|h| format!("→head {h}")).unwrap_or_default()
         ),
+        Architecture::Llama(l) => format!(
+            "llama {} layers × {} (heads {}/{}), vocab {}, {} positions, {}",
+            l.num_hidden_layers,
+            l.hidden_size,
+            l.num_attention_heads,
+            l.key_value_heads(),
+            l.vocab_size,
+            l.max_position_embeddings,
+            l.dtype.as_str()
+        ),
+        Architecture::Gpt2(g) => format!(
+            "gpt2 {} layers × {} (heads {}), vocab {}, {} positions, {}",
+            g.n_layer,
+            g.n_embd,
+            g.n_head,
+            g.vocab_size,
+            g.n_positions,
+            g.dtype.as_str()
+        ),
     }
 }
 

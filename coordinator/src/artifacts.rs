@@ -700,6 +700,8 @@ pub fn tensor_bytes(info: &TensorInfo) -> u64 {
 fn dtype(info: &TensorInfo) -> Result<safetensors::Dtype> {
     match info.dtype.as_str() {
         "f32" => Ok(safetensors::Dtype::F32),
+        "bf16" => Ok(safetensors::Dtype::BF16),
+        "f16" => Ok(safetensors::Dtype::F16),
         "i64" => Ok(safetensors::Dtype::I64),
         other => Err(Error::Internal(format!("unexpected dtype {other}"))),
     }

@@ -1,9 +1,10 @@
 //! Built-in architectures and the state-dict names, shapes and initialisation of their
 //! tensors. ResNet and VGG follow torchvision's `state_dict()` keys exactly, buffers
 //! (batch-norm statistics) included, so weights move between PyTorch and Heirloom as they
-//! are.
+//! are; the language models (`language_model.rs`) follow Hugging Face transformers'.
 
 use crate::Invalid;
+pub use crate::language_model::{Gpt2, Llama};
 use serde::{Deserialize, Serialize};
 
 /// The largest width, channel count or input size a built-in architecture accepts.
@@ -18,6 +19,8 @@ pub enum Architecture {
     Resnet(Resnet),
     Vgg(Vgg),
     Torchscript(Torchscript),
+    Llama(Llama),
+    Gpt2(Gpt2),
 }
 
 /// Linear layers `hidden.{i}` with ReLU between them, then the head `fc`.
@@ -117,7 +120,8 @@ pub struct TensorSpec {
     pub init: Init,
     /// A buffer (batch-norm statistics) rather than a parameter: never given gradients.
     pub buffer: bool,
-    /// `f32`, or `i64` for `num_batches_tracked`.
+    /// As safetensors names it: `f32`, `bf16` or `f16` (a language model's weights), or
+    /// `i64` for `num_batches_tracked`.
     pub dtype: &'static str,
 }
 
@@ -265,10 +269,38 @@ impl Architecture {
                 }
                 Ok(())
             }
+            Architecture::Llama(llama) => llama.validate(&format!("{field}.llama")),
+            Architecture::Gpt2(gpt2) => gpt2.validate(&format!("{field}.gpt2")),
         }
     }
 
-    /// The length of one input row.
+    /// How the weights are stored: float32, or what a language model's spec says.
+    pub fn weight_dtype(&self) -> crate::WeightDtype {
+        match self {
+            Architecture::Llama(llama) => llama.dtype,
+            Architecture::Gpt2(gpt2) => gpt2.dtype,
+            Architecture::Mlp(_)
+            | Architecture::SmallCnn(_)
+            | Architecture::Resnet(_)
+            | Architecture::Vgg(_)
+            | Architecture::Torchscript(_) => crate::WeightDtype::Float32,
+        }
+    }
+
+    /// Whether this is a language model: its input rows are token ids, its outputs a
+    /// distribution over its vocabulary at every position.
+    pub fn is_language_model(&self) -> bool {
+        match self {
+            Architecture::Llama(_) | Architecture::Gpt2(_) => true,
+            Architecture::Mlp(_)
+            | Architecture::SmallCnn(_)
+            | Architecture::Resnet(_)
+            | Architecture::Vgg(_)
+            | Architecture::Torchscript(_) => false,
+        }
+    }
+
+    /// The length of one input row: for a language model, the longest sequence it takes.
     pub fn input_features(&self) -> u64 {
         let pixels = |channels: u32, height: u32, width: u32| {
             u64::from(channels) * u64::from(height) * u64::from(width)
@@ -281,9 +313,12 @@ impl Architecture {
             Architecture::Torchscript(script) => {
                 script.input_shape.iter().map(|&d| u64::from(d)).product()
             }
+            Architecture::Llama(llama) => u64::from(llama.max_position_embeddings),
+            Architecture::Gpt2(gpt2) => u64::from(gpt2.n_positions),
         }
     }
 
+    /// The head's outputs: for a language model, its vocabulary.
     pub fn num_classes(&self) -> u32 {
         match self {
             Architecture::Mlp(mlp) => mlp.num_classes,
@@ -291,6 +326,8 @@ impl Architecture {
             Architecture::Resnet(resnet) => resnet.num_classes,
             Architecture::Vgg(vgg) => vgg.num_classes,
             Architecture::Torchscript(script) => script.head.unwrap_or(script.output_size),
+            Architecture::Llama(llama) => llama.vocab_size,
+            Architecture::Gpt2(gpt2) => gpt2.vocab_size,
         }
     }
 
@@ -303,16 +340,22 @@ impl Architecture {
             Architecture::Resnet(resnet) => resnet.num_classes = num_classes,
             Architecture::Vgg(vgg) => vgg.num_classes = num_classes,
             Architecture::Torchscript(script) => script.head = Some(num_classes),
+            Architecture::Llama(llama) => llama.vocab_size = num_classes,
+            Architecture::Gpt2(gpt2) => gpt2.vocab_size = num_classes,
         }
         changed
     }
 
-    /// The name prefix of the classification head.
+    /// The name prefix of the classification head (a language model's output
+    /// projection, which is its embedding when the two are tied).
     pub fn head(&self) -> &'static str {
         match self {
             Architecture::Vgg(_) => "classifier.6",
             Architecture::Torchscript(_) => "head",
-            _ => "fc",
+            Architecture::Llama(llama) if llama.tie_word_embeddings => "model.embed_tokens",
+            Architecture::Gpt2(gpt2) if gpt2.tie_word_embeddings => "transformer.wte",
+            Architecture::Llama(_) | Architecture::Gpt2(_) => "lm_head",
+            Architecture::Mlp(_) | Architecture::SmallCnn(_) | Architecture::Resnet(_) => "fc",
         }
     }
 
@@ -349,6 +392,12 @@ impl Architecture {
             }
             // An opaque program has no blocks Heirloom knows of: fine-tune by pattern.
             Architecture::Torchscript(_) => Vec::new(),
+            Architecture::Llama(llama) => (0..llama.num_hidden_layers)
+                .map(|i| format!("model.layers.{i}"))
+                .collect(),
+            Architecture::Gpt2(gpt2) => (0..gpt2.n_layer)
+                .map(|i| format!("transformer.h.{i}"))
+                .collect(),
         }
     }
 
@@ -448,6 +497,8 @@ impl Architecture {
                     tensors.linear("head", script.output_size, outputs, false);
                 }
             }
+            Architecture::Llama(llama) => return llama.parameters(),
+            Architecture::Gpt2(gpt2) => return gpt2.parameters(),
         }
         tensors.0
     }

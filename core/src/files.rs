@@ -17,8 +17,9 @@ pub struct TensorInfo {
     pub shape: Vec<usize>,
 }
 
-/// The dtypes Heirloom stores: float32 weights, int64 counters (`num_batches_tracked`).
-const STORED_DTYPES: [&str; 2] = ["f32", "i64"];
+/// The dtypes Heirloom stores: float32 weights, bfloat16 and float16 weights of language
+/// models, int64 counters (`num_batches_tracked`).
+const STORED_DTYPES: [&str; 4] = ["f32", "bf16", "f16", "i64"];
 
 impl TensorInfo {
     /// The bytes the tensor's elements take; `None` when `dtype` names no safetensors
@@ -48,8 +49,9 @@ pub fn check_stored_dtype(field: &str, info: &TensorInfo) -> Result<(), Invalid>
     Err(Invalid::new(
         format!("{field}.dtype"),
         format!(
-            "{what}; Heirloom stores weights as f32 (and counters such as \
-             num_batches_tracked as i64): convert it"
+            "{what}; Heirloom stores weights as f32 (bf16 or f16 for a language model \
+             whose architecture says so) and counters such as num_batches_tracked as i64: \
+             convert it"
         ),
     ))
 }
@@ -322,7 +324,8 @@ mod tests {
                 .unwrap_err()
                 .to_string(),
             "tensors[0].dtype: tensor w is f64 [5], 40 bytes; Heirloom stores weights as f32 \
-             (and counters such as num_batches_tracked as i64): convert it"
+             (bf16 or f16 for a language model whose architecture says so) and counters such \
+             as num_batches_tracked as i64: convert it"
         );
         let unknown = check_stored_dtype("tensors[1]", &info("float", vec![5])).unwrap_err();
         assert_eq!(unknown.field, "tensors[1].dtype");

@@ -50,6 +50,12 @@ fn format(dtype: &str) -> Option<Format> {
     }
 }
 
+/// Whether `dtype` (as safetensors names it, lowercase) is a float: what can hold a
+/// value that is not finite, and what an interpolation or a scale may change.
+pub fn is_float_dtype(dtype: &str) -> bool {
+    format(dtype).is_some()
+}
+
 /// The first value of a tensor of `dtype` (as safetensors names it, lowercase) in
 /// little-endian `bytes` that is not finite, with its index among the tensor's elements;
 /// `None` when every value is finite or the dtype is not a float.

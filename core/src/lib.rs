@@ -13,6 +13,7 @@ mod files;
 mod finite;
 mod hyperparameters;
 mod kind;
+mod language_model;
 pub mod limits;
 mod memory;
 mod patterns;
@@ -28,9 +29,10 @@ pub use files::{
     DatasetInfo, HashedTensor, TensorInfo, check_manifest, check_stored_dtype, read_dataset_info,
     read_tensor_infos, sha256_hex, tensor_hashes,
 };
-pub use finite::{NonFinite, check_finite, check_finite_part, first_non_finite};
+pub use finite::{NonFinite, check_finite, check_finite_part, first_non_finite, is_float_dtype};
 pub use hyperparameters::{HyperparameterInput, Hyperparameters, Optimizer};
 pub use kind::{AdjustmentUse, DatasetUse, JobKind, KindInputs, Parents, Relation};
+pub use language_model::{Gpt2, Llama, WeightDtype};
 pub use memory::{MemoryEstimate, activation_elements, estimate as estimate_memory};
 pub use patterns::{TrainablePatterns, pattern_matches};
 pub use plan::{

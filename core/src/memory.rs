@@ -4,7 +4,8 @@
 use crate::{Architecture, Hyperparameters, Optimizer, TensorPlan, VggLayer, resnet_stages};
 use serde::{Deserialize, Serialize};
 
-/// Bytes, by what holds them. Tensors are float32 (4 bytes an element).
+/// Bytes, by what holds them, in the weights' dtype (float32 unless a language model's
+/// architecture says otherwise).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryEstimate {
     pub batch_size: u64,
@@ -44,7 +45,8 @@ pub fn estimate(
     hyperparameters: &Hyperparameters,
     dataset_examples: u64,
 ) -> MemoryEstimate {
-    const FLOAT: u64 = 4;
+    // Weights, gradients, optimizer state and activations in the weights' dtype.
+    let element = architecture.weight_dtype().bytes();
     let elements: std::collections::HashMap<String, (u64, bool)> = architecture
         .parameters()
         .into_iter()
@@ -86,14 +88,23 @@ pub fn estimate(
     };
     MemoryEstimate {
         batch_size: batch,
-        weights_bytes: weights.saturating_mul(FLOAT),
-        gradients_bytes: trained.saturating_mul(FLOAT),
-        optimizer_bytes: trained.saturating_mul(optimizer_states * FLOAT),
-        activations_bytes: activations.saturating_mul(FLOAT),
-        data_bytes: dataset_examples
-            .saturating_mul(architecture.input_features().saturating_mul(FLOAT) + 8),
-        output_bytes: weights.saturating_mul(FLOAT),
+        weights_bytes: weights.saturating_mul(element),
+        gradients_bytes: trained.saturating_mul(element),
+        optimizer_bytes: trained.saturating_mul(optimizer_states * element),
+        activations_bytes: activations.saturating_mul(element),
+        data_bytes: dataset_examples.saturating_mul(example_bytes(architecture)),
+        output_bytes: weights.saturating_mul(element),
         note,
+    }
+}
+
+/// The bytes one example of the dataset takes: float32 features and an int64 label, or a
+/// language model's int64 token ids.
+fn example_bytes(architecture: &Architecture) -> u64 {
+    if architecture.is_language_model() {
+        architecture.input_features().saturating_mul(8)
+    } else {
+        architecture.input_features().saturating_mul(4) + 8
     }
 }
 
@@ -163,6 +174,37 @@ pub fn activation_elements(architecture: &Architecture) -> Option<u64> {
             Some(total + 512 * 49 + 2 * 3 * 4096 + u64::from(vgg.num_classes))
         }
         Architecture::Torchscript(_) => None,
+        // Per sequence of the longest length: every layer's outputs at every position,
+        // the attention probabilities that libtorch's math kernel keeps (heads × length
+        // per position), and the logits with their log-softmax.
+        Architecture::Llama(llama) => {
+            let length = u64::from(llama.max_position_embeddings);
+            let queries = u64::from(llama.num_attention_heads * llama.head_size());
+            let keys = u64::from(llama.key_value_heads() * llama.head_size());
+            let per_layer = 5 * u64::from(llama.hidden_size)
+                + 2 * queries
+                + 2 * keys
+                + 4 * u64::from(llama.intermediate_size)
+                + u64::from(llama.num_attention_heads) * length;
+            Some(
+                length
+                    * (u64::from(llama.num_hidden_layers) * per_layer
+                        + 2 * u64::from(llama.hidden_size)
+                        + 2 * u64::from(llama.vocab_size)),
+            )
+        }
+        Architecture::Gpt2(gpt2) => {
+            let length = u64::from(gpt2.n_positions);
+            let width = u64::from(gpt2.n_embd);
+            let per_layer =
+                9 * width + 2 * u64::from(gpt2.inner_size()) + u64::from(gpt2.n_head) * length;
+            Some(
+                length
+                    * (u64::from(gpt2.n_layer) * per_layer
+                        + 2 * width
+                        + 2 * u64::from(gpt2.vocab_size)),
+            )
+        }
     }
 }
 

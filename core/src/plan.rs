@@ -48,9 +48,9 @@ impl TensorPlan {
     ) -> (TensorStatus, &'static str) {
         match (&self.origin, interpolates(adjustment)) {
             (None, _) => (TensorStatus::New, "the plan starts it fresh"),
-            (Some(_), true) if dtype != "f32" => (
+            (Some(_), true) if !crate::is_float_dtype(dtype) => (
                 TensorStatus::Inherited,
-                "only f32 tensors are interpolated or scaled; a counter keeps its origin's value",
+                "only float tensors are interpolated or scaled; a counter keeps its origin's value",
             ),
             (Some(_), true) if unchanged => {
                 (TensorStatus::Inherited, "its bytes equal its origin's")

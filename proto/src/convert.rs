@@ -5,8 +5,9 @@
 
 use crate::v1 as pb;
 use heirloom_core::{
-    Adjustment, Architecture, HyperparameterInput, Hyperparameters, Invalid, Metrics, Mlp,
-    Optimizer, ProgramParameter, Progress, Resnet, SmallCnn, TensorStatus, Torchscript, Vgg,
+    Adjustment, Architecture, Gpt2, HyperparameterInput, Hyperparameters, Invalid, Llama, Metrics,
+    Mlp, Optimizer, ProgramParameter, Progress, Resnet, SmallCnn, TensorStatus, Torchscript, Vgg,
+    WeightDtype,
 };
 
 impl From<&Architecture> for pb::Architecture {
@@ -55,6 +56,37 @@ impl From<&Architecture> for pb::Architecture {
                     head: script.head.unwrap_or_default(),
                 })
             }
+            Architecture::Llama(llama) => pb::architecture::Kind::Llama(pb::Llama {
+                vocab_size: llama.vocab_size,
+                hidden_size: llama.hidden_size,
+                intermediate_size: llama.intermediate_size,
+                num_hidden_layers: llama.num_hidden_layers,
+                num_attention_heads: llama.num_attention_heads,
+                num_key_value_heads: llama.num_key_value_heads,
+                head_dim: llama.head_dim,
+                max_position_embeddings: llama.max_position_embeddings,
+                rms_norm_eps: Some(llama.rms_norm_eps),
+                rope_theta: Some(llama.rope_theta),
+                tie_word_embeddings: llama.tie_word_embeddings,
+                attention_bias: llama.attention_bias,
+                mlp_bias: llama.mlp_bias,
+                attention_dropout: Some(llama.attention_dropout),
+                dtype: pb::WeightDtype::from(llama.dtype) as i32,
+            }),
+            Architecture::Gpt2(gpt2) => pb::architecture::Kind::Gpt2(pb::Gpt2 {
+                vocab_size: gpt2.vocab_size,
+                n_positions: gpt2.n_positions,
+                n_embd: gpt2.n_embd,
+                n_layer: gpt2.n_layer,
+                n_head: gpt2.n_head,
+                n_inner: gpt2.n_inner,
+                layer_norm_epsilon: Some(gpt2.layer_norm_epsilon),
+                tie_word_embeddings: Some(gpt2.tie_word_embeddings),
+                resid_pdrop: Some(gpt2.resid_pdrop),
+                embd_pdrop: Some(gpt2.embd_pdrop),
+                attn_pdrop: Some(gpt2.attn_pdrop),
+                dtype: pb::WeightDtype::from(gpt2.dtype) as i32,
+            }),
         };
         pb::Architecture { kind: Some(kind) }
     }
@@ -67,7 +99,8 @@ impl pb::Architecture {
             None => {
                 return Err(Invalid::new(
                     field,
-                    "names no architecture: set `mlp`, `small_cnn`, `resnet`, `vgg` or `torchscript`",
+                    "names no architecture: set `mlp`, `small_cnn`, `resnet`, `vgg`, `torchscript`, \
+                     `llama` or `gpt2`",
                 ));
             }
             Some(pb::architecture::Kind::Mlp(mlp)) => Architecture::Mlp(Mlp {
@@ -113,9 +146,65 @@ impl pb::Architecture {
                     head: (script.head != 0).then_some(script.head),
                 })
             }
+            Some(pb::architecture::Kind::Llama(llama)) => Architecture::Llama(Llama {
+                vocab_size: llama.vocab_size,
+                hidden_size: llama.hidden_size,
+                intermediate_size: llama.intermediate_size,
+                num_hidden_layers: llama.num_hidden_layers,
+                num_attention_heads: llama.num_attention_heads,
+                num_key_value_heads: llama.num_key_value_heads,
+                head_dim: llama.head_dim,
+                max_position_embeddings: llama.max_position_embeddings,
+                rms_norm_eps: llama.rms_norm_eps.unwrap_or(Llama::DEFAULT_RMS_NORM_EPS),
+                rope_theta: llama.rope_theta.unwrap_or(Llama::DEFAULT_ROPE_THETA),
+                tie_word_embeddings: llama.tie_word_embeddings,
+                attention_bias: llama.attention_bias,
+                mlp_bias: llama.mlp_bias,
+                attention_dropout: llama.attention_dropout.unwrap_or(0.0),
+                dtype: weight_dtype(&format!("{field}.llama.dtype"), llama.dtype)?,
+            }),
+            Some(pb::architecture::Kind::Gpt2(gpt2)) => Architecture::Gpt2(Gpt2 {
+                vocab_size: gpt2.vocab_size,
+                n_positions: gpt2.n_positions,
+                n_embd: gpt2.n_embd,
+                n_layer: gpt2.n_layer,
+                n_head: gpt2.n_head,
+                n_inner: gpt2.n_inner,
+                layer_norm_epsilon: gpt2
+                    .layer_norm_epsilon
+                    .unwrap_or(Gpt2::DEFAULT_LAYER_NORM_EPSILON),
+                tie_word_embeddings: gpt2.tie_word_embeddings.unwrap_or(true),
+                resid_pdrop: gpt2.resid_pdrop.unwrap_or(Gpt2::DEFAULT_DROPOUT),
+                embd_pdrop: gpt2.embd_pdrop.unwrap_or(Gpt2::DEFAULT_DROPOUT),
+                attn_pdrop: gpt2.attn_pdrop.unwrap_or(Gpt2::DEFAULT_DROPOUT),
+                dtype: weight_dtype(&format!("{field}.gpt2.dtype"), gpt2.dtype)?,
+            }),
         };
         architecture.validate(field)?;
         Ok(architecture)
+    }
+}
+
+impl From<WeightDtype> for pb::WeightDtype {
+    fn from(dtype: WeightDtype) -> Self {
+        match dtype {
+            WeightDtype::Float32 => pb::WeightDtype::Float32,
+            WeightDtype::Bfloat16 => pb::WeightDtype::Bfloat16,
+            WeightDtype::Float16 => pb::WeightDtype::Float16,
+        }
+    }
+}
+
+/// A weight dtype as a request gives it (unspecified: float32); `field` is its path.
+fn weight_dtype(field: &str, value: i32) -> Result<WeightDtype, Invalid> {
+    match pb::WeightDtype::try_from(value) {
+        Ok(pb::WeightDtype::Unspecified | pb::WeightDtype::Float32) => Ok(WeightDtype::Float32),
+        Ok(pb::WeightDtype::Bfloat16) => Ok(WeightDtype::Bfloat16),
+        Ok(pb::WeightDtype::Float16) => Ok(WeightDtype::Float16),
+        Err(_) => Err(Invalid::new(
+            field,
+            format!("{value} names no weight dtype: use FLOAT32, BFLOAT16 or FLOAT16"),
+        )),
     }
 }
 

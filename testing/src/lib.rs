@@ -215,6 +215,22 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     binary
 }
 
+/// Runs a peer script with the PyTorch virtualenv's `python3` (scripts/test.sh puts it
+/// first on PATH) and returns what it printed; panics with its error output if it fails.
+pub fn python_peer(script: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs (scripts/test.sh puts the PyTorch virtualenv first on PATH)");
+    assert!(
+        output.status.success(),
+        "python3 {script} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
 /// A TCP port nobody listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

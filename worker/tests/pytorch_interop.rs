@@ -18,17 +18,7 @@ const PEER: &str = concat!(
 const MAX_ABS_DIFF: f64 = 1e-4;
 
 fn python(args: &[&str]) -> String {
-    let output = Command::new("python3")
-        .arg(PEER)
-        .args(args)
-        .output()
-        .expect("python3 runs (scripts/test.sh puts the PyTorch virtualenv first on PATH)");
-    assert!(
-        output.status.success(),
-        "python3 {PEER} {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("utf-8")
+    support::python_peer(PEER, args)
 }
 
 #[test]

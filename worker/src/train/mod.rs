@@ -8,6 +8,7 @@
 pub mod collectives;
 mod data;
 mod network;
+mod transformer;
 
 use crate::error::{Error, Result};
 use collectives::{CollectiveError, ProcessGroup};
@@ -135,10 +136,7 @@ impl Weights {
 /// from the page cache, no intermediate buffer.
 fn load_blob(blob: &Blob) -> Result<Tensor> {
     use sha2::{Digest, Sha256};
-    let kind = match blob.dtype.as_str() {
-        "i64" => Kind::Int64,
-        _ => Kind::Float,
-    };
+    let kind = network::kind_of(&blob.dtype)?;
     let tensor = Tensor::f_empty(blob.shape.as_slice(), (kind, tch::Device::Cpu))?;
     let size = tensor.numel() * kind.elt_size_in_bytes();
     let mut file = std::fs::File::open(&blob.path)?;
@@ -672,21 +670,26 @@ fn adjust(
                 continue; // counters (num_batches_tracked) keep their origin's value
             }
             let trainable = plan.iter().any(|t| t.name == name && t.trainable);
+            // Computed in float32 whatever the stored dtype (bfloat16 and float16 weights
+            // are rounded once, when stored back), as a model soup in PyTorch would be.
+            let wide = |t: &Tensor| t.to_kind(Kind::Float);
             let adjusted = match adjustment {
                 Adjustment::Interpolate { alpha } => {
-                    let other = origin_of(name, 1)?;
-                    &*tensor + (other - &*tensor) * alpha
+                    let other = wide(&origin_of(name, 1)?);
+                    wide(tensor) + (other - wide(tensor)) * alpha
                 }
-                Adjustment::Scale { factor } => &*tensor * factor,
+                Adjustment::Scale { factor } => wide(tensor) * factor,
                 Adjustment::WiseFt { alpha } if trainable => {
                     let Ok(start) = origin_of(name, 0) else {
                         continue; // a fresh tensor has nothing to blend with
                     };
-                    &start + (tensor.detach() - &start) * alpha
+                    let start = wide(&start);
+                    &start + (wide(&tensor.detach()) - &start) * alpha
                 }
                 Adjustment::WiseFt { .. } => continue,
             };
-            // In place: a program's parameters must stay the program's tensors.
+            // In place (and cast back to the tensor's dtype): a program's parameters must
+            // stay the program's tensors.
             tensor.copy_(&adjusted);
         }
         Ok(())

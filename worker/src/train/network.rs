@@ -2,6 +2,7 @@
 //! torchvision's modules and names, so weights from PyTorch give the same outputs here.
 
 use super::collectives::ProcessGroup;
+use super::transformer;
 use crate::error::{Error, Result};
 use heirloom_core::{Architecture, Init, TensorPlan, VggLayer, resnet_stages};
 use std::collections::{HashMap, HashSet};
@@ -57,11 +58,7 @@ impl Network {
             .into_iter()
             .map(|spec| {
                 let size: Vec<i64> = spec.shape.iter().map(|&d| d as i64).collect();
-                let kind = if spec.dtype == "i64" {
-                    Kind::Int64
-                } else {
-                    Kind::Float
-                };
+                let kind = kind_of(spec.dtype)?;
                 let empty = || Tensor::empty(size.as_slice(), (kind, device));
                 let tensor = match spec.init {
                     Init::UniformFanIn(fan_in) => {
@@ -182,7 +179,32 @@ impl Network {
         let at = self.tensors.iter().position(|(n, _)| n == name);
         &self.tensors[at.unwrap_or_else(|| panic!("{name} is part of the architecture"))].1
     }
+}
 
+impl transformer::Weights for Network {
+    fn weight(&self, name: &str) -> &Tensor {
+        self.get(name)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.tensors.iter().any(|(n, _)| n == name)
+    }
+}
+
+/// The libtorch kind of a dtype as safetensors names it.
+pub fn kind_of(dtype: &str) -> Result<Kind> {
+    match dtype {
+        "f32" => Ok(Kind::Float),
+        "bf16" => Ok(Kind::BFloat16),
+        "f16" => Ok(Kind::Half),
+        "i64" => Ok(Kind::Int64),
+        other => Err(Error::InvalidJob(format!(
+            "tensors of dtype {other} are not stored by Heirloom"
+        ))),
+    }
+}
+
+impl Network {
     /// Logits for a batch of input rows. `training` turns on dropout and the batch
     /// norms whose statistics train.
     pub fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor> {
@@ -303,6 +325,8 @@ impl Network {
                 Ok(self.linear(&h, "classifier.6"))
             }
             Architecture::Torchscript(_) => unreachable!("forward runs the program"),
+            Architecture::Llama(llama) => Ok(transformer::llama(llama, self, x, training)),
+            Architecture::Gpt2(gpt2) => Ok(transformer::gpt2(gpt2, self, x, training)),
         }
     }
 
