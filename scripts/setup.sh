@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Heirloom needs and is missing: the pinned PyTorch wheel (libtorch for the
-# worker), torchvision for the interop tests, numpy/scikit-learn/safetensors for the
-# demo's data, moto's S3-compatible server for the artifact tests, grpcio-tools for the
+# worker), torchvision and transformers for the interop tests, numpy/scikit-learn/
+# safetensors for the demo's data, moto's S3-compatible server for the artifact tests, grpcio-tools for the
 # Python client and kubernetes-validate for the deploy manifests, into a cached
 # virtualenv, and the PostgreSQL server from the distribution's packages; for the
 # explorer's browser tests, Debian's Chromium and playwright-core from the npm registry.
@@ -16,6 +16,7 @@ MOTO_VERSION=5.2.5 # its standalone server stands in for S3 in the tests
 GRPCIO_TOOLS_VERSION=1.85.1 # the Python client's stubs, generated from proto/ by the tests
 KUBERNETES_VALIDATE_VERSION=1.37.0 # checks deploy/kubernetes against the API's schemas, offline
 PLAYWRIGHT_CORE_VERSION=1.64.1 # drives Debian's Chromium in the explorer's browser tests
+TRANSFORMERS_VERSION=5.23.0 # the language-model interop peer (tiny random configs, no hub)
 
 install_packages() {
   local sudo=""
@@ -24,7 +25,7 @@ install_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "$@"
 }
 
-if ! "$HEIRLOOM_VENV/bin/python" -c "import torch, torchvision, sklearn, safetensors, numpy, moto, flask, grpc_tools, grpc_reflection, kubernetes_validate; assert torch.__version__.startswith('$TORCH_VERSION') and torchvision.__version__.startswith('$TORCHVISION_VERSION')" 2>/dev/null; then
+if ! "$HEIRLOOM_VENV/bin/python" -c "import torch, torchvision, sklearn, safetensors, numpy, moto, flask, grpc_tools, grpc_reflection, kubernetes_validate, transformers; assert torch.__version__.startswith('$TORCH_VERSION') and torchvision.__version__.startswith('$TORCHVISION_VERSION') and transformers.__version__ == '$TRANSFORMERS_VERSION'" 2>/dev/null; then
   echo "setup: installing torch==$TORCH_VERSION into $HEIRLOOM_VENV (a few GB, once)" >&2
   mkdir -p "$HEIRLOOM_CACHE"
   if ! python3 -m venv "$HEIRLOOM_VENV" 2>/dev/null; then
@@ -35,6 +36,7 @@ if ! "$HEIRLOOM_VENV/bin/python" -c "import torch, torchvision, sklearn, safeten
   "$HEIRLOOM_VENV/bin/pip" install --quiet --disable-pip-version-check \
     "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" numpy scikit-learn safetensors "moto[server]==$MOTO_VERSION" \
     "grpcio-tools==$GRPCIO_TOOLS_VERSION" "grpcio-reflection==$GRPCIO_TOOLS_VERSION" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+    "transformers==$TRANSFORMERS_VERSION" \
     "setuptools<82" # torch 2.11 asks for it; grpcio-tools would pull a newer one
 fi
 
