@@ -12,7 +12,7 @@ use crate::Services;
 use crate::artifacts::ManifestEntry;
 use crate::db::Claimed;
 use crate::db::NewModel;
-use crate::domain::{Gang, Job, Metrics, TensorRecord};
+use crate::domain::{Dataset, Gang, Job, Metrics, TensorRecord};
 use crate::error::{Error, Result};
 use crate::notifier::Notification;
 use heirloom_core::{Claim, Origin, TensorInfo, TensorStatus, check_manifest, verify_claims};
@@ -42,7 +42,7 @@ pub struct Assignment {
     pub gang: Option<Gang>,
     /// The worker the assignment is for: it runs the gang's ranks placed on it.
     pub worker_id: Uuid,
-    pub dataset_sha256: Option<String>,
+    pub dataset: Option<Dataset>,
     /// Each parent's id and manifest, in the order of the job's spec.
     pub parents: Vec<(Uuid, Vec<ManifestEntry>)>,
     pub checkpoint_every: u64,
@@ -172,8 +172,8 @@ async fn deliver_ranks(services: &Services, worker_id: Uuid) -> Result<Vec<Assig
 
 async fn assignment(services: &Services, worker_id: Uuid, claimed: Claimed) -> Result<Assignment> {
     let Claimed { job, gang } = claimed;
-    let dataset_sha256 = match job.spec.dataset_id {
-        Some(id) => Some(services.db.dataset(id).await?.sha256),
+    let dataset = match job.spec.dataset_id {
+        Some(id) => Some(services.db.dataset(id).await?),
         None => None,
     };
     let mut parents = Vec::new();
@@ -184,7 +184,7 @@ async fn assignment(services: &Services, worker_id: Uuid, claimed: Claimed) -> R
         job,
         gang,
         worker_id,
-        dataset_sha256,
+        dataset,
         parents,
         checkpoint_every: services.policy.checkpoint_every,
         collective_timeout: services.policy.collective_timeout,

@@ -560,6 +560,9 @@ fn check_data_fits(
         Some(parent) if !draft.kind.inputs().architecture => format!("parent {:?}", parent.name),
         _ => "the architecture".to_string(),
     };
+    if architecture.is_language_model() || dataset.tokens.is_some() {
+        return check_tokens_fit(dataset, architecture, &data, &input, plan);
+    }
     let takes = architecture.input_features();
     if takes == u64::from(dataset.num_features) {
         plan.passed(
@@ -603,6 +606,71 @@ fn check_data_fits(
                 "spec.dataset_id: {data} has labels up to {largest} but {head_name} has {head} \
                  outputs (labels 0..{}): {fix}",
                 head - 1
+            )),
+        );
+    }
+}
+
+/// A language model trains on a token dataset: sequences no longer than the model's
+/// positions, token ids inside its vocabulary.
+fn check_tokens_fit(
+    dataset: &Dataset,
+    architecture: &Architecture,
+    data: &str,
+    input: &str,
+    plan: &mut Plan,
+) {
+    match (architecture.is_language_model(), dataset.tokens.is_some()) {
+        (true, true) => {}
+        (true, false) => {
+            return plan.refuse(
+                "input shape",
+                Error::FailedPrecondition(format!(
+                    "spec.dataset_id: {data} is a classification dataset but {input} is a \
+                     language model: register token shards (RegisterDataset with tokens) and \
+                     train on those"
+                )),
+            );
+        }
+        (false, _) => {
+            return plan.refuse(
+                "input shape",
+                Error::FailedPrecondition(format!(
+                    "spec.dataset_id: {data} is a token dataset but {input} is no language \
+                     model: train a llama or gpt2 architecture on it"
+                )),
+            );
+        }
+    }
+    let (length, positions) = (dataset.num_features, architecture.input_features());
+    if u64::from(length) <= positions {
+        plan.passed(
+            "input shape",
+            format!("{data} has sequences of {length} tokens; {input} takes up to {positions}"),
+        );
+    } else {
+        plan.refuse(
+            "input shape",
+            Error::FailedPrecondition(format!(
+                "spec.dataset_id: {data} has sequences of {length} tokens but {input} takes at \
+                 most {positions} (its maximum positions): cut the sequences, or use a model \
+                 with more positions"
+            )),
+        );
+    }
+    let (vocabulary, head) = (dataset.num_classes, architecture.num_classes());
+    if vocabulary <= head {
+        plan.passed(
+            "label range",
+            format!("{data} has a vocabulary of {vocabulary}; the head has {head} outputs"),
+        );
+    } else {
+        plan.refuse(
+            "label range",
+            Error::FailedPrecondition(format!(
+                "spec.dataset_id: {data} has a vocabulary of {vocabulary} tokens but the head \
+                 has {head} outputs: tokenise for this model's vocabulary, or transfer to a \
+                 new head of {vocabulary}"
             )),
         );
     }

@@ -41,6 +41,7 @@ fn register(name: &str, content: Vec<u8>) -> pb::RegisterDatasetRequest {
         name: name.into(),
         sha256: sha256_hex(&content),
         content: content.into(),
+        tokens: None,
     }
 }
 
@@ -169,6 +170,7 @@ async fn a_dataset_holding_nan_or_inf_is_refused_and_writes_nothing() {
                 name: "bad".into(),
                 sha256: sha256_hex(&bad),
                 content: Default::default(),
+                tokens: None,
             }),
         Code::InvalidArgument,
         "content: x holds NaN at row 1, feature 2",

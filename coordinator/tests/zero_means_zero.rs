@@ -332,6 +332,7 @@ async fn a_dataset_with_a_tensor_besides_x_and_y_is_refused_naming_it() {
         name: "extra".into(),
         sha256: heirloom_core::sha256_hex(&content),
         content: content.into(),
+        tokens: None,
     });
     refused(
         &cluster,

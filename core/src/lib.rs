@@ -20,6 +20,7 @@ mod patterns;
 mod plan;
 mod report;
 mod statistics;
+mod token_data;
 
 pub use architecture::{
     Architecture, Init, Mlp, ProgramParameter, Resnet, SmallCnn, TensorSpec, Torchscript, Vgg,
@@ -32,7 +33,7 @@ pub use files::{
 pub use finite::{NonFinite, check_finite, check_finite_part, first_non_finite, is_float_dtype};
 pub use hyperparameters::{HyperparameterInput, Hyperparameters, Optimizer};
 pub use kind::{AdjustmentUse, DatasetUse, JobKind, KindInputs, Parents, Relation};
-pub use language_model::{Gpt2, Llama, WeightDtype};
+pub use language_model::{Gpt2, Llama, MAX_POSITIONS, MAX_VOCABULARY, WeightDtype};
 pub use memory::{MemoryEstimate, activation_elements, estimate as estimate_memory};
 pub use patterns::{TrainablePatterns, pattern_matches};
 pub use plan::{
@@ -41,6 +42,7 @@ pub use plan::{
 };
 pub use report::{Metrics, Progress};
 pub use statistics::{DatasetStatistics, MAX_PER_FEATURE, Shift};
+pub use token_data::{MAX_SHARDS, ShardInfo, TokenShard, read_token_shard, token_manifest_sha256};
 
 /// A spec that cannot be used, with the field to fix.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub train_accuracy: f64,
     pub steps: u64,
     pub steps_per_second: f64,
+    /// A language model's mean next-token cross-entropy on the held-out sequences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout_loss: Option<f64>,
 }
 
 impl Metrics {
@@ -57,8 +60,14 @@ impl Metrics {
                 ("final_loss", self.final_loss),
                 ("train_accuracy", self.train_accuracy),
                 ("steps_per_second", self.steps_per_second),
+                ("holdout_loss", self.holdout_loss.unwrap_or_default()),
             ],
         )
+    }
+
+    /// exp(holdout_loss): how many tokens the model hesitates between, on average.
+    pub fn holdout_perplexity(&self) -> Option<f64> {
+        self.holdout_loss.map(f64::exp)
     }
 }
 

@@ -288,6 +288,8 @@ impl From<&Metrics> for pb::Metrics {
             train_accuracy: metrics.train_accuracy,
             steps: metrics.steps,
             steps_per_second: metrics.steps_per_second,
+            holdout_loss: metrics.holdout_loss,
+            holdout_perplexity: metrics.holdout_perplexity(),
         }
     }
 }
@@ -305,6 +307,8 @@ impl pb::Metrics {
             train_accuracy: self.train_accuracy,
             steps: self.steps,
             steps_per_second: self.steps_per_second,
+            // The perplexity follows from the loss; what a worker sends for it is not kept.
+            holdout_loss: self.holdout_loss,
         };
         metrics.check(field)?;
         Ok(metrics)

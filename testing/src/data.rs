@@ -55,6 +55,44 @@ pub fn blobs(classes: std::ops::Range<usize>, per_class: usize, seed: u64) -> Ve
     ])
 }
 
+/// A token shard of arithmetic sequences, `sequences` × `length` int32 ids in
+/// `1..vocab`: each starts anywhere and steps by 1, 2 or 3 (mod vocab - 1), so the next
+/// token follows from the two before it. With `pad`, every fourth sequence ends in a run
+/// of that id.
+pub fn token_shard(
+    sequences: usize,
+    length: usize,
+    vocab: u32,
+    pad: Option<u32>,
+    seed: u64,
+) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let modulus = vocab - 1;
+    let mut ids = Vec::with_capacity(sequences * length);
+    for sequence in 0..sequences {
+        let start = (rng.uniform() * modulus as f32) as u32 % modulus;
+        let stride = 1 + (rng.uniform() * 3.0) as u32 % 3;
+        let padded_from = match pad {
+            Some(_) if sequence % 4 == 3 => length / 2 + sequence % (length / 2),
+            _ => length,
+        };
+        for position in 0..length {
+            let id = match pad {
+                Some(pad) if position >= padded_from => pad,
+                _ => 1 + (start + stride * position as u32) % modulus,
+            };
+            ids.push(id as i32);
+        }
+    }
+    let bytes = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+    safetensors_file(&[(
+        "tokens",
+        safetensors::Dtype::I32,
+        vec![sequences, length],
+        bytes,
+    )])
+}
+
 pub fn safetensors_file(tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
     let views: Vec<(&str, safetensors::tensor::TensorView)> = tensors
         .iter()

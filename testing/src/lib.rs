@@ -778,12 +778,41 @@ pub async fn register_dataset_at(
             name: name.into(),
             content: content.into(),
             sha256,
+            tokens: None,
         })
         .await
         .expect("register the dataset")
         .into_inner()
         .dataset
         .expect("a dataset")
+}
+
+/// Uploads `shards` and registers them as a token dataset with the coordinator at the
+/// other end of `channel`.
+pub async fn register_token_dataset_at(
+    channel: &Connection,
+    name: &str,
+    shards: &[Vec<u8>],
+    vocab_size: u32,
+    pad_token_id: Option<u32>,
+) -> Result<pb::Dataset, tonic::Status> {
+    let blobs: Vec<(String, bytes::Bytes)> = shards
+        .iter()
+        .map(|shard| (sha256_hex(shard), bytes::Bytes::from(shard.clone())))
+        .collect();
+    heirloom_client::transfer::upload_missing(channel.clone(), &blobs, |_, _| {}).await?;
+    let registered = DatasetServiceClient::new(channel.clone())
+        .register_dataset(pb::RegisterDatasetRequest {
+            name: name.into(),
+            tokens: Some(pb::TokenDatasetManifest {
+                shard_sha256: blobs.into_iter().map(|(sha256, _)| sha256).collect(),
+                vocab_size,
+                pad_token_id,
+            }),
+            ..Default::default()
+        })
+        .await?;
+    Ok(registered.into_inner().dataset.expect("a dataset"))
 }
 
 /// Imports a model with the coordinator at the other end of `channel`.

@@ -9,10 +9,13 @@
 
 use crate::cache::Cache;
 use crate::error::{Error, Result};
-use crate::train::{self, Blob, Position, Resume, TrainingJob, Weights};
+use crate::train::{
+    self, Blob, DataSource, Position, Resume, TokenShardRef, TokenSource, TrainingJob, Weights,
+};
 use heirloom_core::{Architecture, HashedTensor, Origin, TensorPlan, check_finite, tensor_hashes};
 use heirloom_proto::v1 as pb;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The worker's view of an assignment, with every blob it needs in the local cache;
 /// refuses one it cannot run.
@@ -59,8 +62,25 @@ pub(crate) async fn training_job(
         parents.push(fetch_weights(cache, &parent.tensors).await?);
     }
     let dataset = match assignment.dataset_sha256.as_str() {
-        "" => None,
-        sha256 => Some(cache.fetch(sha256).await?),
+        "" if assignment.dataset_shards.is_empty() => None,
+        // A token dataset is streamed: each shard is fetched when training nears it,
+        // from the training thread (or the one fetching ahead), through this runtime.
+        "" => {
+            let (runtime, cache) = (tokio::runtime::Handle::current(), cache.clone());
+            Some(DataSource::Tokens(TokenSource {
+                shards: assignment
+                    .dataset_shards
+                    .iter()
+                    .map(|shard| TokenShardRef {
+                        sha256: shard.sha256.clone(),
+                        sequences: shard.sequences,
+                    })
+                    .collect(),
+                pad_token_id: assignment.pad_token_id,
+                fetch: Arc::new(move |sha256: &str| runtime.block_on(cache.fetch(sha256))),
+            }))
+        }
+        sha256 => Some(DataSource::Classes(cache.fetch(sha256).await?)),
     };
     let program = match &architecture {
         Architecture::Torchscript(script) => Some(cache.fetch(&script.program_sha256).await?),

@@ -328,6 +328,7 @@ async fn a_dataset_uploaded_first_is_registered_by_its_hash(backend: Backend) {
         name: "uploaded".into(),
         content: Default::default(),
         sha256: sha256.into(),
+        tokens: None,
     };
     let refused = cluster
         .datasets()

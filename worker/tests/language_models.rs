@@ -171,3 +171,152 @@ async fn models_made_by_transformers_give_its_logits_and_come_back_byte_for_byte
         assert_eq!(again["max_abs_diff"], report["max_abs_diff"], "{name}");
     }
 }
+
+const VOCABULARY: u32 = 101;
+const PAD: u32 = 0;
+
+/// Four shards of arithmetic sequences of 16 tokens, some padded at the end.
+fn shards() -> Vec<Vec<u8>> {
+    (0..4)
+        .map(|seed| support::token_shard(24, 16, VOCABULARY, Some(PAD), seed))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_llama_from_transformers_is_finetuned_on_streamed_shards_and_loads_back() {
+    let mut cluster = Cluster::coordinator_only().await;
+    cluster.start_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let arch = compact(LLAMA);
+    python(&["make", &arch, dir.path().to_str().unwrap()]);
+    let architecture: Architecture = serde_json::from_str(&arch).unwrap();
+    let parent = cluster
+        .models()
+        .import_model(pb::ImportModelRequest {
+            name: "llama".into(),
+            architecture: Some((&architecture).into()),
+            weights: std::fs::read(dir.path().join("model.safetensors"))
+                .unwrap()
+                .into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap();
+    let dataset = support::register_token_dataset_at(
+        &cluster.channel,
+        "arithmetic",
+        &shards(),
+        VOCABULARY,
+        Some(PAD),
+    )
+    .await
+    .unwrap();
+    assert_eq!(dataset.token_shards.len(), 4);
+    assert_eq!((dataset.num_examples, dataset.num_features), (96, 16));
+
+    let tuned = cluster
+        .run(pb::JobSpec {
+            kind: pb::JobKind::Finetune as i32,
+            model_name: "llama-tuned".into(),
+            dataset_id: dataset.id.clone(),
+            parent_id: parent.id.clone(),
+            trainable: vec!["model.layers.1.*".into(), "lm_head.*".into()],
+            hyperparameters: Some(pb::Hyperparameters {
+                epochs: Some(3),
+                batch_size: Some(8),
+                learning_rate: Some(3e-3),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    let metrics = tuned.metrics.unwrap();
+    let loss = metrics
+        .holdout_loss
+        .expect("a language model's held-out loss");
+    eprintln!(
+        "fine-tuned llama: held-out loss {loss}, perplexity {:?}",
+        metrics.holdout_perplexity
+    );
+    assert!(loss.is_finite() && loss > 0.0);
+    assert!((metrics.holdout_perplexity.unwrap() - loss.exp()).abs() < 1e-9 * loss.exp());
+    assert!((0.0..=1.0).contains(&metrics.holdout_accuracy));
+
+    let parent_tensors = cluster.tensors_of("llama").await;
+    let tensors = cluster.tensors_of("llama-tuned").await;
+    for (name, tensor) in &tensors {
+        let trained = name.starts_with("model.layers.1.") || name.starts_with("lm_head.");
+        let expected = if trained {
+            pb::TensorStatus::Trained
+        } else {
+            pb::TensorStatus::Inherited
+        };
+        assert_eq!(tensor.status(), expected, "{name}");
+        assert_eq!(
+            tensor.sha256 == parent_tensors[name].sha256,
+            !trained,
+            "{name}"
+        );
+    }
+
+    // What the worker fine-tuned loads strictly into transformers and gives its logits.
+    let exported = cluster.export_to(&tuned, dir.path()).await;
+    let report = logits_difference(
+        &arch,
+        &exported,
+        &dir.path().join("tokens.safetensors"),
+        dir.path(),
+    );
+    let difference = report["max_abs_diff"].as_f64().unwrap();
+    eprintln!("fine-tuned llama in transformers: max abs logit difference {difference:e}");
+    assert!(difference <= MAX_ABS_DIFF, "{difference}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpt2_trained_from_scratch_learns_the_sequences() {
+    let mut cluster = Cluster::coordinator_only().await;
+    cluster.start_worker();
+    let dataset = support::register_token_dataset_at(
+        &cluster.channel,
+        "arithmetic",
+        &shards(),
+        VOCABULARY,
+        Some(PAD),
+    )
+    .await
+    .unwrap();
+    let architecture: Architecture = serde_json::from_str(
+        r#"{"gpt2": {"vocab_size": 101, "n_positions": 16, "n_embd": 32, "n_layer": 2,
+            "n_head": 4, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}}"#,
+    )
+    .unwrap();
+    let trained = cluster
+        .run(pb::JobSpec {
+            kind: pb::JobKind::Train as i32,
+            model_name: "gpt2-arithmetic".into(),
+            dataset_id: dataset.id.clone(),
+            architecture: Some((&architecture).into()),
+            hyperparameters: Some(pb::Hyperparameters {
+                epochs: Some(20),
+                batch_size: Some(16),
+                learning_rate: Some(1e-2),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    let metrics = trained.metrics.unwrap();
+    let (loss, perplexity) = (
+        metrics.holdout_loss.unwrap(),
+        metrics.holdout_perplexity.unwrap(),
+    );
+    eprintln!(
+        "gpt2 from scratch: held-out loss {loss}, perplexity {perplexity}, next-token accuracy {}",
+        metrics.holdout_accuracy
+    );
+    // Guessing uniformly is a perplexity of 101; the sequences follow from two tokens.
+    assert!(perplexity < 20.0, "{perplexity}");
+}

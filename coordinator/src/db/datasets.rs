@@ -6,9 +6,10 @@
 use super::Db;
 use super::is_unique_violation;
 use crate::domain::Dataset;
+use crate::domain::TokenData;
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
-use heirloom_core::DatasetStatistics;
+use heirloom_core::{DatasetStatistics, TokenShard};
 use sqlx::types::Json;
 use uuid::Uuid;
 
@@ -27,6 +28,8 @@ struct DatasetRow {
     /// (NaN stored as `null` before registration refused non-finite data) reads as a
     /// dataset without statistics instead of failing every query that touches it.
     statistics: Option<Json<serde_json::Value>>,
+    token_shards: Option<Json<Vec<TokenShard>>>,
+    pad_token_id: Option<i32>,
 }
 
 impl From<DatasetRow> for Dataset {
@@ -41,6 +44,10 @@ impl From<DatasetRow> for Dataset {
             num_features: row.num_features as u32,
             num_classes: row.num_classes as u32,
             created_at: row.created_at,
+            tokens: row.token_shards.map(|Json(shards)| TokenData {
+                shards,
+                pad_token_id: row.pad_token_id.map(|id| id as u32),
+            }),
             statistics: row.statistics.and_then(|Json(json)| {
                 serde_json::from_value::<DatasetStatistics>(json)
                     .inspect_err(|err| {
@@ -64,8 +71,9 @@ impl Db {
         for _ in 0..3 {
             let inserted = sqlx::query_as::<_, DatasetRow>(
                 "INSERT INTO datasets (id, name, version, sha256, size_bytes, num_examples,
-                                       num_features, num_classes, statistics)
-                 SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4, $5, $6, $7, $8
+                                       num_features, num_classes, statistics, token_shards,
+                                       pad_token_id)
+                 SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4, $5, $6, $7, $8, $9, $10
                    FROM datasets WHERE name = $2
                  RETURNING *",
             )
@@ -77,6 +85,14 @@ impl Db {
             .bind(dataset.num_features as i32)
             .bind(dataset.num_classes as i32)
             .bind(dataset.statistics.as_ref().map(Json))
+            .bind(dataset.tokens.as_ref().map(|tokens| Json(&tokens.shards)))
+            .bind(
+                dataset
+                    .tokens
+                    .as_ref()
+                    .and_then(|tokens| tokens.pad_token_id)
+                    .map(|id| id as i32),
+            )
             .fetch_one(&self.pool)
             .await;
             match inserted {

@@ -202,6 +202,8 @@ impl Db {
         let rows: Vec<(Option<String>,)> = sqlx::query_as(
             "SELECT sha256 FROM model_tensors
              UNION SELECT sha256 FROM datasets
+             UNION SELECT shard->>'sha256' FROM datasets,
+                          jsonb_array_elements(token_shards) AS shard
              UNION SELECT architecture->'torchscript'->>'program_sha256' FROM models
                     WHERE architecture ? 'torchscript'
              UNION SELECT sha256 FROM blob_holds

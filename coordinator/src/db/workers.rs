@@ -127,9 +127,9 @@ impl Db {
         Ok(rows.into_iter().map(ConnectedWorker::from).collect())
     }
 
-    /// Whether a job leased to a worker of `token_id` (or with a rank on one) needs this blob: a parent's
-    /// tensor or program, its own architecture's program, its dataset, or its
-    /// checkpoint's tensors.
+    /// Whether a job leased to a worker of `token_id` (or with a rank on one) needs this
+    /// blob: a parent's tensor or program, its own architecture's program, its dataset (or
+    /// a shard of it), or its checkpoint's tensors.
     pub async fn lease_needs_blob(&self, token_id: Uuid, sha256: &str) -> Result<bool> {
         let (needed,): (bool,) = sqlx::query_as(
             "SELECT EXISTS (
@@ -140,6 +140,8 @@ impl Db {
                 WHERE w.token_id = $1 AND j.state IN ('leased', 'running') AND (
                     EXISTS (SELECT 1 FROM datasets d
                             WHERE d.id = j.dataset_id AND d.sha256 = $2)
+                    OR EXISTS (SELECT 1 FROM datasets d, jsonb_array_elements(d.token_shards) s
+                               WHERE d.id = j.dataset_id AND s->>'sha256' = $2)
                     OR j.spec->'architecture'->'torchscript'->>'program_sha256' = $2
                     OR EXISTS (SELECT 1 FROM jsonb_array_elements(j.checkpoint->'tensors') t
                                WHERE t->>'sha256' = $2)

@@ -402,8 +402,19 @@ pub struct Dataset {
     pub num_features: u32,
     pub num_classes: u32,
     pub created_at: DateTime<Utc>,
-    /// Measured at registration; `None` for datasets registered before statistics were.
+    /// Measured at registration; `None` for datasets registered before statistics were,
+    /// and for token datasets.
     pub statistics: Option<heirloom_core::DatasetStatistics>,
+    /// A token dataset's shards and padding token; `None` for a classification dataset
+    /// (`num_features` is then the sequence length, `num_classes` the vocabulary size).
+    pub tokens: Option<TokenData>,
+}
+
+/// What a token dataset holds beyond a classification dataset's columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenData {
+    pub shards: Vec<heirloom_core::TokenShard>,
+    pub pad_token_id: Option<u32>,
 }
 
 #[derive(Debug, Clone)]

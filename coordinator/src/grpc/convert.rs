@@ -996,6 +996,23 @@ pub fn dataset_to_proto(dataset: &Dataset) -> pb::Dataset {
                 std: statistics.std,
                 per_feature: !statistics.feature_mean.is_empty(),
             }),
+        token_shards: dataset
+            .tokens
+            .as_ref()
+            .map(|tokens| tokens.shards.iter().map(token_shard_to_proto).collect())
+            .unwrap_or_default(),
+        pad_token_id: dataset
+            .tokens
+            .as_ref()
+            .and_then(|tokens| tokens.pad_token_id),
+    }
+}
+
+fn token_shard_to_proto(shard: &heirloom_core::TokenShard) -> pb::TokenShard {
+    pb::TokenShard {
+        sha256: shard.sha256.clone(),
+        sequences: shard.sequences,
+        size_bytes: shard.size_bytes,
     }
 }
 
@@ -1025,7 +1042,21 @@ pub fn assignment_to_proto(assignment: &Assignment) -> pb::Assignment {
         attempt: job.attempt as u32,
         spec: Some(job_spec_to_proto(&job.spec)),
         architecture: Some((&job.spec.architecture).into()),
-        dataset_sha256: assignment.dataset_sha256.clone().unwrap_or_default(),
+        dataset_sha256: match &assignment.dataset {
+            Some(dataset) if dataset.tokens.is_none() => dataset.sha256.clone(),
+            _ => String::new(),
+        },
+        dataset_shards: assignment
+            .dataset
+            .as_ref()
+            .and_then(|dataset| dataset.tokens.as_ref())
+            .map(|tokens| tokens.shards.iter().map(token_shard_to_proto).collect())
+            .unwrap_or_default(),
+        pad_token_id: assignment
+            .dataset
+            .as_ref()
+            .and_then(|dataset| dataset.tokens.as_ref())
+            .and_then(|tokens| tokens.pad_token_id),
         parents: assignment
             .parents
             .iter()

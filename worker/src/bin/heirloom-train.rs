@@ -8,7 +8,7 @@ use heirloom_core::{
     plan_finetune, plan_scratch, plan_transfer,
 };
 use heirloom_worker::train::collectives::{ProcessGroup, Rendezvous};
-use heirloom_worker::train::{self, TrainingJob, Weights};
+use heirloom_worker::train::{self, DataSource, TokenShardRef, TokenSource, TrainingJob, Weights};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -34,8 +34,14 @@ enum Command {
         #[arg(long)]
         arch: String,
         /// A dataset file (safetensors with `x` and `y`).
-        #[arg(long)]
-        dataset: PathBuf,
+        #[arg(long, required_unless_present = "shards")]
+        dataset: Option<PathBuf>,
+        /// A language model's token shards instead, in order (safetensors with `tokens`).
+        #[arg(long, num_args = 1.., conflicts_with = "dataset")]
+        shards: Vec<PathBuf>,
+        /// The token shards' padding token.
+        #[arg(long, requires = "shards")]
+        pad_token_id: Option<u32>,
         /// Where to write the weights.
         #[arg(long)]
         out: PathBuf,
@@ -100,6 +106,28 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// Token shards on this machine: each named by its path, counted from its header.
+fn local_shards(paths: &[PathBuf], pad_token_id: Option<u32>) -> anyhow::Result<DataSource> {
+    let mut shards = Vec::new();
+    for path in paths {
+        let bytes = std::fs::read(path)?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
+        let tokens = header
+            .tensors()
+            .remove("tokens")
+            .ok_or_else(|| anyhow::anyhow!("{} has no `tokens`", path.display()))?;
+        shards.push(TokenShardRef {
+            sha256: path.display().to_string(),
+            sequences: tokens.shape[0] as u64,
+        });
+    }
+    Ok(DataSource::Tokens(TokenSource {
+        shards,
+        pad_token_id,
+        fetch: std::sync::Arc::new(|path: &str| Ok(PathBuf::from(path))),
+    }))
 }
 
 fn architecture(json: &str) -> anyhow::Result<Architecture> {
@@ -171,6 +199,8 @@ fn main() -> anyhow::Result<()> {
         Command::Fit {
             arch,
             dataset,
+            shards,
+            pad_token_id,
             out,
             parent,
             trainable,
@@ -213,7 +243,10 @@ fn main() -> anyhow::Result<()> {
                 tensors,
                 parents,
                 adjustment: None,
-                dataset: Some(dataset),
+                dataset: Some(match dataset {
+                    Some(path) => DataSource::Classes(path),
+                    None => local_shards(&shards, pad_token_id)?,
+                }),
                 program: None,
                 resume: None,
                 checkpoint_every: 0,

@@ -13,6 +13,7 @@ mod transformer;
 use crate::error::{Error, Result};
 use collectives::{CollectiveError, ProcessGroup};
 use data::Dataset;
+pub use data::{DataSource, TokenShardRef, TokenSource};
 use heirloom_core::{Adjustment, Architecture, Hyperparameters, Optimizer, TensorPlan};
 pub use heirloom_core::{Metrics, Progress};
 use network::Network;
@@ -41,7 +42,7 @@ pub struct TrainingJob {
     pub parents: Vec<Weights>,
     pub adjustment: Option<Adjustment>,
     /// Needed when anything trains; otherwise only for the held-out accuracy.
-    pub dataset: Option<PathBuf>,
+    pub dataset: Option<DataSource>,
     /// The TorchScript program, for that architecture.
     pub program: Option<PathBuf>,
     /// Where an earlier attempt got to: training goes on from there.
@@ -277,8 +278,8 @@ pub fn train(
 ) -> Result<Option<Metrics>> {
     let hp = &job.hyperparameters;
     let dataset = match &job.dataset {
-        Some(path) => Some(Dataset::load(
-            path,
+        Some(source) => Some(Dataset::load(
+            source,
             job.architecture.input_features(),
             device,
         )?),
@@ -303,6 +304,10 @@ pub fn train(
         &parents,
         device,
     )?;
+    let objective = Objective::of(&job.architecture, dataset.as_ref());
+    if let Objective::NextToken { pad: Some(pad) } = objective {
+        network.mask_padding(pad);
+    }
     let start = match &job.resume {
         Some(resume) => {
             network.restore(&resume.weights.load()?)?;
@@ -327,7 +332,7 @@ pub fn train(
         metrics = fit(
             &mut network,
             job,
-            dataset,
+            (dataset, objective),
             train_rows,
             device,
             Run {
@@ -343,15 +348,9 @@ pub fn train(
     }
     let scored = match (&dataset, &split) {
         (Some(dataset), Some((_, holdout_rows))) => {
-            metrics.holdout_accuracy = tch::no_grad(|| -> Result<f64> {
-                let (x, y) = dataset.rows(holdout_rows);
-                let predicted = network.forward(&x, false)?.argmax(-1, false);
-                Ok(predicted
-                    .eq_tensor(&y)
-                    .to_kind(Kind::Float)
-                    .mean(Kind::Float)
-                    .double_value(&[]))
-            })?;
+            let (accuracy, loss) = score(&network, dataset, objective, holdout_rows, hp)?;
+            metrics.holdout_accuracy = accuracy;
+            metrics.holdout_loss = loss;
             Some(metrics)
         }
         _ => None,
@@ -383,6 +382,111 @@ pub fn predict(
     Ok(())
 }
 
+/// What training minimises, by what the model and the data are.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Objective {
+    /// Cross-entropy of each row's label.
+    Classify,
+    /// Cross-entropy of every next token, padding left out.
+    NextToken { pad: Option<i64> },
+}
+
+impl Objective {
+    fn of(architecture: &Architecture, dataset: Option<&Dataset>) -> Objective {
+        if architecture.is_language_model() {
+            Objective::NextToken {
+                pad: dataset.and_then(Dataset::pad_token_id),
+            }
+        } else {
+            Objective::Classify
+        }
+    }
+
+    /// The logits and targets the loss compares: a language model's position t predicts
+    /// token t + 1, and padding targets are -100 (ignored).
+    fn pairs(self, logits: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
+        match self {
+            Objective::Classify => (logits.shallow_clone(), targets.shallow_clone()),
+            Objective::NextToken { pad } => {
+                let length = targets.size()[1];
+                let vocabulary = logits.size()[2];
+                let predicted = logits.narrow(1, 0, length - 1).reshape([-1, vocabulary]);
+                let next = targets.narrow(1, 1, length - 1).reshape([-1]);
+                let next = match pad {
+                    Some(pad) => next.masked_fill(&next.eq(pad), -100),
+                    None => next,
+                };
+                (predicted, next)
+            }
+        }
+    }
+
+    /// What a batch's mean is over: its rows, or the target tokens of all its rows.
+    fn units(self, targets: &Tensor) -> i64 {
+        match self {
+            Objective::Classify => targets.size()[0],
+            Objective::NextToken { pad } => {
+                let next = targets.narrow(1, 1, targets.size()[1] - 1);
+                match pad {
+                    Some(pad) => next.ne(pad).sum(Kind::Int64).int64_value(&[]),
+                    None => next.numel() as i64,
+                }
+            }
+        }
+    }
+
+    /// The summed loss of these rows (in float32 whatever the logits' dtype) and how
+    /// many of their predictions were right.
+    fn summed(self, logits: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
+        let (logits, targets) = self.pairs(logits, targets);
+        let loss = logits.to_kind(Kind::Float).cross_entropy_loss::<Tensor>(
+            &targets,
+            None,
+            Reduction::Sum,
+            -100,
+            0.0,
+        );
+        let correct = logits
+            .argmax(-1, false)
+            .eq_tensor(&targets)
+            .sum(Kind::Int64);
+        (loss, correct)
+    }
+}
+
+/// The held-out accuracy (of next tokens, for a language model) and, for a language
+/// model, the mean next-token loss: in batches, so a token set streams its shards once.
+fn score(
+    network: &Network,
+    dataset: &Dataset,
+    objective: Objective,
+    holdout_rows: &Tensor,
+    hp: &Hyperparameters,
+) -> Result<(f64, Option<f64>)> {
+    tch::no_grad(|| {
+        if objective == Objective::Classify {
+            let (x, y) = dataset.rows(holdout_rows)?;
+            let predicted = network.forward(&x, false)?.argmax(-1, false);
+            let accuracy = predicted
+                .eq_tensor(&y)
+                .to_kind(Kind::Float)
+                .mean(Kind::Float)
+                .double_value(&[]);
+            return Ok((accuracy, None));
+        }
+        let (mut loss, mut correct, mut units) = (0.0, 0i64, 0i64);
+        for rows in holdout_rows.split(i64::from(hp.batch_size), 0) {
+            let (x, targets) = dataset.rows(&rows)?;
+            let (summed, right) = objective.summed(&network.forward(&x, false)?, &targets);
+            loss += summed.double_value(&[]);
+            correct += right.int64_value(&[]);
+            units += objective.units(&targets);
+        }
+        let units = units.max(1) as f64;
+        Ok((correct as f64 / units, Some(loss / units)))
+    })
+}
+
 /// How one run of `fit` goes: where it starts, and who it answers to.
 struct Run<'a, R, C> {
     start: Position,
@@ -394,7 +498,7 @@ struct Run<'a, R, C> {
 fn fit<R, C>(
     network: &mut Network,
     job: &TrainingJob,
-    dataset: &Dataset,
+    (dataset, objective): (&Dataset, Objective),
     train_rows: &Tensor,
     device: Device,
     run: Run<'_, R, C>,
@@ -453,13 +557,14 @@ where
     };
     report(&progress);
     let mut last_report = Instant::now();
+    // A language model's accuracy is over target positions: a row has length - 1.
+    let mut predictions_per_row = 1.0f64;
     let first_epoch = (start.step / batches_per_epoch.max(1) as u64) as u32 + 1;
     for epoch in first_epoch..=hp.epochs {
         // Each epoch's order depends on the seed and the epoch alone, so a resumed run
         // sees the rows a run without faults would.
         tch::manual_seed(hp.seed as i64 ^ (i64::from(epoch) << 32));
-        let order =
-            train_rows.index_select(0, &Tensor::randperm(train_count, (Kind::Int64, device)));
+        let order = dataset.epoch_order(train_rows);
         let resumed = epoch == first_epoch && start.step > 0;
         let first_batch = if resumed {
             (start.step % batches_per_epoch as u64) as i64
@@ -532,16 +637,35 @@ where
                 .as_ref()
                 .map_or(rows.size()[0], |ranks| ranks.micro_batch(batch_size))
                 .max(1);
+            // What the batch's mean loss is over, on all ranks together: its rows, or the
+            // target tokens of every rank's rows.
+            let batch_units = match (objective, &group) {
+                (Objective::Classify, _) => batch_rows,
+                (Objective::NextToken { .. }, None) => 0, // not needed: one mean
+                (Objective::NextToken { .. }, Some(_)) => {
+                    objective.units(&dataset.rows(&order.narrow(0, first, batch_rows))?.1)
+                }
+            };
             for part in rows.split(micro_rows, 0) {
-                let (x, y) = dataset.rows(&part);
+                let (x, y) = dataset.rows(&part)?;
+                if let Objective::NextToken { .. } = objective {
+                    predictions_per_row = (y.size()[1] - 1) as f64;
+                }
                 let logits = network.forward(&x, true)?;
-                let loss = match &group {
-                    None => logits.cross_entropy_for_logits(&y),
+                let (loss, right) = match (objective, &group) {
+                    (Objective::Classify, None) => (
+                        logits.cross_entropy_for_logits(&y),
+                        logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64),
+                    ),
+                    (Objective::NextToken { .. }, None) => {
+                        let (summed, right) = objective.summed(&logits, &y);
+                        (summed / objective.units(&y).max(1) as f64, right)
+                    }
                     // Summed over these rows and divided by the whole batch's count: the
                     // ranks' gradients then sum to the gradient of the batch's mean loss.
-                    Some(_) => {
-                        logits.cross_entropy_loss::<Tensor>(&y, None, Reduction::Sum, -100, 0.0)
-                            / batch_rows as f64
+                    (_, Some(_)) => {
+                        let (summed, right) = objective.summed(&logits, &y);
+                        (summed / batch_units.max(1) as f64, right)
                     }
                 };
                 match &group {
@@ -553,7 +677,7 @@ where
                         .map_err(|err| CollectiveError(err.to_string()))?,
                 }
                 loss_sum += loss.detach() * batch_rows;
-                correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64);
+                correct += right;
             }
             if let Some(group) = &group {
                 sum_gradients(network, group)?;
@@ -570,7 +694,7 @@ where
                     step,
                     total_steps,
                     loss: loss_sum.double_value(&[]) / seen,
-                    accuracy: correct.int64_value(&[]) as f64 / seen,
+                    accuracy: correct.int64_value(&[]) as f64 / (seen * predictions_per_row),
                     steps_per_second: step as f64 / started.elapsed().as_secs_f64().max(1e-9),
                 });
                 last_report = Instant::now();
@@ -593,7 +717,7 @@ where
             step,
             total_steps,
             loss: epoch_loss / train_count as f64,
-            accuracy: epoch_correct / train_count as f64,
+            accuracy: epoch_correct / (train_count as f64 * predictions_per_row),
             steps_per_second: step as f64 / started.elapsed().as_secs_f64().max(1e-9),
         };
         if !progress.loss.is_finite() {
@@ -611,6 +735,7 @@ where
         train_accuracy: progress.accuracy,
         steps: step,
         steps_per_second: progress.steps_per_second,
+        holdout_loss: None,
     })
 }
 

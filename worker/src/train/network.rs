@@ -26,6 +26,8 @@ pub struct Network {
     /// statistics over every rank's rows (SyncBatchNorm), so the ranks compute what one
     /// process would on the whole batch.
     ranks: Option<Arc<ProcessGroup>>,
+    /// A language model's padding token: no position attends to it.
+    pad_token_id: Option<i64>,
 }
 
 impl Network {
@@ -95,6 +97,7 @@ impl Network {
             training_norms: HashSet::new(),
             program,
             ranks: None,
+            pad_token_id: None,
         })
     }
 
@@ -229,6 +232,11 @@ impl Network {
         self.forward_builtin(x, training)
     }
 
+    /// Keeps every position of a language model from attending to padding.
+    pub fn mask_padding(&mut self, pad_token_id: i64) {
+        self.pad_token_id = Some(pad_token_id);
+    }
+
     /// Makes training-mode batch norms synchronise their statistics over `ranks`.
     pub fn synchronise_norms(&mut self, ranks: Arc<ProcessGroup>) {
         self.ranks = Some(ranks);
@@ -325,8 +333,20 @@ impl Network {
                 Ok(self.linear(&h, "classifier.6"))
             }
             Architecture::Torchscript(_) => unreachable!("forward runs the program"),
-            Architecture::Llama(llama) => Ok(transformer::llama(llama, self, x, training)),
-            Architecture::Gpt2(gpt2) => Ok(transformer::gpt2(gpt2, self, x, training)),
+            Architecture::Llama(llama) => Ok(transformer::llama(
+                llama,
+                self,
+                x,
+                self.pad_token_id,
+                training,
+            )),
+            Architecture::Gpt2(gpt2) => Ok(transformer::gpt2(
+                gpt2,
+                self,
+                x,
+                self.pad_token_id,
+                training,
+            )),
         }
     }
 

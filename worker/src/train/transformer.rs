@@ -17,7 +17,14 @@ pub trait Weights {
 // into a tensor the backward pass still needs.
 
 /// Logits `[batch, sequence, vocabulary]` for token ids `[batch, sequence]`.
-pub fn llama(spec: &Llama, weights: &impl Weights, tokens: &Tensor, training: bool) -> Tensor {
+/// `pad`: the padding token, which no position attends to.
+pub fn llama(
+    spec: &Llama,
+    weights: &impl Weights,
+    tokens: &Tensor,
+    pad: Option<i64>,
+    training: bool,
+) -> Tensor {
     let (batch, length) = (tokens.size()[0], tokens.size()[1]);
     let heads = i64::from(spec.num_attention_heads);
     let key_value_heads = i64::from(spec.key_value_heads());
@@ -25,6 +32,7 @@ pub fn llama(spec: &Llama, weights: &impl Weights, tokens: &Tensor, training: bo
     let embedding = weights.weight("model.embed_tokens.weight");
     let mut h = Tensor::embedding(embedding, tokens, -1, false, false);
     let (cos, sin) = rotary_tables(spec, length, h.device(), h.kind());
+    let mask = pad.map(|pad| padding_mask(tokens, pad));
     let dropout = if training {
         spec.attention_dropout
     } else {
@@ -47,7 +55,7 @@ pub fn llama(spec: &Llama, weights: &impl Weights, tokens: &Tensor, training: bo
             &sin,
         );
         let v = split(linear(&x, "self_attn.v_proj"), key_value_heads);
-        let attended = attention(&q, &k, &v, heads / key_value_heads, dropout, None);
+        let attended = attention(&q, &k, &v, heads / key_value_heads, dropout, mask.as_ref());
         let attended = attended
             .transpose(1, 2)
             .reshape([batch, length, heads * head_size]);
@@ -65,7 +73,14 @@ pub fn llama(spec: &Llama, weights: &impl Weights, tokens: &Tensor, training: bo
 }
 
 /// Logits `[batch, sequence, vocabulary]` for token ids `[batch, sequence]`.
-pub fn gpt2(spec: &Gpt2, weights: &impl Weights, tokens: &Tensor, training: bool) -> Tensor {
+/// `pad`: the padding token, which no position attends to.
+pub fn gpt2(
+    spec: &Gpt2,
+    weights: &impl Weights,
+    tokens: &Tensor,
+    pad: Option<i64>,
+    training: bool,
+) -> Tensor {
     let (batch, length) = (tokens.size()[0], tokens.size()[1]);
     let heads = i64::from(spec.n_head);
     let width = i64::from(spec.n_embd);
@@ -87,6 +102,7 @@ pub fn gpt2(spec: &Gpt2, weights: &impl Weights, tokens: &Tensor, training: bool
     );
     let mut h = dropout(embedded, spec.embd_pdrop);
     let attention_dropout = if training { spec.attn_pdrop } else { 0.0 };
+    let mask = pad.map(|pad| padding_mask(tokens, pad));
     for layer in 0..spec.n_layer {
         let at = |name: &str| format!("transformer.h.{layer}.{name}");
         let norm =
@@ -96,7 +112,7 @@ pub fn gpt2(spec: &Gpt2, weights: &impl Weights, tokens: &Tensor, training: bool
         let split = |t: &Tensor| t.view([batch, length, heads, head_size]).transpose(1, 2);
         let parts = qkv.split(width, 2);
         let (q, k, v) = (split(&parts[0]), split(&parts[1]), split(&parts[2]));
-        let attended = attention(&q, &k, &v, 1, attention_dropout, None)
+        let attended = attention(&q, &k, &v, 1, attention_dropout, mask.as_ref())
             .transpose(1, 2)
             .reshape([batch, length, width]);
         h = &h + dropout(conv1d(&attended, "attn.c_proj"), spec.resid_pdrop);
@@ -136,6 +152,18 @@ fn attention(
         (k.shallow_clone(), v.shallow_clone())
     };
     Tensor::scaled_dot_product_attention(q, &k, &v, mask, dropout, mask.is_none(), None, false)
+}
+
+/// Which keys each query may attend to, `[batch, 1, sequence, sequence]`: those at or
+/// before it that are not padding, and always itself (a padding query attends only to
+/// itself, so no row of the softmax is empty; its output is never scored).
+fn padding_mask(tokens: &Tensor, pad: i64) -> Tensor {
+    let length = tokens.size()[1];
+    let options = (Kind::Bool, tokens.device());
+    let causal = Tensor::ones([length, length], options).tril(0);
+    let keys = tokens.ne(pad).unsqueeze(1).unsqueeze(1);
+    let own = Tensor::eye(length, options);
+    causal.logical_and(&keys).logical_or(&own)
 }
 
 /// LlamaRMSNorm: normalised in float32, scaled in the weights' dtype.
