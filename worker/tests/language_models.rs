@@ -320,3 +320,224 @@ async fn a_gpt2_trained_from_scratch_learns_the_sequences() {
     // Guessing uniformly is a perplexity of 101; the sequences follow from two tokens.
     assert!(perplexity < 20.0, "{perplexity}");
 }
+
+/// Uploads `shards` and returns their hashes, so a registration can be refused alone.
+async fn upload(cluster: &Cluster, shards: &[Vec<u8>]) -> Vec<String> {
+    let blobs: Vec<(String, bytes::Bytes)> = shards
+        .iter()
+        .map(|shard| {
+            (
+                heirloom_core::sha256_hex(shard),
+                bytes::Bytes::from(shard.clone()),
+            )
+        })
+        .collect();
+    heirloom_client::transfer::upload_missing(cluster.channel.clone(), &blobs, |_, _| {})
+        .await
+        .unwrap();
+    blobs.into_iter().map(|(sha256, _)| sha256).collect()
+}
+
+fn register_tokens(
+    shards: Vec<String>,
+    vocab_size: u32,
+    pad_token_id: Option<u32>,
+) -> pb::RegisterDatasetRequest {
+    pb::RegisterDatasetRequest {
+        name: "tokens".into(),
+        tokens: Some(pb::TokenDatasetManifest {
+            shard_sha256: shards,
+            vocab_size,
+            pad_token_id,
+        }),
+        ..Default::default()
+    }
+}
+
+async fn import(cluster: &Cluster, name: &str, arch: &str, dir: &Path) -> pb::Model {
+    let made = dir.join(name);
+    std::fs::create_dir_all(&made).unwrap();
+    python(&["make", arch, made.to_str().unwrap()]);
+    let architecture: Architecture = serde_json::from_str(arch).unwrap();
+    cluster
+        .models()
+        .import_model(pb::ImportModelRequest {
+            name: name.into(),
+            architecture: Some((&architecture).into()),
+            weights: std::fs::read(made.join("model.safetensors"))
+                .unwrap()
+                .into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .model
+        .unwrap()
+}
+
+/// The same architecture JSON with one field changed.
+fn with(arch: &str, field: &str, value: serde_json::Value) -> String {
+    let mut json: serde_json::Value = serde_json::from_str(arch).unwrap();
+    json["llama"][field] = value;
+    json.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_language_model_requests_are_refused_and_write_nothing() {
+    let cluster = Cluster::coordinator_only().await;
+    let datasets = || cluster.datasets();
+
+    // A token id outside the vocabulary, named by shard and position.
+    let mut ids = support::token_shard(4, 16, VOCABULARY, None, 1);
+    let outside = support::token_shard(4, 16, VOCABULARY + 7, None, 2);
+    let hashes = upload(&cluster, &[ids.clone(), outside]).await;
+    support::refused(
+        &cluster,
+        datasets().register_dataset(register_tokens(hashes.clone(), VOCABULARY, None)),
+        tonic::Code::InvalidArgument,
+        "tokens.shard_sha256[1]: token id",
+    )
+    .await;
+    let status = datasets()
+        .register_dataset(register_tokens(hashes.clone(), VOCABULARY, None))
+        .await
+        .unwrap_err();
+    assert!(
+        status
+            .message()
+            .contains("is outside the vocabulary (ids 0 to 100)")
+            && status.message().contains("at sequence"),
+        "{}",
+        status.message()
+    );
+    // A padding token outside it, no shard, a shard never uploaded, shards of two lengths.
+    let short = support::token_shard(4, 8, VOCABULARY, None, 3);
+    let mut with_short = upload(&cluster, &[short]).await;
+    with_short.insert(0, hashes[0].clone());
+    for (request, fragment) in [
+        (
+            register_tokens(vec![hashes[0].clone()], VOCABULARY, Some(VOCABULARY)),
+            "tokens.pad_token_id: 101 is outside",
+        ),
+        (
+            register_tokens(vec![], VOCABULARY, None),
+            "tokens.shard_sha256: lists no shard",
+        ),
+        (
+            register_tokens(vec!["ab".repeat(32)], VOCABULARY, None),
+            "tokens.shard_sha256[0]: no blob",
+        ),
+        (
+            register_tokens(with_short, VOCABULARY, None),
+            "tokens.shard_sha256[1]: its sequences are 8 tokens long, shard 0's 16",
+        ),
+        (
+            register_tokens(vec![hashes[0].clone()], 0, None),
+            "tokens.vocab_size: must be from 1",
+        ),
+    ] {
+        support::refused(
+            &cluster,
+            datasets().register_dataset(request),
+            tonic::Code::InvalidArgument,
+            fragment,
+        )
+        .await;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let arch = compact(LLAMA);
+    let llama = import(&cluster, "llama", &arch, dir.path()).await;
+    let bf16 = import(
+        &cluster,
+        "llama-bf16",
+        &with(&arch, "dtype", "bfloat16".into()),
+        dir.path(),
+    )
+    .await;
+    let wider = import(
+        &cluster,
+        "llama-wider",
+        &with(&arch, "hidden_size", 48.into()),
+        dir.path(),
+    )
+    .await;
+    let short_positions = with(&arch, "max_position_embeddings", 8.into());
+    let tokens = support::register_token_dataset_at(
+        &cluster.channel,
+        "arithmetic",
+        &[ids.clone()],
+        VOCABULARY,
+        None,
+    )
+    .await
+    .unwrap();
+    ids = support::token_shard(4, 16, 200, None, 4);
+    let larger_vocabulary =
+        support::register_token_dataset_at(&cluster.channel, "larger", &[ids], 200, None)
+            .await
+            .unwrap();
+    let images = cluster
+        .register_dataset("blobs", support::blobs(0..3, 10, 1))
+        .await;
+    let train = |architecture: &str, dataset: &pb::Dataset| {
+        let architecture: Architecture = serde_json::from_str(architecture).unwrap();
+        cluster.try_submit(pb::JobSpec {
+            kind: pb::JobKind::Train as i32,
+            model_name: "child".into(),
+            dataset_id: dataset.id.clone(),
+            architecture: Some((&architecture).into()),
+            ..Default::default()
+        })
+    };
+    let code = tonic::Code::FailedPrecondition;
+    support::refused(
+        &cluster,
+        train(&short_positions, &tokens),
+        code,
+        "has sequences of 16 tokens but the architecture takes at most 8",
+    )
+    .await;
+    support::refused(
+        &cluster,
+        train(&arch, &larger_vocabulary),
+        code,
+        "has a vocabulary of 200 tokens but the head has 101 outputs",
+    )
+    .await;
+    support::refused(
+        &cluster,
+        train(&arch, &images),
+        code,
+        "is a classification dataset but the architecture is a language model",
+    )
+    .await;
+    let mlp = r#"{"mlp": {"input_features": 16, "hidden": [8], "num_classes": 101}}"#;
+    support::refused(
+        &cluster,
+        train(mlp, &tokens),
+        code,
+        "is a token dataset but the architecture is no language model",
+    )
+    .await;
+
+    // Interpolation needs the same tensors: not another dtype, not another width.
+    for other in [&bf16, &wider] {
+        let soup = cluster.try_submit(pb::JobSpec {
+            kind: pb::JobKind::Direct as i32,
+            model_name: "soup".into(),
+            parent_id: llama.id.clone(),
+            second_parent_id: other.id.clone(),
+            alpha: 0.5,
+            ..Default::default()
+        });
+        support::refused(
+            &cluster,
+            soup,
+            tonic::Code::InvalidArgument,
+            "their architectures differ",
+        )
+        .await;
+    }
+}
