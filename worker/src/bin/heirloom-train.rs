@@ -130,6 +130,14 @@ fn local_shards(paths: &[PathBuf], pad_token_id: Option<u32>) -> anyhow::Result<
     }))
 }
 
+/// The most memory this process has held resident (Linux's VmHWM), if the system says.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kilobytes: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kilobytes * 1024)
+}
+
 fn architecture(json: &str) -> anyhow::Result<Architecture> {
     let architecture: Architecture = serde_json::from_str(json)?;
     architecture.validate("--arch")?;
@@ -273,7 +281,9 @@ fn main() -> anyhow::Result<()> {
                     "final_loss": metrics.final_loss,
                     "steps": metrics.steps,
                     "steps_per_second": metrics.steps_per_second,
+                    "holdout_loss": metrics.holdout_loss,
                     "seconds": started.elapsed().as_secs_f64(),
+                    "peak_rss_bytes": peak_rss_bytes(),
                 })
             );
         }
