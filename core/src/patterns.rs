@@ -1,5 +1,6 @@
-//! Trainable-tensor patterns: `fc.*`, `hidden.1.weight`, `*` (`*` matches any run of
-//! characters, dots included).
+//! Trainable-tensor patterns: `fc.*`, `hidden.1.weight`, `*`, `model.layers.2[0-9].*`
+//! (shell globs: `*` matches any run of characters, dots included, `?` one character,
+//! `[…]` one of a set).
 
 use crate::Invalid;
 
@@ -23,7 +24,7 @@ impl TrainablePatterns {
                     field,
                     format!(
                         "pattern {pattern:?} matches no tensor of the parent (tensors: {})",
-                        names.join(", ")
+                        listing(names)
                     ),
                 ));
             }
@@ -45,24 +46,80 @@ impl TrainablePatterns {
     }
 }
 
-/// Glob matching where `*` matches any run of characters.
-pub fn pattern_matches(pattern: &str, name: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or_default();
-    let Some(mut rest) = name.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
+/// The first names, then how many more: a language model has thousands.
+fn listing(names: &[String]) -> String {
+    const SHOWN: usize = 24;
+    match names.len().checked_sub(SHOWN) {
+        Some(more) if more > 0 => format!("{}, and {more} more", names[..SHOWN].join(", ")),
+        _ => names.join(", "),
     }
-    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// Glob matching, as shells match file names: `*` matches any run of characters (dots
+/// included), `?` any one character, `[…]` one character of a set of characters and
+/// ranges (`[0-9]`, `[13579]`; `[!…]` one not in it). Anything else matches itself.
+/// `model.layers.2[0-9].*` is every tensor of layers 20 to 29.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    let (pattern, name): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    matches_from(&pattern, &name)
+}
+
+fn matches_from(pattern: &[char], name: &[char]) -> bool {
+    match pattern.first() {
+        None => name.is_empty(),
+        // Runs of stars are one star; then try every split (names are short).
+        Some('*') => {
+            let rest = &pattern[1..];
+            (0..=name.len()).any(|skip| matches_from(rest, &name[skip..]))
+        }
+        Some(_) if name.is_empty() => false,
+        Some('?') => matches_from(&pattern[1..], &name[1..]),
+        Some('[') => match Class::parse(&pattern[1..]) {
+            Some(class) => class.contains(name[0]) && matches_from(class.rest, &name[1..]),
+            // An unclosed bracket is a character like any other.
+            None => name[0] == '[' && matches_from(&pattern[1..], &name[1..]),
+        },
+        Some(&literal) => name[0] == literal && matches_from(&pattern[1..], &name[1..]),
+    }
+}
+
+/// A `[…]` set: its characters and ranges, whether it is negated, and the pattern after
+/// its closing `]`.
+struct Class<'a> {
+    set: &'a [char],
+    negated: bool,
+    rest: &'a [char],
+}
+
+impl<'a> Class<'a> {
+    /// The set a `[` opens (`after` starts just past it); `None` when nothing closes it.
+    fn parse(after: &'a [char]) -> Option<Class<'a>> {
+        let (negated, body) = match after.first() {
+            Some('!') => (true, &after[1..]),
+            _ => (false, after),
+        };
+        // A `]` right after the opening stands for itself.
+        let close = body.iter().skip(1).position(|&c| c == ']')? + 1;
+        Some(Class {
+            set: &body[..close],
+            negated,
+            rest: &body[close + 1..],
+        })
+    }
+
+    fn contains(&self, c: char) -> bool {
+        let (set, mut i, mut inside) = (self.set, 0, false);
+        while i < set.len() {
+            if i + 2 < set.len() && set[i + 1] == '-' {
+                inside |= (set[i]..=set[i + 2]).contains(&c);
+                i += 3;
+            } else {
+                inside |= set[i] == c;
+                i += 1;
+            }
+        }
+        inside != self.negated
+    }
 }
 
 #[cfg(test)]
@@ -89,6 +146,16 @@ mod tests {
         check("*.weight", "fc.weight", true);
         check("a*b*c", "abc", true);
         check("a*b*c", "acb", false);
+        check("model.layers.2[0-9].*", "model.layers.27.mlp.up_proj.weight", true);
+        check("model.layers.2[0-9].*", "model.layers.2.mlp.up_proj.weight", false);
+        check("model.layers.2[0-9].*", "model.layers.31.mlp.up_proj.weight", false);
+        check("model.layers.[13].*", "model.layers.3.self_attn.q_proj.weight", true);
+        check("model.layers.[!13].*", "model.layers.3.self_attn.q_proj.weight", false);
+        check("model.layers.[!13].*", "model.layers.2.input_layernorm.weight", true);
+        check("transformer.h.?.attn.*", "transformer.h.7.attn.c_attn.bias", true);
+        check("transformer.h.?.attn.*", "transformer.h.11.attn.c_attn.bias", false);
+        check("a[b", "a[b", true);
+        check("**.bias", "fc.bias", true);
     }
 
     #[test]
