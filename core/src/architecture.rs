@@ -359,6 +359,19 @@ impl Architecture {
         }
     }
 
+    /// A language model's token embedding, whose rows are its vocabulary's.
+    pub fn input_embedding(&self) -> Option<&'static str> {
+        match self {
+            Architecture::Llama(_) => Some("model.embed_tokens"),
+            Architecture::Gpt2(_) => Some("transformer.wte"),
+            Architecture::Mlp(_)
+            | Architecture::SmallCnn(_)
+            | Architecture::Resnet(_)
+            | Architecture::Vgg(_)
+            | Architecture::Torchscript(_) => None,
+        }
+    }
+
     /// The name prefixes of the blocks before the head, in forward order: what
     /// "unfreeze the last N blocks" counts.
     pub fn blocks(&self) -> Vec<String> {

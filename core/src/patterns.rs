@@ -60,7 +60,8 @@ fn listing(names: &[String]) -> String {
 /// ranges (`[0-9]`, `[13579]`; `[!…]` one not in it). Anything else matches itself.
 /// `model.layers.2[0-9].*` is every tensor of layers 20 to 29.
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
-    let (pattern, name): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (pattern, name): (Vec<char>, Vec<char>) =
+        (pattern.chars().collect(), name.chars().collect());
     matches_from(&pattern, &name)
 }
 
@@ -146,14 +147,46 @@ mod tests {
         check("*.weight", "fc.weight", true);
         check("a*b*c", "abc", true);
         check("a*b*c", "acb", false);
-        check("model.layers.2[0-9].*", "model.layers.27.mlp.up_proj.weight", true);
-        check("model.layers.2[0-9].*", "model.layers.2.mlp.up_proj.weight", false);
-        check("model.layers.2[0-9].*", "model.layers.31.mlp.up_proj.weight", false);
-        check("model.layers.[13].*", "model.layers.3.self_attn.q_proj.weight", true);
-        check("model.layers.[!13].*", "model.layers.3.self_attn.q_proj.weight", false);
-        check("model.layers.[!13].*", "model.layers.2.input_layernorm.weight", true);
-        check("transformer.h.?.attn.*", "transformer.h.7.attn.c_attn.bias", true);
-        check("transformer.h.?.attn.*", "transformer.h.11.attn.c_attn.bias", false);
+        check(
+            "model.layers.2[0-9].*",
+            "model.layers.27.mlp.up_proj.weight",
+            true,
+        );
+        check(
+            "model.layers.2[0-9].*",
+            "model.layers.2.mlp.up_proj.weight",
+            false,
+        );
+        check(
+            "model.layers.2[0-9].*",
+            "model.layers.31.mlp.up_proj.weight",
+            false,
+        );
+        check(
+            "model.layers.[13].*",
+            "model.layers.3.self_attn.q_proj.weight",
+            true,
+        );
+        check(
+            "model.layers.[!13].*",
+            "model.layers.3.self_attn.q_proj.weight",
+            false,
+        );
+        check(
+            "model.layers.[!13].*",
+            "model.layers.2.input_layernorm.weight",
+            true,
+        );
+        check(
+            "transformer.h.?.attn.*",
+            "transformer.h.7.attn.c_attn.bias",
+            true,
+        );
+        check(
+            "transformer.h.?.attn.*",
+            "transformer.h.11.attn.c_attn.bias",
+            false,
+        );
         check("a[b", "a[b", true);
         check("**.bias", "fc.bias", true);
     }

@@ -215,7 +215,11 @@ pub fn plan_transfer(
     Ok(align_norm_buffers(
         names(architecture)
             .map(|name| {
-                if under_prefix(&name, architecture.head()) {
+                // A language model's new vocabulary has new embeddings as well as a new head.
+                let vocabulary = architecture
+                    .input_embedding()
+                    .is_some_and(|embedding| under_prefix(&name, embedding));
+                if under_prefix(&name, architecture.head()) || vocabulary {
                     TensorPlan {
                         name,
                         origin: None,

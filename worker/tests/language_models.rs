@@ -601,3 +601,131 @@ fn a_token_dataset_streams_through_memory_two_shards_at_a_time() {
         mib(ten)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soups_transfers_and_compositions_of_language_models() {
+    let mut cluster = Cluster::coordinator_only().await;
+    cluster.start_worker();
+    let dir = tempfile::tempdir().unwrap();
+    let arch = compact(LLAMA);
+    let architecture: Architecture = serde_json::from_str(&arch).unwrap();
+    let mut parents = Vec::new();
+    for (name, seed) in [("llama-a", "0"), ("llama-b", "1")] {
+        let made = dir.path().join(name);
+        python(&["make", &arch, made.to_str().unwrap(), seed]);
+        let weights = std::fs::read(made.join("model.safetensors")).unwrap();
+        parents.push(
+            support::import_model_at(&cluster.channel, name, (&architecture).into(), weights).await,
+        );
+    }
+    let (a, b) = (&parents[0], &parents[1]);
+    let tokens = dir.path().join("llama-a/tokens.safetensors");
+    let loads_with_the_workers_logits = |model: pb::Model, arch: String| {
+        let (cluster, dir, tokens) = (&cluster, dir.path(), tokens.clone());
+        async move {
+            let exported = cluster.export_to(&model, dir).await;
+            let report = logits_difference(&arch, &exported, &tokens, dir);
+            assert!(
+                report["max_abs_diff"].as_f64().unwrap() <= MAX_ABS_DIFF,
+                "{report}"
+            );
+        }
+    };
+
+    // A model soup: every float tensor interpolated halfway.
+    let soup = cluster
+        .run(pb::JobSpec {
+            kind: pb::JobKind::Direct as i32,
+            model_name: "soup".into(),
+            parent_id: a.id.clone(),
+            second_parent_id: b.id.clone(),
+            alpha: 0.5,
+            ..Default::default()
+        })
+        .await;
+    for (name, tensor) in cluster.tensors_of("soup").await {
+        // Both parents' norms are still ones: halfway between them is where they are.
+        let expected = if name.ends_with("norm.weight") {
+            pb::TensorStatus::Inherited
+        } else {
+            pb::TensorStatus::Interpolated
+        };
+        assert_eq!(tensor.status(), expected, "{name}");
+    }
+    loads_with_the_workers_logits(soup, arch.clone()).await;
+
+    // A transfer to a new vocabulary: new embeddings and head, the layers kept frozen.
+    let small = support::register_token_dataset_at(
+        &cluster.channel,
+        "small-vocabulary",
+        &[support::token_shard(32, 16, 64, None, 9)],
+        64,
+        None,
+    )
+    .await
+    .unwrap();
+    let transferred = cluster
+        .run(pb::JobSpec {
+            kind: pb::JobKind::Transfer as i32,
+            model_name: "llama-64".into(),
+            parent_id: a.id.clone(),
+            dataset_id: small.id.clone(),
+            num_classes: 64,
+            hyperparameters: Some(pb::Hyperparameters {
+                epochs: Some(1),
+                batch_size: Some(8),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await;
+    let parent_tensors = cluster.tensors_of("llama-a").await;
+    for (name, tensor) in cluster.tensors_of("llama-64").await {
+        let vocabulary = name == "model.embed_tokens.weight" || name == "lm_head.weight";
+        if vocabulary {
+            assert_eq!(tensor.status(), pb::TensorStatus::New, "{name}");
+        } else {
+            assert_eq!(tensor.status(), pb::TensorStatus::Inherited, "{name}");
+            assert_eq!(tensor.sha256, parent_tensors[&name].sha256, "{name}");
+        }
+    }
+    let mut smaller: serde_json::Value = serde_json::from_str(&arch).unwrap();
+    smaller["llama"]["vocab_size"] = 64.into();
+    let small_tokens = dir.path().join("small-tokens.safetensors");
+    std::fs::write(&small_tokens, support::token_shard(2, 12, 64, None, 3)).unwrap();
+    let exported = cluster.export_to(&transferred, dir.path()).await;
+    let logits = predict(&smaller.to_string(), &exported, &small_tokens, dir.path());
+    assert!(logits.exists());
+
+    // A composition: the first layer and the embedding of one, the rest of the other.
+    let module = |target: &str, parent: &pb::Model| pb::ModuleMapping {
+        target_prefix: target.into(),
+        parent_id: parent.id.clone(),
+        source_prefix: target.into(),
+    };
+    let composed = cluster
+        .run(pb::JobSpec {
+            kind: pb::JobKind::Compose as i32,
+            model_name: "composed".into(),
+            architecture: Some((&architecture).into()),
+            modules: vec![
+                module("model.embed_tokens", a),
+                module("model.layers.0", a),
+                module("model.layers.1", b),
+                module("model.norm", b),
+                module("lm_head", b),
+            ],
+            ..Default::default()
+        })
+        .await;
+    let tensors = cluster.tensors_of("composed").await;
+    assert_eq!(
+        tensors["model.layers.0.mlp.up_proj.weight"].origin_model_name,
+        "llama-a"
+    );
+    assert_eq!(
+        tensors["model.layers.1.mlp.up_proj.weight"].origin_model_name,
+        "llama-b"
+    );
+    loads_with_the_workers_logits(composed, arch.clone()).await;
+}

@@ -359,7 +359,8 @@ pub fn train(
     Ok(scored)
 }
 
-/// Logits of the model in `weights` for the rows of `x` in `input` (a safetensors file),
+/// Logits of the model in `weights` for the rows of `x` (or a language model's `tokens`)
+/// in `input` (a safetensors file),
 /// in evaluation mode, written to `output` as the tensor `logits`.
 pub fn predict(
     architecture: &Architecture,
@@ -372,11 +373,18 @@ pub fn predict(
     let parents = vec![Weights::File(weights.to_path_buf()).load()?];
     let plan = heirloom_core::plan_inherit(architecture, |_| false);
     let network = Network::assemble(architecture, program, &plan, &parents, device)?;
+    // Rows of `x`, or a token shard's `tokens` (int32 or int64) for a language model.
     let x = Tensor::read_safetensors(input)?
         .into_iter()
-        .find(|(name, _)| name == "x")
-        .map(|(_, x)| x.to_device(device))
-        .ok_or_else(|| Error::InvalidJob(format!("{} has no tensor `x`", input.display())))?;
+        .find(|(name, _)| name == "x" || name == "tokens")
+        .map(|(_, x)| match x.kind() {
+            Kind::Int | Kind::Int64 => x.to_kind(Kind::Int64),
+            _ => x,
+        })
+        .map(|x| x.to_device(device))
+        .ok_or_else(|| {
+            Error::InvalidJob(format!("{} has no tensor `x` or `tokens`", input.display()))
+        })?;
     let logits = tch::no_grad(|| network.forward(&x, false))?.to_device(Device::Cpu);
     Tensor::write_safetensors(&[("logits", logits)], output)?;
     Ok(())

@@ -3,7 +3,7 @@ initialised LlamaForCausalLM and GPT2LMHeadModel, nothing downloaded from a hub.
 
   state-dict ARCH_JSON                 the tensors save_pretrained writes for this
                                        architecture: [[name, shape, dtype], ...]
-  make ARCH_JSON DIR                   a random model saved with save_pretrained in DIR
+  make ARCH_JSON DIR [SEED]            a random model saved with save_pretrained in DIR
                                        (model.safetensors, config.json) and DIR/tokens.
                                        safetensors, token ids `x` [4, 12] to compare on
   compare ARCH_JSON WEIGHTS TOKENS LOGITS
@@ -57,8 +57,8 @@ def state_dict(arch):
     print(json.dumps(tensors))
 
 
-def make(arch, out):
-    model, cfg = make_model(arch)
+def make(arch, out, seed="0"):
+    model, cfg = make_model(arch, int(seed))
     model.save_pretrained(out)
     generator = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, cfg.vocab_size, (4, 12), generator=generator)
