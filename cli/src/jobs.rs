@@ -147,6 +147,10 @@ pub struct Common {
     /// The held-out share the final accuracy is measured on; default 0.2.
     #[arg(long)]
     holdout_fraction: Option<f64>,
+    /// `fp32` (default), `bf16`, `bf16-mixed` or `fp16-mixed`: a language model's
+    /// arithmetic (mixed: float32 master weights).
+    #[arg(long)]
+    precision: Option<String>,
     #[command(flatten)]
     placement: Placement,
 }
@@ -406,6 +410,17 @@ async fn spec_of(channel: &Connection, job: Submit) -> anyhow::Result<(pb::JobSp
             )));
         }
     };
+    let precision = match common.precision.as_deref() {
+        None => pb::Precision::Unspecified,
+        Some(text) => match heirloom_core::Precision::parse(text) {
+            Some(precision) => pb::Precision::from(precision),
+            None => {
+                return Err(crate::usage(format!(
+                    "--precision {text:?}: use fp32, bf16, bf16-mixed or fp16-mixed"
+                )));
+            }
+        },
+    };
     let spec = pb::JobSpec {
         model_name: common.name.clone(),
         // The coordinator resolves the reference, and says what to fix in one it cannot.
@@ -417,6 +432,7 @@ async fn spec_of(channel: &Connection, job: Submit) -> anyhow::Result<(pb::JobSp
             optimizer: optimizer as i32,
             seed: common.seed,
             holdout_fraction: common.holdout_fraction,
+            precision: precision as i32,
         }),
         ..spec
     };

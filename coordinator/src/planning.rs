@@ -193,6 +193,21 @@ pub async fn plan_job(db: &Db, draft: JobDraft, recipe: Option<RecipeUse>) -> Re
     };
     check_patterns(&draft, &tensors, &mut plan);
     check_shapes(&architecture, &tensors, &parents, &mut plan);
+    let precision = draft.hyperparameters.precision;
+    if !precision.is_fp32() && !architecture.is_language_model() {
+        plan.refuse(
+            "precision",
+            Invalid::new(
+                "spec.hyperparameters.precision",
+                format!(
+                    "{} trains language models (llama, gpt2); this architecture trains in fp32: \
+                     leave it unset",
+                    precision.as_str()
+                ),
+            )
+            .into(),
+        );
+    }
     let trains = tensors.iter().any(|tensor| tensor.trainable);
     let needs_data = match draft.kind.inputs().dataset {
         DatasetUse::Required => true,
@@ -218,7 +233,7 @@ pub async fn plan_job(db: &Db, draft: JobDraft, recipe: Option<RecipeUse>) -> Re
         &architecture,
         &tensors,
         &draft.hyperparameters,
-        dataset.as_ref().map_or(0, |dataset| dataset.num_examples),
+        dataset.as_ref().map_or(0, examples_held),
     ));
     plan.spec = Some(JobSpec {
         kind: draft.kind,
@@ -608,6 +623,19 @@ fn check_data_fits(
                 head - 1
             )),
         );
+    }
+}
+
+/// The examples a worker holds in memory at once: a classification dataset whole, a
+/// token dataset's two largest shards (it streams them).
+fn examples_held(dataset: &Dataset) -> u64 {
+    match &dataset.tokens {
+        None => dataset.num_examples,
+        Some(tokens) => {
+            let mut sizes: Vec<u64> = tokens.shards.iter().map(|shard| shard.sequences).collect();
+            sizes.sort_unstable_by(|a, b| b.cmp(a));
+            sizes.iter().take(2).sum()
+        }
     }
 }
 

@@ -209,6 +209,7 @@ async fn unset_hyperparameters_take_the_defaults_that_the_plan_shows() {
         optimizer: pb::Optimizer::Adam as i32,
         seed: 0,
         holdout_fraction: Some(0.2),
+        precision: pb::Precision::Fp32 as i32,
     };
     // No message, and a message with nothing set, mean the same.
     for hyperparameters in [None, Some(pb::Hyperparameters::default())] {
@@ -246,6 +247,7 @@ async fn unset_hyperparameters_take_the_defaults_that_the_plan_shows() {
             optimizer: pb::Optimizer::Sgd as i32,
             seed: 7,
             holdout_fraction: Some(0.2),
+            precision: pb::Precision::Fp32 as i32,
         }
     );
 }

@@ -28,6 +28,52 @@ impl Optimizer {
     }
 }
 
+/// The numbers training computes in (PyTorch Lightning's names for them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Precision {
+    /// float32 weights and arithmetic, whatever the stored dtype.
+    #[default]
+    #[serde(rename = "fp32")]
+    Fp32,
+    /// bfloat16 weights, optimizer state and arithmetic.
+    #[serde(rename = "bf16")]
+    Bf16,
+    /// float32 master weights and optimizer state; the forward and backward passes in
+    /// bfloat16 (norms, softmax statistics and the loss in float32), as autocast does.
+    #[serde(rename = "bf16-mixed")]
+    Bf16Mixed,
+    /// As bf16-mixed in float16, with dynamic loss scaling: a step whose gradients
+    /// overflow is skipped and the scale halved; it doubles after 2,000 good steps.
+    #[serde(rename = "fp16-mixed")]
+    Fp16Mixed,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 4] = [
+        Precision::Fp32,
+        Precision::Bf16,
+        Precision::Bf16Mixed,
+        Precision::Fp16Mixed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Bf16Mixed => "bf16-mixed",
+            Precision::Fp16Mixed => "fp16-mixed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Precision> {
+        Precision::ALL.into_iter().find(|p| p.as_str() == text)
+    }
+
+    pub fn is_fp32(&self) -> bool {
+        *self == Precision::Fp32
+    }
+}
+
 /// The settings a job trains with, every one of them decided.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hyperparameters {
@@ -37,6 +83,9 @@ pub struct Hyperparameters {
     pub optimizer: Optimizer,
     pub seed: u64,
     pub holdout_fraction: f64,
+    /// Left out of the JSON when fp32, so specs from before it read and hash the same.
+    #[serde(default, skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
 }
 
 /// The settings as a request or a recipe states them: `None` takes the default. Seed 0 is
@@ -55,6 +104,8 @@ pub struct HyperparameterInput {
     pub seed: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub holdout_fraction: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision: Option<Precision>,
 }
 
 const DEFAULT_EPOCHS: u32 = 10;
@@ -79,6 +130,7 @@ impl Hyperparameters {
             optimizer,
             seed: input.seed,
             holdout_fraction: input.holdout_fraction.unwrap_or(DEFAULT_HOLDOUT_FRACTION),
+            precision: input.precision.unwrap_or_default(),
         };
         resolved.validate(field)?;
         Ok(resolved)
@@ -145,6 +197,8 @@ impl From<&Hyperparameters> for HyperparameterInput {
             optimizer: Some(resolved.optimizer),
             seed: resolved.seed,
             holdout_fraction: Some(resolved.holdout_fraction),
+            // fp32 is what a recipe without it always meant: written out only otherwise.
+            precision: (!resolved.precision.is_fp32()).then_some(resolved.precision),
         }
     }
 }

@@ -31,7 +31,7 @@ pub use files::{
     read_tensor_infos, sha256_hex, tensor_hashes,
 };
 pub use finite::{NonFinite, check_finite, check_finite_part, first_non_finite, is_float_dtype};
-pub use hyperparameters::{HyperparameterInput, Hyperparameters, Optimizer};
+pub use hyperparameters::{HyperparameterInput, Hyperparameters, Optimizer, Precision};
 pub use kind::{AdjustmentUse, DatasetUse, JobKind, KindInputs, Parents, Relation};
 pub use language_model::{Gpt2, Llama, MAX_POSITIONS, MAX_VOCABULARY, WeightDtype};
 pub use memory::{MemoryEstimate, activation_elements, estimate as estimate_memory};

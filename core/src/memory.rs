@@ -1,7 +1,9 @@
 //! What a job needs in memory, estimated from its architecture, its tensor plan and its
 //! batch size, before any worker loads it.
 
-use crate::{Architecture, Hyperparameters, Optimizer, TensorPlan, VggLayer, resnet_stages};
+use crate::{
+    Architecture, Hyperparameters, Optimizer, Precision, TensorPlan, VggLayer, resnet_stages,
+};
 use serde::{Deserialize, Serialize};
 
 /// Bytes, by what holds them, in the weights' dtype (float32 unless a language model's
@@ -45,8 +47,15 @@ pub fn estimate(
     hyperparameters: &Hyperparameters,
     dataset_examples: u64,
 ) -> MemoryEstimate {
-    // Weights, gradients, optimizer state and activations in the weights' dtype.
-    let element = architecture.weight_dtype().bytes();
+    // Stored weights in their dtype; while training, the weights, gradients and optimizer
+    // state in the precision's master dtype, activations in its compute dtype (and, for
+    // a mixed precision, a copy of the weights in that dtype per pass).
+    let stored = architecture.weight_dtype().bytes();
+    let (master, compute, copies) = match hyperparameters.precision {
+        Precision::Fp32 => (4, 4, 0),
+        Precision::Bf16 => (2, 2, 0),
+        Precision::Bf16Mixed | Precision::Fp16Mixed => (4, 2, 2),
+    };
     let elements: std::collections::HashMap<String, (u64, bool)> = architecture
         .parameters()
         .into_iter()
@@ -69,6 +78,11 @@ pub fn estimate(
     };
     let batch = u64::from(hyperparameters.batch_size);
     let trains = trained > 0;
+    let (held, copies) = if trains {
+        (master, copies)
+    } else {
+        (stored, 0)
+    };
     let (per_example, note) = match activation_elements(architecture) {
         Some(count) => (count, String::new()),
         None => (
@@ -88,12 +102,12 @@ pub fn estimate(
     };
     MemoryEstimate {
         batch_size: batch,
-        weights_bytes: weights.saturating_mul(element),
-        gradients_bytes: trained.saturating_mul(element),
-        optimizer_bytes: trained.saturating_mul(optimizer_states * element),
-        activations_bytes: activations.saturating_mul(element),
+        weights_bytes: weights.saturating_mul(held + copies),
+        gradients_bytes: trained.saturating_mul(master),
+        optimizer_bytes: trained.saturating_mul(optimizer_states * master),
+        activations_bytes: activations.saturating_mul(if trains { compute } else { held }),
         data_bytes: dataset_examples.saturating_mul(example_bytes(architecture)),
-        output_bytes: weights.saturating_mul(element),
+        output_bytes: weights.saturating_mul(stored),
         note,
     }
 }

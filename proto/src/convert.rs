@@ -6,8 +6,8 @@
 use crate::v1 as pb;
 use heirloom_core::{
     Adjustment, Architecture, Gpt2, HyperparameterInput, Hyperparameters, Invalid, Llama, Metrics,
-    Mlp, Optimizer, ProgramParameter, Progress, Resnet, SmallCnn, TensorStatus, Torchscript, Vgg,
-    WeightDtype,
+    Mlp, Optimizer, Precision, ProgramParameter, Progress, Resnet, SmallCnn, TensorStatus,
+    Torchscript, Vgg, WeightDtype,
 };
 
 impl From<&Architecture> for pb::Architecture {
@@ -185,6 +185,17 @@ impl pb::Architecture {
     }
 }
 
+impl From<Precision> for pb::Precision {
+    fn from(precision: Precision) -> Self {
+        match precision {
+            Precision::Fp32 => pb::Precision::Fp32,
+            Precision::Bf16 => pb::Precision::Bf16,
+            Precision::Bf16Mixed => pb::Precision::Bf16Mixed,
+            Precision::Fp16Mixed => pb::Precision::Fp16Mixed,
+        }
+    }
+}
+
 impl From<WeightDtype> for pb::WeightDtype {
     fn from(dtype: WeightDtype) -> Self {
         match dtype {
@@ -221,6 +232,7 @@ impl From<&Hyperparameters> for pb::Hyperparameters {
             } as i32,
             seed: hyperparameters.seed,
             holdout_fraction: Some(hyperparameters.holdout_fraction),
+            precision: pb::Precision::from(hyperparameters.precision) as i32,
         }
     }
 }
@@ -240,6 +252,19 @@ impl pb::Hyperparameters {
                 ));
             }
         };
+        let precision = match pb::Precision::try_from(self.precision) {
+            Ok(pb::Precision::Unspecified) => None,
+            Ok(pb::Precision::Fp32) => Some(Precision::Fp32),
+            Ok(pb::Precision::Bf16) => Some(Precision::Bf16),
+            Ok(pb::Precision::Bf16Mixed) => Some(Precision::Bf16Mixed),
+            Ok(pb::Precision::Fp16Mixed) => Some(Precision::Fp16Mixed),
+            Err(_) => {
+                return Err(Invalid::new(
+                    format!("{field}.precision"),
+                    format!("{} is not a precision", self.precision),
+                ));
+            }
+        };
         let input = HyperparameterInput {
             epochs: self.epochs,
             batch_size: self.batch_size,
@@ -247,6 +272,7 @@ impl pb::Hyperparameters {
             optimizer,
             seed: self.seed,
             holdout_fraction: self.holdout_fraction,
+            precision,
         };
         Hyperparameters::resolve(field, &input)
     }

@@ -4,7 +4,7 @@
 
 use clap::{Parser, Subcommand};
 use heirloom_core::{
-    Architecture, HyperparameterInput, Hyperparameters, Optimizer, TrainablePatterns,
+    Architecture, HyperparameterInput, Hyperparameters, Optimizer, Precision, TrainablePatterns,
     plan_finetune, plan_scratch, plan_transfer,
 };
 use heirloom_worker::train::collectives::{ProcessGroup, Rendezvous};
@@ -63,6 +63,9 @@ enum Command {
         learning_rate: Option<f64>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// fp32, bf16, bf16-mixed or fp16-mixed (language models).
+        #[arg(long, default_value = "fp32", value_parser = parse_precision)]
+        precision: Precision,
         /// Train as rank R of --world-size data-parallel ranks (PyTorch's c10d, Gloo).
         #[arg(long, requires = "world_size")]
         rank: Option<usize>,
@@ -106,6 +109,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+fn parse_precision(text: &str) -> Result<Precision, String> {
+    Precision::parse(text)
+        .ok_or_else(|| format!("{text:?}: use fp32, bf16, bf16-mixed or fp16-mixed"))
 }
 
 /// Token shards on this machine: each named by its path, counted from its header.
@@ -217,6 +225,7 @@ fn main() -> anyhow::Result<()> {
             batch_size,
             learning_rate,
             seed,
+            precision,
             rank,
             world_size,
             store,
@@ -229,6 +238,7 @@ fn main() -> anyhow::Result<()> {
                 optimizer: Some(Optimizer::Adam),
                 seed,
                 holdout_fraction: None,
+                precision: Some(precision),
             };
             let hyperparameters = Hyperparameters::resolve("hyperparameters", &input)?;
             let (tensors, parents) = match parent {

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use collectives::{CollectiveError, ProcessGroup};
 use data::Dataset;
 pub use data::{DataSource, TokenShardRef, TokenSource};
-use heirloom_core::{Adjustment, Architecture, Hyperparameters, Optimizer, TensorPlan};
+use heirloom_core::{Adjustment, Architecture, Hyperparameters, Optimizer, Precision, TensorPlan};
 pub use heirloom_core::{Metrics, Progress};
 use network::Network;
 use std::collections::HashMap;
@@ -537,10 +537,17 @@ where
         for (_, tensor) in network.parameters_mut() {
             if tensor.kind() == Kind::Float {
                 tch::no_grad(|| group.broadcast_tensor(tensor, 0))?;
+            } else if tensor.is_floating_point() {
+                // 16-bit weights travel as float32, which holds them exactly.
+                let mut staged = tensor.to_kind(Kind::Float);
+                tch::no_grad(|| group.broadcast_tensor(&mut staged, 0))?;
+                tch::no_grad(|| tensor.copy_(&staged));
             }
         }
         network.synchronise_norms(group.clone());
     }
+    network.train_in(hp.precision);
+    let mut scaler = (hp.precision == Precision::Fp16Mixed).then(LossScaler::default);
     for (name, tensor) in network.parameters_mut() {
         // Buffers (batch-norm statistics) train by running, not by gradients.
         let is_parameter = tensor.is_floating_point()
@@ -676,11 +683,15 @@ where
                         (summed / batch_units.max(1) as f64, right)
                     }
                 };
+                let scaled = match &scaler {
+                    Some(scaler) => &loss * scaler.scale,
+                    None => loss.shallow_clone(),
+                };
                 match &group {
-                    None => loss.f_backward()?,
+                    None => scaled.f_backward()?,
                     // Synchronised batch norms all-reduce in the backward pass too: a
                     // failure there is a collective's.
-                    Some(_) => loss
+                    Some(_) => scaled
                         .f_backward()
                         .map_err(|err| CollectiveError(err.to_string()))?,
                 }
@@ -690,7 +701,11 @@ where
             if let Some(group) = &group {
                 sum_gradients(network, group)?;
             }
-            optimizer.step()?;
+            // After the ranks' sum, so every rank decides alike whether to step.
+            let steps = scaler.as_mut().is_none_or(|scaler| scaler.unscale(network));
+            if steps {
+                optimizer.step()?;
+            }
             step += 1;
             // Long epochs still report every second: each report's answer is how a
             // cancellation reaches the job.
@@ -747,6 +762,59 @@ where
     })
 }
 
+/// Dynamic loss scaling for float16 passes, as torch.amp.GradScaler does it: the loss is
+/// multiplied before the backward pass so small gradients survive float16; a step whose
+/// gradients overflowed is skipped and the scale halved, and it doubles after a run of
+/// good steps.
+struct LossScaler {
+    scale: f64,
+    good_steps: u32,
+}
+
+impl Default for LossScaler {
+    fn default() -> Self {
+        LossScaler {
+            scale: 65_536.0,
+            good_steps: 0,
+        }
+    }
+}
+
+impl LossScaler {
+    const GROWTH_INTERVAL: u32 = 2_000;
+
+    /// Divides the gradients by the scale; whether they are finite (the step is taken).
+    fn unscale(&mut self, network: &mut Network) -> bool {
+        let gradients: Vec<Tensor> = network
+            .parameters_mut()
+            .filter(|(_, tensor)| tensor.requires_grad())
+            .map(|(_, tensor)| tensor.grad())
+            .filter(Tensor::defined)
+            .collect();
+        let finite = tch::no_grad(|| {
+            gradients
+                .iter()
+                .all(|gradient| gradient.isfinite().all().int64_value(&[]) == 1)
+        });
+        if !finite {
+            self.scale /= 2.0;
+            self.good_steps = 0;
+            return false;
+        }
+        tch::no_grad(|| {
+            for mut gradient in gradients {
+                let _ = gradient.g_mul_scalar_(1.0 / self.scale);
+            }
+        });
+        self.good_steps += 1;
+        if self.good_steps == Self::GROWTH_INTERVAL {
+            self.scale *= 2.0;
+            self.good_steps = 0;
+        }
+        true
+    }
+}
+
 /// Rank `rank`'s share of a batch's rows: the batch cut into `world_size` runs as even as
 /// can be, in order (the first ranks take one row more when it does not divide).
 fn rank_share(rows: &Tensor, rank: usize, world_size: usize) -> Tensor {
@@ -769,7 +837,11 @@ fn sum_gradients(network: &mut Network, group: &ProcessGroup) -> Result<()> {
     if gradients.is_empty() {
         return Ok(());
     }
-    let flat: Vec<Tensor> = gradients.iter().map(|gradient| gradient.view(-1)).collect();
+    // Summed in float32 (bf16 gradients too), the collectives' one dtype.
+    let flat: Vec<Tensor> = gradients
+        .iter()
+        .map(|gradient| gradient.view(-1).to_kind(Kind::Float))
+        .collect();
     let mut bucket = Tensor::cat(&flat, 0);
     group.sum(&mut bucket)?;
     let mut offset = 0;

@@ -4,7 +4,7 @@
 use super::collectives::ProcessGroup;
 use super::transformer;
 use crate::error::{Error, Result};
-use heirloom_core::{Architecture, Init, TensorPlan, VggLayer, resnet_stages};
+use heirloom_core::{Architecture, Init, Precision, TensorPlan, VggLayer, resnet_stages};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -28,6 +28,8 @@ pub struct Network {
     ranks: Option<Arc<ProcessGroup>>,
     /// A language model's padding token: no position attends to it.
     pad_token_id: Option<i64>,
+    /// A mixed precision's dtype for the passes; the weights stay in theirs.
+    compute: Option<Kind>,
 }
 
 impl Network {
@@ -98,6 +100,7 @@ impl Network {
             program,
             ranks: None,
             pad_token_id: None,
+            compute: None,
         })
     }
 
@@ -184,6 +187,20 @@ impl Network {
     }
 }
 
+/// A network's weights cast for a mixed-precision pass.
+struct Cast(Vec<(String, Tensor)>);
+
+impl transformer::Weights for Cast {
+    fn weight(&self, name: &str) -> &Tensor {
+        let at = self.0.iter().position(|(n, _)| n == name);
+        &self.0[at.unwrap_or_else(|| panic!("{name} is part of the architecture"))].1
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _)| n == name)
+    }
+}
+
 impl transformer::Weights for Network {
     fn weight(&self, name: &str) -> &Tensor {
         self.get(name)
@@ -230,6 +247,29 @@ impl Network {
             });
         }
         self.forward_builtin(x, training)
+    }
+
+    /// Trains a language model in `precision`: its float weights are held in the
+    /// precision's master dtype (float32, or bfloat16 for bf16) and a mixed precision's
+    /// passes run on copies in bfloat16 or float16. Saving casts every tensor back to the
+    /// architecture's dtype; a frozen tensor comes back with its own bytes, as a float32
+    /// detour of a 16-bit value is exact.
+    pub fn train_in(&mut self, precision: Precision) {
+        if !self.architecture.is_language_model() {
+            return; // planning lets only language models train in another precision
+        }
+        let (master, compute) = match precision {
+            Precision::Fp32 => (Kind::Float, None),
+            Precision::Bf16 => (Kind::BFloat16, None),
+            Precision::Bf16Mixed => (Kind::Float, Some(Kind::BFloat16)),
+            Precision::Fp16Mixed => (Kind::Float, Some(Kind::Half)),
+        };
+        for (_, tensor) in &mut self.tensors {
+            if tensor.is_floating_point() && tensor.kind() != master {
+                *tensor = tensor.to_kind(master);
+            }
+        }
+        self.compute = compute;
     }
 
     /// Keeps every position of a language model from attending to padding.
@@ -333,20 +373,18 @@ impl Network {
                 Ok(self.linear(&h, "classifier.6"))
             }
             Architecture::Torchscript(_) => unreachable!("forward runs the program"),
-            Architecture::Llama(llama) => Ok(transformer::llama(
-                llama,
-                self,
-                x,
-                self.pad_token_id,
-                training,
-            )),
-            Architecture::Gpt2(gpt2) => Ok(transformer::gpt2(
-                gpt2,
-                self,
-                x,
-                self.pad_token_id,
-                training,
-            )),
+            Architecture::Llama(llama) => Ok(match self.compute {
+                None => transformer::llama(llama, self, x, self.pad_token_id, training),
+                Some(kind) => {
+                    transformer::llama(llama, &self.cast(kind), x, self.pad_token_id, training)
+                }
+            }),
+            Architecture::Gpt2(gpt2) => Ok(match self.compute {
+                None => transformer::gpt2(gpt2, self, x, self.pad_token_id, training),
+                Some(kind) => {
+                    transformer::gpt2(gpt2, &self.cast(kind), x, self.pad_token_id, training)
+                }
+            }),
         }
     }
 
@@ -430,18 +468,45 @@ impl Network {
         ))
     }
 
-    /// Writes the weights as safetensors with their state-dict names.
+    /// The float weights as copies in `kind` for one pass (gradients flow back to the
+    /// weights through the casts).
+    fn cast(&self, kind: Kind) -> Cast {
+        Cast(
+            self.tensors
+                .iter()
+                .map(|(name, tensor)| {
+                    let cast = if tensor.is_floating_point() {
+                        tensor.to_kind(kind)
+                    } else {
+                        tensor.shallow_clone()
+                    };
+                    (name.clone(), cast)
+                })
+                .collect(),
+        )
+    }
+
+    /// Writes the weights as safetensors with their state-dict names, each in the
+    /// architecture's dtype (whatever precision training held it in).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let on_cpu: Vec<(&str, Tensor)> = self
+        let kinds: HashMap<String, &'static str> = self
+            .architecture
+            .parameters()
+            .into_iter()
+            .map(|spec| (spec.name, spec.dtype))
+            .collect();
+        let on_cpu = self
             .tensors
             .iter()
             .map(|(name, tensor)| {
-                (
-                    name.as_str(),
-                    tensor.detach().to_device(Device::Cpu).contiguous(),
-                )
+                let tensor = tensor.detach().to_device(Device::Cpu);
+                let tensor = match kinds.get(name) {
+                    Some(dtype) => tensor.to_kind(kind_of(dtype)?),
+                    None => tensor,
+                };
+                Ok((name.as_str(), tensor.contiguous()))
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Tensor::write_safetensors(&on_cpu, path)?;
         Ok(())
     }
