@@ -50,7 +50,7 @@ enum Command {
     Dataset(datasets::Command),
     /// Submit, plan, watch, list and cancel jobs.
     #[command(subcommand)]
-    Job(jobs::Command),
+    Job(Box<jobs::Command>),
     /// Create, derive, show, list and diff recipes; the models made with one.
     #[command(subcommand)]
     Recipe(recipes::Command),
@@ -224,7 +224,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Model(command) => models::run(channel, command, output).await,
         Command::Dataset(command) => datasets::run(channel, command, output).await,
-        Command::Job(command) => jobs::run(channel, command, output).await,
+        Command::Job(command) => jobs::run(channel, *command, output).await,
         Command::Recipe(command) => recipes::run(channel, command, output).await,
         Command::Lineage(command) => lineage::run(channel, command, output).await,
         Command::Token(command) => tokens::run(channel, command, output).await,
