@@ -3,7 +3,9 @@
 # model trained on digits 0-4, transferred to digits 5-9, fine-tuned twice (one with a
 # WiSE-FT blend), the two siblings interpolated, and a model composed from two parents
 # (its plan printed first); a recipe taken from one job, run on two other parents,
-# derived, diffed and traced to the models it made; then the lineage tree with each model's held-out accuracy and what it inherited,
+# derived, diffed and traced to the models it made; a small Llama trained on one made-up
+# corpus and fine-tuned on another, each scored on both (perplexity); then the lineage tree
+# with each model's held-out accuracy and what it inherited,
 # trained or added, and the lineage questions (blame, path, common ancestors, dataset
 # impact, filtered ancestors, the graph). Everything stops at the end.
 set -euo pipefail
@@ -118,6 +120,25 @@ heirloom job from-recipe digits-5-9-deeper --recipe head-only@2 --parent digits-
   --dataset digits-5-9 --watch
 echo "-- lineage by recipe: every model made with head-only or a version derived from it"
 heirloom recipe models head-only
+
+echo "== a language model: a small Llama (transformers' names) trained on a grammar's sentences,"
+echo "   fine-tuned on written-out sums, each scored on the other corpus too (perplexity)"
+python3 scripts/make_corpora.py "$work/text"
+heirloom dataset register-tokens sentences --vocab-size 257 --pad-token-id 0 "$work/text"/sentences-*.safetensors
+heirloom dataset register-tokens arithmetic --vocab-size 257 --pad-token-id 0 "$work/text"/arithmetic-*.safetensors
+llama='{"llama": {"vocab_size": 257, "hidden_size": 64, "intermediate_size": 128,
+  "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+  "max_position_embeddings": 64, "dtype": "bfloat16"}}'
+heirloom job train story-llama --dataset sentences --arch "$llama" --precision bf16-mixed \
+  --epochs 4 --batch-size 32 --learning-rate 0.003 --seed 6 --watch
+heirloom job finetune sums-llama --parent story-llama --dataset arithmetic --precision bf16-mixed \
+  --trainable 'model.layers.1.*' --trainable 'lm_head.*' --epochs 6 --batch-size 32 \
+  --learning-rate 0.003 --seed 7 --watch
+echo "-- each scored on the other corpus: a direct copy measured on it, no training"
+heirloom job direct story-llama-on-sums --parent story-llama --dataset arithmetic --watch
+heirloom job direct sums-llama-on-stories --parent sums-llama --dataset sentences --watch
+heirloom model tree story-llama
+heirloom model show sums-llama
 
 echo "== lineage, with what each model inherited, trained or added"
 heirloom model tree digits-base

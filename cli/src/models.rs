@@ -269,6 +269,9 @@ fn print_model(model: &pb::Model) {
         );
     }
     if let Some(metrics) = &model.metrics {
+        if let (Some(loss), Some(perplexity)) = (metrics.holdout_loss, metrics.holdout_perplexity) {
+            outln!("  perplexity      {perplexity:.3} held out (next-token loss {loss:.4})");
+        }
         outln!(
             "  accuracy        {:.3} held out, {:.3} while training",
             metrics.holdout_accuracy,

@@ -86,6 +86,10 @@ fn group(
 /// `name  [source]  accuracy 0.973  mlp 64→64→5`
 pub fn summary(model: &pb::Model) -> String {
     let accuracy = match &model.metrics {
+        Some(pb::Metrics {
+            holdout_perplexity: Some(perplexity),
+            ..
+        }) => format!("holdout perplexity {perplexity:.2}"),
         Some(metrics) => format!("holdout accuracy {:.3}", metrics.holdout_accuracy),
         None => "holdout accuracy -".to_string(),
     };

@@ -540,6 +540,27 @@ async fn bad_language_model_requests_are_refused_and_write_nothing() {
         )
         .await;
     }
+    // A registered dataset's shards outlive garbage collection; a shard whose
+    // registration was refused does not, once nothing holds it.
+    sqlx::query("UPDATE blob_holds SET held_until = now() - interval '1 second'")
+        .execute(&cluster.pool)
+        .await
+        .unwrap();
+    let collected = support::collect_garbage(&cluster.channel, Some(0), false).await;
+    assert!(collected.deleted_blobs >= 1, "{collected:?}");
+    let missing = pb::artifact_service_client::ArtifactServiceClient::new(cluster.channel.clone())
+        .missing_blobs(pb::MissingBlobsRequest {
+            sha256: hashes.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sha256;
+    assert_eq!(
+        missing,
+        vec![hashes[1].clone()],
+        "the refused shard alone is gone"
+    );
 }
 
 /// Trains a tiny llama with `heirloom-train` on the first `count` of `shards` and returns

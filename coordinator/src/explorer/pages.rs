@@ -205,6 +205,14 @@ pub async fn model(State(services): State<Services>, Path(reference): Path<Strin
     body.push_str("</dl></section><section><h2>Metrics</h2>");
     match &model.metrics {
         Some(m) => {
+            if let Some(loss) = m.holdout_loss {
+                let _ = write!(
+                    body,
+                    "<dl><dt>held-out perplexity</dt><dd id=\"perplexity\">{:.3}</dd>\
+                     <dt>held-out next-token loss</dt><dd>{loss:.4}</dd></dl>",
+                    loss.exp()
+                );
+            }
             let _ = write!(
                 body,
                 "<dl><dt>held-out accuracy</dt><dd id=\"accuracy\">{:.4}</dd><dt>training accuracy</dt><dd>{:.4}</dd>\
@@ -312,7 +320,10 @@ pub async fn graph(
             id: node.id,
             name: node.name.clone(),
             detail: match &node.metrics {
-                Some(m) => format!("{} · acc {:.3}", node.source, m.holdout_accuracy),
+                Some(m) => match m.holdout_perplexity() {
+                    Some(perplexity) => format!("{} · ppl {perplexity:.2}", node.source),
+                    None => format!("{} · acc {:.3}", node.source, m.holdout_accuracy),
+                },
                 None => node.source.clone(),
             },
         })
