@@ -28,7 +28,7 @@ pub struct Network {
     ranks: Option<Arc<ProcessGroup>>,
     /// A language model's padding token: no position attends to it.
     pad_token_id: Option<i64>,
-    /// A mixed precision's dtype for the passes; the weights stay in theirs.
+    /// A mixed precision's dtype for the matrix products; the rest stays float32.
     compute: Option<Kind>,
 }
 
@@ -187,20 +187,6 @@ impl Network {
     }
 }
 
-/// A network's weights cast for a mixed-precision pass.
-struct Cast(Vec<(String, Tensor)>);
-
-impl transformer::Weights for Cast {
-    fn weight(&self, name: &str) -> &Tensor {
-        let at = self.0.iter().position(|(n, _)| n == name);
-        &self.0[at.unwrap_or_else(|| panic!("{name} is part of the architecture"))].1
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.0.iter().any(|(n, _)| n == name)
-    }
-}
-
 impl transformer::Weights for Network {
     fn weight(&self, name: &str) -> &Tensor {
         self.get(name)
@@ -250,8 +236,8 @@ impl Network {
     }
 
     /// Trains a language model in `precision`: its float weights are held in the
-    /// precision's master dtype (float32, or bfloat16 for bf16) and a mixed precision's
-    /// passes run on copies in bfloat16 or float16. Saving casts every tensor back to the
+    /// precision's master dtype (float32, or bfloat16 for bf16), and a mixed precision's
+    /// matrix products run in bfloat16 or float16 as autocast runs them. Saving casts every tensor back to the
     /// architecture's dtype; a frozen tensor comes back with its own bytes, as a float32
     /// detour of a 16-bit value is exact.
     pub fn train_in(&mut self, precision: Precision) {
@@ -373,18 +359,10 @@ impl Network {
                 Ok(self.linear(&h, "classifier.6"))
             }
             Architecture::Torchscript(_) => unreachable!("forward runs the program"),
-            Architecture::Llama(llama) => Ok(match self.compute {
-                None => transformer::llama(llama, self, x, self.pad_token_id, training),
-                Some(kind) => {
-                    transformer::llama(llama, &self.cast(kind), x, self.pad_token_id, training)
-                }
-            }),
-            Architecture::Gpt2(gpt2) => Ok(match self.compute {
-                None => transformer::gpt2(gpt2, self, x, self.pad_token_id, training),
-                Some(kind) => {
-                    transformer::gpt2(gpt2, &self.cast(kind), x, self.pad_token_id, training)
-                }
-            }),
+            Architecture::Llama(llama) => {
+                Ok(transformer::llama(llama, self, x, self.pass(training)))
+            }
+            Architecture::Gpt2(gpt2) => Ok(transformer::gpt2(gpt2, self, x, self.pass(training))),
         }
     }
 
@@ -468,22 +446,12 @@ impl Network {
         ))
     }
 
-    /// The float weights as copies in `kind` for one pass (gradients flow back to the
-    /// weights through the casts).
-    fn cast(&self, kind: Kind) -> Cast {
-        Cast(
-            self.tensors
-                .iter()
-                .map(|(name, tensor)| {
-                    let cast = if tensor.is_floating_point() {
-                        tensor.to_kind(kind)
-                    } else {
-                        tensor.shallow_clone()
-                    };
-                    (name.clone(), cast)
-                })
-                .collect(),
-        )
+    fn pass(&self, training: bool) -> transformer::Pass {
+        transformer::Pass {
+            pad: self.pad_token_id,
+            training,
+            compute: self.compute,
+        }
     }
 
     /// Writes the weights as safetensors with their state-dict names, each in the

@@ -3,6 +3,11 @@
 //! same casts (RMSNorm and the rotary tables in float32, everything else in the weights'
 //! dtype), attention through libtorch's `scaled_dot_product_attention` (the flash and
 //! memory-efficient kernels on CUDA) with a causal mask.
+//!
+//! A mixed precision casts as PyTorch's autocast does: the matrix products (linear
+//! layers, `Conv1D`'s addmm, attention) take their inputs in the 16-bit dtype, and
+//! everything else runs in the weights' float32 — embeddings, norms, the residual stream
+//! (a 16-bit product added to it comes back float32) and the rotary tables.
 
 use heirloom_core::{Gpt2, Llama};
 use tch::{Kind, Tensor};
@@ -18,13 +23,26 @@ pub trait Weights {
 
 /// Logits `[batch, sequence, vocabulary]` for token ids `[batch, sequence]`.
 /// `pad`: the padding token, which no position attends to.
-pub fn llama(
-    spec: &Llama,
-    weights: &impl Weights,
-    tokens: &Tensor,
-    pad: Option<i64>,
-    training: bool,
-) -> Tensor {
+/// How one forward pass runs: padding to mask, training (dropout), and a mixed
+/// precision's dtype for the matrix products.
+#[derive(Debug, Clone, Copy)]
+pub struct Pass {
+    pub pad: Option<i64>,
+    pub training: bool,
+    pub compute: Option<Kind>,
+}
+
+impl Pass {
+    /// `x` as a matrix product takes it.
+    fn cast(&self, x: &Tensor) -> Tensor {
+        match self.compute {
+            Some(kind) if x.is_floating_point() => x.to_kind(kind),
+            _ => x.shallow_clone(),
+        }
+    }
+}
+
+pub fn llama(spec: &Llama, weights: &impl Weights, tokens: &Tensor, pass: Pass) -> Tensor {
     let (batch, length) = (tokens.size()[0], tokens.size()[1]);
     let heads = i64::from(spec.num_attention_heads);
     let key_value_heads = i64::from(spec.key_value_heads());
@@ -32,15 +50,15 @@ pub fn llama(
     let embedding = weights.weight("model.embed_tokens.weight");
     let mut h = Tensor::embedding(embedding, tokens, -1, false, false);
     let (cos, sin) = rotary_tables(spec, length, h.device(), h.kind());
-    let mask = pad.map(|pad| padding_mask(tokens, pad));
-    let dropout = if training {
+    let mask = pass.pad.map(|pad| padding_mask(tokens, pad));
+    let dropout = if pass.training {
         spec.attention_dropout
     } else {
         0.0
     };
     for layer in 0..spec.num_hidden_layers {
         let at = |name: &str| format!("model.layers.{layer}.{name}");
-        let linear = |x: &Tensor, name: &str| linear(weights, x, &at(name));
+        let linear = |x: &Tensor, name: &str| linear(weights, x, &at(name), pass);
         let x = rms_norm(
             &h,
             weights.weight(&at("input_layernorm.weight")),
@@ -55,7 +73,15 @@ pub fn llama(
             &sin,
         );
         let v = split(linear(&x, "self_attn.v_proj"), key_value_heads);
-        let attended = attention(&q, &k, &v, heads / key_value_heads, dropout, mask.as_ref());
+        let attended = attention(
+            &q,
+            &k,
+            &v,
+            heads / key_value_heads,
+            dropout,
+            mask.as_ref(),
+            pass,
+        );
         let attended = attended
             .transpose(1, 2)
             .reshape([batch, length, heads * head_size]);
@@ -69,23 +95,18 @@ pub fn llama(
         h = &h + linear(&gated, "mlp.down_proj");
     }
     let h = rms_norm(&h, weights.weight("model.norm.weight"), spec.rms_norm_eps);
-    h.linear::<&Tensor>(head(weights, "model.embed_tokens.weight"), None)
+    pass.cast(&h)
+        .linear::<&Tensor>(&pass.cast(head(weights, "model.embed_tokens.weight")), None)
 }
 
 /// Logits `[batch, sequence, vocabulary]` for token ids `[batch, sequence]`.
-/// `pad`: the padding token, which no position attends to.
-pub fn gpt2(
-    spec: &Gpt2,
-    weights: &impl Weights,
-    tokens: &Tensor,
-    pad: Option<i64>,
-    training: bool,
-) -> Tensor {
+/// No position attends to `pass.pad`.
+pub fn gpt2(spec: &Gpt2, weights: &impl Weights, tokens: &Tensor, pass: Pass) -> Tensor {
     let (batch, length) = (tokens.size()[0], tokens.size()[1]);
     let heads = i64::from(spec.n_head);
     let width = i64::from(spec.n_embd);
     let head_size = width / heads;
-    let dropout = |x: Tensor, p: f64| x.dropout(p, training);
+    let dropout = |x: Tensor, p: f64| x.dropout(p, pass.training);
     let positions = Tensor::arange(length, (Kind::Int64, tokens.device()));
     let embedded = Tensor::embedding(
         weights.weight("transformer.wte.weight"),
@@ -101,18 +122,18 @@ pub fn gpt2(
         false,
     );
     let mut h = dropout(embedded, spec.embd_pdrop);
-    let attention_dropout = if training { spec.attn_pdrop } else { 0.0 };
-    let mask = pad.map(|pad| padding_mask(tokens, pad));
+    let attention_dropout = if pass.training { spec.attn_pdrop } else { 0.0 };
+    let mask = pass.pad.map(|pad| padding_mask(tokens, pad));
     for layer in 0..spec.n_layer {
         let at = |name: &str| format!("transformer.h.{layer}.{name}");
         let norm =
             |x: &Tensor, name: &str| layer_norm(weights, x, &at(name), spec.layer_norm_epsilon);
-        let conv1d = |x: &Tensor, name: &str| conv1d(weights, x, &at(name));
+        let conv1d = |x: &Tensor, name: &str| conv1d(weights, x, &at(name), pass);
         let qkv = conv1d(&norm(&h, "ln_1"), "attn.c_attn");
         let split = |t: &Tensor| t.view([batch, length, heads, head_size]).transpose(1, 2);
         let parts = qkv.split(width, 2);
         let (q, k, v) = (split(&parts[0]), split(&parts[1]), split(&parts[2]));
-        let attended = attention(&q, &k, &v, 1, attention_dropout, mask.as_ref())
+        let attended = attention(&q, &k, &v, 1, attention_dropout, mask.as_ref(), pass)
             .transpose(1, 2)
             .reshape([batch, length, width]);
         h = &h + dropout(conv1d(&attended, "attn.c_proj"), spec.resid_pdrop);
@@ -120,7 +141,8 @@ pub fn gpt2(
         h = &h + dropout(conv1d(&inner, "mlp.c_proj"), spec.resid_pdrop);
     }
     let h = layer_norm(weights, &h, "transformer.ln_f", spec.layer_norm_epsilon);
-    h.linear::<&Tensor>(head(weights, "transformer.wte.weight"), None)
+    pass.cast(&h)
+        .linear::<&Tensor>(&pass.cast(head(weights, "transformer.wte.weight")), None)
 }
 
 /// `lm_head.weight`, or the embedding when the two are tied.
@@ -133,8 +155,9 @@ fn head<'a>(weights: &'a impl Weights, embedding: &str) -> &'a Tensor {
 }
 
 /// Causal scaled dot-product attention over `[batch, heads, sequence, head size]`, each
-/// key/value head shared by `group` query heads (grouped-query attention, expanded as
-/// transformers' `repeat_kv` does). `mask`: `true` where a position may be attended to.
+/// key/value head shared by `group` query heads (grouped-query attention: libtorch's own
+/// when nothing is masked, as transformers asks for it; otherwise expanded as its
+/// `repeat_kv` does). `mask`: `true` where a position may be attended to.
 fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -142,16 +165,49 @@ fn attention(
     group: i64,
     dropout: f64,
     mask: Option<&Tensor>,
+    pass: Pass,
 ) -> Tensor {
-    let (k, v) = if group > 1 {
-        (
-            k.repeat_interleave_self_int(group, 1, None),
-            v.repeat_interleave_self_int(group, 1, None),
-        )
-    } else {
-        (k.shallow_clone(), v.shallow_clone())
+    let (q, k, v) = (pass.cast(q), pass.cast(k), pass.cast(v));
+    let repeat = |t: &Tensor| {
+        let [batch, heads, length, size] = t.size()[..] else {
+            unreachable!("attention takes [batch, heads, sequence, head size]")
+        };
+        t.unsqueeze(2)
+            .expand([batch, heads, group, length, size], false)
+            .reshape([batch, heads * group, length, size])
     };
-    Tensor::scaled_dot_product_attention(q, &k, &v, mask, dropout, mask.is_none(), None, false)
+    match mask {
+        None => Tensor::scaled_dot_product_attention::<Tensor>(
+            &q,
+            &k,
+            &v,
+            None,
+            dropout,
+            true,
+            None,
+            group > 1,
+        ),
+        Some(mask) if group > 1 => Tensor::scaled_dot_product_attention(
+            &q,
+            &repeat(&k),
+            &repeat(&v),
+            Some(mask),
+            dropout,
+            false,
+            None,
+            false,
+        ),
+        Some(mask) => Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            Some(mask),
+            dropout,
+            false,
+            None,
+            false,
+        ),
+    }
 }
 
 /// Which keys each query may attend to, `[batch, 1, sequence, sequence]`: those at or
@@ -197,21 +253,25 @@ fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     x * cos + rotated * sin
 }
 
-fn linear(weights: &impl Weights, x: &Tensor, prefix: &str) -> Tensor {
+fn linear(weights: &impl Weights, x: &Tensor, prefix: &str, pass: Pass) -> Tensor {
     let bias = format!("{prefix}.bias");
-    let bias = weights.has(&bias).then(|| weights.weight(&bias));
-    x.linear(weights.weight(&format!("{prefix}.weight")), bias)
+    let bias = weights.has(&bias).then(|| pass.cast(weights.weight(&bias)));
+    pass.cast(x).linear(
+        &pass.cast(weights.weight(&format!("{prefix}.weight"))),
+        bias.as_ref(),
+    )
 }
 
 /// transformers' `Conv1D`: `x · W + b` with `W` stored `[in, out]`.
-fn conv1d(weights: &impl Weights, x: &Tensor, prefix: &str) -> Tensor {
-    let weight = weights.weight(&format!("{prefix}.weight"));
-    let bias = weights.weight(&format!("{prefix}.bias"));
+fn conv1d(weights: &impl Weights, x: &Tensor, prefix: &str, pass: Pass) -> Tensor {
+    let weight = pass.cast(weights.weight(&format!("{prefix}.weight")));
+    let bias = pass.cast(weights.weight(&format!("{prefix}.bias")));
+    let x = pass.cast(x);
     let size = x.size();
     let rows = x.reshape([-1, size[size.len() - 1]]);
     let mut out_size = size.clone();
     *out_size.last_mut().expect("a batch of rows") = weight.size()[1];
-    bias.addmm(&rows, weight).reshape(out_size)
+    bias.addmm(&rows, &weight).reshape(out_size)
 }
 
 fn layer_norm(weights: &impl Weights, x: &Tensor, prefix: &str, eps: f64) -> Tensor {
