@@ -410,6 +410,15 @@ pub struct Dataset {
     pub tokens: Option<TokenData>,
 }
 
+/// A token dataset as a registration names it: its shards in order (uploaded blobs),
+/// its vocabulary and its padding token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenManifest {
+    pub shard_sha256: Vec<String>,
+    pub vocab_size: u32,
+    pub pad_token_id: Option<u32>,
+}
+
 /// What a token dataset holds beyond a classification dataset's columns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenData {

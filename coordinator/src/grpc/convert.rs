@@ -17,7 +17,7 @@ use crate::domain::Role;
 use crate::domain::{
     Checkpoint, CheckpointTensor, DataShift, Dataset, Device, DraftModule, Job, JobAttempt,
     JobDraft, JobEvent, JobEventKind, JobKind, JobState, Metrics, Model, Progress, RecipeRecord,
-    RecipeRef, Reference, Requirements, TensorProvenance,
+    RecipeRef, Reference, Requirements, TensorProvenance, TokenManifest,
 };
 use crate::error::{Error, Result};
 use crate::planning::{Check, Plan, RecipeSubmission};
@@ -1005,6 +1005,14 @@ pub fn dataset_to_proto(dataset: &Dataset) -> pb::Dataset {
             .tokens
             .as_ref()
             .and_then(|tokens| tokens.pad_token_id),
+    }
+}
+
+pub fn token_manifest(manifest: &pb::TokenDatasetManifest) -> TokenManifest {
+    TokenManifest {
+        shard_sha256: manifest.shard_sha256.clone(),
+        vocab_size: manifest.vocab_size,
+        pad_token_id: manifest.pad_token_id,
     }
 }
 

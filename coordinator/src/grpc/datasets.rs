@@ -7,7 +7,7 @@
 use super::convert;
 use crate::Services;
 use crate::artifacts::check_sha256;
-use crate::domain::{Dataset, TokenData, check_name};
+use crate::domain::{Dataset, TokenData, TokenManifest, check_name};
 use crate::error::{Error, Result};
 use heirloom_core::{
     Invalid, MAX_SHARDS, TokenShard, limits, read_dataset_info, read_token_shard, sha256_hex,
@@ -27,7 +27,7 @@ impl pb::dataset_service_server::DatasetService for DatasetApi {
     ) -> Result<Response<pb::RegisterDatasetResponse>, Status> {
         let request = request.into_inner();
         check_name("name", &request.name).map_err(Error::from)?;
-        if let Some(manifest) = &request.tokens {
+        if let Some(manifest) = request.tokens.as_ref().map(convert::token_manifest) {
             if !request.content.is_empty() || !request.sha256.is_empty() {
                 return Err(Error::from(Invalid::new(
                     "tokens",
@@ -35,7 +35,7 @@ impl pb::dataset_service_server::DatasetService for DatasetApi {
                 ))
                 .into());
             }
-            let dataset = self.register_tokens(&request.name, manifest).await?;
+            let dataset = self.register_tokens(&request.name, &manifest).await?;
             return Ok(Response::new(pb::RegisterDatasetResponse {
                 dataset: Some(convert::dataset_to_proto(&dataset)),
             }));
@@ -119,11 +119,7 @@ impl pb::dataset_service_server::DatasetService for DatasetApi {
 impl DatasetApi {
     /// Registers a token dataset: every shard was uploaded and is read once here, its
     /// every token id checked against the vocabulary, before the one row is written.
-    async fn register_tokens(
-        &self,
-        name: &str,
-        manifest: &pb::TokenDatasetManifest,
-    ) -> Result<Dataset> {
+    async fn register_tokens(&self, name: &str, manifest: &TokenManifest) -> Result<Dataset> {
         let vocab_size = manifest.vocab_size;
         if vocab_size == 0 || vocab_size > heirloom_core::MAX_VOCABULARY {
             return Err(Invalid::new(
