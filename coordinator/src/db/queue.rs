@@ -432,6 +432,13 @@ impl Db {
     ) -> Result<Job> {
         let mut tx = self.pool.begin().await?;
         lock_attempt_member(&mut tx, worker_id, job_id, attempt).await?;
+        // A worker hands jobs back only when it drains: it is leaving. Until it registers
+        // again it counts as gone, so the job queued here is not placed back on it (a
+        // gang's rank there would never start, and its lease would fail the attempt).
+        sqlx::query("UPDATE workers SET disconnected_at = 'infinity' WHERE id = $1")
+            .bind(worker_id)
+            .execute(&mut *tx)
+            .await?;
         requeue(&mut tx, job_id, std::time::Duration::ZERO).await?;
         end_attempt(&mut tx, job_id, attempt, "released", Some(reason)).await?;
         let message = format!("handed back by worker {worker_id}: {reason}");

@@ -53,6 +53,7 @@ impl Db {
              ON CONFLICT (id) DO UPDATE
                 SET name = excluded.name, devices = excluded.devices, labels = excluded.labels,
                     concurrency = excluded.concurrency, last_seen_at = now(),
+                    disconnected_at = NULL,
                     collective_address = excluded.collective_address,
                     collective_port = excluded.collective_port
                 WHERE workers.token_id = excluded.token_id",
