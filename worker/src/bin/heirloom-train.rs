@@ -116,19 +116,24 @@ fn parse_precision(text: &str) -> Result<Precision, String> {
         .ok_or_else(|| format!("{text:?}: use fp32, bf16, bf16-mixed or fp16-mixed"))
 }
 
-/// Token shards on this machine: each named by its path, counted from its header.
+/// Token shards on this machine: each named by its path, its sequences counted from its
+/// safetensors header alone (the tokens are read when training reaches the shard).
 fn local_shards(paths: &[PathBuf], pad_token_id: Option<u32>) -> anyhow::Result<DataSource> {
+    use std::io::Read;
     let mut shards = Vec::new();
     for path in paths {
-        let bytes = std::fs::read(path)?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)?;
-        let tokens = header
-            .tensors()
-            .remove("tokens")
-            .ok_or_else(|| anyhow::anyhow!("{} has no `tokens`", path.display()))?;
+        let mut file = std::fs::File::open(path)?;
+        let mut length = [0u8; 8];
+        file.read_exact(&mut length)?;
+        let mut header = vec![0u8; usize::try_from(u64::from_le_bytes(length))?];
+        file.read_exact(&mut header)?;
+        let header: serde_json::Value = serde_json::from_slice(&header)?;
+        let sequences = header["tokens"]["shape"][0].as_u64().ok_or_else(|| {
+            anyhow::anyhow!("{} has no `tokens` [sequences, length]", path.display())
+        })?;
         shards.push(TokenShardRef {
             sha256: path.display().to_string(),
-            sequences: tokens.shape[0] as u64,
+            sequences,
         });
     }
     Ok(DataSource::Tokens(TokenSource {
