@@ -30,12 +30,6 @@ pub enum WeightDtype {
 }
 
 impl WeightDtype {
-    pub const ALL: [WeightDtype; 3] = [
-        WeightDtype::Float32,
-        WeightDtype::Bfloat16,
-        WeightDtype::Float16,
-    ];
-
     /// The dtype's name in a safetensors file (lowercase), as manifests record it.
     pub fn safetensors(self) -> &'static str {
         match self {
